@@ -1,0 +1,223 @@
+#include "pool2d/pool2d.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "common/parallel.h"
+#include "pool2d/pool2d_row_scalar.h"
+
+namespace fastconv {
+namespace {
+
+template <typename T>
+void max_row_generic(const PoolRow& row, T* best, int32_t* tap) {
+  for (int64_t ow = 0; ow < row.out_w; ++ow) max_pool_column<T>(row, best, tap, ow);
+}
+
+template <typename T>
+void sum_row_generic(const PoolRow& row, T* acc) {
+  for (int64_t ow = 0; ow < row.out_w; ++ow) sum_pool_column<T>(row, acc, ow);
+}
+
+template <typename T>
+struct RowKernels {
+  void (*max_row)(const PoolRow&, T*, int32_t*);
+  void (*sum_row)(const PoolRow&, T*);
+};
+
+template <typename T>
+RowKernels<T> row_kernels() {
+  return {max_row_generic<T>, sum_row_generic<T>};
+}
+
+template <>
+RowKernels<float> row_kernels<float>() {
+  if (active_isa() == Isa::kAvx2Fma) {
+    const PoolRowKernelsF32 k = pool_row_kernels_f32_avx2();
+    return {k.max_row, k.sum_row};
+  }
+  return {max_row_generic<float>, sum_row_generic<float>};
+}
+
+// Output columns [begin, end) whose tap at column offset `offset` lands inside [0, width).
+ColumnRange valid_columns(int64_t offset, int64_t stride, int64_t width, int64_t out_w) {
+  const int64_t begin = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  const int64_t end = width - 1 - offset < 0 ? 0 : (width - 1 - offset) / stride + 1;
+  return {std::min(begin, out_w), std::min(std::max(end, begin), out_w)};
+}
+
+// Per-thread scratch for one output row.
+struct RowScratch {
+  std::vector<const void*> rows;
+  std::vector<int32_t> row_taps;
+  std::vector<int32_t> taps;
+  explicit RowScratch(const PoolParams& p)
+      : rows(static_cast<size_t>(p.kernel_h)),
+        row_taps(static_cast<size_t>(p.kernel_h)),
+        taps(static_cast<size_t>(p.out_w)) {}
+};
+
+// Work is split over (plane, output row) pairs so small batches still use every thread.
+template <typename Fn>
+void for_each_output_row(const PoolParams& p, Fn&& fn) {
+  const int64_t rows = p.planes * p.out_h;
+  const int threads = threads_for(rows * p.out_w * p.kernel_h * p.kernel_w, 1 << 14);
+#pragma omp parallel num_threads(threads)
+  {
+    RowScratch scratch(p);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) fn(row / p.out_h, row % p.out_h, scratch);
+  }
+}
+
+template <typename Fn>
+void for_each_plane(const PoolParams& p, Fn&& fn) {
+  const int threads = threads_for(p.planes * p.in_plane(), 1 << 14);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t plane = 0; plane < p.planes; ++plane) fn(plane);
+}
+
+// PyTorch's average-pool window: clipped to the padded input for the
+// count_include_pad divisor, then to the real input for the summed elements.
+struct AvgWindow {
+  int64_t start, end, padded_size;
+};
+AvgWindow avg_window(int64_t o, int64_t stride, int64_t pad, int64_t kernel, int64_t size) {
+  const int64_t start = o * stride - pad;
+  const int64_t padded_end = std::min(start + kernel, size + pad);
+  return {std::max<int64_t>(start, 0), std::min(padded_end, size), padded_end - start};
+}
+
+template <typename T>
+T avg_divisor(const PoolParams& p, const AvgWindow& h, const AvgWindow& w) {
+  if (p.divisor_override != 0) return static_cast<T>(p.divisor_override);
+  if (p.count_include_pad) return static_cast<T>(h.padded_size * w.padded_size);
+  return static_cast<T>((h.end - h.start) * (w.end - w.start));
+}
+
+}  // namespace
+
+template <typename T>
+void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolParams& p) {
+  if (p.is_empty()) return;
+  const RowKernels<T> kernels = row_kernels<T>();
+  // Flat offset of each tap from the window origin (64-bit: planes may be large).
+  std::vector<int64_t> tap_offset(static_cast<size_t>(p.kernel_h * p.kernel_w));
+  for (int64_t r = 0; r < p.kernel_h; ++r)
+    for (int64_t s = 0; s < p.kernel_w; ++s)
+      tap_offset[r * p.kernel_w + s] = r * p.dilation_h * p.in_w + s * p.dilation_w;
+  for_each_output_row(p, [&](int64_t plane, int64_t oh, RowScratch& scratch) {
+    const T* in = input + plane * p.in_plane();
+    T* best = output + plane * p.out_plane() + oh * p.out_w;
+    int64_t* index = indices + plane * p.out_plane() + oh * p.out_w;
+    const int64_t h0 = oh * p.stride_h - p.pad_h;
+    int64_t count = 0;
+    for (int64_t r = 0; r < p.kernel_h; ++r) {
+      const int64_t ih = h0 + r * p.dilation_h;
+      if (ih < 0 || ih >= p.in_h) continue;
+      scratch.rows[count] = in + ih * p.in_w;
+      scratch.row_taps[count++] = static_cast<int32_t>(r * p.kernel_w);
+    }
+    const PoolRow row{scratch.rows.data(), scratch.row_taps.data(), count, p.kernel_w,
+                      p.stride_w, p.pad_w, p.dilation_w, p.in_w, p.out_w};
+    int32_t* tap = scratch.taps.data();
+    kernels.max_row(row, best, tap);
+    for (int64_t ow = 0; ow < p.out_w; ++ow) {
+      const int64_t w0 = ow * p.stride_w - p.pad_w;
+      if (tap[ow] >= 0) {
+        index[ow] = h0 * p.in_w + w0 + tap_offset[tap[ow]];
+        continue;
+      }
+      // Nothing beat -inf: PyTorch reports the window's first in-bounds element.
+      int64_t ih = h0, iw = w0;
+      while (ih < 0) ih += p.dilation_h;
+      while (iw < 0) iw += p.dilation_w;
+      index[ow] = ih * p.in_w + iw;
+    }
+  });
+}
+
+template <typename T>
+void max_pool2d_backward(const T* grad_output, const int64_t* indices, T* grad_input,
+                         const PoolParams& p) {
+  for_each_plane(p, [&](int64_t plane) {
+    T* gin = grad_input + plane * p.in_plane();
+    const T* gout = grad_output + plane * p.out_plane();
+    const int64_t* index = indices + plane * p.out_plane();
+    std::fill(gin, gin + p.in_plane(), T(0));
+    for (int64_t o = 0; o < p.out_plane(); ++o) gin[index[o]] += gout[o];
+  });
+}
+
+template <typename T>
+void avg_pool2d_forward(const T* input, T* output, const PoolParams& p) {
+  if (p.is_empty()) return;
+  const RowKernels<T> kernels = row_kernels<T>();
+  // The divisor depends only on the output position: one table for all planes.
+  // Windows with no input element sum to 0 and get divisor 1, giving 0 as PyTorch.
+  std::vector<T> divisor(static_cast<size_t>(p.out_plane()));
+  for (int64_t oh = 0; oh < p.out_h; ++oh) {
+    const AvgWindow hw = avg_window(oh, p.stride_h, p.pad_h, p.kernel_h, p.in_h);
+    for (int64_t ow = 0; ow < p.out_w; ++ow) {
+      const AvgWindow ww = avg_window(ow, p.stride_w, p.pad_w, p.kernel_w, p.in_w);
+      const bool empty = hw.start >= hw.end || ww.start >= ww.end;
+      divisor[oh * p.out_w + ow] = empty ? T(1) : avg_divisor<T>(p, hw, ww);
+    }
+  }
+  for_each_output_row(p, [&](int64_t plane, int64_t oh, RowScratch& scratch) {
+    const T* in = input + plane * p.in_plane();
+    T* acc = output + plane * p.out_plane() + oh * p.out_w;
+    const AvgWindow hw = avg_window(oh, p.stride_h, p.pad_h, p.kernel_h, p.in_h);
+    int64_t count = 0;
+    for (int64_t ih = hw.start; ih < hw.end; ++ih) scratch.rows[count++] = in + ih * p.in_w;
+    const PoolRow row{scratch.rows.data(), scratch.row_taps.data(), count, p.kernel_w,
+                      p.stride_w, p.pad_w, 1, p.in_w, p.out_w};
+    kernels.sum_row(row, acc);
+    // PyTorch divides (rather than multiplying by a reciprocal): same rounding.
+    const T* div = divisor.data() + oh * p.out_w;
+    for (int64_t ow = 0; ow < p.out_w; ++ow) acc[ow] /= div[ow];
+  });
+}
+
+template <typename T>
+void avg_pool2d_backward(const T* grad_output, T* grad_input, const PoolParams& p) {
+  for_each_plane(p, [&](int64_t plane) {
+    T* gin = grad_input + plane * p.in_plane();
+    const T* gout = grad_output + plane * p.out_plane();
+    std::fill(gin, gin + p.in_plane(), T(0));
+    std::vector<T> share(static_cast<size_t>(p.out_w));
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+      const AvgWindow hw = avg_window(oh, p.stride_h, p.pad_h, p.kernel_h, p.in_h);
+      if (hw.start >= hw.end) continue;
+      for (int64_t ow = 0; ow < p.out_w; ++ow) {
+        const AvgWindow ww = avg_window(ow, p.stride_w, p.pad_w, p.kernel_w, p.in_w);
+        share[ow] = ww.start < ww.end ? gout[oh * p.out_w + ow] / avg_divisor<T>(p, hw, ww) : T(0);
+      }
+      for (int64_t ih = hw.start; ih < hw.end; ++ih) {
+        T* row = gin + ih * p.in_w;
+        for (int64_t s = 0; s < p.kernel_w; ++s) {
+          const int64_t offset = s - p.pad_w;
+          const ColumnRange cols = valid_columns(offset, p.stride_w, p.in_w, p.out_w);
+          for (int64_t ow = cols.begin; ow < cols.end; ++ow) row[ow * p.stride_w + offset] += share[ow];
+        }
+      }
+    }
+  });
+}
+
+#define FASTCONV_INSTANTIATE_POOL(T)                                                         \
+  template void max_pool2d_forward<T>(const T*, T*, int64_t*, const PoolParams&);            \
+  template void max_pool2d_backward<T>(const T*, const int64_t*, T*, const PoolParams&);     \
+  template void avg_pool2d_forward<T>(const T*, T*, const PoolParams&);                      \
+  template void avg_pool2d_backward<T>(const T*, T*, const PoolParams&);
+FASTCONV_INSTANTIATE_POOL(float)
+FASTCONV_INSTANTIATE_POOL(double)
+#undef FASTCONV_INSTANTIATE_POOL
+
+}  // namespace fastconv

@@ -1,0 +1,134 @@
+"""Argument validation shared by every backend.
+
+Everything a user can get wrong is caught here, in Python, with a TypeError or
+ValueError that names the argument, before any kernel runs. The backends then
+trust their arguments.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_device_array(x: Any) -> bool:
+    """True for arrays that live on a CUDA device.
+
+    Objects exposing ``__cuda_array_interface__`` (CuPy, torch CUDA tensors,
+    Numba device arrays) and, under the Numba CUDA simulator, Numba's fake device
+    arrays. Numba is consulted only if something already imported it, so a
+    CPU-only program never pays for importing numba.
+    """
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    numba_cuda = sys.modules.get("numba.cuda")
+    if numba_cuda is not None:
+        return bool(numba_cuda.is_cuda_array(x) or _is_simulated_device_array(x))
+    return False
+
+
+def _is_simulated_device_array(x: Any) -> bool:
+    devicearray = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
+    return devicearray is not None and isinstance(x, devicearray.FakeCUDAArray)
+
+
+def check_array(x: Any, name: str, *, device: bool = False) -> Any:
+    """An input tensor: a NumPy array (or a device array when ``device``) of float32/64.
+
+    Lists, tuples, scalars and other array-likes are refused rather than guessed
+    at: PyTorch's functional API takes tensors only, and a silent conversion
+    would hide dtype mistakes (a list of ints is not a float tensor).
+    """
+    if device:
+        if not is_device_array(x):
+            raise TypeError(
+                f"{name} must be a CUDA device array like the other arguments, "
+                f"got {type(x).__name__}"
+            )
+    elif not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray, got {type(x).__name__}; "
+            "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
+        )
+    dtype = np.dtype(x.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+    return x
+
+
+def check_same_dtype(**arrays: Any) -> np.dtype:
+    present = {name: np.dtype(a.dtype) for name, a in arrays.items() if a is not None}
+    dtypes = set(present.values())
+    if len(dtypes) > 1:
+        described = ", ".join(f"{name}={dt}" for name, dt in present.items())
+        raise TypeError(f"all arguments must have the same dtype, got {described}")
+    return dtypes.pop()
+
+
+def check_ndim(x: Any, name: str, allowed: tuple[int, ...], layout: str) -> None:
+    if x.ndim not in allowed:
+        options = " or ".join(f"{n}-D" for n in allowed)
+        raise ValueError(f"{name} must be {options} ({layout}), got shape {tuple(x.shape)}")
+
+
+def as_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def int_pair(value: Any, name: str) -> tuple[int, int]:
+    """An int or a pair of ints, as PyTorch's _pair."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return as_int(value[0], name), as_int(value[1], name)
+    v = as_int(value, name)
+    return v, v
+
+
+def positive_pair(value: Any, name: str) -> tuple[int, int]:
+    pair = int_pair(value, name)
+    if min(pair) <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def non_negative_pair(value: Any, name: str) -> tuple[int, int]:
+    pair = int_pair(value, name)
+    if min(pair) < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return pair
+
+
+def positive_int(value: Any, name: str) -> int:
+    v = as_int(value, name)
+    if v <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return v
+
+
+def size_tuple(value: Any, name: str, allowed: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape argument such as input_size / weight_size."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of ints, got {type(value).__name__}")
+    shape = tuple(as_int(v, name) for v in value)
+    if len(shape) not in allowed:
+        options = " or ".join(str(n) for n in allowed)
+        raise ValueError(f"{name} must have {options} entries, got {shape}")
+    if min(shape) < 0:
+        raise ValueError(f"{name} must not contain negative sizes, got {shape}")
+    return shape
+
+
+def check_shape(x: Any, expected: tuple[int, ...], name: str) -> None:
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(expected)}")

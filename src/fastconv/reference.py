@@ -1,0 +1,449 @@
+"""NumPy reference implementation of every fastconv op: the executable spec.
+
+Every function takes NumPy arrays and returns a new NumPy array of the input dtype
+(float32 stays float32, float64 stays float64).  Layouts are NCHW; a 3-D (C, H, W) input
+is a batch of one and gives a 3-D result, as in PyTorch.  Arguments are assumed valid
+(``fastconv.functional`` validates them); every PyTorch argument form is accepted:
+sizes, strides, paddings and dilations are an int or an (h, w) pair.
+
+Notation used in the docstrings: ``sh, sw`` strides, ``ph, pw`` paddings, ``dh, dw``
+dilations, ``R x S`` (conv) or ``kh x kw`` (pool) kernel sizes, ``G`` groups,
+``Cg = C // G`` input and ``Kg = K // G`` output channels per group, ``g = k // Kg`` the
+group of output channel ``k``.  Reads outside the input are zero for convolution and
+average pooling and are skipped for max pooling.
+
+The code is vectorised but follows the formulas literally: convolution is a sum over the
+R*S kernel offsets of strided slices of the padded input (or a contraction over sliding
+windows), pooling is a scan over the kh*kw window offsets in row-major order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "pair",
+    "conv_output_size",
+    "pool_output_size",
+    "same_padding",
+    "conv_padding",
+    "conv2d",
+    "conv2d_input",
+    "conv2d_weight",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "gemm",
+    "matmul",
+    "linear",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Argument helpers (shared with fastconv.functional)
+# --------------------------------------------------------------------------------------
+
+
+def pair(x):
+    """Normalise an int or a 1- or 2-sequence of ints to an ``(h, w)`` tuple of ints."""
+    if isinstance(x, (int, np.integer)):
+        return (int(x), int(x))
+    t = tuple(int(v) for v in x)
+    if len(t) == 1:
+        return (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {x!r}")
+    return t
+
+
+def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
+    """Output length of a convolution along one dimension.
+
+    ``out = floor((size + p_lo + p_hi - dilation*(kernel-1) - 1) / stride) + 1``
+
+    ``padding`` is an int (the same on both sides) or a ``(p_lo, p_hi)`` pair.
+    """
+    lo, hi = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
+    return (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """Output length of a pooling op along one dimension (PyTorch's ``pooling_output_shape``).
+
+    ``out = floor_or_ceil((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``;
+    with ``ceil_mode``, a last window that would start inside the right padding
+    (``(out-1)*stride >= size + padding``) is dropped.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + padding:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def same_padding(kernel_size, dilation=1):
+    """PyTorch's ``padding='same'`` split: ``((top, bottom), (left, right))``.
+
+    Per dim the total padding is ``dilation*(kernel-1)``; ``total // 2`` goes before and the
+    odd pixel, if any, after (bottom/right).  Only meaningful with stride 1.
+    """
+    pads = []
+    for k, d in zip(pair(kernel_size), pair(dilation)):
+        total = d * (k - 1)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def conv_padding(padding, kernel_size, dilation=1):
+    """Any conv ``padding`` argument as explicit ``((top, bottom), (left, right))``.
+
+    Accepts an int, an ``(ph, pw)`` pair, ``'valid'`` (no padding) or ``'same'``.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding == "same":
+            return same_padding(kernel_size, dilation)
+        raise ValueError(f"invalid padding string {padding!r}")
+    ph, pw = pair(padding)
+    return ((ph, ph), (pw, pw))
+
+
+def _batched(x):
+    """View a 3-D (C, H, W) array as (1, C, H, W); returns (array4d, was_unbatched)."""
+    x = np.asarray(x)
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def _unbatch(y, unbatched):
+    return y[0] if unbatched else y
+
+
+def _strided(a, start_h, start_w, step_h, step_w, n_h, n_w):
+    """``a[..., start_h + i*step_h, start_w + j*step_w]`` for i < n_h, j < n_w (a view)."""
+    return a[..., start_h : start_h + step_h * (n_h - 1) + 1 : step_h,
+             start_w : start_w + step_w * (n_w - 1) + 1 : step_w]  # fmt: skip
+
+
+def _windows(xp, kernel, stride, dilation, out_hw):
+    """Read-only view ``win[..., i, j, r, s] = xp[..., i*sh + r*dh, j*sw + s*dw]``."""
+    (R, S), (sh, sw), (dh, dw), (OH, OW) = kernel, stride, dilation, out_hw
+    v = np.lib.stride_tricks.sliding_window_view(
+        xp, ((R - 1) * dh + 1, (S - 1) * dw + 1), axis=(-2, -1)
+    )
+    return v[..., : (OH - 1) * sh + 1 : sh, : (OW - 1) * sw + 1 : sw, ::dh, ::dw]
+
+
+def _pad_hw(x, pads, value=0.0):
+    """Pad the last two dims by ``((top, bottom), (left, right))``; negative = crop."""
+    (t, b), (l, r) = pads
+    x = x[..., max(-t, 0) : x.shape[-2] - max(-b, 0), max(-l, 0) : x.shape[-1] - max(-r, 0)]
+    widths = [(0, 0)] * (x.ndim - 2) + [(max(t, 0), max(b, 0)), (max(l, 0), max(r, 0))]
+    return np.pad(x, widths, constant_values=value)
+
+
+# --------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    input (N, C, H, W), weight (K, Cg, R, S), bias (K,) or None ->
+    output (N, K, OH, OW) with ``OH = conv_output_size(H, R, sh, (pt, pb), dh)``::
+
+        out[n, k, i, j] = bias[k] + sum_{c < Cg, r < R, s < S}
+            in[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw] * w[k, c, r, s]
+
+    where ``(pt, pb), (pl, pr) = conv_padding(padding, (R, S), dilation)``.
+    """
+    x, unbatched = _batched(input)
+    weight = np.asarray(weight)
+    N, C, H, W = x.shape
+    K, Cg, R, S = weight.shape
+    stride, dilation = pair(stride), pair(dilation)
+    pads = conv_padding(padding, (R, S), dilation)
+    OH = conv_output_size(H, R, stride[0], pads[0], dilation[0])
+    OW = conv_output_size(W, S, stride[1], pads[1], dilation[1])
+    win = _windows(_pad_hw(x, pads), (R, S), stride, dilation, (OH, OW))  # N,C,OH,OW,R,S
+    Kg = K // groups
+    out = np.empty((N, K, OH, OW), dtype=x.dtype)
+    for g in range(groups):
+        cols = win[:, g * Cg : (g + 1) * Cg]  # N, Cg, OH, OW, R, S
+        w_g = weight[g * Kg : (g + 1) * Kg]  # Kg, Cg, R, S
+        y = np.tensordot(cols, w_g, axes=([1, 4, 5], [1, 2, 3]))  # N, OH, OW, Kg
+        out[:, g * Kg : (g + 1) * Kg] = y.transpose(0, 3, 1, 2)
+    if bias is not None:
+        out += np.asarray(bias, dtype=x.dtype)[:, None, None]
+    return _unbatch(out, unbatched)
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of ``conv2d`` w.r.t. its input, as ``torch.nn.grad.conv2d_input``.
+
+    ``input_size`` is (N, C, H, W) or (C, H, W); grad_output is (N, K, OH, OW).  The adjoint
+    of the conv2d formula (sum over every (k, i, j, r, s) that reads input pixel (h, w))::
+
+        gin[n, g*Cg + c, h, w] = sum_{k in group g, r, s, i, j :
+                                      i*sh - pt + r*dh = h, j*sw - pl + s*dw = w}
+                                 gout[n, k, i, j] * w[k, c, r, s]
+
+    H may exceed what OH implies; input pixels that no window reads get zero gradient.
+    """
+    unbatched = len(input_size) == 3
+    go, _ = _batched(grad_output)
+    weight = np.asarray(weight)
+    N, C, H, W = (1, *input_size) if unbatched else tuple(input_size)
+    K, Cg, R, S = weight.shape
+    _, _, OH, OW = go.shape
+    (sh, sw), (dh, dw) = pair(stride), pair(dilation)
+    (pt, pb), (pl, pr) = conv_padding(padding, (R, S), (dh, dw))
+    Kg = K // groups
+    # Padded-input buffer, large enough for every window position that grad_output has.
+    Hp = max(H + pt + pb, (OH - 1) * sh + (R - 1) * dh + 1)
+    Wp = max(W + pl + pr, (OW - 1) * sw + (S - 1) * dw + 1)
+    gxp = np.zeros((N, C, Hp, Wp), dtype=go.dtype)
+    for g in range(groups):
+        go_g = go[:, g * Kg : (g + 1) * Kg]  # N, Kg, OH, OW
+        w_g = weight[g * Kg : (g + 1) * Kg]  # Kg, Cg, R, S
+        cols = np.tensordot(go_g, w_g, axes=([1], [0]))  # N, OH, OW, Cg, R, S
+        cols = cols.transpose(0, 3, 4, 5, 1, 2)  # N, Cg, R, S, OH, OW
+        buf = gxp[:, g * Cg : (g + 1) * Cg]
+        for r in range(R):
+            for s in range(S):
+                _strided(buf, r * dh, s * dw, sh, sw, OH, OW)[...] += cols[:, :, r, s]
+    gx = gxp[:, :, pt : pt + H, pl : pl + W]
+    return _unbatch(np.ascontiguousarray(gx), unbatched)
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of ``conv2d`` w.r.t. its weight, as ``torch.nn.grad.conv2d_weight``.
+
+    ``weight_size`` is (K, Cg, R, S); a reduction over the batch and output pixels::
+
+        gw[k, c, r, s] = sum_{n, i < OH, j < OW}
+            gout[n, k, i, j] * in[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw]
+    """
+    x, _ = _batched(input)
+    go, _ = _batched(grad_output)
+    K, Cg, R, S = tuple(weight_size)
+    _, _, OH, OW = go.shape
+    stride, dilation = pair(stride), pair(dilation)
+    (pt, pb), (pl, pr) = conv_padding(padding, (R, S), dilation)
+    # Extend the bottom/right padding if grad_output has more positions than H implies.
+    H, W = x.shape[-2:]
+    pb = max(pb, (OH - 1) * stride[0] + (R - 1) * dilation[0] + 1 - H - pt)
+    pr = max(pr, (OW - 1) * stride[1] + (S - 1) * dilation[1] + 1 - W - pl)
+    win = _windows(_pad_hw(x, ((pt, pb), (pl, pr))), (R, S), stride, dilation, (OH, OW))
+    Kg = K // groups
+    gw = np.empty((K, Cg, R, S), dtype=x.dtype)
+    for g in range(groups):
+        go_g = go[:, g * Kg : (g + 1) * Kg]  # N, Kg, OH, OW
+        cols = win[:, g * Cg : (g + 1) * Cg]  # N, Cg, OH, OW, R, S
+        gw[g * Kg : (g + 1) * Kg] = np.tensordot(go_g, cols, axes=([0, 2, 3], [0, 2, 3]))
+    return gw
+
+
+# --------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------
+
+
+def _pool_args(kernel_size, stride, padding, dilation=1):
+    kernel = pair(kernel_size)
+    if stride is None or (not isinstance(stride, (int, np.integer)) and len(stride) == 0):
+        stride = kernel
+    return kernel, pair(stride), pair(padding), pair(dilation)
+
+
+def _pool_geometry(H, W, kernel, stride, padding, dilation, ceil_mode):
+    """Output size and the (top, bottom), (left, right) padding that covers every window."""
+    out, pads = [], []
+    for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation):
+        o = pool_output_size(size, k, s, p, d, ceil_mode)
+        out.append(o)
+        pads.append((p, (o - 1) * s + (k - 1) * d + 1 - size - p))  # after may be < 0: crop
+    return tuple(out), tuple(pads)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):  # fmt: skip
+    """2-D max pooling, as ``torch.nn.functional.max_pool2d`` (PyTorch's CPU rule, exactly).
+
+    Window of output (i, j): rows ``h = i*sh - ph + r*dh`` (r < kh), cols
+    ``w = j*sw - pw + s*dw`` (s < kw); positions outside [0, H) x [0, W) are skipped.
+    The window is scanned row-major starting from ``best = -inf``, and an element is taken
+    when ``v > best or isnan(v)``.  Hence: the first maximum wins ties, a NaN anywhere in
+    the window gives NaN (the *last* NaN in scan order supplies the index), and an all -inf
+    window gives -inf with the index of its first in-bounds element.  PyTorch initialises
+    the index as ``h0*W + w0`` with ``h0, w0`` the first in-bounds row/col at or after
+    the window start (reached in steps of the dilation); that value is kept even when the
+    window has no in-bounds element at all.
+
+    indices: int64 flat index ``h*W + w`` into each (H, W) plane.
+    """
+    x, unbatched = _batched(input)
+    N, C, H, W = x.shape
+    kernel, stride, padding, dilation = _pool_args(kernel_size, stride, padding, dilation)
+    (OH, OW), pads = _pool_geometry(H, W, kernel, stride, padding, dilation, ceil_mode)
+    xp = _pad_hw(x, pads, value=-np.inf)
+    flat = _pad_hw(np.arange(H * W, dtype=np.int64).reshape(H, W), pads, value=-1)
+
+    # Initial index: first in-bounds row/col of each window (PyTorch's h0*W + w0).
+    first = []
+    for n_out, s, p, d in zip((OH, OW), stride, padding, dilation):
+        start = np.arange(n_out, dtype=np.int64) * s - p
+        first.append(np.where(start < 0, start + (-start + d - 1) // d * d, start))
+    best_idx = np.broadcast_to(first[0][:, None] * W + first[1][None, :], (N, C, OH, OW))
+    best = np.full((N, C, OH, OW), -np.inf, dtype=x.dtype)
+
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    for r in range(kh):
+        for s in range(kw):
+            v = _strided(xp, r * dh, s * dw, sh, sw, OH, OW)
+            idx = _strided(flat, r * dh, s * dw, sh, sw, OH, OW)
+            take = (idx >= 0) & ((v > best) | np.isnan(v))
+            best = np.where(take, v, best)
+            best_idx = np.where(take, idx, best_idx)
+    out = _unbatch(best, unbatched)
+    if return_indices:
+        return out, _unbatch(np.ascontiguousarray(best_idx, dtype=np.int64), unbatched)
+    return out
+
+
+def max_pool2d_backward(grad_output, indices, input_size):
+    """Gradient of ``max_pool2d`` w.r.t. its input: scatter-add into zeros of input_size.
+
+    ``gin[n, c].flat[indices[n, c, i, j]] += gout[n, c, i, j]`` (repeated indices add up).
+    Indices outside [0, H*W) (only possible for a window with no in-bounds element) are
+    ignored.
+    """
+    unbatched = len(input_size) == 3
+    go, _ = _batched(grad_output)
+    idx, _ = _batched(indices)
+    N, C, H, W = (1, *input_size) if unbatched else tuple(input_size)
+    gin = np.zeros((N * C, H * W), dtype=go.dtype)
+    planes = np.arange(N * C).reshape(N, C, 1, 1)
+    ok = (idx >= 0) & (idx < H * W)
+    np.add.at(gin, (np.broadcast_to(planes, idx.shape)[ok], idx[ok]), go[ok])
+    return _unbatch(gin.reshape(N, C, H, W), unbatched)
+
+
+def _avg_divisor(H, W, out_hw, kernel, stride, padding, count_include_pad, divisor_override):
+    """Per-output divisor (OH, OW), PyTorch's rule; 0 marks a window with no input pixel.
+
+    Per dim: ``start = i*s - p``, ``end = min(start + k, size + p)``; the padded pool size
+    is ``(end - start)`` (window clipped to [-p, size + p)); the valid count uses the window
+    clipped to [0, size).  divisor = divisor_override, else padded pool size if
+    count_include_pad, else the valid count.
+    """
+    padded, valid = [], []
+    for n_out, size, k, s, p in zip(out_hw, (H, W), kernel, stride, padding):
+        start = np.arange(n_out, dtype=np.int64) * s - p
+        end = np.minimum(start + k, size + p)
+        padded.append(end - start)
+        valid.append(np.minimum(end, size) - np.maximum(start, 0))
+    n_valid = np.outer(valid[0], valid[1])
+    empty = (valid[0][:, None] <= 0) | (valid[1][None, :] <= 0)
+    if divisor_override is not None:
+        div = np.full(n_valid.shape, int(divisor_override), dtype=np.int64)
+    elif count_include_pad:
+        div = np.outer(padded[0], padded[1])
+    else:
+        div = n_valid
+    return np.where(empty, 0, div)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None):  # fmt: skip
+    """2-D average pooling, as ``torch.nn.functional.avg_pool2d``::
+
+        out[n, c, i, j] = (1 / divisor[i, j]) * sum_{r < kh, s < kw, (h, w) in bounds}
+                          in[n, c, h = i*sh - ph + r, w = j*sw - pw + s]
+
+    with the divisor of ``_avg_divisor``; a window with no in-bounds pixel gives 0.
+    The sum runs over the window row-major, like PyTorch's CPU kernel.
+    """
+    x, unbatched = _batched(input)
+    N, C, H, W = x.shape
+    kernel, stride, padding, _ = _pool_args(kernel_size, stride, padding)
+    (OH, OW), pads = _pool_geometry(H, W, kernel, stride, padding, (1, 1), ceil_mode)
+    xp = _pad_hw(x, pads, value=0.0)
+    total = np.zeros((N, C, OH, OW), dtype=x.dtype)
+    for r in range(kernel[0]):
+        for s in range(kernel[1]):
+            total += _strided(xp, r, s, stride[0], stride[1], OH, OW)
+    div = _avg_divisor(H, W, (OH, OW), kernel, stride, padding, count_include_pad,
+                       divisor_override)  # fmt: skip
+    out = np.divide(total, div.astype(x.dtype), out=np.zeros_like(total), where=div != 0)
+    return _unbatch(out, unbatched)
+
+
+def avg_pool2d_backward(grad_output, input_size, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None):  # fmt: skip
+    """Gradient of ``avg_pool2d`` w.r.t. its input (its adjoint)::
+
+        gin[n, c, h, w] = sum_{i, j whose window contains (h, w)} gout[n, c, i, j] / divisor[i, j]
+    """
+    unbatched = len(input_size) == 3
+    go, _ = _batched(grad_output)
+    N, C, H, W = (1, *input_size) if unbatched else tuple(input_size)
+    kernel, stride, padding, _ = _pool_args(kernel_size, stride, padding)
+    _, _, OH, OW = go.shape
+    div = _avg_divisor(H, W, (OH, OW), kernel, stride, padding, count_include_pad,
+                       divisor_override)  # fmt: skip
+    delta = np.divide(go, div.astype(go.dtype), out=np.zeros_like(go), where=div != 0)
+    # Gradient w.r.t. the padded input, then crop the padding away.
+    (pt, pl), (sh, sw) = padding, stride
+    Hp = max(pt + H, (OH - 1) * sh + kernel[0])
+    Wp = max(pl + W, (OW - 1) * sw + kernel[1])
+    gp = np.zeros((N, C, Hp, Wp), dtype=go.dtype)
+    for r in range(kernel[0]):
+        for s in range(kernel[1]):
+            _strided(gp, r, s, sh, sw, OH, OW)[...] += delta
+    return _unbatch(np.ascontiguousarray(gp[:, :, pt : pt + H, pl : pl + W]), unbatched)
+
+
+# --------------------------------------------------------------------------------------
+# Matrix products
+# --------------------------------------------------------------------------------------
+
+
+def gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """General matrix multiply: ``alpha * op(a) @ op(b) + beta * c`` as a new array.
+
+    ``op(x) = x.T`` if the matching ``trans_*`` flag is set.  When ``beta == 0`` (or c is
+    None) c is not read at all, so NaN/inf in c do not propagate (BLAS and torch.addmm rule).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    out = np.matmul(opa, opb)
+    if alpha != 1:
+        out *= out.dtype.type(alpha)
+    if c is not None and beta != 0:
+        out += out.dtype.type(beta) * np.asarray(c, dtype=out.dtype)
+    return out
+
+
+def matmul(a, b):
+    """Plain 2-D matrix product: ``out[i, j] = sum_k a[i, k] * b[k, j]``."""
+    return np.matmul(np.asarray(a), np.asarray(b))
+
+
+def linear(input, weight, bias=None):
+    """``torch.nn.functional.linear``: ``out[..., o] = sum_i in[..., i] * w[o, i] + bias[o]``.
+
+    input is (in_features,) or (..., in_features); weight is (out_features, in_features).
+    """
+    x, weight = np.asarray(input), np.asarray(weight)
+    out = np.matmul(x, weight.T)
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=out.dtype)
+    return out
+

@@ -1,0 +1,53 @@
+"""Shared test helpers (importable as ``from helpers import ...`` from any test module)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _eps(dtype):
+    dtype = np.dtype(dtype)
+    return float(np.finfo(dtype).eps) if dtype.kind == "f" else float(np.finfo(np.float64).eps)
+
+
+def assert_close_scaled(actual, expected, k, *, c=2.0, atol=0.0, err_msg=""):
+    """Assert ``|actual - expected| <= c * k * eps * max|expected| + atol`` elementwise.
+
+    ``k`` is the reduction length behind each output element (Cg*R*S for a conv forward,
+    N*OH*OW for a weight gradient, the window size for pooling ...), ``eps`` the machine
+    epsilon of the less precise of the two dtypes and ``max|expected|`` is taken over the
+    finite entries of the whole array, as in oneDNN's benchdnn / XNNPACK.  NaN must sit at
+    the same places in both arrays and infinities must match exactly.  Shapes must agree.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    prefix = f"{err_msg}: " if err_msg else ""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{prefix}shape {actual.shape} != expected {expected.shape}")
+    eps = max(_eps(actual.dtype), _eps(expected.dtype))
+    a = actual.astype(np.float64)
+    e = expected.astype(np.float64)
+
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    if not np.array_equal(nan_a, nan_e):
+        where = np.argwhere(nan_a != nan_e)[0]
+        raise AssertionError(
+            f"{prefix}NaN mismatch at {tuple(where)}: actual {a[tuple(where)]}, "
+            f"expected {e[tuple(where)]} ({int((nan_a != nan_e).sum())} places)"
+        )
+    inf_e = np.isinf(e)
+    if not np.array_equal(a[inf_e], e[inf_e]) or np.isinf(a[~inf_e]).any():
+        raise AssertionError(f"{prefix}infinities differ")
+
+    finite = np.isfinite(e)
+    scale = float(np.abs(e[finite]).max(initial=0.0))
+    tol = c * max(k, 1) * eps * scale + atol
+    err = np.where(finite, np.abs(a - e), 0.0)
+    worst = float(err.max(initial=0.0))
+    if worst > tol:
+        where = tuple(np.unravel_index(int(np.argmax(err)), err.shape))
+        raise AssertionError(
+            f"{prefix}max |err| {worst:.3e} > tol {tol:.3e} (c={c}, k={k}, eps={eps:.2e}, "
+            f"max|ref|={scale:.3e}, atol={atol}) at {where}: actual {a[where]!r}, "
+            f"expected {e[where]!r}; {int((err > tol).sum())} of {err.size} elements off"
+        )
