@@ -1,13 +1,40 @@
-"""fastconv: hand-written CNN kernels for NumPy with PyTorch's API."""
+"""fastconv: hand-written CNN kernels for NumPy with PyTorch's API.
 
-from . import _C
+NumPy arrays run the C++/OpenMP kernels; CUDA device arrays run the Numba CUDA
+kernels (``pip install fastconv[cuda]``). ``fastconv.reference`` holds the NumPy
+reference of every op, the executable spec the kernels are tested against.
+"""
+
+from . import _C, reference
 from .functional import (
     avg_pool2d,
     avg_pool2d_backward,
+    conv2d,
+    conv2d_input,
+    conv2d_weight,
+    gemm,
     get_num_threads,
+    linear,
+    matmul,
     max_pool2d,
     max_pool2d_backward,
     set_num_threads,
 )
 
 __version__ = _C.__version__
+
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_input",
+    "conv2d_weight",
+    "gemm",
+    "get_num_threads",
+    "linear",
+    "matmul",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "reference",
+    "set_num_threads",
+]

@@ -20,9 +20,11 @@ import numpy as np
 
 from . import _C
 from . import _checks as chk
+from . import reference
 
 __all__ = [
     "avg_pool2d",
+    "ConvGeometry",
     "avg_pool2d_backward",
     "conv2d",
     "conv2d_input",
@@ -84,22 +86,11 @@ class PoolWindow:
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return (
-            _pool_output_size(height, self.kernel[0], self.stride[0], self.padding[0],
-                              self.dilation[0], self.ceil_mode),
-            _pool_output_size(width, self.kernel[1], self.stride[1], self.padding[1],
-                              self.dilation[1], self.ceil_mode),
+            reference.pool_output_size(height, self.kernel[0], self.stride[0], self.padding[0],
+                                       self.dilation[0], self.ceil_mode),
+            reference.pool_output_size(width, self.kernel[1], self.stride[1], self.padding[1],
+                                       self.dilation[1], self.ceil_mode),
         )
-
-
-def _pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int,
-                      ceil_mode: bool) -> int:
-    """PyTorch's pooling_output_shape, including its ceil_mode rule that a window
-    starting inside the right padding is dropped."""
-    span = size + 2 * pad - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
 
 
 def _pool_window(kernel_size, stride, padding, dilation, ceil_mode) -> PoolWindow:
@@ -278,3 +269,252 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride=None, paddi
         _C.avg_pool2d_backward(g.reshape(n * c, *out_hw), grad_input.reshape(n * c, h, w),
                                _native_window(window, count_include_pad, divisor))
     return grad_input[0] if unbatched else grad_input
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Normalised convolution arguments; padding is explicit per side."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, bottom, left, right
+    dilation: tuple[int, int]
+    groups: int
+
+    def output_size(self, height: int, width: int, kernel: tuple[int, int]) -> tuple[int, int]:
+        top, bottom, left, right = self.padding
+        return (
+            reference.conv_output_size(height, kernel[0], self.stride[0], (top, bottom),
+                                       self.dilation[0]),
+            reference.conv_output_size(width, kernel[1], self.stride[1], (left, right),
+                                       self.dilation[1]),
+        )
+
+
+def _conv_geometry(weight_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    strides = chk.positive_pair(stride, "stride")
+    dilations = chk.positive_pair(dilation, "dilation")
+    groups = chk.positive_int(groups, "groups")
+    kernel = tuple(weight_shape[-2:])
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and strides != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions (stride > 1)")
+        (top, bottom), (left, right) = reference.conv_padding(padding, kernel, dilations)
+    else:
+        ph, pw = chk.non_negative_pair(padding, "padding")
+        top, bottom, left, right = ph, ph, pw, pw
+    return ConvGeometry(strides, (top, bottom, left, right), dilations, groups)
+
+
+def _check_conv_shapes(input_shape, weight_shape, geometry: ConvGeometry, input_name: str,
+                       weight_name: str) -> tuple[int, int]:
+    """Channel/group consistency and a positive output size; returns (out_h, out_w)."""
+    c_in, h, w = input_shape[-3:]
+    c_out, c_per_group, kh, kw = weight_shape
+    g = geometry.groups
+    if c_in % g != 0:
+        raise ValueError(f"groups={g} must divide the {input_name} channels ({c_in})")
+    if c_out % g != 0:
+        raise ValueError(f"groups={g} must divide the {weight_name} out_channels ({c_out})")
+    if c_per_group * g != c_in:
+        raise ValueError(
+            f"{weight_name} expects {c_per_group * g} input channels "
+            f"({c_per_group} per group x groups={g}), but {input_name} has {c_in}"
+        )
+    if min(kh, kw) <= 0 or c_out == 0:
+        raise ValueError(f"{weight_name} must have non-zero sizes, got {tuple(weight_shape)}")
+    out_h, out_w = geometry.output_size(h, w, (kh, kw))
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"{input_name} of spatial size {(h, w)} (padded by {geometry.padding}) is smaller "
+            f"than the dilated kernel: output size would be ({out_h}, {out_w})"
+        )
+    return out_h, out_w
+
+
+def _check_weight(weight, name="weight", device=False):
+    chk.check_array(weight, name, device=device)
+    chk.check_ndim(weight, name, (4,), "(out_channels, in_channels/groups, kH, kW)")
+    return weight
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation (torch.nn.functional.conv2d).
+
+    out[n, k, i, j] = bias[k] + sum_{c, r, s} input[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw]
+                                              * weight[k, c, r, s],   g = k // (K / groups)
+    """
+    device = _on_device(input, weight, bias)
+    chk.check_array(input, "input", device=device)
+    chk.check_ndim(input, "input", (3, 4), "(N, C, H, W) or (C, H, W)")
+    _check_weight(weight, device=device)
+    if bias is not None:
+        chk.check_array(bias, "bias", device=device)
+        if bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(
+                f"bias must be 1-D with {weight.shape[0]} entries (out_channels), "
+                f"got shape {tuple(bias.shape)}"
+            )
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    geometry = _conv_geometry(weight.shape, stride, padding, dilation, groups)
+    out_h, out_w = _check_conv_shapes(input.shape, weight.shape, geometry, "input", "weight")
+    x, unbatched = _batched(input)
+    if device:
+        out = _cuda_backend().conv2d(x, weight, bias, geometry)
+    elif x.shape[0] == 0:
+        out = np.empty((0, weight.shape[0], out_h, out_w), dtype=x.dtype)
+    else:
+        out = _cpu_conv2d(x, weight, bias, geometry)
+    return out[0] if unbatched else out
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d wrt its input (torch.nn.grad.conv2d_input)."""
+    device = _on_device(weight, grad_output)
+    _check_weight(weight, device=device)
+    chk.check_array(grad_output, "grad_output", device=device)
+    chk.check_ndim(grad_output, "grad_output", (3, 4), "(N, K, OH, OW) or (K, OH, OW)")
+    chk.check_same_dtype(weight=weight, grad_output=grad_output)
+    size = chk.size_tuple(input_size, "input_size", (grad_output.ndim,))
+    geometry = _conv_geometry(weight.shape, stride, padding, dilation, groups)
+    out_hw = _check_conv_shapes(size, weight.shape, geometry, "input_size", "weight")
+    chk.check_shape(grad_output, (*size[:-3], weight.shape[0], *out_hw), "grad_output")
+    g, unbatched = _batched(grad_output)
+    full_size = (g.shape[0], *size[-3:])
+    if device:
+        result = _cuda_backend().conv2d_input(full_size, weight, g, geometry)
+    elif g.shape[0] == 0:
+        result = np.zeros(full_size, dtype=g.dtype)
+    else:
+        result = _cpu_conv2d_input(full_size, weight, g, geometry)
+    return result[0] if unbatched else result
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d wrt its weight (torch.nn.grad.conv2d_weight)."""
+    device = _on_device(input, grad_output)
+    chk.check_array(input, "input", device=device)
+    chk.check_ndim(input, "input", (3, 4), "(N, C, H, W) or (C, H, W)")
+    chk.check_array(grad_output, "grad_output", device=device)
+    chk.check_ndim(grad_output, "grad_output", (input.ndim,), "same layout as input")
+    chk.check_same_dtype(input=input, grad_output=grad_output)
+    wsize = chk.size_tuple(weight_size, "weight_size", (4,))
+    geometry = _conv_geometry(wsize, stride, padding, dilation, groups)
+    out_hw = _check_conv_shapes(input.shape, wsize, geometry, "input", "weight_size")
+    chk.check_shape(grad_output, (*input.shape[:-3], wsize[0], *out_hw), "grad_output")
+    x, _ = _batched(input)
+    g, _ = _batched(grad_output)
+    if device:
+        return _cuda_backend().conv2d_weight(x, wsize, g, geometry)
+    if x.shape[0] == 0:
+        return np.zeros(wsize, dtype=x.dtype)
+    return _cpu_conv2d_weight(x, wsize, g, geometry)
+
+
+def _reference_padding(geometry: ConvGeometry):
+    top, bottom, left, right = geometry.padding
+    return (top, left) if (top, left) == (bottom, right) else "same"
+
+
+def _cpu_conv2d(x, weight, bias, geometry):
+    return reference.conv2d(x, weight, bias, geometry.stride, _reference_padding(geometry),
+                            geometry.dilation, geometry.groups)
+
+
+def _cpu_conv2d_input(input_size, weight, grad_output, geometry):
+    return reference.conv2d_input(input_size, weight, grad_output, geometry.stride,
+                                  _reference_padding(geometry), geometry.dilation,
+                                  geometry.groups)
+
+
+def _cpu_conv2d_weight(x, weight_size, grad_output, geometry):
+    return reference.conv2d_weight(x, weight_size, grad_output, geometry.stride,
+                                   _reference_padding(geometry), geometry.dilation,
+                                   geometry.groups)
+
+
+# --------------------------------------------------------------------------- GEMM
+
+
+def _check_matrix(x, name, device):
+    chk.check_array(x, name, device=device)
+    chk.check_ndim(x, name, (2,), "a matrix")
+    return x
+
+
+def gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """alpha * op(a) @ op(b) + beta * c, op(x) = x.T when trans_x (BLAS GEMM).
+
+    With beta == 0, c is not read (NaN in c does not propagate). The result is
+    written into c when c is given and is a writable (M, N) array of the same
+    dtype and kind; otherwise a new array is returned.
+    """
+    device = _on_device(a, b, c)
+    _check_matrix(a, "a", device)
+    _check_matrix(b, "b", device)
+    if c is not None:
+        chk.check_array(c, "c", device=device)
+    chk.check_same_dtype(a=a, b=b, c=c)
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k != kb:
+        raise ValueError(
+            f"inner dimensions differ: op(a) is {m}x{k} but op(b) is {kb}x{n} "
+            f"(trans_a={bool(trans_a)}, trans_b={bool(trans_b)})"
+        )
+    if c is not None:
+        chk.check_shape(c, (m, n), "c")
+    alpha, beta = float(alpha), float(beta)
+    if device:
+        return _cuda_backend().gemm(a, b, c, alpha, beta, bool(trans_a), bool(trans_b))
+    return _cpu_gemm(a, b, c, alpha, beta, bool(trans_a), bool(trans_b))
+
+
+def _cpu_gemm(a, b, c, alpha, beta, trans_a, trans_b):
+    result = reference.gemm(a, b, c, alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
+    if c is not None and c.flags.writeable:
+        c[...] = result
+        return c
+    return result
+
+
+def matmul(a, b):
+    """a @ b for 2-D arrays."""
+    return gemm(a, b)
+
+
+def linear(input, weight, bias=None):
+    """input @ weight.T + bias (torch.nn.functional.linear); input is (..., in_features)."""
+    device = _on_device(input, weight, bias)
+    chk.check_array(input, "input", device=device)
+    _check_matrix(weight, "weight", device)
+    if bias is not None:
+        chk.check_array(bias, "bias", device=device)
+        if bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(
+                f"bias must be 1-D with {weight.shape[0]} entries (out_features), "
+                f"got shape {tuple(bias.shape)}"
+            )
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"input has {input.shape[-1] if input.ndim else 0} features in its last dim, "
+            f"weight expects {weight.shape[1]} (weight is (out_features, in_features))"
+        )
+    rows = input.reshape(-1, input.shape[-1])
+    if bias is None:
+        out = gemm(rows, weight, trans_b=True)
+    else:
+        out = gemm(rows, weight, _broadcast_rows(bias, rows.shape[0]), beta=1.0, trans_b=True)
+    return out.reshape(*input.shape[:-1], weight.shape[0])
+
+
+def _broadcast_rows(bias, rows):
+    """A fresh (rows, out_features) array holding bias in every row (GEMM's C)."""
+    if chk.is_device_array(bias):
+        return _cuda_backend().broadcast_rows(bias, rows)
+    return np.repeat(bias[None, :], rows, axis=0)
