@@ -13,6 +13,7 @@
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "gemm/gemm.h"
 #include "pool2d/pool2d.h"
 
 namespace py = pybind11;
@@ -128,6 +129,64 @@ void bind_pool(py::module_& m) {
       py::arg("grad_output"), py::arg("grad_input"), py::arg("window"));
 }
 
+// Any strides, same dtype (no forcecast: functional already chose the dtype).
+template <typename T>
+using StridedArray = py::array_t<T, 0>;
+
+template <typename T>
+int64_t element_stride(const py::array& a, int axis, const char* name) {
+  const py::ssize_t bytes = a.strides(axis);
+  if (bytes % static_cast<py::ssize_t>(sizeof(T)) != 0)
+    throw std::invalid_argument(std::string(name) + " has strides that are not a multiple of its itemsize");
+  return bytes / static_cast<py::ssize_t>(sizeof(T));
+}
+
+template <typename T>
+fastconv::MatrixView<T> matrix_view(const StridedArray<T>& a, bool transpose, const char* name) {
+  require(a.ndim() == 2, "internal: gemm operands must be 2-D");
+  fastconv::MatrixView<T> v{a.data(), element_stride<T>(a, 0, name), element_stride<T>(a, 1, name)};
+  if (transpose) std::swap(v.row_stride, v.col_stride);
+  return v;
+}
+
+template <typename T>
+void bind_gemm(py::module_& m) {
+  m.def(
+      "gemm",
+      [](const StridedArray<T>& a, const StridedArray<T>& b, StridedArray<T>& c, double alpha,
+         double beta, bool trans_a, bool trans_b, int kernel_index) {
+        fastconv::GemmProblem<T> pr;
+        pr.a = matrix_view(a, trans_a, "a");
+        pr.b = matrix_view(b, trans_b, "b");
+        pr.m = trans_a ? a.shape(1) : a.shape(0);
+        pr.k = trans_a ? a.shape(0) : a.shape(1);
+        pr.n = trans_b ? b.shape(0) : b.shape(1);
+        require((trans_b ? b.shape(1) : b.shape(0)) == pr.k, "internal: gemm inner dims differ");
+        require(c.ndim() == 2 && c.shape(0) == pr.m && c.shape(1) == pr.n,
+                "internal: gemm output has the wrong shape");
+        pr.c = {c.mutable_data(), element_stride<T>(c, 0, "c"), element_stride<T>(c, 1, "c")};
+        pr.alpha = static_cast<T>(alpha);
+        pr.beta = static_cast<T>(beta);
+        const int count = fastconv::gemm_kernel_count<T>();
+        require(kernel_index >= -1 && kernel_index < count, "internal: no such gemm kernel");
+        const fastconv::GemmKernelInfo<T> info =
+            kernel_index < 0 ? fastconv::gemm_kernel<T>() : fastconv::gemm_kernel_at<T>(kernel_index);
+        const int threads = fastconv::get_num_threads();
+        py::gil_scoped_release release;
+        fastconv::gemm_with_kernel<T>(pr, threads, info);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha"), py::arg("beta"),
+      py::arg("trans_a"), py::arg("trans_b"), py::arg("kernel_index") = -1);
+}
+
+template <typename T>
+py::list gemm_kernel_names() {
+  py::list names;
+  for (int i = 0; i < fastconv::gemm_kernel_count<T>(); ++i)
+    names.append(fastconv::gemm_kernel_at<T>(i).name);
+  return names;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -139,4 +198,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &fastconv::set_num_threads, py::arg("n"));
   bind_pool<float>(m);
   bind_pool<double>(m);
+  bind_gemm<float>(m);
+  bind_gemm<double>(m);
+  // Registry of micro-kernels usable on this CPU, in dispatch order (last = chosen).
+  m.def("gemm_kernels", [](const std::string& dtype) {
+    if (dtype == "float32") return gemm_kernel_names<float>();
+    if (dtype == "float64") return gemm_kernel_names<double>();
+    throw std::invalid_argument("dtype must be 'float32' or 'float64'");
+  });
 }

@@ -222,8 +222,13 @@ def test_avg_pool2d_brute(case, count_include_pad, divisor_override):
 
 @pytest.mark.parametrize(
     "shape,kshape,stride,dilation",
-    [((9, 7), (3, 3), 1, 1), ((10, 11), (4, 2), 1, 1), ((12, 9), (3, 2), (2, 3), 1),
-     ((13, 12), (3, 3), 1, (2, 3)), ((11, 11), (2, 3), 2, 2)],  # fmt: skip
+    [
+        ((9, 7), (3, 3), 1, 1),
+        ((10, 11), (4, 2), 1, 1),
+        ((12, 9), (3, 2), (2, 3), 1),
+        ((13, 12), (3, 3), 1, (2, 3)),
+        ((11, 11), (2, 3), 2, 2),
+    ],
 )
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_scipy(shape, kshape, stride, dilation, dtype):
@@ -235,8 +240,9 @@ def test_conv2d_scipy(shape, kshape, stride, dilation, dtype):
     wd = np.zeros(((kshape[0] - 1) * dh + 1, (kshape[1] - 1) * dw + 1))
     wd[::dh, ::dw] = w  # dilated kernel
     expected = signal.correlate2d(x, wd, mode="valid")[::sh, ::sw]
-    actual = ref.conv2d(x[None, None].astype(dtype), w[None, None].astype(dtype), None,
-                        stride, 0, dilation)  # fmt: skip
+    actual = ref.conv2d(
+        x[None, None].astype(dtype), w[None, None].astype(dtype), None, stride, 0, dilation
+    )
     assert_close_scaled(actual[0, 0], expected, w.size)
 
 
@@ -291,8 +297,9 @@ def test_max_pool2d_backward_fd(case):
 
 
 @pytest.mark.parametrize("case", BRUTE_AVG_POOL, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("count_include_pad,divisor_override", [(True, None), (False, None),
-                                                                (True, 5)])  # fmt: skip
+@pytest.mark.parametrize(
+    "count_include_pad,divisor_override", [(True, None), (False, None), (True, 5)]
+)
 def test_avg_pool2d_backward_fd(case, count_include_pad, divisor_override):
     k, s, p, _, ceil_mode, H, W = case
     rng = np.random.default_rng(8)
@@ -393,8 +400,9 @@ def test_non_contiguous_inputs():
     base = rng.standard_normal((7, 2, 12, 3)).transpose(1, 3, 0, 2)[:, :, :, ::2]  # 2,3,7,6
     x = np.ascontiguousarray(base)
     w = rng.standard_normal((4, 3, 3, 3)).transpose(0, 1, 3, 2)
-    np.testing.assert_array_equal(ref.conv2d(base, w, None, 2, 1),
-                                  ref.conv2d(x, np.ascontiguousarray(w), None, 2, 1))  # fmt: skip
+    np.testing.assert_array_equal(
+        ref.conv2d(base, w, None, 2, 1), ref.conv2d(x, np.ascontiguousarray(w), None, 2, 1)
+    )
     np.testing.assert_array_equal(ref.max_pool2d(base, 3, 2, 1), ref.max_pool2d(x, 3, 2, 1))
     np.testing.assert_array_equal(ref.avg_pool2d(base, 3, 2, 1), ref.avg_pool2d(x, 3, 2, 1))
 
@@ -456,15 +464,31 @@ def gen_conv_cases(n, seed=100):
             padding = "same"
         else:
             stride = _maybe_pair(rng, *rng.integers(1, 4, 2))
-            padding = {"int": int(rng.integers(0, 3)),
-                       "pair": tuple(int(v) for v in rng.integers(0, 3, 2)),
-                       "valid": "valid"}[mode]  # fmt: skip
+            padding = {
+                "int": int(rng.integers(0, 3)),
+                "pair": tuple(int(v) for v in rng.integers(0, 3, 2)),
+                "valid": "valid",
+            }[mode]
         H = (R - 1) * dh + 1 + int(rng.integers(0, 6))
         W = (S - 1) * dw + 1 + int(rng.integers(0, 6))
-        cases.append(dict(
-            N=int(rng.integers(1, 3)), C=C, H=H, W=W, K=K, R=R, S=S, stride=stride,
-            padding=padding, dilation=_maybe_pair(rng, dh, dw), groups=G,
-            bias=bool(rng.random() < 0.5), dtype=DTYPES[i % 2], unbatched=(i % 7 == 3)))  # fmt: skip
+        cases.append(
+            dict(
+                N=int(rng.integers(1, 3)),
+                C=C,
+                H=H,
+                W=W,
+                K=K,
+                R=R,
+                S=S,
+                stride=stride,
+                padding=padding,
+                dilation=_maybe_pair(rng, dh, dw),
+                groups=G,
+                bias=bool(rng.random() < 0.5),
+                dtype=DTYPES[i % 2],
+                unbatched=(i % 7 == 3),
+            )
+        )
     return cases
 
 
@@ -504,9 +528,11 @@ def test_conv2d_vs_torch(case):
 
 @pytest.mark.parametrize(
     "xshape,wshape,stride,padding,dilation,groups",
-    [((2, 4, 8, 8), (6, 2, 3, 3), 2, 0, 1, 2),  # input taller than the output implies
-     ((1, 3, 9, 10), (3, 1, 2, 3), (3, 2), (1, 0), (2, 1), 3),
-     ((1, 3, 9, 7), (2, 3, 3, 1), (2, 2), 1, 1, 1)],  # fmt: skip
+    [
+        ((2, 4, 8, 8), (6, 2, 3, 3), 2, 0, 1, 2),  # input taller than the output implies
+        ((1, 3, 9, 10), (3, 1, 2, 3), (3, 2), (1, 0), (2, 1), 3),
+        ((1, 3, 9, 7), (2, 3, 3, 1), (2, 2), 1, 1, 1),
+    ],
 )
 def test_torch_nn_grad_api(xshape, wshape, stride, padding, dilation, groups):
     torch = pytest.importorskip("torch")
@@ -534,16 +560,25 @@ def gen_pool_cases(n, seed, max_pool):
         stride = None if rng.random() < 0.2 else _maybe_pair(rng, *rng.integers(1, 4, 2))
         H = max(1, (kh - 1) * dh + 1 - 2 * ph + int(rng.integers(0, 6)))
         W = max(1, (kw - 1) * dw + 1 - 2 * pw + int(rng.integers(0, 6)))
-        case = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), H=H, W=W,
-                    kernel_size=_maybe_pair(rng, kh, kw), stride=stride,
-                    padding=_maybe_pair(rng, ph, pw), ceil_mode=bool(rng.random() < 0.5),
-                    dtype=DTYPES[i % 2], unbatched=(i % 5 == 2))  # fmt: skip
+        case = dict(
+            N=int(rng.integers(1, 3)),
+            C=int(rng.integers(1, 4)),
+            H=H,
+            W=W,
+            kernel_size=_maybe_pair(rng, kh, kw),
+            stride=stride,
+            padding=_maybe_pair(rng, ph, pw),
+            ceil_mode=bool(rng.random() < 0.5),
+            dtype=DTYPES[i % 2],
+            unbatched=(i % 5 == 2),
+        )
         if max_pool:
             case.update(dilation=_maybe_pair(rng, dh, dw), special=("ties", "nan", "inf")[i % 3])
         else:
-            case.update(count_include_pad=bool(rng.random() < 0.5),
-                        divisor_override=None if rng.random() < 0.6
-                        else int(rng.integers(1, kh * kw + 2)))  # fmt: skip
+            case.update(
+                count_include_pad=bool(rng.random() < 0.5),
+                divisor_override=None if rng.random() < 0.6 else int(rng.integers(1, kh * kw + 2)),
+            )
         cases.append(case)
     return cases
 
@@ -606,8 +641,14 @@ def test_avg_pool2d_vs_torch(case):
     c = case
     rng = np.random.default_rng(16)
     x = _pool_input(c, rng)
-    args = (c["kernel_size"], c["stride"], c["padding"], c["ceil_mode"],
-            c["count_include_pad"], c["divisor_override"])  # fmt: skip
+    args = (
+        c["kernel_size"],
+        c["stride"],
+        c["padding"],
+        c["ceil_mode"],
+        c["count_include_pad"],
+        c["divisor_override"],
+    )
     xt = torch.tensor(x, requires_grad=True)
     with quiet():
         yt = F.avg_pool2d(xt, *args)
@@ -625,8 +666,10 @@ def test_avg_pool2d_vs_torch(case):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("alpha,beta,nan_c", [(1.0, 0.0, False), (0.5, 0.0, True),
-                                              (1.0, 1.0, False), (-2.0, 0.25, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "alpha,beta,nan_c",
+    [(1.0, 0.0, False), (0.5, 0.0, True), (1.0, 1.0, False), (-2.0, 0.25, False)],
+)
 def test_gemm_vs_torch(dtype, trans_a, trans_b, alpha, beta, nan_c):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(17)
@@ -637,15 +680,17 @@ def test_gemm_vs_torch(dtype, trans_a, trans_b, alpha, beta, nan_c):
     c_before = c.copy()
     out = ref.gemm(a, b, c, alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
     ta, tb = torch.tensor(a), torch.tensor(b)
-    expected = torch.addmm(torch.tensor(c), ta.T if trans_a else ta, tb.T if trans_b else tb,
-                           beta=beta, alpha=alpha).numpy()  # fmt: skip
+    expected = torch.addmm(
+        torch.tensor(c), ta.T if trans_a else ta, tb.T if trans_b else tb, beta=beta, alpha=alpha
+    ).numpy()
     assert out.dtype == dtype and out is not c
     assert not np.isnan(out).any() or not nan_c
     np.testing.assert_array_equal(c, c_before)
     assert_close_scaled(out, expected, K + 1)
     mm = ref.matmul(a.T if trans_a else a, b.T if trans_b else b)
-    assert_close_scaled(mm, (ta.T if trans_a else ta).numpy() @ (tb.T if trans_b else tb).numpy(),
-                        K)  # fmt: skip
+    assert_close_scaled(
+        mm, (ta.T if trans_a else ta).numpy() @ (tb.T if trans_b else tb).numpy(), K
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -658,7 +703,8 @@ def test_linear_vs_torch(dtype, shape, bias):
     w = rng.standard_normal((4, 6)).astype(dtype)
     b = rng.standard_normal(4).astype(dtype) if bias else None
     y = ref.linear(x, w, b)
-    yt = torch.nn.functional.linear(torch.tensor(x), torch.tensor(w),
-                                    None if b is None else torch.tensor(b)).numpy()  # fmt: skip
+    yt = torch.nn.functional.linear(
+        torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b)
+    ).numpy()
     assert y.dtype == dtype
     assert_close_scaled(y, yt, 7)

@@ -474,12 +474,34 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     return _cpu_gemm(a, b, c, alpha, beta, bool(trans_a), bool(trans_b))
 
 
-def _cpu_gemm(a, b, c, alpha, beta, trans_a, trans_b):
-    result = reference.gemm(a, b, c, alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
-    if c is not None and c.flags.writeable:
-        c[...] = result
+def _cpu_gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index=-1):
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    a, b = _itemsize_strided(a), _itemsize_strided(b)
+    if c is None:
+        out = np.empty((m, n), dtype=a.dtype)
+        _C.gemm(a, b, out, alpha, 0.0, trans_a, trans_b, kernel_index)
+        return out
+    writable = c.flags.writeable
+    # The kernel reads A and B while writing C: never let them overlap.
+    if writable and not (np.may_share_memory(c, a) or np.may_share_memory(c, b)):
+        target = _itemsize_strided(c)
+        if target is c:
+            _C.gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index)
+            return c
+    out = np.array(c, dtype=a.dtype, order="C", copy=True) if beta != 0.0 else np.empty((m, n), a.dtype)
+    _C.gemm(a, b, out, alpha, beta, trans_a, trans_b, kernel_index)
+    if writable:
+        c[...] = out
         return c
-    return result
+    return out
+
+
+def _itemsize_strided(x):
+    """x itself when its strides are whole elements (every normal view), else a copy."""
+    if all(s % x.itemsize == 0 for s in x.strides):
+        return x
+    return np.ascontiguousarray(x)
 
 
 def matmul(a, b):

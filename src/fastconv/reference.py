@@ -125,8 +125,11 @@ def _unbatch(y, unbatched):
 
 def _strided(a, start_h, start_w, step_h, step_w, n_h, n_w):
     """``a[..., start_h + i*step_h, start_w + j*step_w]`` for i < n_h, j < n_w (a view)."""
-    return a[..., start_h : start_h + step_h * (n_h - 1) + 1 : step_h,
-             start_w : start_w + step_w * (n_w - 1) + 1 : step_w]  # fmt: skip
+    return a[
+        ...,
+        start_h : start_h + step_h * (n_h - 1) + 1 : step_h,
+        start_w : start_w + step_w * (n_w - 1) + 1 : step_w,
+    ]
 
 
 def _windows(xp, kernel, stride, dilation, out_hw):
@@ -271,8 +274,9 @@ def _pool_geometry(H, W, kernel, stride, padding, dilation, ceil_mode):
     return tuple(out), tuple(pads)
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):  # fmt: skip
+def max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
     """2-D max pooling, as ``torch.nn.functional.max_pool2d`` (PyTorch's CPU rule, exactly).
 
     Window of output (i, j): rows ``h = i*sh - ph + r*dh`` (r < kh), cols
@@ -359,8 +363,15 @@ def _avg_divisor(H, W, out_hw, kernel, stride, padding, count_include_pad, divis
     return np.where(empty, 0, div)
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None):  # fmt: skip
+def avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     """2-D average pooling, as ``torch.nn.functional.avg_pool2d``::
 
         out[n, c, i, j] = (1 / divisor[i, j]) * sum_{r < kh, s < kw, (h, w) in bounds}
@@ -378,25 +389,36 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     for r in range(kernel[0]):
         for s in range(kernel[1]):
             total += _strided(xp, r, s, stride[0], stride[1], OH, OW)
-    div = _avg_divisor(H, W, (OH, OW), kernel, stride, padding, count_include_pad,
-                       divisor_override)  # fmt: skip
+    div = _avg_divisor(H, W, (OH, OW), kernel, stride, padding, count_include_pad, divisor_override)
     out = np.divide(total, div.astype(x.dtype), out=np.zeros_like(total), where=div != 0)
     return _unbatch(out, unbatched)
 
 
-def avg_pool2d_backward(grad_output, input_size, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True, divisor_override=None):  # fmt: skip
-    """Gradient of ``avg_pool2d`` w.r.t. its input (its adjoint)::
+def avg_pool2d_backward(
+    grad_output,
+    input_size,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    """Gradient of ``avg_pool2d`` w.r.t. its input.
 
-        gin[n, c, h, w] = sum_{i, j whose window contains (h, w)} gout[n, c, i, j] / divisor[i, j]
+    The adjoint of the forward sum, with the same per-output divisor::
+
+        gin[n, c, h, w] = sum_{(i, j) whose window contains (h, w)}
+                          gout[n, c, i, j] / divisor[i, j]
+
+    ``ceil_mode`` only decides the output size, which is read from grad_output here.
     """
     unbatched = len(input_size) == 3
     go, _ = _batched(grad_output)
     N, C, H, W = (1, *input_size) if unbatched else tuple(input_size)
     kernel, stride, padding, _ = _pool_args(kernel_size, stride, padding)
     _, _, OH, OW = go.shape
-    div = _avg_divisor(H, W, (OH, OW), kernel, stride, padding, count_include_pad,
-                       divisor_override)  # fmt: skip
+    div = _avg_divisor(H, W, (OH, OW), kernel, stride, padding, count_include_pad, divisor_override)
     delta = np.divide(go, div.astype(go.dtype), out=np.zeros_like(go), where=div != 0)
     # Gradient w.r.t. the padded input, then crop the padding away.
     (pt, pl), (sh, sw) = padding, stride
@@ -446,4 +468,3 @@ def linear(input, weight, bias=None):
     if bias is not None:
         out = out + np.asarray(bias, dtype=out.dtype)
     return out
-

@@ -1,0 +1,293 @@
+#include "gemm/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/aligned_buffer.h"
+#include "common/cpu_features.h"
+#include "common/parallel.h"
+
+namespace fastconv {
+namespace {
+
+// Cache blocking. KC x NR of B (16 KB for f32) stays in L1 while A slivers
+// stream from the MC x KC block in L2 (144 KB of a 512 KB L2 for f32); the
+// KC x NC panel of B (3 MB) lives in the shared L3.
+template <typename T>
+struct Blocking;
+template <>
+struct Blocking<float> {
+  static constexpr int64_t kc = 256, mc = 144, nc = 3072;
+};
+template <>
+struct Blocking<double> {
+  static constexpr int64_t kc = 256, mc = 72, nc = 1536;
+};
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// The block size (a multiple of `unit`, at most about `target`) that cuts
+// `extent` into equal pieces.
+int64_t balanced_block(int64_t extent, int64_t target, int64_t unit) {
+  const int64_t pieces = std::max<int64_t>(1, (extent + target - 1) / target);
+  return round_up((extent + pieces - 1) / pieces, unit);
+}
+
+// Packs rows [i0, i0+mc) x cols [k0, k0+kc) of A into mr-row slivers, k-major,
+// rows past the end of A zero.
+template <typename T>
+void pack_a(const MatrixView<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            int mr, T* dst) {
+  for (int64_t ir = 0; ir < mc; ir += mr) {
+    const int64_t rows = std::min<int64_t>(mr, std::min(mc - ir, m - i0 - ir));
+    T* sliver = dst + ir * kc;
+    if (rows < mr) std::fill(sliver, sliver + kc * mr, T(0));
+    if (a.col_stride == 1 || a.row_stride != 1) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* src = a.data + (i0 + ir + i) * a.row_stride + k0 * a.col_stride;
+        const int64_t cs = a.col_stride;
+        for (int64_t p = 0; p < kc; ++p) sliver[p * mr + i] = src[p * cs];
+      }
+    } else {  // A stored transposed: a column of A is contiguous
+      for (int64_t p = 0; p < kc; ++p) {
+        const T* src = a.data + (i0 + ir) + (k0 + p) * a.col_stride;
+        for (int64_t i = 0; i < rows; ++i) sliver[p * mr + i] = src[i];
+      }
+    }
+  }
+}
+
+// Packs rows [k0, k0+kc) x cols [j0, j0+nc) of B into nr-column slivers.
+template <typename T>
+void pack_b_view(const MatrixView<T>& b, int64_t n, int64_t k0, int64_t kc, int64_t j0,
+                 int64_t nc, int64_t nr, T* dst) {
+  for (int64_t jr = 0; jr < nc; jr += nr) {
+    const int64_t cols = std::min<int64_t>(nr, std::min(nc - jr, n - j0 - jr));
+    T* sliver = dst + jr * kc;
+    if (cols < nr) std::fill(sliver, sliver + kc * nr, T(0));
+    if (b.col_stride == 1) {
+      for (int64_t p = 0; p < kc; ++p) {
+        const T* src = b.data + (k0 + p) * b.row_stride + (j0 + jr);
+        std::memcpy(sliver + p * nr, src, static_cast<size_t>(cols) * sizeof(T));
+      }
+    } else {
+      for (int64_t j = 0; j < cols; ++j) {
+        const T* src = b.data + k0 * b.row_stride + (j0 + jr + j) * b.col_stride;
+        const int64_t rs = b.row_stride;
+        for (int64_t p = 0; p < kc; ++p) sliver[p * nr + j] = src[p * rs];
+      }
+    }
+  }
+}
+
+template <typename T>
+struct Workspace {
+  AlignedBuffer<T> a, b;
+  std::vector<T> tile;
+};
+
+template <typename T>
+Workspace<T>& thread_workspace() {
+  static thread_local Workspace<T> ws;
+  return ws;
+}
+
+// C[0:rows, 0:cols] = alpha * tile + beta * C for a partial or strided tile.
+template <typename T>
+void merge_tile(const T* tile, int nr, int64_t rows, int64_t cols, T* c, int64_t rs, int64_t cs,
+                T beta) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) {
+      T& out = c[i * rs + j * cs];
+      out = beta == T(0) ? tile[i * nr + j] : tile[i * nr + j] + beta * out;
+    }
+  }
+}
+
+// One thread's share: rows [m0, m1) x cols [n0, n1) of C, all of K.
+template <typename T>
+void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_t m0, int64_t m1,
+                int64_t n0, int64_t n1) {
+  using B = Blocking<T>;
+  const int mr = kinfo.mr, nr = kinfo.nr;
+  Workspace<T>& ws = thread_workspace<T>();
+  // Equal-sized blocks (never one full block and a sliver): K = 576 runs as
+  // 2 x 288, not 256 + 256 + 64.
+  const int64_t kc_max = balanced_block(pr.k, B::kc, 1);
+  const int64_t mc_max = balanced_block(m1 - m0, B::mc, mr);
+  const int64_t nc_max = balanced_block(n1 - n0, B::nc, nr);
+  ws.a.resize(static_cast<size_t>(mc_max * kc_max));
+  ws.b.resize(static_cast<size_t>(nc_max * kc_max));
+  ws.tile.resize(static_cast<size_t>(mr * nr));
+  T* abuf = ws.a.data();
+  T* bbuf = ws.b.data();
+  T* tile = ws.tile.data();
+  const MutableMatrixView<T>& c = pr.c;
+  const bool unit_cols = c.col_stride == 1;
+
+  for (int64_t jc = n0; jc < n1; jc += nc_max) {
+    const int64_t nc = std::min<int64_t>(nc_max, n1 - jc);
+    for (int64_t pc = 0; pc < pr.k; pc += kc_max) {
+      const int64_t kc = std::min<int64_t>(kc_max, pr.k - pc);
+      if (pr.pack_b) {
+        pr.pack_b(pc, kc, jc, nc, nr, bbuf);
+      } else {
+        pack_b_view(pr.b, pr.n, pc, kc, jc, nc, nr, bbuf);
+      }
+      const T beta = pc == 0 ? pr.beta : T(1);  // later K blocks accumulate
+      for (int64_t ic = m0; ic < m1; ic += mc_max) {
+        const int64_t mc = std::min<int64_t>(mc_max, m1 - ic);
+        pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          const int64_t cols = std::min<int64_t>(nr, nc - jr);
+          const T* bs = bbuf + jr * kc;
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int64_t rows = std::min<int64_t>(mr, mc - ir);
+            const T* as = abuf + ir * kc;
+            T* cij = c.data + (ic + ir) * c.row_stride + (jc + jr) * c.col_stride;
+            if (unit_cols && cols == nr) {
+              kinfo.kernels[rows - 1](kc, as, bs, cij, c.row_stride, pr.alpha, beta);
+            } else {
+              kinfo.kernels[mr - 1](kc, as, bs, tile, nr, pr.alpha, T(0));
+              merge_tile(tile, nr, rows, cols, cij, c.row_stride, c.col_stride, beta);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// C = beta * C when there is nothing to multiply.
+template <typename T>
+void scale_c(const GemmProblem<T>& pr) {
+  for (int64_t i = 0; i < pr.m; ++i)
+    for (int64_t j = 0; j < pr.n; ++j) {
+      T& out = pr.c.data[i * pr.c.row_stride + j * pr.c.col_stride];
+      out = pr.beta == T(0) ? T(0) : pr.beta * out;
+    }
+}
+
+// Splits C into a grid of independent rectangles, one per thread, so that no
+// thread waits on another. The grid minimises the slowest thread's cycles:
+// micro-tiles (mr * nr * k FMAs at 16 a cycle) plus packing its own copy of A
+// (once per NC panel) and of B (~1 cycle per element). Tall-skinny, short-wide
+// and square shapes each get their best cut; cuts fall on micro-tile edges.
+struct Grid {
+  int rows, cols;
+};
+template <typename T>
+Grid thread_grid(int64_t m, int64_t n, int64_t k, int mr, int nr, int threads) {
+  const int64_t mt = (m + mr - 1) / mr, nt = (n + nr - 1) / nr;
+  Grid best{1, threads};
+  double best_cost = 1e300;
+  for (int r = 1; r <= threads; ++r) {
+    if (threads % r != 0) continue;
+    const int cc = threads / r;
+    const double rows = static_cast<double>((mt + r - 1) / r) * mr;
+    const double cols = static_cast<double>((nt + cc - 1) / cc) * nr;
+    const double panels = std::ceil(cols / Blocking<T>::nc);
+    const double compute = rows * cols * static_cast<double>(k) / 16.0;
+    const double packing = rows * static_cast<double>(k) * panels + cols * static_cast<double>(k);
+    const double cost = compute + packing;
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = {r, cc};
+    }
+  }
+  return best;
+}
+
+int64_t split_point(int64_t extent, int unit, int parts, int index) {
+  const int64_t units = (extent + unit - 1) / unit;
+  return std::min(extent, (units * index / parts) * unit);
+}
+
+template <typename T>
+GemmKernelInfo<T> portable_kernel();
+template <>
+GemmKernelInfo<float> portable_kernel<float>() {
+  return gemm_f32_6x16_portable();
+}
+template <>
+GemmKernelInfo<double> portable_kernel<double>() {
+  return gemm_f64_4x8_portable();
+}
+
+template <typename T>
+GemmKernelInfo<T> avx2_kernel();
+template <>
+GemmKernelInfo<float> avx2_kernel<float>() {
+  return gemm_f32_6x16_avx2_fma();
+}
+template <>
+GemmKernelInfo<double> avx2_kernel<double>() {
+  return gemm_f64_6x8_avx2_fma();
+}
+
+}  // namespace
+
+template <typename T>
+int gemm_kernel_count() {
+  return active_isa() == Isa::kAvx2Fma ? 2 : 1;
+}
+
+template <typename T>
+GemmKernelInfo<T> gemm_kernel_at(int index) {
+  return index == 1 && active_isa() == Isa::kAvx2Fma ? avx2_kernel<T>() : portable_kernel<T>();
+}
+
+template <typename T>
+GemmKernelInfo<T> gemm_kernel() {
+  static const GemmKernelInfo<T> chosen = gemm_kernel_at<T>(gemm_kernel_count<T>() - 1);
+  return chosen;
+}
+
+template <typename T>
+void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInfo<T>& kinfo) {
+  if (pr.m == 0 || pr.n == 0) return;
+  if (pr.k == 0) {
+    scale_c(pr);
+    return;
+  }
+  // Below ~32^3 multiply-adds per thread, threads cost more than they save.
+  const int64_t work = pr.m * pr.n * pr.k;
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(work / (32 * 32 * 32) + 1)));
+  const Grid grid = thread_grid<T>(pr.m, pr.n, pr.k, kinfo.mr, kinfo.nr, threads);
+  const int used = grid.rows * grid.cols;
+  if (used == 1) {
+    gemm_block(pr, kinfo, 0, pr.m, 0, pr.n);
+    return;
+  }
+#pragma omp parallel num_threads(used)
+  {
+    const int t = omp_get_thread_num();
+    const int r = t / grid.cols, cidx = t % grid.cols;
+    const int64_t m0 = split_point(pr.m, kinfo.mr, grid.rows, r);
+    const int64_t m1 = split_point(pr.m, kinfo.mr, grid.rows, r + 1);
+    const int64_t n0 = split_point(pr.n, kinfo.nr, grid.cols, cidx);
+    const int64_t n1 = split_point(pr.n, kinfo.nr, grid.cols, cidx + 1);
+    if (m0 < m1 && n0 < n1) gemm_block(pr, kinfo, m0, m1, n0, n1);
+  }
+}
+
+template <typename T>
+void gemm(const GemmProblem<T>& pr, int threads) {
+  gemm_with_kernel(pr, threads, gemm_kernel<T>());
+}
+
+#define FASTCONV_INSTANTIATE_GEMM(T)                                                     \
+  template void gemm<T>(const GemmProblem<T>&, int);                                     \
+  template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
+  template GemmKernelInfo<T> gemm_kernel<T>();                                           \
+  template int gemm_kernel_count<T>();                                                   \
+  template GemmKernelInfo<T> gemm_kernel_at<T>(int);
+FASTCONV_INSTANTIATE_GEMM(float)
+FASTCONV_INSTANTIATE_GEMM(double)
+#undef FASTCONV_INSTANTIATE_GEMM
+
+}  // namespace fastconv

@@ -1,0 +1,89 @@
+// General matrix multiply C = alpha * A @ B + beta * C on strided operands.
+//
+// BLIS-style: five loops around an MR x NR register-blocked micro-kernel with A
+// and B packed into aligned per-thread panels. Any strides are accepted (a
+// transpose is a swap of strides), so callers never copy operands into a
+// contiguous matrix first. The B operand may also be produced by a packing
+// callback, which lets convolution run as an implicit GEMM without an im2col
+// buffer.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace fastconv {
+
+template <typename T>
+struct MatrixView {
+  const T* data = nullptr;
+  int64_t row_stride = 0;  // in elements
+  int64_t col_stride = 1;
+  const T& at(int64_t i, int64_t j) const { return data[i * row_stride + j * col_stride]; }
+};
+
+template <typename T>
+struct MutableMatrixView {
+  T* data = nullptr;
+  int64_t row_stride = 0;
+  int64_t col_stride = 1;
+};
+
+// Fills a packed B panel: rows [k0, k0 + kc) and columns [j0, j0 + nc) of B,
+// laid out as ceil(nc / nr) slivers of kc x nr values, sliver-major, each row of
+// a sliver contiguous, columns past the end of B zero.
+template <typename T>
+using PackB = std::function<void(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst)>;
+
+template <typename T>
+struct GemmProblem {
+  int64_t m = 0, n = 0, k = 0;
+  T alpha = T(1), beta = T(0);  // beta == 0: C is not read
+  MatrixView<T> a;              // m x k
+  MatrixView<T> b;              // k x n; ignored when pack_b is set
+  PackB<T> pack_b;              // optional producer of packed B panels
+  MutableMatrixView<T> c;       // m x n
+};
+
+// Runs on up to `threads` OpenMP threads (1: on the calling thread only, for
+// callers that are already parallel). Deterministic: each C element is reduced
+// over k in the same order whatever the thread count.
+template <typename T>
+void gemm(const GemmProblem<T>& problem, int threads);
+
+// Micro-kernel: C[0:mr, 0:nr] = alpha * (A_panel @ B_panel) + beta * C, for a
+// kc-deep packed A sliver (kc x mr, k-major) and B sliver (kc x nr, k-major).
+// C has unit column stride and row stride ldc; beta == 0 means C is not read.
+template <typename T>
+using GemmMicroKernel = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
+                                 T beta);
+
+// kernels[r - 1] writes only the first r rows of C (r = mr is the full tile);
+// the partial ones serve the bottom edge of C.
+constexpr int kMaxMR = 6;
+template <typename T>
+struct GemmKernelInfo {
+  GemmMicroKernel<T> kernels[kMaxMR];
+  int mr, nr;
+  const char* name;
+};
+
+// The micro-kernel the dispatch chose for this CPU (portable one first, ISA
+// variants override it when CPUID allows).
+template <typename T>
+GemmKernelInfo<T> gemm_kernel();
+
+// Every registered micro-kernel usable on this CPU (tests and benchmarks read it).
+template <typename T>
+int gemm_kernel_count();
+template <typename T>
+GemmKernelInfo<T> gemm_kernel_at(int index);
+template <typename T>
+void gemm_with_kernel(const GemmProblem<T>& problem, int threads, const GemmKernelInfo<T>& info);
+
+// Declared per ISA file.
+GemmKernelInfo<float> gemm_f32_6x16_avx2_fma();
+GemmKernelInfo<double> gemm_f64_6x8_avx2_fma();
+GemmKernelInfo<float> gemm_f32_6x16_portable();
+GemmKernelInfo<double> gemm_f64_4x8_portable();
+
+}  // namespace fastconv

@@ -1,0 +1,46 @@
+// Portable micro-kernels: plain C++ the compiler vectorises for the baseline
+// target. They fill every dispatch slot before ISA-specific kernels override.
+#include "gemm/gemm.h"
+
+namespace fastconv {
+namespace {
+
+template <typename T, int MR, int NR, int ROWS>
+void portable_kernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta) {
+  T acc[MR][NR] = {};
+  for (int64_t p = 0; p < kc; ++p) {
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[p * MR + i];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[p * NR + j];
+    }
+  }
+  for (int i = 0; i < ROWS; ++i) {
+    T* row = c + i * ldc;
+    if (beta == T(0)) {
+      for (int j = 0; j < NR; ++j) row[j] = alpha * acc[i][j];
+    } else {
+      for (int j = 0; j < NR; ++j) row[j] = alpha * acc[i][j] + beta * row[j];
+    }
+  }
+}
+
+}  // namespace
+
+GemmKernelInfo<float> gemm_f32_6x16_portable() {
+  return {{portable_kernel<float, 6, 16, 1>, portable_kernel<float, 6, 16, 2>,
+           portable_kernel<float, 6, 16, 3>, portable_kernel<float, 6, 16, 4>,
+           portable_kernel<float, 6, 16, 5>, portable_kernel<float, 6, 16, 6>},
+          6,
+          16,
+          "f32-gemm-6x16-portable"};
+}
+
+GemmKernelInfo<double> gemm_f64_4x8_portable() {
+  return {{portable_kernel<double, 4, 8, 1>, portable_kernel<double, 4, 8, 2>,
+           portable_kernel<double, 4, 8, 3>, portable_kernel<double, 4, 8, 4>},
+          4,
+          8,
+          "f64-gemm-4x8-portable"};
+}
+
+}  // namespace fastconv

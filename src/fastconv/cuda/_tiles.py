@@ -1,0 +1,120 @@
+"""Block tiles of the GEMM-shaped kernels, and the one table that picks among them.
+
+Every GEMM-shaped kernel (SGEMM, implicit-GEMM conv forward, conv2d_input and
+conv2d_weight) computes a ``BM x BN`` tile of C per thread block, stepping through the
+reduction ``BK`` at a time with one ``BK x BM`` slice of A and one ``BK x BN`` slice of B
+in shared memory. Each of the ``(BM/TM) * (BN/TN)`` threads owns a ``TM x TN`` block of
+C held in registers (a ``cuda.local.array``) and, per reduction step, loads TM values of
+A and TN values of B from shared memory into registers and does TM*TN FMAs: the
+register blocking that turns a shared-memory-bound kernel into an FMA-bound one.
+
+Thread (ty, tx) owns rows ``ty + i*(BM/TM)`` and columns ``tx + j*(BN/TN)`` (strided,
+not contiguous): a warp then reads A from shared memory as a broadcast and B as
+consecutive words (no bank conflicts), and stores C in runs of BN/TN consecutive
+columns (coalesced) without vector types, which Numba lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from numba import cuda
+
+#: Padding (in elements) of each shared-memory row: breaks the bank conflicts of the
+#: transposing stores into the A tile.
+SMEM_PAD = 4
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    @property
+    def name(self) -> str:
+        return f"{self.bm}x{self.bn}x{self.bk}-r{self.tm}x{self.tn}"
+
+    def __post_init__(self):
+        nt = (self.bm // self.tm) * (self.bn // self.tn)
+        if self.bm % self.tm or self.bn % self.tn:
+            raise ValueError(f"tile {self}: TM/TN must divide BM/BN")
+        # The loaders assume every thread keeps one column / one reduction index for
+        # all its loads, and that each tile is loaded in whole passes.
+        if nt % self.bn or nt % self.bk or (self.bm * self.bk) % nt or (self.bn * self.bk) % nt:
+            raise ValueError(f"tile {self}: thread count {nt} does not fit the tile")
+
+
+#: The registry: every tile any kernel can run with (tests and benchmarks read it).
+TILES = {
+    t.name: t
+    for t in (
+        TileConfig(128, 128, 8, 8, 8),  # big problems: 64 outputs per thread, 256 threads
+        TileConfig(64, 64, 8, 4, 4),  # small M or N / few tiles: 16 per thread, 256 threads
+        TileConfig(128, 128, 16, 8, 8),  # conv2d_weight: 16-long runs of the reduction
+        TileConfig(64, 64, 16, 4, 4),
+    )
+}
+
+LARGE = TILES["128x128x8-r8x8"]
+SMALL = TILES["64x64x8-r4x4"]
+LARGE_K16 = TILES["128x128x16-r8x8"]
+SMALL_K16 = TILES["64x64x16-r4x4"]
+
+#: Tuning thresholds, in one place.
+THRESHOLDS = {
+    # the large tile only when it still gives this many blocks per SM
+    "large_tile_blocks_per_sm": 1.0,
+    # below this many output channels per group, conv uses the direct kernels
+    "direct_conv_min_channels": 16,
+    # conv2d_weight split-K: aim for this many blocks per SM ...
+    "splitk_blocks_per_sm": 4,
+    # ... but give every split at least this many BK steps of the reduction
+    "splitk_min_steps": 16,
+}
+
+
+def pick_tile(m: int, n: int, sms: int, k16: bool = False) -> TileConfig:
+    """Large tile when it alone fills the GPU, else the small one."""
+    large, small = (LARGE_K16, SMALL_K16) if k16 else (LARGE, SMALL)
+    blocks = -(-m // large.bm) * -(-n // large.bn)
+    if m >= large.bm // 2 and n >= large.bn // 2 and \
+            blocks >= THRESHOLDS["large_tile_blocks_per_sm"] * sms:
+        return large
+    return small
+
+
+_mma_cache: dict = {}
+
+
+def mma_step(cfg: TileConfig):
+    """Device function: acc += As[:, rows] (x) Bs[:, cols] over one BK slice.
+
+    ``As`` is ``(BK, BM+pad)``, ``Bs`` is ``(BK, BN+pad)``; ``ra``/``rb`` are the TM/TN
+    register fragments and ``acc`` the TM*TN accumulators of thread (ty, tx).
+    """
+    fn = _mma_cache.get(cfg)
+    if fn is not None:
+        return fn
+    BK, TM, TN = cfg.bk, cfg.tm, cfg.tn
+    RY, RX = cfg.bm // cfg.tm, cfg.bn // cfg.tn  # row / column stride between owned items
+
+    @cuda.jit(device=True, inline=True)
+    def mma(As, Bs, acc, ra, rb, ty, tx):
+        for kk in range(BK):
+            for i in range(TM):
+                ra[i] = As[kk, ty + i * RY]
+            for j in range(TN):
+                rb[j] = Bs[kk, tx + j * RX]
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i * TN + j] += ra[i] * rb[j]
+
+    _mma_cache[cfg] = mma
+    return mma
