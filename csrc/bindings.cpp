@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include <omp.h>
 
 #include <cstdint>
@@ -13,6 +15,7 @@
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "conv2d/conv2d.h"
 #include "gemm/gemm.h"
 #include "pool2d/pool2d.h"
 
@@ -179,6 +182,117 @@ void bind_gemm(py::module_& m) {
       py::arg("trans_a"), py::arg("trans_b"), py::arg("kernel_index") = -1);
 }
 
+// Convolution geometry beyond the array shapes:
+// (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups).
+fastconv::ConvParams conv_params(py::ssize_t n, py::ssize_t c, py::ssize_t h, py::ssize_t w,
+                                 py::ssize_t k, py::ssize_t cg, py::ssize_t r, py::ssize_t s,
+                                 py::ssize_t oh, py::ssize_t ow, py::tuple geometry) {
+  require(geometry.size() == 7, "internal: conv geometry needs 7 integers");
+  fastconv::ConvParams p;
+  p.batch = n;
+  p.in_channels = c;
+  p.in_h = h;
+  p.in_w = w;
+  p.out_channels = k;
+  p.kernel_h = r;
+  p.kernel_w = s;
+  p.out_h = oh;
+  p.out_w = ow;
+  p.stride_h = geometry[0].cast<int64_t>();
+  p.stride_w = geometry[1].cast<int64_t>();
+  p.pad_top = geometry[2].cast<int64_t>();
+  p.pad_left = geometry[3].cast<int64_t>();
+  p.dilation_h = geometry[4].cast<int64_t>();
+  p.dilation_w = geometry[5].cast<int64_t>();
+  p.groups = geometry[6].cast<int64_t>();
+  require(p.stride_h > 0 && p.stride_w > 0 && p.dilation_h > 0 && p.dilation_w > 0 &&
+              p.groups > 0 && p.pad_top >= 0 && p.pad_left >= 0,
+          "internal: invalid conv geometry");
+  require(c % p.groups == 0 && k % p.groups == 0 && cg * p.groups == c,
+          "internal: channels do not match groups");
+  // Every output position's window must stay within the padded extent the
+  // output size implies (memory safety does not depend on it, correctness does).
+  require((oh - 1) * p.stride_h + (r - 1) * p.dilation_h - p.pad_top < h + r * p.dilation_h &&
+              (ow - 1) * p.stride_w + (s - 1) * p.dilation_w - p.pad_left < w + s * p.dilation_w,
+          "internal: conv output size inconsistent with geometry");
+  return p;
+}
+
+fastconv::ConvAlgorithm algorithm_from_index(int index, const fastconv::ConvParams& p) {
+  if (index < 0) return fastconv::select_conv_algorithm(p);
+  require(index <= static_cast<int>(fastconv::ConvAlgorithm::kGemm), "internal: no such algorithm");
+  return static_cast<fastconv::ConvAlgorithm>(index);
+}
+
+template <typename T>
+void bind_conv(py::module_& m) {
+  m.def(
+      "conv2d_forward",
+      [](const CArray<T>& input, const CArray<T>& weight, std::optional<CArray<T>> bias,
+         CArray<T>& output, py::tuple geometry, int algorithm_index) {
+        require(input.ndim() == 4 && weight.ndim() == 4 && output.ndim() == 4,
+                "internal: conv arrays must be 4-D");
+        const fastconv::ConvParams p =
+            conv_params(input.shape(0), input.shape(1), input.shape(2), input.shape(3),
+                        weight.shape(0), weight.shape(1), weight.shape(2), weight.shape(3),
+                        output.shape(2), output.shape(3), geometry);
+        require_shape(output, {p.batch, p.out_channels, p.out_h, p.out_w}, "output");
+        if (bias) require_shape(*bias, {p.out_channels}, "bias");
+        const fastconv::ConvAlgorithm algorithm = algorithm_from_index(algorithm_index, p);
+        if (!fastconv::conv_algorithm_supports(algorithm, p))
+          throw std::invalid_argument(std::string("algorithm '") +
+                                      fastconv::conv_algorithm_name(algorithm) +
+                                      "' does not support this convolution");
+        const T* x = input.data();
+        const T* w = weight.data();
+        const T* b = bias ? bias->data() : nullptr;
+        T* y = output.mutable_data();
+        {
+          py::gil_scoped_release release;
+          fastconv::conv2d_forward<T>(x, w, b, y, p, algorithm);
+        }
+        return std::string(fastconv::conv_algorithm_name(algorithm));
+      },
+      py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("geometry"),
+      py::arg("algorithm") = -1);
+  m.def(
+      "conv2d_backward_input",
+      [](const CArray<T>& grad_output, const CArray<T>& weight, CArray<T>& grad_input,
+         py::tuple geometry) {
+        require(grad_output.ndim() == 4 && weight.ndim() == 4 && grad_input.ndim() == 4,
+                "internal: conv arrays must be 4-D");
+        const fastconv::ConvParams p = conv_params(
+            grad_input.shape(0), grad_input.shape(1), grad_input.shape(2), grad_input.shape(3),
+            weight.shape(0), weight.shape(1), weight.shape(2), weight.shape(3),
+            grad_output.shape(2), grad_output.shape(3), geometry);
+        require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
+        const T* dy = grad_output.data();
+        const T* w = weight.data();
+        T* dx = grad_input.mutable_data();
+        py::gil_scoped_release release;
+        fastconv::conv2d_backward_input<T>(dy, w, dx, p);
+      },
+      py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("geometry"));
+  m.def(
+      "conv2d_backward_weight",
+      [](const CArray<T>& input, const CArray<T>& grad_output, CArray<T>& grad_weight,
+         py::tuple geometry) {
+        require(input.ndim() == 4 && grad_output.ndim() == 4 && grad_weight.ndim() == 4,
+                "internal: conv arrays must be 4-D");
+        const fastconv::ConvParams p = conv_params(
+            input.shape(0), input.shape(1), input.shape(2), input.shape(3), grad_weight.shape(0),
+            grad_weight.shape(1), grad_weight.shape(2), grad_weight.shape(3),
+            grad_output.shape(2), grad_output.shape(3), geometry);
+        require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
+        const T* x = input.data();
+        const T* dy = grad_output.data();
+        T* dw = grad_weight.mutable_data();
+        py::gil_scoped_release release;
+        fastconv::conv2d_backward_weight<T>(x, dy, dw, p);
+      },
+      py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("geometry"));
+}
+
 template <typename T>
 py::list gemm_kernel_names() {
   py::list names;
@@ -199,6 +313,21 @@ PYBIND11_MODULE(_C, m) {
   bind_pool<float>(m);
   bind_pool<double>(m);
   bind_gemm<float>(m);
+  bind_conv<float>(m);
+  bind_conv<double>(m);
+  m.def(
+      "conv2d_algorithm",
+      [](py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw, py::tuple geometry) {
+        const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
+        const fastconv::ConvParams p = conv_params(
+            dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
+            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2),
+            dim(weight_shape, 3), dim(output_hw, 0), dim(output_hw, 1), geometry);
+        return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(p)));
+      },
+      py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"), py::arg("geometry"));
+  m.attr("conv2d_algorithms") =
+      py::make_tuple("pointwise_gemm", "depthwise", "direct_small_c", "implicit_gemm");
   bind_gemm<double>(m);
   // Registry of micro-kernels usable on this CPU, in dispatch order (last = chosen).
   m.def("gemm_kernels", [](const std::string& dtype) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/aligned_buffer.h"
@@ -248,6 +249,19 @@ GemmKernelInfo<T> gemm_kernel() {
 }
 
 template <typename T>
+IgemmKernelInfo<T> igemm_kernel() {
+  static const IgemmKernelInfo<T> chosen = [] {
+    if (active_isa() == Isa::kAvx2Fma) {
+      if constexpr (std::is_same_v<T, float>) return igemm_f32_6x16_avx2_fma();
+      else return igemm_f64_6x8_avx2_fma();
+    }
+    if constexpr (std::is_same_v<T, float>) return igemm_f32_6x16_portable();
+    else return igemm_f64_4x8_portable();
+  }();
+  return chosen;
+}
+
+template <typename T>
 void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInfo<T>& kinfo) {
   if (pr.m == 0 || pr.n == 0) return;
   if (pr.k == 0) {
@@ -284,6 +298,7 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   template void gemm<T>(const GemmProblem<T>&, int);                                     \
   template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
   template GemmKernelInfo<T> gemm_kernel<T>();                                           \
+  template IgemmKernelInfo<T> igemm_kernel<T>();                                         \
   template int gemm_kernel_count<T>();                                                   \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);
 FASTCONV_INSTANTIATE_GEMM(float)

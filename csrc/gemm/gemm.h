@@ -80,7 +80,28 @@ GemmKernelInfo<T> gemm_kernel_at(int index);
 template <typename T>
 void gemm_with_kernel(const GemmProblem<T>& problem, int threads, const GemmKernelInfo<T>& info);
 
+// Indirect micro-kernel (XNNPACK's IGEMM): as GemmMicroKernel, but row p of the
+// B sliver is read from rows[p] + offset (nr contiguous values), so a
+// convolution can point each tap at an input row instead of packing im2col.
+template <typename T>
+using IgemmMicroKernel = void (*)(int64_t kc, const T* a, const T* const* rows, int64_t offset,
+                                  T* c, int64_t ldc, T beta);
+
+template <typename T>
+struct IgemmKernelInfo {
+  IgemmMicroKernel<T> kernels[kMaxMR];  // kernels[r - 1] writes the first r rows of C
+  int mr, nr;
+  const char* name;
+};
+
+template <typename T>
+IgemmKernelInfo<T> igemm_kernel();
+
 // Declared per ISA file.
+IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma();
+IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma();
+IgemmKernelInfo<float> igemm_f32_6x16_portable();
+IgemmKernelInfo<double> igemm_f64_4x8_portable();
 GemmKernelInfo<float> gemm_f32_6x16_avx2_fma();
 GemmKernelInfo<double> gemm_f64_6x8_avx2_fma();
 GemmKernelInfo<float> gemm_f32_6x16_portable();

@@ -34,25 +34,18 @@ struct F64 {
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
 };
 
-// ROWS < 6 variants serve the bottom edge of C without a temporary tile.
-template <typename S, int ROWS>
-void kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::T* b, typename S::T* c,
-                 int64_t ldc, typename S::T alpha, typename S::T beta) {
+// The 6 x 2-vector register tile shared by the direct and indirect kernels.
+template <typename S>
+struct Tile {
   using V = typename S::V;
-  constexpr int L = S::kLanes;
-  constexpr int NR = 2 * L;
+  using T = typename S::T;
+  static constexpr int L = S::kLanes;
+  // Named registers, not an array: GCC keeps these in ymm registers.
   V c00 = S::zero(), c01 = S::zero(), c10 = S::zero(), c11 = S::zero();
   V c20 = S::zero(), c21 = S::zero(), c30 = S::zero(), c31 = S::zero();
   V c40 = S::zero(), c41 = S::zero(), c50 = S::zero(), c51 = S::zero();
-  // C is touched once, after the k loop: start pulling its lines in now so the
-  // misses overlap the FMAs instead of following them.
-  for (int i = 0; i < ROWS; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
-  }
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < kc; ++p) {
-    _mm_prefetch(reinterpret_cast<const char*>(a + 6 * 8), _MM_HINT_T0);
+  // One k step: row i += a[i] * b for the 6 rows.
+  inline __attribute__((always_inline)) void step(const T* a, const T* b) {
     const V b0 = S::load(b), b1 = S::load(b + L);
     V ai = S::broadcast(a + 0);
     c00 = S::fma(ai, b0, c00);
@@ -72,27 +65,88 @@ void kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::T* b, typ
     ai = S::broadcast(a + 5);
     c50 = S::fma(ai, b0, c50);
     c51 = S::fma(ai, b1, c51);
-    a += 6;
-    b += NR;
   }
-  const V va = S::set1(alpha);
-  V rows[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  if (beta == typename S::T(0)) {
-    for (int i = 0; i < ROWS; ++i) {
-      S::store(c + i * ldc, S::mul(va, rows[i][0]));
-      S::store(c + i * ldc + L, S::mul(va, rows[i][1]));
+  // C[0:ROWS] = alpha * tile + beta * C (beta == 0: C not read).
+  template <int ROWS>
+  inline __attribute__((always_inline)) void store(T* out, int64_t ldc, T alpha, T beta) const {
+    const V rows[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    const V va = S::set1(alpha);
+    if (beta == T(0)) {
+      for (int i = 0; i < ROWS; ++i) {
+        S::store(out + i * ldc, S::mul(va, rows[i][0]));
+        S::store(out + i * ldc + L, S::mul(va, rows[i][1]));
+      }
+    } else {
+      const V vb = S::set1(beta);
+      for (int i = 0; i < ROWS; ++i) {
+        T* row = out + i * ldc;
+        S::store(row, S::fma(va, rows[i][0], S::mul(vb, S::load(row))));
+        S::store(row + L, S::fma(va, rows[i][1], S::mul(vb, S::load(row + L))));
+      }
     }
-  } else {
-    const V vb = S::set1(beta);
-    for (int i = 0; i < ROWS; ++i) {
-      typename S::T* row = c + i * ldc;
-      S::store(row, S::fma(va, rows[i][0], S::mul(vb, S::load(row))));
-      S::store(row + L, S::fma(va, rows[i][1], S::mul(vb, S::load(row + L))));
-    }
+  }
+};
+
+// C is touched once, after the k loop: start pulling its lines in now so the
+// misses overlap the FMAs instead of following them.
+template <typename T, int ROWS, int NR>
+inline void prefetch_c(const T* c, int64_t ldc) {
+  for (int i = 0; i < ROWS; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
   }
 }
 
+// ROWS < 6 variants serve the bottom edge of C without a temporary tile.
+template <typename S, int ROWS>
+void kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::T* b, typename S::T* c,
+                 int64_t ldc, typename S::T alpha, typename S::T beta) {
+  constexpr int NR = 2 * S::kLanes;
+  prefetch_c<typename S::T, ROWS, NR>(c, ldc);
+  Tile<S> tile;
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    _mm_prefetch(reinterpret_cast<const char*>(a + 6 * 8), _MM_HINT_T0);
+    tile.step(a, b);
+    a += 6;
+    b += NR;
+  }
+  tile.template store<ROWS>(c, ldc, alpha, beta);
+}
+
+template <typename S, int ROWS>
+void indirect_kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::T* const* rows,
+                          int64_t offset, typename S::T* c, int64_t ldc, typename S::T beta) {
+  constexpr int NR = 2 * S::kLanes;
+  prefetch_c<typename S::T, ROWS, NR>(c, ldc);
+  Tile<S> tile;
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    tile.step(a, rows[p] + offset);
+    a += 6;
+  }
+  tile.template store<ROWS>(c, ldc, typename S::T(1), beta);
+}
+
 }  // namespace
+
+IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma() {
+  return {{indirect_kernel_6x2v<F32, 1>, indirect_kernel_6x2v<F32, 2>,
+           indirect_kernel_6x2v<F32, 3>, indirect_kernel_6x2v<F32, 4>,
+           indirect_kernel_6x2v<F32, 5>, indirect_kernel_6x2v<F32, 6>},
+          6,
+          16,
+          "f32-igemm-6x16-avx2-fma"};
+}
+
+IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma() {
+  return {{indirect_kernel_6x2v<F64, 1>, indirect_kernel_6x2v<F64, 2>,
+           indirect_kernel_6x2v<F64, 3>, indirect_kernel_6x2v<F64, 4>,
+           indirect_kernel_6x2v<F64, 5>, indirect_kernel_6x2v<F64, 6>},
+          6,
+          8,
+          "f64-igemm-6x8-avx2-fma"};
+}
 
 GemmKernelInfo<float> gemm_f32_6x16_avx2_fma() {
   return {{kernel_6x2v<F32, 1>, kernel_6x2v<F32, 2>, kernel_6x2v<F32, 3>, kernel_6x2v<F32, 4>,

@@ -24,7 +24,41 @@ void portable_kernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T al
   }
 }
 
+template <typename T, int MR, int NR, int ROWS>
+void portable_indirect_kernel(int64_t kc, const T* a, const T* const* rows, int64_t offset, T* c,
+                              int64_t ldc, T beta) {
+  T acc[MR][NR] = {};
+  for (int64_t p = 0; p < kc; ++p) {
+    const T* b = rows[p] + offset;
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[p * MR + i];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+  }
+  for (int i = 0; i < ROWS; ++i) {
+    T* row = c + i * ldc;
+    for (int j = 0; j < NR; ++j) row[j] = beta == T(0) ? acc[i][j] : acc[i][j] + beta * row[j];
+  }
+}
+
 }  // namespace
+
+IgemmKernelInfo<float> igemm_f32_6x16_portable() {
+  return {{portable_indirect_kernel<float, 6, 16, 1>, portable_indirect_kernel<float, 6, 16, 2>,
+           portable_indirect_kernel<float, 6, 16, 3>, portable_indirect_kernel<float, 6, 16, 4>,
+           portable_indirect_kernel<float, 6, 16, 5>, portable_indirect_kernel<float, 6, 16, 6>},
+          6,
+          16,
+          "f32-igemm-6x16-portable"};
+}
+
+IgemmKernelInfo<double> igemm_f64_4x8_portable() {
+  return {{portable_indirect_kernel<double, 4, 8, 1>, portable_indirect_kernel<double, 4, 8, 2>,
+           portable_indirect_kernel<double, 4, 8, 3>, portable_indirect_kernel<double, 4, 8, 4>},
+          4,
+          8,
+          "f64-igemm-4x8-portable"};
+}
 
 GemmKernelInfo<float> gemm_f32_6x16_portable() {
   return {{portable_kernel<float, 6, 16, 1>, portable_kernel<float, 6, 16, 2>,

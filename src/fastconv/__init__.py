@@ -7,9 +7,11 @@ reference of every op, the executable spec the kernels are tested against.
 
 from . import _C, reference
 from .functional import (
+    CONV2D_ALGORITHMS,
     avg_pool2d,
     avg_pool2d_backward,
     conv2d,
+    conv2d_algorithm,
     conv2d_input,
     conv2d_weight,
     gemm,
@@ -24,9 +26,11 @@ from .functional import (
 __version__ = _C.__version__
 
 __all__ = [
+    "CONV2D_ALGORITHMS",
     "avg_pool2d",
     "avg_pool2d_backward",
     "conv2d",
+    "conv2d_algorithm",
     "conv2d_input",
     "conv2d_weight",
     "gemm",

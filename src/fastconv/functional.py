@@ -26,7 +26,9 @@ __all__ = [
     "avg_pool2d",
     "ConvGeometry",
     "avg_pool2d_backward",
+    "CONV2D_ALGORITHMS",
     "conv2d",
+    "conv2d_algorithm",
     "conv2d_input",
     "conv2d_weight",
     "gemm",
@@ -342,8 +344,13 @@ def _check_weight(weight, name="weight", device=False):
     return weight
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm=None):
     """2-D cross-correlation (torch.nn.functional.conv2d).
+
+    ``algorithm`` (keyword-only, CPU) forces one of ``CONV2D_ALGORITHMS`` instead of
+    the one ``conv2d_algorithm`` selects; 'pointwise_gemm' accepts only 1x1,
+    stride-1, unpadded convolutions.
 
     out[n, k, i, j] = bias[k] + sum_{c, r, s} input[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw]
                                               * weight[k, c, r, s],   g = k // (K / groups)
@@ -362,13 +369,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     chk.check_same_dtype(input=input, weight=weight, bias=bias)
     geometry = _conv_geometry(weight.shape, stride, padding, dilation, groups)
     out_h, out_w = _check_conv_shapes(input.shape, weight.shape, geometry, "input", "weight")
+    algorithm_index = _algorithm_index(algorithm)
     x, unbatched = _batched(input)
+    if algorithm == "pointwise_gemm":
+        shape = (x.shape[0], *x.shape[1:])
+        if _C.conv2d_algorithm(shape, tuple(weight.shape), (out_h, out_w),
+                               _native_geometry(geometry)) != "pointwise_gemm":
+            raise ValueError("algorithm='pointwise_gemm' needs a 1x1, stride-1, unpadded conv")
     if device:
         out = _cuda_backend().conv2d(x, weight, bias, geometry)
     elif x.shape[0] == 0:
         out = np.empty((0, weight.shape[0], out_h, out_w), dtype=x.dtype)
     else:
-        out = _cpu_conv2d(x, weight, bias, geometry)
+        out = _cpu_conv2d(x, weight, bias, geometry, (out_h, out_w), algorithm_index)
     return out[0] if unbatched else out
 
 
@@ -415,26 +428,59 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     return _cpu_conv2d_weight(x, wsize, g, geometry)
 
 
-def _reference_padding(geometry: ConvGeometry):
-    top, bottom, left, right = geometry.padding
-    return (top, left) if (top, left) == (bottom, right) else "same"
+def _native_geometry(geometry: ConvGeometry) -> tuple:
+    top, _, left, _ = geometry.padding
+    return (*geometry.stride, top, left, *geometry.dilation, geometry.groups)
 
 
-def _cpu_conv2d(x, weight, bias, geometry):
-    return reference.conv2d(x, weight, bias, geometry.stride, _reference_padding(geometry),
-                            geometry.dilation, geometry.groups)
+def _cpu_conv2d(x, weight, bias, geometry, out_hw, algorithm):
+    x, weight = _host_contiguous(x), _host_contiguous(weight)
+    bias = None if bias is None else _host_contiguous(bias)
+    out = np.empty((x.shape[0], weight.shape[0], *out_hw), dtype=x.dtype)
+    _C.conv2d_forward(x, weight, bias, out, _native_geometry(geometry), algorithm)
+    return out
 
 
 def _cpu_conv2d_input(input_size, weight, grad_output, geometry):
-    return reference.conv2d_input(input_size, weight, grad_output, geometry.stride,
-                                  _reference_padding(geometry), geometry.dilation,
-                                  geometry.groups)
+    grad_input = np.empty(input_size, dtype=weight.dtype)
+    _C.conv2d_backward_input(_host_contiguous(grad_output), _host_contiguous(weight), grad_input,
+                             _native_geometry(geometry))
+    return grad_input
 
 
 def _cpu_conv2d_weight(x, weight_size, grad_output, geometry):
-    return reference.conv2d_weight(x, weight_size, grad_output, geometry.stride,
-                                   _reference_padding(geometry), geometry.dilation,
-                                   geometry.groups)
+    grad_weight = np.empty(weight_size, dtype=x.dtype)
+    _C.conv2d_backward_weight(_host_contiguous(x), _host_contiguous(grad_output), grad_weight,
+                              _native_geometry(geometry))
+    return grad_weight
+
+
+CONV2D_ALGORITHMS = tuple(_C.conv2d_algorithms)
+
+
+def _algorithm_index(algorithm) -> int:
+    if algorithm is None:
+        return -1
+    if algorithm not in CONV2D_ALGORITHMS:
+        raise ValueError(f"algorithm must be None or one of {CONV2D_ALGORITHMS}, got {algorithm!r}")
+    return CONV2D_ALGORITHMS.index(algorithm)
+
+
+def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
+    """The algorithm conv2d's CPU forward pass chooses for these shapes (a pure function).
+
+    One of ``CONV2D_ALGORITHMS``: 'pointwise_gemm' (1x1, stride 1, unpadded: a GEMM
+    per image), 'depthwise' (groups == in_channels: direct kernel), 'direct_small_c'
+    (at most 4 input channels per group: direct kernel), 'implicit_gemm' (the
+    general path: GEMM with im2col panels packed on the fly).
+    """
+    in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
+    w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))
+    if len(in_shape) == 3:
+        in_shape = (1, *in_shape)
+    geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
+    out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
+    return _C.conv2d_algorithm(in_shape, w_shape, out_hw, _native_geometry(geometry))
 
 
 # --------------------------------------------------------------------------- GEMM

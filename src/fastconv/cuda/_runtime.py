@@ -325,3 +325,7 @@ def sum_splits(parts: Any, out: Any, splits: int, stream: Any) -> None:
 
 def gcd(a: int, b: int) -> int:
     return math.gcd(a, b)
+
+
+def to_device(host: np.ndarray, stream: Any) -> Any:
+    return cuda.to_device(host, stream=stream)

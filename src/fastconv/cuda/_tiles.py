@@ -16,9 +16,14 @@ columns (coalesced) without vector types, which Numba lacks.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from numba import cuda
+
+#: Force NVVM-level inlining of small device functions where this numba-cuda has it.
+INLINE = {"forceinline": True} if "forceinline" in inspect.signature(cuda.jit).parameters \
+    else {}
 
 #: Padding (in elements) of each shared-memory row: breaks the bank conflicts of the
 #: transposing stores into the A tile.
@@ -56,21 +61,25 @@ TILES = {
     t.name: t
     for t in (
         TileConfig(128, 128, 8, 8, 8),  # big problems: 64 outputs per thread, 256 threads
-        TileConfig(64, 64, 8, 4, 4),  # small M or N / few tiles: 16 per thread, 256 threads
-        TileConfig(128, 128, 16, 8, 8),  # conv2d_weight: 16-long runs of the reduction
+        TileConfig(64, 128, 8, 8, 8),  # M of 64..127 (64-channel layers), 128 threads
+        TileConfig(64, 64, 8, 4, 4),  # small M or N, or too few blocks: 16 per thread
+        TileConfig(128, 128, 16, 8, 8),  # conv2d_weight: its loads walk runs of 16 pixels
+        TileConfig(64, 128, 16, 8, 8),
         TileConfig(64, 64, 16, 4, 4),
     )
 }
 
 LARGE = TILES["128x128x8-r8x8"]
+MEDIUM = TILES["64x128x8-r8x8"]
 SMALL = TILES["64x64x8-r4x4"]
 LARGE_K16 = TILES["128x128x16-r8x8"]
+MEDIUM_K16 = TILES["64x128x16-r8x8"]
 SMALL_K16 = TILES["64x64x16-r4x4"]
 
-#: Tuning thresholds, in one place.
+#: Tuning thresholds, in one place (none measured yet on a GPU: see the benchmark).
 THRESHOLDS = {
-    # the large tile only when it still gives this many blocks per SM
-    "large_tile_blocks_per_sm": 1.0,
+    # a tile is used only if it gives at least this many blocks per SM (else a smaller one)
+    "min_blocks_per_sm": 1.0,
     # below this many output channels per group, conv uses the direct kernels
     "direct_conv_min_channels": 16,
     # conv2d_weight split-K: aim for this many blocks per SM ...
@@ -80,14 +89,18 @@ THRESHOLDS = {
 }
 
 
-def pick_tile(m: int, n: int, sms: int, k16: bool = False) -> TileConfig:
-    """Large tile when it alone fills the GPU, else the small one."""
-    large, small = (LARGE_K16, SMALL_K16) if k16 else (LARGE, SMALL)
-    blocks = -(-m // large.bm) * -(-n // large.bn)
-    if m >= large.bm // 2 and n >= large.bn // 2 and \
-            blocks >= THRESHOLDS["large_tile_blocks_per_sm"] * sms:
-        return large
-    return small
+def pick_tile(m: int, n: int, sms: int, k16: bool = False, fill: bool = True) -> TileConfig:
+    """The largest tile that the C matrix (m x n) fills and, with ``fill``, that still
+    gives ``min_blocks_per_sm`` blocks per SM; the small tile otherwise."""
+    if _forced.get("tile") is not None:
+        return _forced["tile"]
+    candidates = (LARGE_K16, MEDIUM_K16, SMALL_K16) if k16 else (LARGE, MEDIUM, SMALL)
+    for tile in candidates[:-1]:
+        blocks = -(-m // tile.bm) * -(-n // tile.bn)
+        if m >= tile.bm and n >= tile.bn and \
+                (not fill or blocks >= THRESHOLDS["min_blocks_per_sm"] * sms):
+            return tile
+    return candidates[-1]
 
 
 _mma_cache: dict = {}
@@ -105,7 +118,7 @@ def mma_step(cfg: TileConfig):
     BK, TM, TN = cfg.bk, cfg.tm, cfg.tn
     RY, RX = cfg.bm // cfg.tm, cfg.bn // cfg.tn  # row / column stride between owned items
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, **INLINE)
     def mma(As, Bs, acc, ra, rb, ty, tx):
         for kk in range(BK):
             for i in range(TM):
@@ -118,3 +131,40 @@ def mma_step(cfg: TileConfig):
 
     _mma_cache[cfg] = mma
     return mma
+
+
+# --------------------------------------------------------------------------- overrides
+
+_forced: dict = {}
+
+
+class force:
+    """Context manager pinning the tuning choices (tests, benchmarks)::
+
+        with force(tile=TILES["64x64x8-r4x4"], splits=3, algorithm="implicit_gemm"):
+            ...
+
+    ``tile`` replaces every tile choice, ``splits`` the conv2d_weight split-K factor,
+    ``algorithm`` the conv algorithm ("implicit_gemm" or "direct").
+    Not thread-safe: meant for single-threaded test and benchmark code.
+    """
+
+    def __init__(self, **choices):
+        unknown = set(choices) - {"tile", "splits", "algorithm"}
+        if unknown:
+            raise TypeError(f"unknown tuning choices {sorted(unknown)}")
+        self.choices = {k: v for k, v in choices.items() if v is not None}
+
+    def __enter__(self):
+        self.saved = dict(_forced)
+        _forced.update(self.choices)
+        return self
+
+    def __exit__(self, *exc):
+        _forced.clear()
+        _forced.update(self.saved)
+        return False
+
+
+def forced(name: str):
+    return _forced.get(name)

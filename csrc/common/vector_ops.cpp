@@ -1,0 +1,52 @@
+#include "common/vector_ops.h"
+
+#include "common/cpu_features.h"
+
+namespace fastconv {
+namespace {
+
+template <typename T>
+void axpy_portable(int64_t n, T alpha, const T* x, T* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <typename T>
+T dot_portable(int64_t n, const T* x, const T* y) {
+  // Four independent partial sums: vectorisable and a fixed order.
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i] * y[i];
+    s1 += x[i + 1] * y[i + 1];
+    s2 += x[i + 2] * y[i + 2];
+    s3 += x[i + 3] * y[i + 3];
+  }
+  for (; i < n; ++i) s0 += x[i] * y[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+template <typename T>
+VectorOps<T> choose();
+template <>
+VectorOps<float> choose<float>() {
+  if (active_isa() == Isa::kAvx2Fma) return vector_ops_f32_avx2();
+  return {axpy_portable<float>, dot_portable<float>};
+}
+template <>
+VectorOps<double> choose<double>() {
+  if (active_isa() == Isa::kAvx2Fma) return vector_ops_f64_avx2();
+  return {axpy_portable<double>, dot_portable<double>};
+}
+
+}  // namespace
+
+template <typename T>
+const VectorOps<T>& vector_ops() {
+  static const VectorOps<T> ops = choose<T>();
+  return ops;
+}
+
+template const VectorOps<float>& vector_ops<float>();
+template const VectorOps<double>& vector_ops<double>();
+
+}  // namespace fastconv

@@ -1,0 +1,21 @@
+// Level-1 row primitives used by the direct convolution kernels, dispatched
+// by ISA (portable versions fill the table; AVX2+FMA overrides at run time).
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv {
+
+template <typename T>
+struct VectorOps {
+  void (*axpy)(int64_t n, T alpha, const T* x, T* y);  // y += alpha * x
+  T (*dot)(int64_t n, const T* x, const T* y);          // sum x * y (fixed order per ISA)
+};
+
+template <typename T>
+const VectorOps<T>& vector_ops();
+
+VectorOps<float> vector_ops_f32_avx2();
+VectorOps<double> vector_ops_f64_avx2();
+
+}  // namespace fastconv

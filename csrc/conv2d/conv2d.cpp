@@ -1,0 +1,136 @@
+// Algorithm selection and dispatch for conv2d forward and backward.
+#include "conv2d/conv2d.h"
+
+#include <stdexcept>
+#include <vector>
+
+namespace fastconv {
+namespace {
+
+// Tuning thresholds, all in one place (measured on the design.md layer set).
+struct ConvTuning {
+  // At most this many input channels per group: the direct kernel beats
+  // implicit GEMM, whose packing cost is amortised over too short a reduction.
+  int64_t direct_max_in_per_group = 4;
+  // ...and at most this many output channels per group for the input gradient
+  // to run directly (it is a convolution with channel roles swapped).
+  int64_t direct_max_out_per_group = 4;
+};
+constexpr ConvTuning kTuning{};
+
+// The input gradient of a stride-1 convolution is a stride-1 convolution of
+// grad_output with the kernel flipped and in/out channels swapped per group.
+ConvParams transposed_stride1_params(const ConvParams& p) {
+  ConvParams t = p;
+  t.in_channels = p.out_channels;
+  t.in_h = p.out_h;
+  t.in_w = p.out_w;
+  t.out_channels = p.in_channels;
+  t.out_h = p.in_h;
+  t.out_w = p.in_w;
+  // May be negative (padding wider than the dilated kernel): the kernels treat
+  // pad_top/pad_left as plain offsets with bounds checks, so that is fine.
+  t.pad_top = (p.kernel_h - 1) * p.dilation_h - p.pad_top;
+  t.pad_left = (p.kernel_w - 1) * p.dilation_w - p.pad_left;
+  return t;
+}
+
+template <typename T>
+std::vector<T> flipped_transposed_weight(const T* weight, const ConvParams& p) {
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.taps();
+  std::vector<T> w(static_cast<size_t>(p.out_channels * cg * taps));
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (int64_t k = 0; k < kg; ++k)
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t t = 0; t < taps; ++t)
+          w[((g * cg + c) * kg + k) * taps + (taps - 1 - t)] =
+              weight[((g * kg + k) * cg + c) * taps + t];
+  return w;
+}
+
+}  // namespace
+
+const char* conv_algorithm_name(ConvAlgorithm a) {
+  switch (a) {
+    case ConvAlgorithm::kPointwiseGemm:
+      return "pointwise_gemm";
+    case ConvAlgorithm::kDepthwise:
+      return "depthwise";
+    case ConvAlgorithm::kDirectSmallC:
+      return "direct_small_c";
+    case ConvAlgorithm::kGemm:
+      return "implicit_gemm";
+  }
+  return "unknown";
+}
+
+bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
+  switch (a) {
+    case ConvAlgorithm::kPointwiseGemm:
+      return p.is_pointwise();
+    case ConvAlgorithm::kDepthwise:      // the direct kernels are general,
+    case ConvAlgorithm::kDirectSmallC:  // only slow where they are not chosen
+    case ConvAlgorithm::kGemm:
+      return true;
+  }
+  return false;
+}
+
+ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
+  if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
+  if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
+  if (p.in_per_group() <= kTuning.direct_max_in_per_group) return ConvAlgorithm::kDirectSmallC;
+  return ConvAlgorithm::kGemm;
+}
+
+template <typename T>
+void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const ConvParams& p,
+                    ConvAlgorithm algorithm) {
+  if (!conv_algorithm_supports(algorithm, p))
+    throw std::invalid_argument(std::string("algorithm ") + conv_algorithm_name(algorithm) +
+                                " does not support this convolution");
+  switch (algorithm) {
+    case ConvAlgorithm::kPointwiseGemm:
+      return conv2d_pointwise_forward(input, weight, bias, output, p);
+    case ConvAlgorithm::kDepthwise:
+      return conv2d_depthwise_forward(input, weight, bias, output, p);
+    case ConvAlgorithm::kDirectSmallC:
+      return conv2d_direct_small_c_forward(input, weight, bias, output, p);
+    case ConvAlgorithm::kGemm:
+      return conv2d_gemm_forward(input, weight, bias, output, p);
+  }
+}
+
+template <typename T>
+void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                           const ConvParams& p) {
+  if (p.is_pointwise()) return conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
+  if (p.out_per_group() <= kTuning.direct_max_out_per_group)
+    return conv2d_direct_backward_input(grad_output, weight, grad_input, p);
+  if (p.is_unit_stride()) {
+    const ConvParams t = transposed_stride1_params(p);
+    const std::vector<T> w = flipped_transposed_weight(weight, p);
+    return conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t,
+                          select_conv_algorithm(t));
+  }
+  conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
+}
+
+template <typename T>
+void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                            const ConvParams& p) {
+  if (p.is_depthwise())
+    return conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
+  conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                              \
+  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const ConvParams&,       \
+                                  ConvAlgorithm);                                            \
+  template void conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);         \
+  template void conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

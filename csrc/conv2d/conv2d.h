@@ -1,0 +1,89 @@
+// 2-D convolution (cross-correlation) on contiguous NCHW arrays: forward,
+// gradient wrt input, gradient wrt weight. Arguments are validated in Python
+// (fastconv.functional) before these run.
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv {
+
+struct ConvParams {
+  int64_t batch = 0;
+  int64_t in_channels = 0, in_h = 0, in_w = 0;
+  int64_t out_channels = 0, kernel_h = 1, kernel_w = 1;
+  int64_t out_h = 0, out_w = 0;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_left = 0;  // bottom/right padding is implied by out_h/out_w
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+
+  int64_t in_per_group() const { return in_channels / groups; }
+  int64_t out_per_group() const { return out_channels / groups; }
+  int64_t in_plane() const { return in_h * in_w; }
+  int64_t out_plane() const { return out_h * out_w; }
+  int64_t taps() const { return kernel_h * kernel_w; }
+  // Reduction length of one output element: the GEMM K of the im2col view.
+  int64_t reduction() const { return in_per_group() * taps(); }
+  double flops() const {
+    return 2.0 * batch * out_channels * out_plane() * static_cast<double>(reduction());
+  }
+
+  bool is_pointwise() const {
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_top == 0 &&
+           pad_left == 0 && out_h == in_h && out_w == in_w;
+  }
+  bool is_depthwise() const { return groups > 1 && groups == in_channels; }
+  bool is_unit_stride() const { return stride_h == 1 && stride_w == 1; }
+};
+
+// Algorithms, in the order the selector prefers them. kGemm is the general
+// path and accepts every valid problem.
+enum class ConvAlgorithm : int {
+  kPointwiseGemm = 0,  // 1x1, stride 1, no padding: out = W @ X per image, no im2col
+  kDepthwise = 1,      // groups == in_channels: direct kernel vectorised along the width
+  kDirectSmallC = 2,   // few input channels per group: direct, register-blocked
+  kGemm = 3,           // implicit GEMM: im2col panels packed on the fly, never materialised
+};
+
+const char* conv_algorithm_name(ConvAlgorithm a);
+bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p);
+// Pure: the algorithm the forward pass runs for p.
+ConvAlgorithm select_conv_algorithm(const ConvParams& p);
+
+template <typename T>
+void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const ConvParams& p,
+                    ConvAlgorithm algorithm);
+template <typename T>
+void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                           const ConvParams& p);
+template <typename T>
+void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                            const ConvParams& p);
+
+// Algorithm implementations (one file each).
+template <typename T>
+void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* output,
+                         const ConvParams& p);
+template <typename T>
+void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T* output,
+                              const ConvParams& p);
+template <typename T>
+void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
+                              const ConvParams& p);
+template <typename T>
+void conv2d_direct_small_c_forward(const T* input, const T* weight, const T* bias, T* output,
+                                   const ConvParams& p);
+template <typename T>
+void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                const ConvParams& p);
+template <typename T>
+void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                 const ConvParams& p);
+template <typename T>
+void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p);
+template <typename T>
+void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                      const ConvParams& p);
+
+}  // namespace fastconv

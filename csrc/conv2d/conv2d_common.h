@@ -1,0 +1,68 @@
+// Helpers shared by the convolution algorithms.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "common/parallel.h"
+#include "conv2d/conv2d.h"
+
+namespace fastconv {
+
+// Runs fn(task, inner_threads) for task in [0, count). With at least as many
+// tasks as threads, tasks run in parallel and each gets one thread; otherwise
+// tasks run one after another and each may use every thread inside.
+template <typename Fn>
+void run_tasks(int64_t count, Fn&& fn) {
+  const int threads = get_num_threads();
+  if (count >= threads && threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t task = 0; task < count; ++task) fn(task, 1);
+  } else {
+    for (int64_t task = 0; task < count; ++task) fn(task, threads);
+  }
+}
+
+// One im2col row segment: dst[i] = x[ih][(ow0 + i) * stride + offset] for
+// i < count, zero where the tap falls into padding.
+template <typename T>
+inline void im2col_segment(const T* plane, int64_t in_h, int64_t in_w, int64_t ih, int64_t ow0,
+                           int64_t count, int64_t stride, int64_t offset, T* dst) {
+  if (ih < 0 || ih >= in_h) {
+    std::fill(dst, dst + count, T(0));
+    return;
+  }
+  const T* row = plane + ih * in_w;
+  // In-bounds outputs: 0 <= ow * stride + offset < in_w.
+  int64_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  int64_t hi = in_w - 1 - offset < 0 ? 0 : (in_w - 1 - offset) / stride + 1;
+  lo = std::clamp<int64_t>(lo - ow0, 0, count);
+  hi = std::clamp<int64_t>(hi - ow0, lo, count);
+  std::fill(dst, dst + lo, T(0));
+  const T* src = row + ow0 * stride + offset;
+  if (stride == 1) {
+    std::memcpy(dst + lo, src + lo, static_cast<size_t>(hi - lo) * sizeof(T));
+  } else {
+    for (int64_t i = lo; i < hi; ++i) dst[i] = src[i * stride];
+  }
+  std::fill(dst + hi, dst + count, T(0));
+}
+
+// Calls fn(oh, ow0, count, offset_in_range) for the output rows that the flat
+// output range [j0, j0 + n) spans.
+template <typename Fn>
+inline void for_each_output_row_segment(int64_t j0, int64_t n, int64_t out_w, Fn&& fn) {
+  int64_t j = j0;
+  const int64_t end = j0 + n;
+  while (j < end) {
+    const int64_t oh = j / out_w, ow = j % out_w;
+    const int64_t count = std::min(out_w - ow, end - j);
+    fn(oh, ow, count, j - j0);
+    j += count;
+  }
+}
+
+}  // namespace fastconv

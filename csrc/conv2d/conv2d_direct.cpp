@@ -1,0 +1,257 @@
+// Direct convolution for depthwise layers and layers with few input channels
+// per group, where GEMM would spend its time packing for a tiny reduction.
+//
+// Every input row a kernel row touches is copied once into a zero-padded,
+// stride-phase-split row, so that for tap s the inputs of a whole output row,
+// x[oh*sh + r*dh - pt][ow*sw + s*dw - pl] for ow = 0..OW-1, are one contiguous
+// run: padding and stride cost nothing in the inner loop, which is an AXPY
+// (forward, input gradient) or a dot product (weight gradient) along the width.
+#include <algorithm>
+#include <vector>
+
+#include "common/vector_ops.h"
+#include "gemm/gemm.h"
+#include "conv2d/conv2d_common.h"
+
+namespace fastconv {
+namespace {
+
+// A row in padded coordinates j = iw + pad_left, split by j % stride:
+// phase q holds j = q, q + stride, q + 2 * stride, ...
+struct PhaseLayout {
+  int64_t stride, pad_left, length;  // length of one phase
+  PhaseLayout(const ConvParams& p, int64_t out_w)
+      : stride(p.stride_w),
+        pad_left(p.pad_left),
+        length(out_w + ((p.kernel_w - 1) * p.dilation_w) / p.stride_w + 1) {}
+  int64_t size() const { return stride * length; }
+  // Offset of tap s's contiguous run of out_w inputs.
+  int64_t tap_offset(int64_t s, int64_t dilation) const {
+    const int64_t o = s * dilation;
+    return (o % stride) * length + o / stride;
+  }
+};
+
+template <typename T>
+void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layout, T* dst) {
+  for (int64_t q = 0; q < layout.stride; ++q) {
+    T* phase = dst + q * layout.length;
+    for (int64_t i = 0; i < layout.length; ++i) {
+      const int64_t iw = i * layout.stride + q - layout.pad_left;
+      phase[i] = (iw >= 0 && iw < width) ? row[iw] : T(0);
+    }
+  }
+}
+
+// Adds a phase-split row back onto a plain row (the adjoint of fill_phase_row).
+template <typename T>
+void add_phase_row(const T* src, const PhaseLayout& layout, int64_t width, T* row) {
+  for (int64_t q = 0; q < layout.stride; ++q) {
+    const T* phase = src + q * layout.length;
+    for (int64_t i = 0; i < layout.length; ++i) {
+      const int64_t iw = i * layout.stride + q - layout.pad_left;
+      if (iw >= 0 && iw < width) row[iw] += phase[i];
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
+                              const ConvParams& p) {
+  const VectorOps<T>& ops = vector_ops<T>();
+  const PhaseLayout layout(p, p.out_w);
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group();
+  const int64_t rows = p.batch * p.groups * p.out_h;
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> phase(static_cast<size_t>(layout.size()));
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < rows; ++task) {
+      const int64_t oh = task % p.out_h, ng = task / p.out_h;
+      const int64_t n = ng / p.groups, g = ng % p.groups;
+      T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
+      for (int64_t k = 0; k < kg; ++k)
+        std::fill(out + k * p.out_plane(), out + k * p.out_plane() + p.out_w,
+                  bias ? bias[g * kg + k] : T(0));
+      for (int64_t c = 0; c < cg; ++c) {
+        const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
+        for (int64_t r = 0; r < p.kernel_h; ++r) {
+          const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
+          if (ih < 0 || ih >= p.in_h) continue;
+          fill_phase_row(plane + ih * p.in_w, p.in_w, layout, phase.data());
+          for (int64_t s = 0; s < p.kernel_w; ++s) {
+            const T* x = phase.data() + layout.tap_offset(s, p.dilation_w);
+            const T* w = weight + ((g * kg) * cg + c) * p.taps() + r * p.kernel_w + s;
+            for (int64_t k = 0; k < kg; ++k)
+              ops.axpy(p.out_w, w[k * cg * p.taps()], x, out + k * p.out_plane());
+          }
+        }
+      }
+    }
+  }
+}
+
+// Few input channels: an indirect GEMM (XNNPACK's IGEMM). For one output row,
+// each tap (c, r, s) is a pointer into a phase-split input row; the micro-kernel
+// multiplies a packed block of mr output channels' weights by those rows, nr
+// output columns at a time, so the reduction over taps runs in registers.
+template <typename T>
+void conv2d_direct_small_c_forward(const T* input, const T* weight, const T* bias, T* output,
+                                   const ConvParams& p) {
+  const IgemmKernelInfo<T> kinfo = igemm_kernel<T>();
+  const int64_t mr = kinfo.mr, nr = kinfo.nr;
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.reduction();
+  const int64_t k_blocks = (kg + mr - 1) / mr;
+  const int64_t ow_padded = (p.out_w + nr - 1) / nr * nr;
+  const PhaseLayout layout(p, ow_padded);
+  // Weights per group and block of mr channels: [tap][mr], missing channels zero.
+  std::vector<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * mr), T(0));
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (int64_t k = 0; k < kg; ++k)
+      for (int64_t t = 0; t < taps; ++t)
+        packed[((g * k_blocks + k / mr) * taps + t) * mr + k % mr] = weight[(g * kg + k) * taps + t];
+  const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
+  const int64_t rows = p.batch * p.groups * p.out_h;
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> phase(static_cast<size_t>(cg * p.kernel_h * layout.size()));
+    std::vector<const T*> tap_rows(static_cast<size_t>(taps));
+    std::vector<T> tile(static_cast<size_t>(mr * nr));
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < rows; ++task) {
+      const int64_t oh = task % p.out_h, ng = task / p.out_h;
+      const int64_t n = ng / p.groups, g = ng % p.groups;
+      for (int64_t c = 0; c < cg; ++c) {
+        const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
+        for (int64_t r = 0; r < p.kernel_h; ++r) {
+          const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
+          const T* row = zeros.data();
+          if (ih >= 0 && ih < p.in_h) {
+            T* dst = phase.data() + (c * p.kernel_h + r) * layout.size();
+            fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
+            row = dst;
+          }
+          for (int64_t s = 0; s < p.kernel_w; ++s)
+            tap_rows[(c * p.kernel_h + r) * p.kernel_w + s] = row + layout.tap_offset(s, p.dilation_w);
+        }
+      }
+      T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const int64_t k0 = kb * mr, count = std::min(mr, kg - k0);
+        const T* a = packed.data() + (g * k_blocks + kb) * taps * mr;
+        T* c = out + k0 * p.out_plane();
+        for (int64_t ow = 0; ow < p.out_w; ow += nr) {
+          const int64_t cols = std::min(nr, p.out_w - ow);
+          if (cols == nr) {
+            kinfo.kernels[count - 1](taps, a, tap_rows.data(), ow, c + ow, p.out_plane(), T(0));
+          } else {
+            kinfo.kernels[mr - 1](taps, a, tap_rows.data(), ow, tile.data(), nr, T(0));
+            for (int64_t i = 0; i < count; ++i)
+              std::copy(tile.data() + i * nr, tile.data() + i * nr + cols, c + i * p.out_plane() + ow);
+          }
+        }
+        if (bias != nullptr)
+          for (int64_t i = 0; i < count; ++i) {
+            const T b = bias[g * kg + k0 + i];
+            T* row = c + i * p.out_plane();
+            for (int64_t ow = 0; ow < p.out_w; ++ow) row[ow] += b;
+          }
+      }
+    }
+  }
+}
+
+// Input gradient of a grouped convolution with few channels per group (used for
+// depthwise layers at any stride): per input plane, accumulate phase-split rows,
+// then fold them back.
+template <typename T>
+void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p) {
+  const VectorOps<T>& ops = vector_ops<T>();
+  const PhaseLayout layout(p, p.out_w);
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group();
+  const int64_t planes = p.batch * p.in_channels;
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> acc(static_cast<size_t>(p.in_h * layout.size()));
+#pragma omp for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const int64_t n = plane / p.in_channels, ci = plane % p.in_channels;
+      const int64_t g = ci / cg, c = ci % cg;
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t k = 0; k < kg; ++k) {
+        const int64_t ko = g * kg + k;
+        const T* dy = grad_output + (n * p.out_channels + ko) * p.out_plane();
+        const T* w = weight + (ko * cg + c) * p.taps();
+        for (int64_t oh = 0; oh < p.out_h; ++oh) {
+          for (int64_t r = 0; r < p.kernel_h; ++r) {
+            const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
+            if (ih < 0 || ih >= p.in_h) continue;
+            T* row = acc.data() + ih * layout.size();
+            for (int64_t s = 0; s < p.kernel_w; ++s)
+              ops.axpy(p.out_w, w[r * p.kernel_w + s], dy + oh * p.out_w,
+                       row + layout.tap_offset(s, p.dilation_w));
+          }
+        }
+      }
+      T* dx = grad_input + plane * p.in_plane();
+      std::fill(dx, dx + p.in_plane(), T(0));
+      for (int64_t ih = 0; ih < p.in_h; ++ih)
+        add_phase_row(acc.data() + ih * layout.size(), layout, p.in_w, dx + ih * p.in_w);
+    }
+  }
+}
+
+template <typename T>
+void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                      const ConvParams& p) {
+  const VectorOps<T>& ops = vector_ops<T>();
+  const PhaseLayout layout(p, p.out_w);
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group();
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+  // One thread owns each output channel: no partial sums, fixed order.
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> phase(static_cast<size_t>(layout.size()));
+    std::vector<T> sums(static_cast<size_t>(p.taps()));
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < p.out_channels; ++k) {
+      const int64_t g = k / kg;
+      for (int64_t c = 0; c < cg; ++c) {
+        std::fill(sums.begin(), sums.end(), T(0));
+        for (int64_t n = 0; n < p.batch; ++n) {
+          const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
+          const T* dy = grad_output + (n * p.out_channels + k) * p.out_plane();
+          for (int64_t oh = 0; oh < p.out_h; ++oh) {
+            for (int64_t r = 0; r < p.kernel_h; ++r) {
+              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
+              if (ih < 0 || ih >= p.in_h) continue;
+              fill_phase_row(plane + ih * p.in_w, p.in_w, layout, phase.data());
+              for (int64_t s = 0; s < p.kernel_w; ++s)
+                sums[r * p.kernel_w + s] += ops.dot(
+                    p.out_w, dy + oh * p.out_w, phase.data() + layout.tap_offset(s, p.dilation_w));
+            }
+          }
+        }
+        std::copy(sums.begin(), sums.end(), grad_weight + (k * cg + c) * p.taps());
+      }
+    }
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                               \
+  template void conv2d_direct_small_c_forward<T>(const T*, const T*, const T*, T*,             \
+                                                 const ConvParams&);                           \
+  template void conv2d_depthwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
+  template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);    \
+  template void conv2d_depthwise_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

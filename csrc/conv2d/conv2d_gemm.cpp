@@ -1,0 +1,250 @@
+// Convolution as GEMM over the project's own GEMM (csrc/gemm).
+//
+// Forward: out[n, g] (Kg x OH*OW) = W[g] (Kg x Cg*R*S) @ im2col(x[n, g]). The
+// im2col matrix is never built: GEMM asks for packed B panels and they are
+// filled straight from the image (implicit GEMM), so extra memory is the GEMM
+// panels only. 1x1 stride-1 unpadded convolutions need no im2col at all.
+// Backward wrt input: GEMM into a bounded column tile, then col2im.
+// Backward wrt weight: per-thread partial sums over images of
+// dY @ im2col(x)^T, im2col built one bounded pixel tile at a time, partials
+// reduced in thread order (deterministic for a fixed thread count).
+#include <algorithm>
+#include <vector>
+
+#include "common/aligned_buffer.h"
+#include "conv2d/conv2d_common.h"
+#include "gemm/gemm.h"
+
+namespace fastconv {
+namespace {
+
+// Column tiles of the backward passes hold at most this many elements.
+constexpr int64_t kTileElements = 1 << 18;
+
+struct TapGeometry {
+  int64_t c, row_offset, col_offset;  // channel within the group, ih = oh*sh + row_offset, ...
+};
+
+std::vector<TapGeometry> tap_table(const ConvParams& p) {
+  std::vector<TapGeometry> taps(static_cast<size_t>(p.reduction()));
+  size_t t = 0;
+  for (int64_t c = 0; c < p.in_per_group(); ++c)
+    for (int64_t r = 0; r < p.kernel_h; ++r)
+      for (int64_t s = 0; s < p.kernel_w; ++s)
+        taps[t++] = {c, r * p.dilation_h - p.pad_top, s * p.dilation_w - p.pad_left};
+  return taps;
+}
+
+// Fills `dst` (rows x count, row stride ld) with im2col rows [t0, t0 + rows)
+// for the flat output pixels [j0, j0 + count) of one image group.
+template <typename T>
+void im2col_tile(const T* x, const ConvParams& p, const std::vector<TapGeometry>& taps, int64_t t0,
+                 int64_t rows, int64_t j0, int64_t count, T* dst, int64_t ld) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const TapGeometry& tap = taps[t0 + i];
+    const T* plane = x + tap.c * p.in_plane();
+    T* out = dst + i * ld;
+    for_each_output_row_segment(j0, count, p.out_w, [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
+      im2col_segment(plane, p.in_h, p.in_w, oh * p.stride_h + tap.row_offset, ow, n, p.stride_w,
+                     tap.col_offset, out + at);
+    });
+  }
+}
+
+// Packed-B producer for the forward GEMM: slivers of nr output pixels.
+template <typename T>
+PackB<T> implicit_im2col_packer(const T* x, const ConvParams& p,
+                                const std::vector<TapGeometry>& taps) {
+  return [x, &p, &taps](int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) {
+    const int64_t pixels = p.out_plane();
+    for (int64_t jr = 0; jr < nc; jr += nr) {
+      const int64_t cols = std::min<int64_t>(nr, std::min(nc - jr, pixels - j0 - jr));
+      T* sliver = dst + jr * kc;
+      for (int64_t i = 0; i < kc; ++i) {
+        const TapGeometry& tap = taps[k0 + i];
+        const T* plane = x + tap.c * p.in_plane();
+        T* out = sliver + i * nr;
+        for_each_output_row_segment(j0 + jr, cols, p.out_w,
+                                    [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
+                                      im2col_segment(plane, p.in_h, p.in_w,
+                                                     oh * p.stride_h + tap.row_offset, ow, n,
+                                                     p.stride_w, tap.col_offset, out + at);
+                                    });
+        std::fill(out + cols, out + nr, T(0));
+      }
+    }
+  };
+}
+
+// out rows = bias (so GEMM can accumulate with beta = 1), or nothing to do.
+template <typename T>
+T fill_bias(const T* bias, T* out, int64_t channels, int64_t plane) {
+  if (bias == nullptr) return T(0);
+  for (int64_t k = 0; k < channels; ++k) std::fill(out + k * plane, out + (k + 1) * plane, bias[k]);
+  return T(1);
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* output,
+                         const ConvParams& p) {
+  const std::vector<TapGeometry> taps = tap_table(p);
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
+    const int64_t n = task / p.groups, g = task % p.groups;
+    const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
+    T* out = output + (n * p.out_channels + g * kg) * pixels;
+    GemmProblem<T> pr;
+    pr.m = kg;
+    pr.n = pixels;
+    pr.k = p.reduction();
+    pr.a = {weight + g * kg * pr.k, pr.k, 1};
+    pr.pack_b = implicit_im2col_packer(x, p, taps);
+    pr.c = {out, pixels, 1};
+    pr.beta = fill_bias(bias ? bias + g * kg : nullptr, out, kg, pixels);
+    gemm(pr, threads);
+  });
+}
+
+template <typename T>
+void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T* output,
+                              const ConvParams& p) {
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
+    const int64_t n = task / p.groups, g = task % p.groups;
+    T* out = output + (n * p.out_channels + g * kg) * pixels;
+    GemmProblem<T> pr;
+    pr.m = kg;
+    pr.n = pixels;
+    pr.k = cg;
+    pr.a = {weight + g * kg * cg, cg, 1};
+    pr.b = {input + (n * p.in_channels + g * cg) * pixels, pixels, 1};
+    pr.c = {out, pixels, 1};
+    pr.beta = fill_bias(bias ? bias + g * kg : nullptr, out, kg, pixels);
+    gemm(pr, threads);
+  });
+}
+
+template <typename T>
+void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                const ConvParams& p) {
+  const std::vector<TapGeometry> taps = tap_table(p);
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  const int64_t red = p.reduction();
+  const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
+  run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
+    const int64_t n = task / p.groups, g = task % p.groups;
+    T* dx = grad_input + (n * p.in_channels + g * cg) * p.in_plane();
+    const T* dy = grad_output + (n * p.out_channels + g * kg) * pixels;
+    std::fill(dx, dx + cg * p.in_plane(), T(0));
+    if (p.is_pointwise()) {  // dX = W^T @ dY, no columns needed
+      GemmProblem<T> pr;
+      pr.m = cg;
+      pr.n = pixels;
+      pr.k = kg;
+      pr.a = {weight + g * kg * cg, 1, cg};
+      pr.b = {dy, pixels, 1};
+      pr.c = {dx, pixels, 1};
+      gemm(pr, threads);
+      return;
+    }
+    AlignedBuffer<T> cols(static_cast<size_t>(red * tile_pixels));
+    for (int64_t j0 = 0; j0 < pixels; j0 += tile_pixels) {
+      const int64_t count = std::min(tile_pixels, pixels - j0);
+      GemmProblem<T> pr;  // columns (red x count) = W[g]^T @ dY[:, j0:j0+count]
+      pr.m = red;
+      pr.n = count;
+      pr.k = kg;
+      pr.a = {weight + g * kg * red, 1, red};
+      pr.b = {dy + j0, pixels, 1};
+      pr.c = {cols.data(), count, 1};
+      gemm(pr, threads);
+      // col2im: scatter-add each tap row back onto the input plane.
+      for (int64_t t = 0; t < red; ++t) {
+        const TapGeometry& tap = taps[t];
+        T* plane = dx + tap.c * p.in_plane();
+        const T* src = cols.data() + t * count;
+        for_each_output_row_segment(j0, count, p.out_w, [&](int64_t oh, int64_t ow0, int64_t m, int64_t at) {
+          const int64_t ih = oh * p.stride_h + tap.row_offset;
+          if (ih < 0 || ih >= p.in_h) return;
+          T* row = plane + ih * p.in_w;
+          for (int64_t i = 0; i < m; ++i) {
+            const int64_t iw = (ow0 + i) * p.stride_w + tap.col_offset;
+            if (iw >= 0 && iw < p.in_w) row[iw] += src[at + i];
+          }
+        });
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                 const ConvParams& p) {
+  const std::vector<TapGeometry> taps = tap_table(p);
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  const int64_t red = p.reduction();
+  const int64_t weight_size = p.out_channels * red;
+  const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
+  const int64_t tasks = p.batch * p.groups;
+  const int threads = get_num_threads();
+  const bool per_task_threads = tasks >= threads && threads > 1;
+  const int partial_count = per_task_threads ? threads : 1;
+  // One partial dW per thread; images are split statically so each partial
+  // always sums the same images in the same order.
+  std::vector<T> partials(static_cast<size_t>(weight_size * (partial_count - 1)));
+  auto accumulate = [&](int64_t task, int inner_threads, T* dw, T* cols) {
+    const int64_t n = task / p.groups, g = task % p.groups;
+    const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
+    const T* dy = grad_output + (n * p.out_channels + g * kg) * pixels;
+    for (int64_t j0 = 0; j0 < pixels; j0 += tile_pixels) {
+      const int64_t count = std::min(tile_pixels, pixels - j0);
+      GemmProblem<T> pr;  // dW[g] (kg x red) += dY[:, j0:j0+count] @ columns^T
+      pr.m = kg;
+      pr.n = red;
+      pr.k = count;
+      pr.a = {dy + j0, pixels, 1};
+      if (p.is_pointwise()) {
+        pr.b = {x + j0, 1, pixels};
+      } else {
+        im2col_tile(x, p, taps, 0, red, j0, count, cols, count);
+        pr.b = {cols, 1, count};
+      }
+      pr.c = {dw + g * kg * red, red, 1};
+      pr.beta = T(1);
+      gemm(pr, inner_threads);
+    }
+  };
+  std::fill(grad_weight, grad_weight + weight_size, T(0));
+  std::fill(partials.begin(), partials.end(), T(0));
+  if (per_task_threads) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num();
+      T* dw = t == 0 ? grad_weight : partials.data() + (t - 1) * weight_size;
+      AlignedBuffer<T> cols(static_cast<size_t>(red * tile_pixels));
+      const int64_t begin = tasks * t / threads, end = tasks * (t + 1) / threads;
+      for (int64_t task = begin; task < end; ++task) accumulate(task, 1, dw, cols.data());
+    }
+    for (int t = 1; t < threads; ++t) {
+      const T* src = partials.data() + (t - 1) * weight_size;
+      for (int64_t i = 0; i < weight_size; ++i) grad_weight[i] += src[i];
+    }
+  } else {
+    AlignedBuffer<T> cols(static_cast<size_t>(red * tile_pixels));
+    for (int64_t task = 0; task < tasks; ++task) accumulate(task, threads, grad_weight, cols.data());
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                            \
+  template void conv2d_gemm_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
+  template void conv2d_pointwise_forward<T>(const T*, const T*, const T*, T*,               \
+                                            const ConvParams&);                             \
+  template void conv2d_gemm_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
+  template void conv2d_gemm_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

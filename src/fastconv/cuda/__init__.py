@@ -1,0 +1,361 @@
+"""Numba CUDA backend of fastconv (``pip install fastconv[cuda]``, i.e. numba-cuda).
+
+``fastconv.functional`` validates and normalises every argument, then calls these
+functions when the tensors live on a CUDA device; 3-D inputs arrive already batched.
+Nothing here re-validates user input except what addresses memory (pooling indices).
+
+Inputs: Numba device arrays (``numba.cuda.to_device`` ...; under the simulator its fake
+device arrays), or any object exposing ``__cuda_array_interface__`` (CuPy arrays, torch
+CUDA tensors), wrapped without a copy. Strided inputs are copied to a contiguous device
+buffer first (on the device). Results are **Numba device arrays**
+(``numba.cuda.cudadrv.devicearray.DeviceNDArray``): ``.copy_to_host()`` gives NumPy, and
+they expose ``__cuda_array_interface__``, so ``cupy.asarray(r)`` / ``torch.as_tensor(r,
+device="cuda")`` view them without a copy. ``gemm`` with a writable ``c`` writes into
+``c`` and returns that same object.
+
+Streams: a call runs on the stream of its first input that carries one (a Numba array
+created with ``stream=``, or the producer stream a CAI object declares: we run on it
+instead of blocking the host on it), else on the default stream; results are allocated
+on that stream. No call waits for the device, except ``max_pool2d_backward``, which
+reads one flag back to refuse out-of-range indices before scattering.
+
+Kernels (see the submodules): ``gemm`` 2-D block-tiled SGEMM with register blocking;
+``conv2d`` / ``conv2d_input`` / ``conv2d_weight`` implicit GEMM on the same tiling
+(stride-phase decomposition for the input gradient, split-K with a deterministic
+second pass for the weight gradient), direct kernels for groups with few channels
+(depthwise); pooling one thread per output. Each kernel is compiled once per
+(tile, dtype, variant) with an explicit signature, the first time it is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+try:
+    import numba.cuda  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "fastconv's CUDA backend needs numba-cuda: pip install 'fastconv[cuda]'"
+    ) from exc
+
+from . import _conv, _gemm, _pool, _tiles
+from . import _runtime as rt
+from ._tiles import THRESHOLDS, TILES, TileConfig, force
+
+__all__ = [
+    "THRESHOLDS",
+    "TILES",
+    "TileConfig",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "broadcast_rows",
+    "conv2d",
+    "conv2d_input",
+    "conv2d_weight",
+    "conv_algorithm",
+    "force",
+    "gemm",
+    "max_pool2d",
+    "max_pool2d_backward",
+]
+
+_INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
+_MAX_GRID_Y = 65535
+
+
+def _prepare(*arrays: Any) -> tuple[Any, list]:
+    """(stream, contiguous Numba device arrays); None entries stay None."""
+    views = [None if a is None else rt.as_device(a) for a in arrays]
+    stream = rt.pick_stream(*views)
+    return stream, [None if v is None else rt.ingest(v, stream) for v in views]
+
+
+def _check_grid_y(n: int, what: str) -> None:
+    if n > _MAX_GRID_Y:
+        raise ValueError(f"{what} = {n} exceeds the CUDA grid limit of {_MAX_GRID_Y}")
+
+
+# --------------------------------------------------------------------------- algorithm choice
+
+
+class ConvChoice(NamedTuple):
+    algorithm: str  # "implicit_gemm" | "direct"
+    tile: TileConfig | None
+    splits: int = 1  # conv2d_weight only
+
+
+def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry) -> ConvChoice:
+    """The kernel a convolution runs with, apart from running it (tested by table).
+
+    ``op`` is "forward", "input" or "weight"; shapes are NCHW / KCRS 4-tuples.
+    """
+    n, c, h, w = x_shape
+    k, cg, r, s = w_shape
+    g = geometry.groups
+    kg = k // g
+    oh, ow = out_hw
+    sms = rt.sm_count()
+    few = THRESHOLDS["direct_conv_min_channels"]
+    forced = _tiles.forced("algorithm")
+    if op == "forward":
+        direct = kg < few
+        m_dim, n_dim, k16 = kg, n * oh * ow, False
+    elif op == "input":
+        direct = cg < few
+        sh, sw = geometry.stride
+        m_dim, n_dim, k16 = cg, n * -(-h // sh) * -(-w // sw), False
+    elif op == "weight":
+        direct = kg < few or cg * r * s < few
+        m_dim, n_dim, k16 = kg, cg * r * s, True
+    else:
+        raise ValueError(f"unknown conv op {op!r}")
+    if forced is not None:
+        direct = forced == "direct"
+    if direct:
+        return ConvChoice("direct", None)
+    # conv2d_weight fills the GPU by splitting its reduction, not by its tile count
+    tile = _tiles.pick_tile(m_dim, n_dim, sms, k16=k16, fill=op != "weight")
+    splits = 1
+    if op == "weight":
+        nq = n * oh * ow
+        tiles = rt.cdiv(m_dim, tile.bm) * rt.cdiv(n_dim, tile.bn) * g
+        want = rt.cdiv(int(THRESHOLDS["splitk_blocks_per_sm"] * sms), tiles)
+        most = max(1, nq // (tile.bk * THRESHOLDS["splitk_min_steps"]))
+        splits = _tiles.forced("splits") or max(1, min(want, most))
+        splits = max(1, min(splits, _MAX_GRID_Y // g, max(1, rt.cdiv(nq, tile.bk))))
+    return ConvChoice("implicit_gemm", tile, splits)
+
+
+def _conv_ints(n, c, h, w, k, oh, ow, r, s, geometry):
+    (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    return (n, c, h, w, k, oh, ow, r, s, sh, sw, pt, pl, dh, dw, geometry.groups)
+
+
+def _out_hw(h, w, r, s, geometry):
+    (sh, sw), (pt, pb, pl, pr), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    return ((h + pt + pb - dh * (r - 1) - 1) // sh + 1,
+            (w + pl + pr - dw * (s - 1) - 1) // sw + 1)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv2d(x, weight, bias, geometry):
+    """2-D cross-correlation; (N, C, H, W) x (K, Cg, R, S) -> (N, K, OH, OW)."""
+    stream, (x, weight, bias) = _prepare(x, weight, bias)
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    oh, ow = _out_hw(h, w, r, s, geometry)
+    out = rt.empty((n, k, oh, ow), x.dtype, stream)
+    if out.size == 0:
+        return out
+    g = geometry.groups
+    ints = (*_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry), int(bias is not None))
+    b = rt.flat(bias) if bias is not None else rt.flat(out)  # never read without a bias
+    args = (rt.flat(x), rt.flat(weight), b, rt.flat(out), *ints)
+    choice = conv_algorithm("forward", x.shape, weight.shape, (oh, ow), geometry)
+    if choice.algorithm == "direct":
+        grid, block = rt.launch_1d(out.size)
+        _conv.conv2d_fwd_direct_kernel(x.dtype)[grid, block, stream](*args)
+    else:
+        t = choice.tile
+        _check_grid_y(g, "groups")
+        blocks = rt.cdiv(k // g, t.bm) * rt.cdiv(n * oh * ow, t.bn)
+        _conv.conv2d_fwd_kernel(t, x.dtype)[(blocks, g), t.threads, stream](*args)
+    return out
+
+
+def conv2d_input(input_size, weight, grad_output, geometry):
+    """Gradient of conv2d wrt its input, shape ``input_size`` (N, C, H, W)."""
+    stream, (weight, grad_output) = _prepare(weight, grad_output)
+    n, c, h, w = (int(v) for v in input_size)
+    k, _, r, s = weight.shape
+    _, _, oh, ow = grad_output.shape
+    gin = rt.empty((n, c, h, w), weight.dtype, stream)
+    if gin.size == 0:
+        return gin
+    g = geometry.groups
+    args = (rt.flat(grad_output), rt.flat(weight), rt.flat(gin),
+            *_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry))
+    choice = conv_algorithm("input", (n, c, h, w), weight.shape, (oh, ow), geometry)
+    if choice.algorithm == "direct":
+        grid, block = rt.launch_1d(gin.size)
+        _conv.conv2d_dgrad_direct_kernel(gin.dtype)[grid, block, stream](*args)
+    else:
+        t = choice.tile
+        sh, sw = geometry.stride
+        _check_grid_y(g * sh * sw, "groups * stride_h * stride_w")
+        pix = n * rt.cdiv(h, sh) * rt.cdiv(w, sw)
+        blocks = rt.cdiv(c // g, t.bm) * rt.cdiv(pix, t.bn)
+        _conv.conv2d_dgrad_kernel(t, gin.dtype)[(blocks, g * sh * sw), t.threads, stream](*args)
+    return gin
+
+
+def conv2d_weight(x, weight_size, grad_output, geometry):
+    """Gradient of conv2d wrt its weight, shape ``weight_size`` (K, Cg, R, S)."""
+    stream, (x, grad_output) = _prepare(x, grad_output)
+    n, c, h, w = x.shape
+    k, cg, r, s = (int(v) for v in weight_size)
+    _, _, oh, ow = grad_output.shape
+    gw = rt.empty((k, cg, r, s), x.dtype, stream)
+    if gw.size == 0:
+        return gw
+    if n * oh * ow == 0:
+        rt.fill(gw, 0, stream)
+        return gw
+    g = geometry.groups
+    ints = _conv_ints(n, c, h, w, k, oh, ow, r, s, geometry)
+    choice = conv_algorithm("weight", x.shape, (k, cg, r, s), (oh, ow), geometry)
+    if choice.algorithm == "direct":
+        _conv.conv2d_wgrad_direct_kernel(x.dtype)[gw.size, _conv.REDUCE_THREADS, stream](
+            rt.flat(x), rt.flat(grad_output), rt.flat(gw), *ints)
+        return gw
+    t, splits = choice.tile, choice.splits
+    nq = n * oh * ow
+    chunk = rt.cdiv(rt.cdiv(nq, splits), t.bk) * t.bk
+    splits = rt.cdiv(nq, chunk)
+    ws = rt.flat(gw) if splits == 1 else rt.empty((splits * gw.size,), x.dtype, stream)
+    blocks = rt.cdiv(k // g, t.bm) * rt.cdiv(cg * r * s, t.bn)
+    _conv.conv2d_wgrad_kernel(t, x.dtype)[(blocks, g * splits), t.threads, stream](
+        rt.flat(x), rt.flat(grad_output), ws, *ints, splits, chunk)
+    if splits > 1:
+        rt.sum_splits(ws, gw, splits, stream)
+    return gw
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool_ints(window):
+    (kh, kw), (sh, sw), (ph, pw) = window.kernel, window.stride, window.padding
+    return kh, kw, sh, sw, ph, pw
+
+
+def max_pool2d(x, window, out_hw):
+    """(out, indices): max pooling and the int64 flat h*W + w index of each maximum."""
+    stream, (x,) = _prepare(x)
+    n, c, h, w = x.shape
+    oh, ow = out_hw
+    out = rt.empty((n, c, oh, ow), x.dtype, stream)
+    idx = rt.empty((n, c, oh, ow), np.int64, stream)
+    if out.size:
+        grid, block = rt.launch_1d(out.size)
+        _pool.max_pool2d_fwd_kernel(x.dtype)[grid, block, stream](
+            rt.flat(x), rt.flat(out), rt.flat(idx), n * c, h, w, oh, ow, *_pool_ints(window),
+            *window.dilation)
+    return out, idx
+
+
+def max_pool2d_backward(grad_output, indices, input_size):
+    """Scatter-add of grad_output to ``indices``; raises ValueError on an index outside
+    [0, H*W), checked on the device before anything is written."""
+    stream, (grad_output, indices) = _prepare(grad_output, indices)
+    n, c, h, w = (int(v) for v in input_size)
+    plane = h * w
+    count = grad_output.size
+    if count:
+        lohi = rt.to_device(np.array([_INT64_MAX, _INT64_MIN], dtype=np.int64), stream)
+        grid, block = rt.launch_1d(count)
+        _pool.max_pool2d_check_kernel()[grid, block, stream](rt.flat(indices), lohi, count,
+                                                             plane)
+        low, high = (int(v) for v in rt.sync_to_host(lohi, stream))
+        if high != _INT64_MIN:
+            raise ValueError(
+                f"indices must lie in [0, {plane}) (flat positions in an input plane of size "
+                f"{(h, w)}), got out-of-range values in [{low}, {high}]"
+            )
+    gin = rt.zeros((n, c, h, w), grad_output.dtype, stream)
+    if count:
+        out_plane = grad_output.shape[2] * grad_output.shape[3]
+        grid, block = rt.launch_1d(count)
+        _pool.max_pool2d_bwd_kernel(gin.dtype)[grid, block, stream](
+            rt.flat(grad_output), rt.flat(indices), rt.flat(gin), count, out_plane, plane)
+    return gin
+
+
+def avg_pool2d(x, window, out_hw, count_include_pad, divisor_override):
+    """Average pooling; ``divisor_override`` 0 means none."""
+    stream, (x,) = _prepare(x)
+    n, c, h, w = x.shape
+    oh, ow = out_hw
+    out = rt.empty((n, c, oh, ow), x.dtype, stream)
+    if out.size:
+        grid, block = rt.launch_1d(out.size)
+        _pool.avg_pool2d_fwd_kernel(x.dtype)[grid, block, stream](
+            rt.flat(x), rt.flat(out), n * c, h, w, oh, ow, *_pool_ints(window),
+            int(bool(count_include_pad)), int(divisor_override))
+    return out
+
+
+def avg_pool2d_backward(grad_output, input_size, window, count_include_pad, divisor_override):
+    """Gradient of avg_pool2d wrt its input (a gather: no atomics)."""
+    stream, (grad_output,) = _prepare(grad_output)
+    n, c, h, w = (int(v) for v in input_size)
+    _, _, oh, ow = grad_output.shape
+    gin = rt.empty((n, c, h, w), grad_output.dtype, stream)
+    if gin.size:
+        if oh * ow == 0:
+            rt.fill(gin, 0, stream)
+            return gin
+        grid, block = rt.launch_1d(gin.size)
+        _pool.avg_pool2d_bwd_kernel(gin.dtype)[grid, block, stream](
+            rt.flat(grad_output), rt.flat(gin), n * c, h, w, oh, ow, *_pool_ints(window),
+            int(bool(count_include_pad)), int(divisor_override))
+    return gin
+
+
+# --------------------------------------------------------------------------- GEMM
+
+
+def _matrix(x, stream):
+    """(contiguous matrix, transposed?): a column-major view is used as its transpose."""
+    if x.size == 0 or rt.is_contiguous(x):
+        return x, False
+    if rt.is_contiguous(x.T):
+        return x.T, True
+    return rt.contiguous_copy(x, stream), False
+
+
+def _writable(c) -> bool:
+    cai = getattr(c, "__cuda_array_interface__", None)
+    return not (cai is not None and cai.get("data", (0, False))[1])
+
+
+def gemm(a, b, c, alpha, beta, trans_a, trans_b):
+    """alpha * op(a) @ op(b) + beta * c; into ``c`` (returned) when c is writable."""
+    views = [rt.as_device(a), rt.as_device(b), None if c is None else rt.as_device(c)]
+    stream = rt.pick_stream(*views)
+    da, flip_a = _matrix(views[0], stream)
+    db, flip_b = _matrix(views[1], stream)
+    ta, tb = bool(trans_a) != flip_a, bool(trans_b) != flip_b
+    m, k = (da.shape[1], da.shape[0]) if ta else da.shape
+    n = db.shape[0] if tb else db.shape[1]
+    dc = views[2]
+    if c is None or beta == 0:
+        beta = 0.0
+    if dc is not None and _writable(c):
+        if rt.is_contiguous(dc):
+            target, write_back = dc, False
+        else:
+            target = rt.contiguous_copy(dc, stream) if beta else rt.empty((m, n), da.dtype,
+                                                                         stream)
+            write_back = True
+    elif beta:
+        target, write_back = rt.contiguous_copy(dc, stream), False  # read-only c: a new array
+    else:
+        target, write_back = rt.empty((m, n), da.dtype, stream), False
+    if m * n:
+        tile = _tiles.pick_tile(m, n, rt.sm_count())
+        _gemm.launch_gemm(tile, da, db, target, m, n, k, alpha, beta, ta, tb, stream)
+    if write_back:
+        rt.copy_into_strided(target, dc, stream)
+    return c if dc is not None and _writable(c) else target
+
+
+def broadcast_rows(bias, rows):
+    """A new (rows, len(bias)) device array with ``bias`` in every row (linear's C)."""
+    stream, (bias,) = _prepare(bias)
+    return rt.broadcast_rows(bias, int(rows), stream)

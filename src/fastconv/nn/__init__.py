@@ -1,0 +1,82 @@
+"""``fastconv.nn``: layers, containers and losses with PyTorch's names and an explicit backward.
+
+Someone who knows ``torch.nn`` can write a fastconv model without reading these docs::
+
+    from fastconv import nn, optim
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+    )
+    criterion = nn.CrossEntropyLoss()
+    optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    logits = model(x)                      # forward, saves what backward needs
+    loss = criterion(logits, y)            # a Python float
+    model.backward(criterion.backward())   # grad wrt x; accumulates param.grad
+    optimizer.step(); optimizer.zero_grad()
+
+Parameters are :class:`Parameter` objects holding NumPy ``.data`` and ``.grad``;
+``state_dict()`` keys and shapes match PyTorch's, so weights move both ways::
+
+    fc_model.load_state_dict(torch_model.state_dict())
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in fc_model.state_dict().items()})
+
+Layers run on NumPy (CPU) arrays; conv, pooling and matrix products go through
+:mod:`fastconv.functional`, i.e. the C++ kernels.
+"""
+
+from . import init
+from .container import BasicBlock, ModuleList, Residual, Sequential
+from .init import manual_seed
+from .layers import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter, Summary, is_grad_enabled, no_grad, set_grad_enabled
+from .utils import clip_grad_norm_, load_weights, save_weights
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "BasicBlock",
+    "BatchNorm2d",
+    "Conv2d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "LeakyReLU",
+    "Linear",
+    "MSELoss",
+    "MaxPool2d",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "ReLU",
+    "Residual",
+    "Sequential",
+    "Sigmoid",
+    "Summary",
+    "Tanh",
+    "clip_grad_norm_",
+    "init",
+    "is_grad_enabled",
+    "load_weights",
+    "manual_seed",
+    "no_grad",
+    "save_weights",
+    "set_grad_enabled",
+]
