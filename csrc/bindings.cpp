@@ -327,7 +327,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"), py::arg("geometry"));
   m.attr("conv2d_algorithms") =
-      py::make_tuple("pointwise_gemm", "depthwise", "direct_small_c", "implicit_gemm");
+      py::make_tuple("pointwise_gemm", "depthwise", "direct", "implicit_gemm");
   bind_gemm<double>(m);
   // Registry of micro-kernels usable on this CPU, in dispatch order (last = chosen).
   m.def("gemm_kernels", [](const std::string& dtype) {

@@ -12,6 +12,9 @@ struct ConvTuning {
   // At most this many input channels per group: the direct kernel beats
   // implicit GEMM, whose packing cost is amortised over too short a reduction.
   int64_t direct_max_in_per_group = 4;
+  // Output rows at least this wide also run direct: its nr-wide tiles are then
+  // mostly full and it skips GEMM's per-image im2col packing.
+  int64_t direct_min_out_w = 16;
   // ...and at most this many output channels per group for the input gradient
   // to run directly (it is a convolution with channel roles swapped).
   int64_t direct_max_out_per_group = 4;
@@ -56,8 +59,8 @@ const char* conv_algorithm_name(ConvAlgorithm a) {
       return "pointwise_gemm";
     case ConvAlgorithm::kDepthwise:
       return "depthwise";
-    case ConvAlgorithm::kDirectSmallC:
-      return "direct_small_c";
+    case ConvAlgorithm::kDirect:
+      return "direct";
     case ConvAlgorithm::kGemm:
       return "implicit_gemm";
   }
@@ -69,7 +72,7 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
     case ConvAlgorithm::kPointwiseGemm:
       return p.is_pointwise();
     case ConvAlgorithm::kDepthwise:      // the direct kernels are general,
-    case ConvAlgorithm::kDirectSmallC:  // only slow where they are not chosen
+    case ConvAlgorithm::kDirect:  // only slow where they are not chosen
     case ConvAlgorithm::kGemm:
       return true;
   }
@@ -79,7 +82,8 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
   if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
-  if (p.in_per_group() <= kTuning.direct_max_in_per_group) return ConvAlgorithm::kDirectSmallC;
+  if (p.in_per_group() <= kTuning.direct_max_in_per_group || p.out_w >= kTuning.direct_min_out_w)
+    return ConvAlgorithm::kDirect;
   return ConvAlgorithm::kGemm;
 }
 
@@ -94,8 +98,8 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
       return conv2d_pointwise_forward(input, weight, bias, output, p);
     case ConvAlgorithm::kDepthwise:
       return conv2d_depthwise_forward(input, weight, bias, output, p);
-    case ConvAlgorithm::kDirectSmallC:
-      return conv2d_direct_small_c_forward(input, weight, bias, output, p);
+    case ConvAlgorithm::kDirect:
+      return conv2d_direct_forward(input, weight, bias, output, p);
     case ConvAlgorithm::kGemm:
       return conv2d_gemm_forward(input, weight, bias, output, p);
   }

@@ -41,7 +41,7 @@ struct ConvParams {
 enum class ConvAlgorithm : int {
   kPointwiseGemm = 0,  // 1x1, stride 1, no padding: out = W @ X per image, no im2col
   kDepthwise = 1,      // groups == in_channels: direct kernel vectorised along the width
-  kDirectSmallC = 2,   // few input channels per group: direct, register-blocked
+  kDirect = 2,         // indirect GEMM on phase-split input rows: few channels or wide rows
   kGemm = 3,           // implicit GEMM: im2col panels packed on the fly, never materialised
 };
 
@@ -71,7 +71,7 @@ template <typename T>
 void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p);
 template <typename T>
-void conv2d_direct_small_c_forward(const T* input, const T* weight, const T* bias, T* output,
+void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
                                    const ConvParams& p);
 template <typename T>
 void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,

@@ -36,10 +36,20 @@ template <typename T>
 void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layout, T* dst) {
   for (int64_t q = 0; q < layout.stride; ++q) {
     T* phase = dst + q * layout.length;
-    for (int64_t i = 0; i < layout.length; ++i) {
-      const int64_t iw = i * layout.stride + q - layout.pad_left;
-      phase[i] = (iw >= 0 && iw < width) ? row[iw] : T(0);
+    // In-bounds entries: 0 <= i * stride + q - pad_left < width.
+    const int64_t first = q - layout.pad_left;  // iw of entry 0
+    int64_t lo = first >= 0 ? 0 : (-first + layout.stride - 1) / layout.stride;
+    int64_t hi = width - 1 - first < 0 ? 0 : (width - 1 - first) / layout.stride + 1;
+    lo = std::min(lo, layout.length);
+    hi = std::clamp(hi, lo, layout.length);
+    std::fill(phase, phase + lo, T(0));
+    const T* src = row + first;
+    if (layout.stride == 1) {
+      std::copy(src + lo, src + hi, phase + lo);
+    } else {
+      for (int64_t i = lo; i < hi; ++i) phase[i] = src[i * layout.stride];
     }
+    std::fill(phase + hi, phase + layout.length, T(0));
   }
 }
 
@@ -94,12 +104,16 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
   }
 }
 
+// Taps per micro-kernel call of the direct kernel: mr x 256 packed weights
+// (6 KB for f32) stay in L1.
+constexpr int64_t kTapChunk = 256;
+
 // Few input channels: an indirect GEMM (XNNPACK's IGEMM). For one output row,
 // each tap (c, r, s) is a pointer into a phase-split input row; the micro-kernel
 // multiplies a packed block of mr output channels' weights by those rows, nr
 // output columns at a time, so the reduction over taps runs in registers.
 template <typename T>
-void conv2d_direct_small_c_forward(const T* input, const T* weight, const T* bias, T* output,
+void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
                                    const ConvParams& p) {
   const IgemmKernelInfo<T> kinfo = igemm_kernel<T>();
   const int64_t mr = kinfo.mr, nr = kinfo.nr;
@@ -114,52 +128,78 @@ void conv2d_direct_small_c_forward(const T* input, const T* weight, const T* bia
       for (int64_t t = 0; t < taps; ++t)
         packed[((g * k_blocks + k / mr) * taps + t) * mr + k % mr] = weight[(g * kg + k) * taps + t];
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
-  const int64_t rows = p.batch * p.groups * p.out_h;
+  // Output rows per task: the phase-split copy of each input row is made once
+  // per task and shared by every output row and tap that reads it; the copies
+  // for one task stay within about 256 KB (L2).
+  const int64_t row_bytes = cg * layout.size() * static_cast<int64_t>(sizeof(T));
+  const int64_t block =
+      std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, row_bytes * p.stride_h), 1, 8);
+  const int64_t row_blocks = (p.out_h + block - 1) / block;
+  const int64_t span = (block - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
+  const int64_t tasks = p.batch * p.groups * row_blocks;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> phase(static_cast<size_t>(cg * p.kernel_h * layout.size()));
+    std::vector<T> phase(static_cast<size_t>(cg * span * layout.size()));
     std::vector<const T*> tap_rows(static_cast<size_t>(taps));
     std::vector<T> tile(static_cast<size_t>(mr * nr));
 #pragma omp for schedule(static)
-    for (int64_t task = 0; task < rows; ++task) {
-      const int64_t oh = task % p.out_h, ng = task / p.out_h;
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t rb = task % row_blocks, ng = task / row_blocks;
       const int64_t n = ng / p.groups, g = ng % p.groups;
+      const int64_t oh0 = rb * block, oh1 = std::min(p.out_h, oh0 + block);
+      const int64_t ih0 = oh0 * p.stride_h - p.pad_top;  // input row of phase slot 0
+      const int64_t slots = (oh1 - 1 - oh0) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
       for (int64_t c = 0; c < cg; ++c) {
         const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
-        for (int64_t r = 0; r < p.kernel_h; ++r) {
-          const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
-          const T* row = zeros.data();
-          if (ih >= 0 && ih < p.in_h) {
-            T* dst = phase.data() + (c * p.kernel_h + r) * layout.size();
-            fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
-            row = dst;
-          }
-          for (int64_t s = 0; s < p.kernel_w; ++s)
-            tap_rows[(c * p.kernel_h + r) * p.kernel_w + s] = row + layout.tap_offset(s, p.dilation_w);
+        for (int64_t slot = 0; slot < slots; ++slot) {
+          const int64_t ih = ih0 + slot;
+          if (ih < 0 || ih >= p.in_h) continue;
+          fill_phase_row(plane + ih * p.in_w, p.in_w, layout,
+                         phase.data() + (c * span + slot) * layout.size());
         }
       }
-      T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
-      for (int64_t kb = 0; kb < k_blocks; ++kb) {
-        const int64_t k0 = kb * mr, count = std::min(mr, kg - k0);
-        const T* a = packed.data() + (g * k_blocks + kb) * taps * mr;
-        T* c = out + k0 * p.out_plane();
-        for (int64_t ow = 0; ow < p.out_w; ow += nr) {
-          const int64_t cols = std::min(nr, p.out_w - ow);
-          if (cols == nr) {
-            kinfo.kernels[count - 1](taps, a, tap_rows.data(), ow, c + ow, p.out_plane(), T(0));
-          } else {
-            kinfo.kernels[mr - 1](taps, a, tap_rows.data(), ow, tile.data(), nr, T(0));
-            for (int64_t i = 0; i < count; ++i)
-              std::copy(tile.data() + i * nr, tile.data() + i * nr + cols, c + i * p.out_plane() + ow);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t c = 0; c < cg; ++c) {
+          for (int64_t r = 0; r < p.kernel_h; ++r) {
+            const int64_t slot = (oh - oh0) * p.stride_h + r * p.dilation_h;
+            const int64_t ih = ih0 + slot;
+            const T* row = (ih >= 0 && ih < p.in_h)
+                               ? phase.data() + (c * span + slot) * layout.size()
+                               : zeros.data();
+            for (int64_t s = 0; s < p.kernel_w; ++s)
+              tap_rows[(c * p.kernel_h + r) * p.kernel_w + s] =
+                  row + layout.tap_offset(s, p.dilation_w);
           }
         }
+      T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
+      const int64_t full_cols = p.out_w / nr * nr;
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const int64_t k0 = kb * mr, count = std::min(mr, kg - k0);
+        T* c = out + k0 * p.out_plane();
+        // Taps in chunks: a chunk of packed weights stays in L1 while the
+        // micro-kernel sweeps the output row; partial sums stay in C.
+        for (int64_t t0 = 0; t0 < taps; t0 += kTapChunk) {
+          const int64_t chunk = std::min(kTapChunk, taps - t0);
+          const T* a = packed.data() + ((g * k_blocks + kb) * taps + t0) * mr;
+          const T* const* chunk_rows = tap_rows.data() + t0;
+          const T beta = t0 == 0 ? T(0) : T(1);
+          for (int64_t ow = 0; ow < full_cols; ow += nr)
+            kinfo.kernels[count - 1](chunk, a, chunk_rows, ow, c + ow, p.out_plane(), beta);
+          if (full_cols < p.out_w)  // ragged end of the row: through a full tile
+            kinfo.kernels[mr - 1](chunk, a, chunk_rows, full_cols, tile.data(), nr, beta);
+        }
+        if (full_cols < p.out_w)
+          for (int64_t i = 0; i < count; ++i)
+            std::copy(tile.data() + i * nr, tile.data() + i * nr + (p.out_w - full_cols),
+                      c + i * p.out_plane() + full_cols);
         if (bias != nullptr)
           for (int64_t i = 0; i < count; ++i) {
             const T b = bias[g * kg + k0 + i];
             T* row = c + i * p.out_plane();
             for (int64_t ow = 0; ow < p.out_w; ++ow) row[ow] += b;
           }
+      }
       }
     }
   }
@@ -245,7 +285,7 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                               \
-  template void conv2d_direct_small_c_forward<T>(const T*, const T*, const T*, T*,             \
+  template void conv2d_direct_forward<T>(const T*, const T*, const T*, T*,             \
                                                  const ConvParams&);                           \
   template void conv2d_depthwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
   template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);    \

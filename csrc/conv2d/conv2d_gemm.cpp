@@ -86,11 +86,23 @@ T fill_bias(const T* bias, T* out, int64_t channels, int64_t plane) {
 
 }  // namespace
 
+// Weights packed once per call and reused for every image.
+template <typename T>
+std::vector<T> packed_weights(const T* weight, int64_t groups, int64_t kg, int64_t red) {
+  const int64_t per_group = gemm_packed_a_size<T>(kg, red);
+  std::vector<T> packed(static_cast<size_t>(groups * per_group));
+  for (int64_t g = 0; g < groups; ++g)
+    gemm_pack_a<T>({weight + g * kg * red, red, 1}, kg, red, packed.data() + g * per_group);
+  return packed;
+}
+
 template <typename T>
 void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* output,
                          const ConvParams& p) {
   const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  const std::vector<T> packed = packed_weights(weight, p.groups, kg, p.reduction());
+  const int64_t per_group = gemm_packed_a_size<T>(kg, p.reduction());
   run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
@@ -99,7 +111,7 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
     pr.m = kg;
     pr.n = pixels;
     pr.k = p.reduction();
-    pr.a = {weight + g * kg * pr.k, pr.k, 1};
+    pr.packed_a = packed.data() + g * per_group;
     pr.pack_b = implicit_im2col_packer(x, p, taps);
     pr.c = {out, pixels, 1};
     pr.beta = fill_bias(bias ? bias + g * kg : nullptr, out, kg, pixels);
@@ -111,6 +123,8 @@ template <typename T>
 void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p) {
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  const std::vector<T> packed = packed_weights(weight, p.groups, kg, cg);
+  const int64_t per_group = gemm_packed_a_size<T>(kg, cg);
   run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     T* out = output + (n * p.out_channels + g * kg) * pixels;
@@ -118,7 +132,7 @@ void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T*
     pr.m = kg;
     pr.n = pixels;
     pr.k = cg;
-    pr.a = {weight + g * kg * cg, cg, 1};
+    pr.packed_a = packed.data() + g * per_group;
     pr.b = {input + (n * p.in_channels + g * cg) * pixels, pixels, 1};
     pr.c = {out, pixels, 1};
     pr.beta = fill_bias(bias ? bias + g * kg : nullptr, out, kg, pixels);

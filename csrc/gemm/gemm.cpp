@@ -142,13 +142,17 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
       const T beta = pc == 0 ? pr.beta : T(1);  // later K blocks accumulate
       for (int64_t ic = m0; ic < m1; ic += mc_max) {
         const int64_t mc = std::min<int64_t>(mc_max, m1 - ic);
-        pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
+        // Pre-packed A is laid out per K block: [pc block][all m, in mr slivers].
+        const T* apanel = pr.packed_a != nullptr
+                              ? pr.packed_a + pc * round_up(pr.m, mr) + ic * kc
+                              : abuf;
+        if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
           const T* bs = bbuf + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += mr) {
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
-            const T* as = abuf + ir * kc;
+            const T* as = apanel + ir * kc;
             T* cij = c.data + (ic + ir) * c.row_stride + (jc + jr) * c.col_stride;
             if (unit_cols && cols == nr) {
               kinfo.kernels[rows - 1](kc, as, bs, cij, c.row_stride, pr.alpha, beta);
@@ -249,6 +253,21 @@ GemmKernelInfo<T> gemm_kernel() {
 }
 
 template <typename T>
+int64_t gemm_packed_a_size(int64_t m, int64_t k) {
+  return round_up(m, gemm_kernel<T>().mr) * k;
+}
+
+template <typename T>
+void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
+  const int mr = gemm_kernel<T>().mr;
+  const int64_t kc_max = balanced_block(k, Blocking<T>::kc, 1);
+  for (int64_t pc = 0; pc < k; pc += kc_max) {
+    const int64_t kc = std::min(kc_max, k - pc);
+    pack_a(a, m, 0, round_up(m, mr), pc, kc, mr, dst + pc * round_up(m, mr));
+  }
+}
+
+template <typename T>
 IgemmKernelInfo<T> igemm_kernel() {
   static const IgemmKernelInfo<T> chosen = [] {
     if (active_isa() == Isa::kAvx2Fma) {
@@ -299,6 +318,8 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
   template GemmKernelInfo<T> gemm_kernel<T>();                                           \
   template IgemmKernelInfo<T> igemm_kernel<T>();                                         \
+  template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                              \
+  template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);              \
   template int gemm_kernel_count<T>();                                                   \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);
 FASTCONV_INSTANTIATE_GEMM(float)

@@ -41,6 +41,7 @@ struct GemmProblem {
   MatrixView<T> a;              // m x k
   MatrixView<T> b;              // k x n; ignored when pack_b is set
   PackB<T> pack_b;              // optional producer of packed B panels
+  const T* packed_a = nullptr;  // optional: A already packed by gemm_pack_a (then `a` is unused)
   MutableMatrixView<T> c;       // m x n
 };
 
@@ -49,6 +50,14 @@ struct GemmProblem {
 // over k in the same order whatever the thread count.
 template <typename T>
 void gemm(const GemmProblem<T>& problem, int threads);
+
+// Pre-packing A for the default kernel, for callers that multiply the same A
+// many times (convolution weights over a batch): gemm_pack_a writes
+// gemm_packed_a_size(m, k) elements.
+template <typename T>
+int64_t gemm_packed_a_size(int64_t m, int64_t k);
+template <typename T>
+void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst);
 
 // Micro-kernel: C[0:mr, 0:nr] = alpha * (A_panel @ B_panel) + beta * C, for a
 // kc-deep packed A sliver (kc x mr, k-major) and B sliver (kc x nr, k-major).

@@ -470,9 +470,10 @@ def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1,
     """The algorithm conv2d's CPU forward pass chooses for these shapes (a pure function).
 
     One of ``CONV2D_ALGORITHMS``: 'pointwise_gemm' (1x1, stride 1, unpadded: a GEMM
-    per image), 'depthwise' (groups == in_channels: direct kernel), 'direct_small_c'
-    (at most 4 input channels per group: direct kernel), 'implicit_gemm' (the
-    general path: GEMM with im2col panels packed on the fly).
+    per image), 'depthwise' (groups == in_channels > 1: direct kernel along the width),
+    'direct' (at most 4 input channels per group, or output rows at least 16 wide:
+    an indirect GEMM whose taps point into zero-padded input rows), 'implicit_gemm'
+    (the general path: GEMM with im2col panels packed on the fly).
     """
     in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
     w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))
