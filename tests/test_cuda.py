@@ -432,6 +432,14 @@ def test_gemm_production_tiles(tile, rng):
     assert_close_scaled(H(out), a.T @ b, k=k)
 
 
+def test_add_batch_dim():
+    x = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8)
+    for d, expected in ((D(x), x), (D(x)[:, :, ::2], x[:, :, ::2])):
+        batched = fc.add_batch_dim(d)
+        assert batched.shape == (1, *expected.shape)
+        np.testing.assert_array_equal(H(batched), expected[None])
+
+
 def test_broadcast_rows():
     bias = np.arange(5, dtype=np.float32)
     np.testing.assert_array_equal(H(fc.broadcast_rows(D(bias), 3)), np.tile(bias, (3, 1)))
@@ -453,10 +461,11 @@ def test_public_conv2d_returns_device_array(rng):
 
 @public_api
 def test_public_conv2d_gradients_and_3d_input(rng):
-    x = rng.standard_normal((3, 6, 5)).astype(np.float32)  # (C, H, W): a batch of one
+    xw = rng.standard_normal((3, 6, 10)).astype(np.float32)
+    x = xw[:, :, ::2]  # (C, H, W): a batch of one, strided on the device too
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
-    out = fastconv.conv2d(D(x), D(w), D(b), stride=2, padding=1)
+    out = fastconv.conv2d(D(xw)[:, :, ::2], D(w), D(b), stride=2, padding=1)
     expected = ref.conv2d(x, w, b, stride=2, padding=1)
     assert out.shape == expected.shape
     assert_close_scaled(H(out), expected, k=27)
@@ -486,8 +495,9 @@ def test_public_pooling(rng):
     g = rng.standard_normal(exp_out.shape).astype(np.float32)
     gin = fastconv.max_pool2d_backward(D(g), idx, x.shape)
     assert_close_scaled(H(gin), ref.max_pool2d_backward(g, exp_idx, x.shape), k=9)
-    avg = fastconv.avg_pool2d(D(x[1]), 2, count_include_pad=False)  # 3-D
-    assert_close_scaled(H(avg), ref.avg_pool2d(x[1], 2, count_include_pad=False), k=4)
+    y = rng.standard_normal((3, 7, 8)).astype(np.float32)
+    avg = fastconv.avg_pool2d(D(y), 2, count_include_pad=False)  # 3-D
+    assert_close_scaled(H(avg), ref.avg_pool2d(y, 2, count_include_pad=False), k=4)
     ga = fastconv.avg_pool2d_backward(D(g[1]), x[1].shape, 3, 2, 1, ceil_mode=True)
     assert_close_scaled(H(ga), ref.avg_pool2d_backward(g[1], x[1].shape, 3, 2, 1,
                                                        ceil_mode=True), k=9)

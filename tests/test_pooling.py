@@ -176,10 +176,17 @@ def assert_identical(actual, expected, what, case):
 # --------------------------------------------------------------------------- checks
 
 
+def quiet(fn, *args, **kwargs):
+    """Run a NumPy reference op without its inf - inf / overflow RuntimeWarnings
+    (the suite turns warnings into errors; fastconv itself must not warn)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return fn(*args, **kwargs)
+
+
 def check_max_vs_reference(case: Case):
     x = make_input(case)
     out, idx = fastconv.max_pool2d(x, **case.max_args(), return_indices=True)
-    ref_out, ref_idx = ref.max_pool2d(x, **case.max_args(), return_indices=True)
+    ref_out, ref_idx = quiet(ref.max_pool2d, x, **case.max_args(), return_indices=True)
     assert_identical(out, ref_out, "max_pool2d values", case)
     assert_identical(idx, ref_idx, "max_pool2d indices", case)
     assert fastconv.max_pool2d(x, **case.max_args()).tobytes() == out.tobytes()
@@ -200,10 +207,10 @@ def check_max_vs_reference(case: Case):
 def check_avg_vs_reference(case: Case):
     x = make_input(case)
     out = fastconv.avg_pool2d(x, **case.avg_args())
-    assert_identical(out, ref.avg_pool2d(x, **case.avg_args()), "avg_pool2d", case)
+    assert_identical(out, quiet(ref.avg_pool2d, x, **case.avg_args()), "avg_pool2d", case)
     grad = grad_like(out, case.seed + 2)
     gin = fastconv.avg_pool2d_backward(grad, x.shape, **case.avg_args())
-    expected = ref.avg_pool2d_backward(grad, x.shape, **case.avg_args())
+    expected = quiet(ref.avg_pool2d_backward, grad, x.shape, **case.avg_args())
     assert_close_scaled(gin, expected, k=case.kernel[0] * case.kernel[1], err_msg=str(case))
 
 
@@ -240,7 +247,11 @@ def check_avg_vs_torch(torch, case: Case):
 
 @pytest.fixture(scope="module")
 def torch():
-    return pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: a thread pool only adds overhead
+    yield torch
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- generated sets
@@ -335,7 +346,7 @@ def test_vector_row_kernels_vs_reference():
 
 
 def test_vector_row_kernels_vs_torch(torch):
-    for case in vector_path_cases()[::3]:
+    for case in vector_path_cases()[::7]:
         if not case.has_empty_max_window():
             check_max_vs_torch(torch, case)
         check_avg_vs_torch(torch, case)
@@ -348,8 +359,8 @@ def test_common_layers_vs_torch(torch, dtype):
               ((3, 3), (2, 2), (0, 0))]
     for i, (kernel, stride, padding) in enumerate(layers):
         for ceil_mode in (False, True):
-            for kind in ("normal", "relu_ints", "special"):
-                case = Case((2, 8, 57, 66), kernel, stride, padding, (1, 1), ceil_mode, True,
+            for kind in ("relu_ints", "special"):
+                case = Case((2, 3, 57, 66), kernel, stride, padding, (1, 1), ceil_mode, True,
                             None, dtype, kind, 100 + i)
                 check_max_vs_torch(torch, case)
                 check_avg_vs_torch(torch, case)
@@ -416,7 +427,7 @@ EMPTY_WINDOW_CASES = [
     ((2, 3, 1, 1), 2, 1, 1, 2, False),
     ((1, 1, 1, 5), (2, 1), (1, 1), (1, 0), (2, 1), False),
     ((1, 2, 3, 3), 2, 1, 1, 4, False),
-    ((2, 1, 3, 1), (1, 2), (1, 1), (0, 1), (1, 4), True),
+    ((2, 1, 3, 1), (1, 2), (1, 1), (0, 1), (1, 2), True),
     ((1, 1, 1, 20), (2, 3), (1, 2), (1, 1), (2, 1), True),
 ]
 
@@ -453,9 +464,10 @@ def test_empty_window_torch_bug_case_forward_only(torch):
     assert ((idx < 0) | (idx >= x.size)).all()
 
 
-def test_tiny_planes_exhaustive(torch):
-    """1x1, 1xW and Hx1 planes with every kernel, stride, padding and dilation."""
-    count = 0
+def tiny_plane_cases() -> list[Case]:
+    """1x1, 1xW and Hx1 planes (and 2x2) with every small kernel, stride, padding and
+    dilation; a fixed random half of the full product keeps the test fast."""
+    cases = []
     for h, w in [(1, 1), (1, 2), (1, 5), (2, 1), (5, 1), (1, 17), (17, 1), (2, 2)]:
         for kh in range(1, 4):
             for kw in range(1, 4):
@@ -464,18 +476,30 @@ def test_tiny_planes_exhaustive(torch):
                         for pw in range(kw // 2 + 1):
                             for d in (1, 2):
                                 for ceil in (False, True):
-                                    case = Case((1, 2, h, w), (kh, kw), (s, s), (ph, pw), (d, d),
-                                                ceil, bool(pw), None, "float32", "normal",
-                                                count)
-                                    if case.valid_for_max():
-                                        count += 1
-                                        check_max_vs_reference(case)
-                                        if not case.has_empty_max_window():
-                                            check_max_vs_torch(torch, case)
-                                    if case.valid_for_avg() and d == 1:
-                                        check_avg_vs_reference(case)
-                                        check_avg_vs_torch(torch, case)
-    assert count > 300
+                                    cases.append(Case((1, 2, h, w), (kh, kw), (s, s), (ph, pw),
+                                                      (d, d), ceil, bool(pw), None, "float32",
+                                                      KINDS[len(cases) % 4], len(cases)))
+    rng = np.random.default_rng(11)
+    return [cases[i] for i in sorted(rng.choice(len(cases), len(cases) // 2, replace=False))]
+
+
+def test_tiny_planes_vs_reference():
+    checked = 0
+    for case in tiny_plane_cases():
+        if case.valid_for_max():
+            check_max_vs_reference(case)
+            checked += 1
+        if case.valid_for_avg() and case.dilation == (1, 1):
+            check_avg_vs_reference(case)
+    assert checked > 300
+
+
+def test_tiny_planes_vs_torch(torch):
+    for case in tiny_plane_cases()[::4]:
+        if case.valid_for_max() and not case.has_empty_max_window():
+            check_max_vs_torch(torch, case)
+        if case.valid_for_avg() and case.dilation == (1, 1):
+            check_avg_vs_torch(torch, case)
 
 
 def test_whole_plane_window():
@@ -494,10 +518,10 @@ def test_whole_plane_window():
 
 def isa_cases() -> list[Case]:
     """The subset computed under both ISA paths."""
-    cases = vector_path_cases()[::2]
+    cases = vector_path_cases()[::5]
     cases += generated_cases(3000, 60, dtype="float32")
     cases += generated_cases(3001, 10, dtype="float64")
-    cases += [Case((2, 8, 57, 66), k, s, p, (1, 1), c, True, None, "float32", kind, 5)
+    cases += [Case((2, 4, 57, 66), k, s, p, (1, 1), c, True, None, "float32", kind, 5)
               for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
                               ((3, 3), (1, 1), (1, 1))]
               for c in (False, True) for kind in ("normal", "special", "relu_ints")]
@@ -574,6 +598,75 @@ def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):
             assert value.dtype == other.dtype and value.shape == other.shape, key
             assert value.tobytes() == other.tobytes(), (
                 f"{key}: the {fastconv._C.isa()} and baseline kernels differ\n{case}")
+
+
+# --------------------------------------------------------------------------- memory bounds
+
+_GUARD_CHILD = textwrap.dedent("""
+    import ctypes, mmap, sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    import fastconv
+    import test_pooling as tp
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    PAGE = mmap.PAGESIZE
+    keep = []
+
+    def guarded(x):
+        # A copy of x whose first byte follows an unreadable page and whose last byte
+        # precedes one: any read outside the array is a segmentation fault.
+        pages = -(-x.nbytes // PAGE)
+        buf = mmap.mmap(-1, (pages + 2) * PAGE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        for page in (0, pages + 1):
+            if libc.mprotect(address + page * PAGE, PAGE, 0) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect")
+        y = np.frombuffer(buf, x.dtype, x.size, (pages + 1) * PAGE - x.nbytes)
+        y = y.reshape(x.shape)
+        y[...] = x
+        keep.append(buf)
+        return y
+
+    count = 0
+    for case in tp.guard_cases():
+        x = tp.make_input(case)
+        out, idx = fastconv.max_pool2d(guarded(x), **case.max_args(), return_indices=True)
+        ref_out, ref_idx = fastconv.max_pool2d(x, **case.max_args(), return_indices=True)
+        assert out.tobytes() == ref_out.tobytes() and (idx == ref_idx).all(), case
+        plane = x.shape[2] * x.shape[3]
+        grad = tp.grad_like(out, 1)
+        if idx.min() >= 0 and idx.max() < plane:
+            fastconv.max_pool2d_backward(guarded(grad), guarded(idx), x.shape)
+        avg = fastconv.avg_pool2d(guarded(x), **case.avg_args())
+        assert avg.tobytes() == fastconv.avg_pool2d(x, **case.avg_args()).tobytes(), case
+        fastconv.avg_pool2d_backward(guarded(tp.grad_like(avg, 2)), x.shape, **case.avg_args())
+        count += 1
+    print("checked", count)
+""")
+
+
+def guard_cases() -> list[Case]:
+    """Planes that are one image (N = C = 1) so that the input ends where the plane ends."""
+    return [c._replace(shape=(1, 1, *c.shape[2:])) for c in vector_path_cases()[::4]] + [
+        c._replace(shape=(1, 1, *c.shape[2:])) for c in generated_cases(4000, 40)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect")
+def test_kernels_read_nothing_outside_their_arrays():
+    """Every input array ends right before (and starts right after) an unreadable page;
+    the vector loads (16 floats for stride 2) must stay inside the array."""
+    src = str(Path(fastconv.__file__).resolve().parent.parent)
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    child = subprocess.run(
+        [sys.executable, "-c", _GUARD_CHILD.format(tests=str(Path(__file__).parent))],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert child.returncode == 0, (
+        f"exit status {child.returncode} (-11: a read outside the array)\n{child.stderr[-3000:]}")
+    assert child.stdout.startswith("checked")
 
 
 # --------------------------------------------------------------------------- hypothesis

@@ -46,6 +46,7 @@ from ._tiles import THRESHOLDS, TILES, TileConfig, force
 
 __all__ = [
     "THRESHOLDS",
+    "add_batch_dim",
     "TILES",
     "TileConfig",
     "avg_pool2d",
@@ -71,6 +72,17 @@ def _prepare(*arrays: Any) -> tuple[Any, list]:
     views = [None if a is None else rt.as_device(a) for a in arrays]
     stream = rt.pick_stream(*views)
     return stream, [None if v is None else rt.ingest(v, stream) for v in views]
+
+
+def add_batch_dim(x):
+    """A (1, *x.shape) device array of x: a view when x is contiguous, else a device copy.
+
+    (A strided Numba device array cannot be reshaped in place.)
+    """
+    d = rt.as_device(x)
+    if d.size and not rt.is_contiguous(d):
+        d = rt.contiguous_copy(d, rt.stream_of(d))
+    return d.reshape((1, *d.shape))
 
 
 def _check_grid_y(n: int, what: str) -> None:
