@@ -15,6 +15,7 @@
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "common/peak_probe.h"
 #include "conv2d/conv2d.h"
 #include "gemm/gemm.h"
 #include "pool2d/pool2d.h"
@@ -309,6 +310,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa", [] { return std::string(fastconv::isa_name(fastconv::active_isa())); });
   m.def("openmp_version", [] { return static_cast<int>(_OPENMP); });
   m.def("get_num_threads", &fastconv::get_num_threads);
+  m.def(
+      "fma_peak_gflops",
+      [](int threads, int64_t iterations) {
+        require(threads > 0 && iterations > 0, "threads and iterations must be positive");
+        py::gil_scoped_release release;
+        return fastconv::fma_peak_gflops(threads, iterations);
+      },
+      py::arg("threads"), py::arg("iterations") = 20000000);
   m.def("set_num_threads", &fastconv::set_num_threads, py::arg("n"));
   bind_pool<float>(m);
   bind_pool<double>(m);

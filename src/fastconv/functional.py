@@ -29,6 +29,7 @@ __all__ = [
     "CONV2D_ALGORITHMS",
     "conv2d",
     "conv2d_algorithm",
+    "conv2d_bias_grad",
     "conv2d_input",
     "conv2d_weight",
     "gemm",
@@ -426,6 +427,21 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     if x.shape[0] == 0:
         return np.zeros(wsize, dtype=x.dtype)
     return _cpu_conv2d_weight(x, wsize, g, geometry)
+
+
+def conv2d_bias_grad(grad_output):
+    """Gradient of conv2d wrt its bias: grad_output summed over N, H and W.
+
+    A memory-bound reduction: NumPy's pairwise summation (accurate, vectorised)
+    runs it on the CPU, the CUDA backend on the device.
+    """
+    device = _on_device(grad_output)
+    chk.check_array(grad_output, "grad_output", device=device)
+    chk.check_ndim(grad_output, "grad_output", (3, 4), "(N, K, OH, OW) or (K, OH, OW)")
+    g, _ = _batched(grad_output)
+    if device:
+        return _cuda_backend().channel_sums(g)
+    return g.sum(axis=(0, 2, 3), dtype=g.dtype)
 
 
 def _native_geometry(geometry: ConvGeometry) -> tuple:
