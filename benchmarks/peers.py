@@ -54,8 +54,13 @@ def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:
     return max(1, min(1000, int(min_sample_s / once) + 1))
 
 
-def time_alternating(impls: dict[str, Callable[[], object]], *, rounds: int = 7,
-                     warmup: int = 1, min_sample_s: float = 0.0) -> dict[str, Timing]:
+def time_alternating(
+    impls: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 7,
+    warmup: int = 1,
+    min_sample_s: float = 0.0,
+) -> dict[str, Timing]:
     """Time each zero-argument callable ``rounds`` times, alternating between them.
 
     Every implementation is first called ``warmup`` times (page faults, thread-pool start,
@@ -67,8 +72,10 @@ def time_alternating(impls: dict[str, Callable[[], object]], *, rounds: int = 7,
     for fn in impls.values():
         for _ in range(warmup):
             fn()
-    repeats = {name: (_calls_per_sample(fn, min_sample_s) if min_sample_s > 0 else 1)
-               for name, fn in impls.items()}
+    repeats = {
+        name: (_calls_per_sample(fn, min_sample_s) if min_sample_s > 0 else 1)
+        for name, fn in impls.items()
+    }
     timings = {name: Timing(name) for name in impls}
     for _ in range(rounds):
         for name, fn in impls.items():
@@ -116,12 +123,18 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A plain-text table: ``columns`` are (key, format spec) pairs, e.g. ("best_ms", ".2f");
     a missing value prints as '-'."""
     header = [key for key, _ in columns]
-    cells = [[("-" if row.get(key) is None else format(row[key], spec)) for key, spec in columns]
-             for row in rows]
+    cells = [
+        [("-" if row.get(key) is None else format(row[key], spec)) for key, spec in columns]
+        for row in rows
+    ]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
     text = [spec == "s" for _, spec in columns]  # text left, numbers right
-    lines += ["  ".join(c.ljust(w) if t else c.rjust(w) for c, w, t in zip(r, widths, text))
-              for r in cells]
+    lines += [
+        "  ".join(c.ljust(w) if t else c.rjust(w) for c, w, t in zip(r, widths, text))
+        for r in cells
+    ]
     return "\n".join(lines)

@@ -103,13 +103,15 @@ def test_pool(benchmark, pool_input, op, impl):
     run, check = runner(op, impl, pool_input)
     check(run())  # correctness first, once, before any timing
     benchmark.group = op
-    benchmark.extra_info.update(op=op, impl=impl, shape=list(pool_input.shape),
-                                input_bytes=pool_input.nbytes)
+    benchmark.extra_info.update(
+        op=op, impl=impl, shape=list(pool_input.shape), input_bytes=pool_input.nbytes
+    )
     benchmark(run)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["GB/s (input read, best)"] = round(
-            gbps(pool_input.nbytes, stats.stats.min), 2)
+            gbps(pool_input.nbytes, stats.stats.min), 2
+        )
 
 
 def pool_ratio_table(shape=SHAPE, rounds: int = 9, threads: int = 2, *, verbose=True):
@@ -131,26 +133,45 @@ def pool_ratio_table(shape=SHAPE, rounds: int = 9, threads: int = 2, *, verbose=
             torch_best = timings["torch"].best if "torch" in timings else None
             copy_best = timings["copy"].best
             for impl, t in timings.items():
-                rows.append({
-                    "op": op, "impl": impl, "best_ms": t.best * 1e3,
-                    "median_ms": t.median * 1e3, "GB/s": gbps(x.nbytes, t.best),
-                    "vs_torch": torch_best / t.best if torch_best else None,
-                    "x_copy": t.best / copy_best,
-                })
+                rows.append(
+                    {
+                        "op": op,
+                        "impl": impl,
+                        "best_ms": t.best * 1e3,
+                        "median_ms": t.median * 1e3,
+                        "GB/s": gbps(x.nbytes, t.best),
+                        "vs_torch": torch_best / t.best if torch_best else None,
+                        "x_copy": t.best / copy_best,
+                    }
+                )
     if verbose:
-        print(f"pooling on {shape} float32, {threads} threads, best/median of {rounds} "
-              f"alternating rounds (fastconv {fastconv.__version__}, isa {fastconv._C.isa()})")
-        print(format_table(rows, [("op", "s"), ("impl", "s"), ("best_ms", ".2f"),
-                                  ("median_ms", ".2f"), ("GB/s", ".2f"), ("vs_torch", ".2f"),
-                                  ("x_copy", ".2f")]))
+        print(
+            f"pooling on {shape} float32, {threads} threads, best/median of {rounds} "
+            f"alternating rounds (fastconv {fastconv.__version__}, isa {fastconv._C.isa()})"
+        )
+        print(
+            format_table(
+                rows,
+                [
+                    ("op", "s"),
+                    ("impl", "s"),
+                    ("best_ms", ".2f"),
+                    ("median_ms", ".2f"),
+                    ("GB/s", ".2f"),
+                    ("vs_torch", ".2f"),
+                    ("x_copy", ".2f"),
+                ],
+            )
+        )
     return rows
 
 
 def test_pool_ratio_table_smoke(capsys):
     """The table function runs (tiny input, one round); skipped by --benchmark-only."""
     rows = pool_ratio_table(shape=(2, 8, 20, 20), rounds=1)
-    assert {(r["op"], r["impl"]) for r in rows} >= {(op, i) for op in POOL_OPS
-                                                    for i in ("fastconv", "copy")}
+    assert {(r["op"], r["impl"]) for r in rows} >= {
+        (op, i) for op in POOL_OPS for i in ("fastconv", "copy")
+    }
     assert all(r["best_ms"] > 0 and r["median_ms"] >= r["best_ms"] for r in rows)
     assert "vs_torch" in capsys.readouterr().out
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
@@ -221,7 +222,8 @@ fastconv::ConvParams conv_params(py::ssize_t n, py::ssize_t c, py::ssize_t h, py
 
 fastconv::ConvAlgorithm algorithm_from_index(int index, const fastconv::ConvParams& p) {
   if (index < 0) return fastconv::select_conv_algorithm(p);
-  require(index <= static_cast<int>(fastconv::ConvAlgorithm::kGemm), "internal: no such algorithm");
+  require(index <= static_cast<int>(fastconv::ConvAlgorithm::kWinograd),
+          "internal: no such algorithm");
   return static_cast<fastconv::ConvAlgorithm>(index);
 }
 
@@ -233,10 +235,11 @@ void bind_conv(py::module_& m) {
          CArray<T>& output, py::tuple geometry, int algorithm_index) {
         require(input.ndim() == 4 && weight.ndim() == 4 && output.ndim() == 4,
                 "internal: conv arrays must be 4-D");
-        const fastconv::ConvParams p =
+        fastconv::ConvParams p =
             conv_params(input.shape(0), input.shape(1), input.shape(2), input.shape(3),
                         weight.shape(0), weight.shape(1), weight.shape(2), weight.shape(3),
                         output.shape(2), output.shape(3), geometry);
+        p.single_precision = std::is_same_v<T, float>;
         require_shape(output, {p.batch, p.out_channels, p.out_h, p.out_w}, "output");
         if (bias) require_shape(*bias, {p.out_channels}, "bias");
         const fastconv::ConvAlgorithm algorithm = algorithm_from_index(algorithm_index, p);
@@ -262,10 +265,11 @@ void bind_conv(py::module_& m) {
          py::tuple geometry) {
         require(grad_output.ndim() == 4 && weight.ndim() == 4 && grad_input.ndim() == 4,
                 "internal: conv arrays must be 4-D");
-        const fastconv::ConvParams p = conv_params(
+        fastconv::ConvParams p = conv_params(
             grad_input.shape(0), grad_input.shape(1), grad_input.shape(2), grad_input.shape(3),
             weight.shape(0), weight.shape(1), weight.shape(2), weight.shape(3),
             grad_output.shape(2), grad_output.shape(3), geometry);
+        p.single_precision = std::is_same_v<T, float>;
         require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
         const T* dy = grad_output.data();
         const T* w = weight.data();
@@ -326,17 +330,34 @@ PYBIND11_MODULE(_C, m) {
   bind_conv<double>(m);
   m.def(
       "conv2d_algorithm",
-      [](py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw, py::tuple geometry) {
+      [](py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw, py::tuple geometry,
+         bool single_precision) {
         const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
-        const fastconv::ConvParams p = conv_params(
+        fastconv::ConvParams p = conv_params(
             dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
             dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2),
             dim(weight_shape, 3), dim(output_hw, 0), dim(output_hw, 1), geometry);
+        p.single_precision = single_precision;
         return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(p)));
       },
-      py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"), py::arg("geometry"));
+      py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"), py::arg("geometry"),
+      py::arg("single_precision") = true);
+  m.def(
+      "conv2d_algorithm_supports",
+      [](int algorithm_index, py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw,
+         py::tuple geometry, bool single_precision) {
+        const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
+        fastconv::ConvParams p = conv_params(
+            dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
+            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2),
+            dim(weight_shape, 3), dim(output_hw, 0), dim(output_hw, 1), geometry);
+        p.single_precision = single_precision;
+        return fastconv::conv_algorithm_supports(algorithm_from_index(algorithm_index, p), p);
+      },
+      py::arg("algorithm"), py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"),
+      py::arg("geometry"), py::arg("single_precision"));
   m.attr("conv2d_algorithms") =
-      py::make_tuple("pointwise_gemm", "depthwise", "direct", "implicit_gemm");
+      py::make_tuple("pointwise_gemm", "depthwise", "direct", "implicit_gemm", "winograd");
   bind_gemm<double>(m);
   // Registry of micro-kernels usable on this CPU, in dispatch order (last = chosen).
   m.def("gemm_kernels", [](const std::string& dtype) {

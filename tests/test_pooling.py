@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +37,17 @@ import pytest
 from helpers import assert_close_scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+# When a hypothesis test fails, its pytest plugin imports hypothesis.extra._patching ->
+# libcst -> mypy_extensions, which emits a DeprecationWarning inside a pytest hook; with
+# filterwarnings = error that turns the failure report into an INTERNALERROR. Importing
+# it here, warnings silenced, keeps failure reports readable.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except ImportError:  # libcst not installed: nothing to pre-import
+        pass
 
 import fastconv
 from fastconv import reference as ref
@@ -57,20 +69,29 @@ class Case(NamedTuple):
     seed: int
 
     def max_args(self):
-        return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding,
-                    dilation=self.dilation, ceil_mode=self.ceil_mode)
+        return dict(
+            kernel_size=self.kernel,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            ceil_mode=self.ceil_mode,
+        )
 
     def avg_args(self):
-        return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding,
-                    ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
-                    divisor_override=self.divisor_override)
+        return dict(
+            kernel_size=self.kernel,
+            stride=self.stride,
+            padding=self.padding,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad,
+            divisor_override=self.divisor_override,
+        )
 
     def out_hw(self, dilation):
         stride = self.stride or self.kernel
         return tuple(
             ref.pool_output_size(size, k, s, p, d, self.ceil_mode)
-            for size, k, s, p, d in zip(self.shape[2:], self.kernel, stride, self.padding,
-                                        dilation)
+            for size, k, s, p, d in zip(self.shape[2:], self.kernel, stride, self.padding, dilation)
         )
 
     def valid_for_max(self):
@@ -82,8 +103,14 @@ class Case(NamedTuple):
     def has_empty_max_window(self):
         """Whether some max-pool window holds no in-bounds element."""
         stride = self.stride or self.kernel
-        for n_out, size, k, s, p, d in zip(self.out_hw(self.dilation), self.shape[2:],
-                                           self.kernel, stride, self.padding, self.dilation):
+        for n_out, size, k, s, p, d in zip(
+            self.out_hw(self.dilation),
+            self.shape[2:],
+            self.kernel,
+            stride,
+            self.padding,
+            self.dilation,
+        ):
             for o in range(n_out):
                 if not any(0 <= o * s - p + r * d < size for r in range(k)):
                     return True
@@ -131,7 +158,8 @@ def random_case(rng: np.random.Generator, *, dtype=None, kind=None, plane=None) 
         which = plane or rng.choice(["tiny", "small", "wide", "big"], p=[0.15, 0.3, 0.4, 0.15])
         if which == "tiny":  # 1x1, 1xW, Hx1
             h, w = [(1, 1), (1, int(rng.integers(1, 40))), (int(rng.integers(1, 40)), 1)][
-                int(rng.integers(3))]
+                int(rng.integers(3))
+            ]
         elif which == "small":
             h, w = (int(v) for v in rng.integers(1, 13, 2))
         elif which == "wide":  # the AVX2 row kernels: W >= 16, many columns
@@ -140,8 +168,12 @@ def random_case(rng: np.random.Generator, *, dtype=None, kind=None, plane=None) 
             h, w = (int(v) for v in rng.integers(24, 71, 2))
         n, c = (int(v) for v in rng.integers(1, 4, 2))
         case = Case(
-            shape=(n, c, h, w), kernel=kernel, stride=stride, padding=padding,
-            dilation=dilation, ceil_mode=bool(rng.integers(2)),
+            shape=(n, c, h, w),
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            ceil_mode=bool(rng.integers(2)),
             count_include_pad=bool(rng.integers(2)),
             divisor_override=[None, None, None, 1, 3, 7, -2, -5][int(rng.integers(8))],
             dtype=dtype or ["float32", "float64"][int(rng.integers(2))],
@@ -164,8 +196,13 @@ def grad_like(out: np.ndarray, seed: int) -> np.ndarray:
 def assert_identical(actual, expected, what, case):
     assert actual.dtype == expected.dtype and actual.shape == expected.shape, (what, case)
     if not np.array_equal(actual, expected, equal_nan=actual.dtype.kind == "f"):
-        diff = np.argwhere(~((actual == expected) | (np.isnan(actual) & np.isnan(expected))
-                             if actual.dtype.kind == "f" else actual == expected))
+        diff = np.argwhere(
+            ~(
+                (actual == expected) | (np.isnan(actual) & np.isnan(expected))
+                if actual.dtype.kind == "f"
+                else actual == expected
+            )
+        )
         where = tuple(diff[0])
         raise AssertionError(
             f"{what} differs at {where} ({len(diff)} places): got {actual[where]!r}, "
@@ -200,8 +237,7 @@ def check_max_vs_reference(case: Case):
             fastconv.max_pool2d_backward(grad, idx, x.shape)
         return
     gin = fastconv.max_pool2d_backward(grad, idx, x.shape)
-    assert_identical(gin, ref.max_pool2d_backward(grad, idx, x.shape), "max_pool2d_backward",
-                     case)
+    assert_identical(gin, ref.max_pool2d_backward(grad, idx, x.shape), "max_pool2d_backward", case)
 
 
 def check_avg_vs_reference(case: Case):
@@ -241,8 +277,7 @@ def check_avg_vs_torch(torch, case: Case):
     grad = grad_like(out, case.seed + 2)
     t_out.backward(torch.from_numpy(grad))
     gin = fastconv.avg_pool2d_backward(grad, x.shape, **case.avg_args())
-    assert_close_scaled(gin, tx.grad.numpy(), k=case.kernel[0] * case.kernel[1],
-                        err_msg=str(case))
+    assert_close_scaled(gin, tx.grad.numpy(), k=case.kernel[0] * case.kernel[1], err_msg=str(case))
 
 
 @pytest.fixture(scope="module")
@@ -323,13 +358,16 @@ def vector_path_cases() -> list[Case]:
                         ceil = bool(rng.integers(2))
                         kh = int(rng.integers(1, 4))
                         case = Case(
-                            shape=(1, 2, int(rng.integers(kh, kh + 3)), w), kernel=(kh, kw),
+                            shape=(1, 2, int(rng.integers(kh, kh + 3)), w),
+                            kernel=(kh, kw),
                             stride=(int(rng.integers(1, 3)), sw),
                             padding=(int(rng.integers(0, kh // 2 + 1)), pw),
-                            dilation=(1, dw), ceil_mode=ceil,
+                            dilation=(1, dw),
+                            ceil_mode=ceil,
                             count_include_pad=bool(rng.integers(2)),
                             divisor_override=[None, None, 3, -2][int(rng.integers(4))],
-                            dtype="float32", kind=KINDS[int(rng.integers(len(KINDS)))],
+                            dtype="float32",
+                            kind=KINDS[int(rng.integers(len(KINDS)))],
                             seed=int(rng.integers(2**31)),
                         )
                         if case.valid_for_max() and case.valid_for_avg():
@@ -355,13 +393,28 @@ def test_vector_row_kernels_vs_torch(torch):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_common_layers_vs_torch(torch, dtype):
     """The 2x2/2, 3x3/2 and 3x3/1 layers of real networks, multi-threaded sizes."""
-    layers = [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)),
-              ((3, 3), (2, 2), (0, 0))]
+    layers = [
+        ((2, 2), (2, 2), (0, 0)),
+        ((3, 3), (2, 2), (1, 1)),
+        ((3, 3), (1, 1), (1, 1)),
+        ((3, 3), (2, 2), (0, 0)),
+    ]
     for i, (kernel, stride, padding) in enumerate(layers):
         for ceil_mode in (False, True):
             for kind in ("relu_ints", "special"):
-                case = Case((2, 3, 57, 66), kernel, stride, padding, (1, 1), ceil_mode, True,
-                            None, dtype, kind, 100 + i)
+                case = Case(
+                    (2, 3, 57, 66),
+                    kernel,
+                    stride,
+                    padding,
+                    (1, 1),
+                    ceil_mode,
+                    True,
+                    None,
+                    dtype,
+                    kind,
+                    100 + i,
+                )
                 check_max_vs_torch(torch, case)
                 check_avg_vs_torch(torch, case)
                 check_max_vs_reference(case)
@@ -381,8 +434,9 @@ def test_nan_wins_and_the_last_nan_gives_the_index(torch):
         assert np.isnan(out[0, 0, 0, 1]) and idx[0, 0, 0, 1] == 1  # only (0, 1) is NaN
         assert np.isnan(out[0, 0, 0, 2]) and idx[0, 0, 0, 2] == w + 3
         assert not np.isnan(out[0, 0, 0, 4:]).any()
-        t_out, t_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 2, 1,
-                                                      return_indices=True)
+        t_out, t_idx = torch.nn.functional.max_pool2d(
+            torch.from_numpy(x), 2, 1, return_indices=True
+        )
         np.testing.assert_array_equal(out, t_out.numpy())
         np.testing.assert_array_equal(idx, t_idx.numpy())
 
@@ -397,8 +451,9 @@ def test_all_neg_inf_window_gives_neg_inf_and_first_in_bounds_index(torch):
         for col in range(1, w - 3):  # rows 0-1 of these windows are all -inf
             assert out[0, 0, 0, col] == -np.inf and idx[0, 0, 0, col] == col - 1
         assert out[0, 0, 2, -1] == 1.0 and idx[0, 0, 2, -1] == 3 * w - 1
-        t_out, t_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 1, 1,
-                                                      return_indices=True)
+        t_out, t_idx = torch.nn.functional.max_pool2d(
+            torch.from_numpy(x), 3, 1, 1, return_indices=True
+        )
         np.testing.assert_array_equal(out, t_out.numpy())
         np.testing.assert_array_equal(idx, t_idx.numpy())
 
@@ -407,8 +462,9 @@ def test_ties_first_maximum_wins(torch):
     for w in (7, 50):
         x = np.zeros((1, 2, 4, w), np.float64)  # all ties (ReLU output of negatives)
         out, idx = fastconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
-        t_out, t_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1,
-                                                      return_indices=True)
+        t_out, t_idx = torch.nn.functional.max_pool2d(
+            torch.from_numpy(x), 3, 2, 1, return_indices=True
+        )
         np.testing.assert_array_equal(out, t_out.numpy())
         np.testing.assert_array_equal(idx, t_idx.numpy())
         # first in-bounds element of each window
@@ -432,15 +488,18 @@ EMPTY_WINDOW_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("shape", "kernel", "stride", "padding", "dilation", "ceil_mode"),
-                         EMPTY_WINDOW_CASES)
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding", "dilation", "ceil_mode"), EMPTY_WINDOW_CASES
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_windows_without_in_bounds_elements(shape, kernel, stride, padding, dilation,
-                                            ceil_mode, dtype):
+def test_windows_without_in_bounds_elements(
+    shape, kernel, stride, padding, dilation, ceil_mode, dtype
+):
     """-inf out; the (out-of-range) index is refused by the backward, never used."""
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    args = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
-                ceil_mode=ceil_mode)
+    args = dict(
+        kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
+    )
     out, idx = fastconv.max_pool2d(x, **args, return_indices=True)
     ref_out, ref_idx = ref.max_pool2d(x, **args, return_indices=True)
     np.testing.assert_array_equal(out, ref_out)
@@ -476,9 +535,21 @@ def tiny_plane_cases() -> list[Case]:
                         for pw in range(kw // 2 + 1):
                             for d in (1, 2):
                                 for ceil in (False, True):
-                                    cases.append(Case((1, 2, h, w), (kh, kw), (s, s), (ph, pw),
-                                                      (d, d), ceil, bool(pw), None, "float32",
-                                                      KINDS[len(cases) % 4], len(cases)))
+                                    cases.append(
+                                        Case(
+                                            (1, 2, h, w),
+                                            (kh, kw),
+                                            (s, s),
+                                            (ph, pw),
+                                            (d, d),
+                                            ceil,
+                                            bool(pw),
+                                            None,
+                                            "float32",
+                                            KINDS[len(cases) % 4],
+                                            len(cases),
+                                        )
+                                    )
     rng = np.random.default_rng(11)
     return [cases[i] for i in sorted(rng.choice(len(cases), len(cases) // 2, replace=False))]
 
@@ -521,10 +592,16 @@ def isa_cases() -> list[Case]:
     cases = vector_path_cases()[::5]
     cases += generated_cases(3000, 60, dtype="float32")
     cases += generated_cases(3001, 10, dtype="float64")
-    cases += [Case((2, 4, 57, 66), k, s, p, (1, 1), c, True, None, "float32", kind, 5)
-              for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
-                              ((3, 3), (1, 1), (1, 1))]
-              for c in (False, True) for kind in ("normal", "special", "relu_ints")]
+    cases += [
+        Case((2, 4, 57, 66), k, s, p, (1, 1), c, True, None, "float32", kind, 5)
+        for k, s, p in [
+            ((2, 2), (2, 2), (0, 0)),
+            ((3, 3), (2, 2), (1, 1)),
+            ((3, 3), (1, 1), (1, 1)),
+        ]
+        for c in (False, True)
+        for kind in ("normal", "special", "relu_ints")
+    ]
     return cases
 
 
@@ -542,7 +619,8 @@ def compute_all(cases) -> dict[str, np.ndarray]:
         avg = fastconv.avg_pool2d(x, **case.avg_args())
         results[f"{i}_avg"] = avg
         results[f"{i}_avg_bwd"] = fastconv.avg_pool2d_backward(
-            grad_like(avg, case.seed + 2), x.shape, **case.avg_args())
+            grad_like(avg, case.seed + 2), x.shape, **case.avg_args()
+        )
     return results
 
 
@@ -564,8 +642,10 @@ def _cpu_has_avx2_fma() -> bool | None:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
     return "avx2" in flags and "fma" in flags
 
 
@@ -582,9 +662,15 @@ def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):
     src = str(Path(fastconv.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     child = subprocess.run(
-        [sys.executable, "-c", _BASELINE_CHILD.format(tests=str(Path(__file__).parent),
-                                                      out=str(out))],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            _BASELINE_CHILD.format(tests=str(Path(__file__).parent), out=str(out)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.startswith("isa baseline")
@@ -597,7 +683,8 @@ def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):
             other = theirs[key]
             assert value.dtype == other.dtype and value.shape == other.shape, key
             assert value.tobytes() == other.tobytes(), (
-                f"{key}: the {fastconv._C.isa()} and baseline kernels differ\n{case}")
+                f"{key}: the {fastconv._C.isa()} and baseline kernels differ\n{case}"
+            )
 
 
 # --------------------------------------------------------------------------- memory bounds
@@ -650,7 +737,8 @@ _GUARD_CHILD = textwrap.dedent("""
 def guard_cases() -> list[Case]:
     """Planes that are one image (N = C = 1) so that the input ends where the plane ends."""
     return [c._replace(shape=(1, 1, *c.shape[2:])) for c in vector_path_cases()[::4]] + [
-        c._replace(shape=(1, 1, *c.shape[2:])) for c in generated_cases(4000, 40)]
+        c._replace(shape=(1, 1, *c.shape[2:])) for c in generated_cases(4000, 40)
+    ]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect")
@@ -662,10 +750,14 @@ def test_kernels_read_nothing_outside_their_arrays():
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     child = subprocess.run(
         [sys.executable, "-c", _GUARD_CHILD.format(tests=str(Path(__file__).parent))],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, (
-        f"exit status {child.returncode} (-11: a read outside the array)\n{child.stderr[-3000:]}")
+        f"exit status {child.returncode} (-11: a read outside the array)\n{child.stderr[-3000:]}"
+    )
     assert child.stdout.startswith("checked")
 
 
@@ -681,18 +773,28 @@ def pool_cases(draw):
     h = draw(st.integers(1, 24))
     w = draw(st.one_of(st.integers(1, 15), st.integers(16, 70)))
     case = Case(
-        shape=(draw(st.integers(0, 2)), draw(st.integers(1, 3)), h, w), kernel=kernel,
-        stride=stride, padding=padding, dilation=dilation, ceil_mode=draw(st.booleans()),
+        shape=(draw(st.integers(0, 2)), draw(st.integers(1, 3)), h, w),
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=draw(st.booleans()),
         count_include_pad=draw(st.booleans()),
         divisor_override=draw(st.one_of(st.none(), st.integers(-9, 9).filter(bool))),
-        dtype=draw(st.sampled_from(sorted(DTYPES))), kind=draw(st.sampled_from(KINDS)),
+        dtype=draw(st.sampled_from(sorted(DTYPES))),
+        kind=draw(st.sampled_from(KINDS)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
     return case
 
 
-FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
 
 
 @FUZZ

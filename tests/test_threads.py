@@ -33,8 +33,9 @@ def pooling_job(seed: int) -> dict:
     kernel = [(2, 2), (3, 3), (3, 2), (5, 4)][seed % 4]
     stride = [(2, 2), (2, 2), (1, 1), (2, 3)][seed % 4]
     padding = [(0, 0), (1, 1), (1, 0), (2, 1)][seed % 4]
-    return dict(x=x, kernel=kernel, stride=stride, padding=padding,
-                ceil_mode=bool(seed % 3 == 0), seed=seed)
+    return dict(
+        x=x, kernel=kernel, stride=stride, padding=padding, ceil_mode=bool(seed % 3 == 0), seed=seed
+    )
 
 
 def run_job(job: dict) -> list[np.ndarray]:
@@ -45,8 +46,15 @@ def run_job(job: dict) -> list[np.ndarray]:
     g = rng.standard_normal(out.shape).astype(x.dtype)
     gmax = fastconv.max_pool2d_backward(g, idx, x.shape)
     avg = fastconv.avg_pool2d(x, k, s, p, c, count_include_pad=bool(job["seed"] % 2))
-    gavg = fastconv.avg_pool2d_backward(rng.standard_normal(avg.shape).astype(x.dtype), x.shape,
-                                        k, s, p, c, count_include_pad=bool(job["seed"] % 2))
+    gavg = fastconv.avg_pool2d_backward(
+        rng.standard_normal(avg.shape).astype(x.dtype),
+        x.shape,
+        k,
+        s,
+        p,
+        c,
+        count_include_pad=bool(job["seed"] % 2),
+    )
     return [out, idx, gmax, avg, gavg]
 
 
@@ -174,12 +182,14 @@ def test_kernels_release_the_gil(op):
     call = GIL_CALLS[op]
     call(x)  # warm up
     for _attempt in range(5):
-        gap, duration = _max_gap_while_running(lambda: call(x))
+        gap, duration = _max_gap_while_running(lambda x=x: call(x))
         if duration < 0.15:  # too short to tell: more work
             x = np.concatenate([x, x])
             continue
         if gap < duration / 2:
             return
         # a loaded machine can pause any thread now and then: try again
-    pytest.fail(f"{op}: the calling thread stalled {gap * 1e3:.0f} ms during a "
-                f"{duration * 1e3:.0f} ms call: the GIL is not released")
+    pytest.fail(
+        f"{op}: the calling thread stalled {gap * 1e3:.0f} ms during a "
+        f"{duration * 1e3:.0f} ms call: the GIL is not released"
+    )

@@ -23,7 +23,6 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import assert_close_scaled
 
 import fastconv
@@ -88,10 +87,12 @@ def ints(shape, dtype=np.float32, seed=0, low=-3, high=4):
 
 def conv_out_hw(h=H, w=W):
     return (
-        reference.conv_output_size(h, R, CONV["stride"][0], CONV["padding"][0],
-                                   CONV["dilation"][0]),
-        reference.conv_output_size(w, S, CONV["stride"][1], CONV["padding"][1],
-                                   CONV["dilation"][1]),
+        reference.conv_output_size(
+            h, R, CONV["stride"][0], CONV["padding"][0], CONV["dilation"][0]
+        ),
+        reference.conv_output_size(
+            w, S, CONV["stride"][1], CONV["padding"][1], CONV["dilation"][1]
+        ),
     )
 
 
@@ -116,22 +117,35 @@ def good_kwargs(op, dtype=np.float32, n=N):
         # Valid indices from the reference, so the fixture that blocks every backend
         # does not get in the way of building the call.
         out, indices = REF["max_pool2d"](x, return_indices=True, **max_pool_kwargs())
-        return dict(grad_output=ints(out.shape, dtype, 5), indices=indices,
-                    input_size=(n, C, H, W))
+        return dict(grad_output=ints(out.shape, dtype, 5), indices=indices, input_size=(n, C, H, W))
     if op == "avg_pool2d":
         return dict(input=x, count_include_pad=False, divisor_override=None, **POOL)
     if op == "avg_pool2d_backward":
         out = REF["avg_pool2d"](x, count_include_pad=False, **POOL)
-        return dict(grad_output=ints(out.shape, dtype, 6), input_size=(n, C, H, W),
-                    count_include_pad=False, divisor_override=None, **POOL)
+        return dict(
+            grad_output=ints(out.shape, dtype, 6),
+            input_size=(n, C, H, W),
+            count_include_pad=False,
+            divisor_override=None,
+            **POOL,
+        )
     if op == "gemm":
-        return dict(a=ints((K_, M_), dtype, 7), b=ints((K_, N_), dtype, 8),
-                    c=ints((M_, N_), dtype, 9), alpha=2.0, beta=-1.0, trans_a=True)
+        return dict(
+            a=ints((K_, M_), dtype, 7),
+            b=ints((K_, N_), dtype, 8),
+            c=ints((M_, N_), dtype, 9),
+            alpha=2.0,
+            beta=-1.0,
+            trans_a=True,
+        )
     if op == "matmul":
         return dict(a=ints((M_, K_), dtype, 7), b=ints((K_, N_), dtype, 8))
     if op == "linear":
-        return dict(input=ints((n, 3, K_), dtype, 10), weight=ints((OUT_FEATURES, K_), dtype, 11),
-                    bias=ints((OUT_FEATURES,), dtype, 12))
+        return dict(
+            input=ints((n, 3, K_), dtype, 10),
+            weight=ints((OUT_FEATURES, K_), dtype, 11),
+            bias=ints((OUT_FEATURES,), dtype, 12),
+        )
     raise AssertionError(op)
 
 
@@ -225,8 +239,16 @@ def test_no_backend_fixture_blocks_every_op(no_backend, op):
 
 # --------------------------------------------------------------------------- dtypes and kinds
 
-BAD_DTYPES = [np.int8, np.int32, np.int64, np.uint8, np.bool_, np.float16, np.complex64,
-              np.complex128]
+BAD_DTYPES = [
+    np.int8,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.bool_,
+    np.float16,
+    np.complex64,
+    np.complex128,
+]
 if np.dtype(np.longdouble).itemsize > 8:
     BAD_DTYPES.append(np.longdouble)
 
@@ -277,7 +299,7 @@ def _non_arrays(x):
 @pytest.mark.parametrize(("op", "arg"), OP_ARGS)
 def test_non_arrays_are_type_error(no_backend, op, arg):
     """Lists, tuples, scalars and other array-likes are refused, never converted."""
-    for what, value in _non_arrays(good_kwargs(op)[arg]):
+    for _what, value in _non_arrays(good_kwargs(op)[arg]):
         kwargs = good_kwargs(op)
         kwargs[arg] = value
         with pytest.raises(TypeError, match=named(arg)):
@@ -398,8 +420,12 @@ def test_conv2d_channel_and_group_mismatch(no_backend):
 
 
 def test_conv2d_input_channel_and_group_mismatch(no_backend):
-    for change in [dict(input_size=(N, 5, H, W)), dict(groups=3), dict(groups=1),
-                   dict(input_size=(N, 2, H, W))]:
+    for change in [
+        dict(input_size=(N, 5, H, W)),
+        dict(groups=3),
+        dict(groups=1),
+        dict(input_size=(N, 2, H, W)),
+    ]:
         kwargs = good_kwargs("conv2d_input")
         kwargs.update(change)
         with pytest.raises(ValueError, match="channels") as info:
@@ -408,8 +434,12 @@ def test_conv2d_input_channel_and_group_mismatch(no_backend):
 
 
 def test_conv2d_weight_channel_and_group_mismatch(no_backend):
-    for change in [dict(weight_size=(K, 3, R, S)), dict(groups=3), dict(groups=1),
-                   dict(weight_size=(5, 2, R, S))]:
+    for change in [
+        dict(weight_size=(K, 3, R, S)),
+        dict(groups=3),
+        dict(groups=1),
+        dict(weight_size=(5, 2, R, S)),
+    ]:
         kwargs = good_kwargs("conv2d_weight")
         kwargs.update(change)
         with pytest.raises(ValueError, match="channels") as info:
@@ -508,12 +538,18 @@ POOL_PADDING_TOO_LARGE = [
 ]
 
 
-@pytest.mark.parametrize(("op", "kernel_size", "padding", "dilation"), [
-    (op, *case) for op in POOL_WINDOW_OPS for case in POOL_PADDING_TOO_LARGE
-    if op == "max_pool2d" or case[2] == 1  # average pooling has no dilation
-])
-def test_pool_padding_above_half_kernel_is_value_error(no_backend, op, kernel_size, padding,
-                                                       dilation):
+@pytest.mark.parametrize(
+    ("op", "kernel_size", "padding", "dilation"),
+    [
+        (op, *case)
+        for op in POOL_WINDOW_OPS
+        for case in POOL_PADDING_TOO_LARGE
+        if op == "max_pool2d" or case[2] == 1  # average pooling has no dilation
+    ],
+)
+def test_pool_padding_above_half_kernel_is_value_error(
+    no_backend, op, kernel_size, padding, dilation
+):
     kwargs = good_kwargs(op)
     kwargs.update(kernel_size=kernel_size, padding=padding, stride=1)
     if op == "max_pool2d":
@@ -582,13 +618,15 @@ def test_padding_strings_are_refused_by_pooling(no_backend, op):
 
 
 @pytest.mark.parametrize("op", CONV_OPS)
-@pytest.mark.parametrize(("padding", "stride"), [("valid", 2), ("valid", (1, 3)), ("same", 1),
-                                                 ("same", (1, 1))])
+@pytest.mark.parametrize(
+    ("padding", "stride"), [("valid", 2), ("valid", (1, 3)), ("same", 1), ("same", (1, 1))]
+)
 def test_valid_and_same_padding_strings_are_accepted(op, padding, stride):
     """'valid' works with any stride, 'same' with stride 1 (even kernels pad right/bottom)."""
     conv = good_kwargs("conv2d")
-    expected = REF["conv2d"](conv["input"], conv["weight"], None, stride, padding,
-                                CONV["dilation"], CONV["groups"])
+    expected = REF["conv2d"](
+        conv["input"], conv["weight"], None, stride, padding, CONV["dilation"], CONV["groups"]
+    )
     kwargs = good_kwargs(op)
     kwargs.update(padding=padding, stride=stride)
     if op == "conv2d":
@@ -623,8 +661,12 @@ def test_conv_output_size_below_one_is_value_error(no_backend):
 
 @pytest.mark.parametrize("op", POOL_WINDOW_OPS)
 def test_pool_output_size_below_one_is_value_error(no_backend, op):
-    for h, w, kernel_size, dilation in [(2, W, 3, 1), (H, 1, (1, 2), 1), (4, 4, 5, 1),
-                                        (5, 5, 3, 3)]:
+    for h, w, kernel_size, dilation in [
+        (2, W, 3, 1),
+        (H, 1, (1, 2), 1),
+        (4, 4, 5, 1),
+        (5, 5, 3, 3),
+    ]:
         if dilation != 1 and op != "max_pool2d":
             continue
         kwargs = good_kwargs(op)
@@ -783,21 +825,36 @@ def test_max_pool_indices_into_empty_input_size(backend):
 # --------------------------------------------------------------------------- GEMM shapes
 
 
-@pytest.mark.parametrize(("a_shape", "b_shape", "trans_a", "trans_b"), [
-    ((5, 7), (6, 3), False, False),
-    ((5, 7), (7, 3), True, False),  # op(a) is 7x5
-    ((5, 7), (7, 3), False, True),  # op(b) is 3x7
-    ((7, 5), (3, 6), True, True),
-    ((5, 0), (1, 3), False, False),
-])
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "trans_a", "trans_b"),
+    [
+        ((5, 7), (6, 3), False, False),
+        ((5, 7), (7, 3), True, False),  # op(a) is 7x5
+        ((5, 7), (7, 3), False, True),  # op(b) is 3x7
+        ((7, 5), (3, 6), True, True),
+        ((5, 0), (1, 3), False, False),
+    ],
+)
 def test_gemm_inner_dimension_mismatch(no_backend, a_shape, b_shape, trans_a, trans_b):
     with pytest.raises(ValueError, match="inner") as info:
         fastconv.gemm(ints(a_shape), ints(b_shape), trans_a=trans_a, trans_b=trans_b)
     info.match(r"\(a\)")
 
 
-@pytest.mark.parametrize("c_shape", [(N_, M_), (M_, N_ + 1), (M_ + 1, N_), (N_,), (1, N_),
-                                     (M_, 1), (M_ * N_,), (M_, N_, 1), (1, M_, N_)])
+@pytest.mark.parametrize(
+    "c_shape",
+    [
+        (N_, M_),
+        (M_, N_ + 1),
+        (M_ + 1, N_),
+        (N_,),
+        (1, N_),
+        (M_, 1),
+        (M_ * N_,),
+        (M_, N_, 1),
+        (1, M_, N_),
+    ],
+)
 def test_gemm_c_of_wrong_shape(no_backend, c_shape):
     kwargs = good_kwargs("gemm")
     kwargs["c"] = ints(c_shape)
@@ -820,7 +877,11 @@ def test_matmul_and_linear_inner_dimension_mismatch(no_backend):
 
 BOOL_CASES = [
     *[(op, "stride", v) for op in [*CONV_OPS, *POOL_WINDOW_OPS] for v in (True, (1, True))],
-    *[(op, "padding", v) for op in [*CONV_OPS, *POOL_WINDOW_OPS] for v in (False, (np.bool_(1), 0))],
+    *[
+        (op, "padding", v)
+        for op in [*CONV_OPS, *POOL_WINDOW_OPS]
+        for v in (False, (np.bool_(1), 0))
+    ],
     *[(op, "dilation", v) for op in [*CONV_OPS, "max_pool2d"] for v in (True, (True, 1))],
     *[(op, "groups", True) for op in CONV_OPS],
     *[(op, "kernel_size", v) for op in POOL_WINDOW_OPS for v in (True, (3, True))],
@@ -845,8 +906,7 @@ def test_bools_in_size_arguments_are_type_error(no_backend, op):
         call(op, kwargs)
 
 
-@pytest.mark.parametrize(("op", "param"), [(op, p) for p, ops in PARAM_OPS.items()
-                                           for op in ops])
+@pytest.mark.parametrize(("op", "param"), [(op, p) for p, ops in PARAM_OPS.items() for op in ops])
 def test_floats_are_not_ints(no_backend, op, param):
     for value in [2.0, np.float32(2), (2.0, 1), "2", None if param != "stride" else 1.5]:
         kwargs = good_kwargs(op)
@@ -858,8 +918,12 @@ def test_floats_are_not_ints(no_backend, op, param):
 def test_numpy_integers_are_accepted():
     kwargs = good_kwargs("conv2d")
     expected = call("conv2d", copy_kwargs(kwargs))
-    kwargs.update(stride=(np.int64(2), np.int32(1)), padding=np.int8(1),
-                  dilation=(np.uint8(1), np.int64(2)), groups=np.int16(2))
+    kwargs.update(
+        stride=(np.int64(2), np.int32(1)),
+        padding=np.int8(1),
+        dilation=(np.uint8(1), np.int64(2)),
+        groups=np.int16(2),
+    )
     assert_same_results(call("conv2d", kwargs), expected)
     kwargs = good_kwargs("avg_pool2d")
     expected = call("avg_pool2d", copy_kwargs(kwargs))
@@ -923,8 +987,7 @@ def test_zero_size_gemm_and_matmul(dtype):
     assert_same_results(fastconv.gemm(a[:, :0], b[:0], c.copy(), beta=2.0), expected)
     # beta == 0 never reads c, even when it holds NaN.
     c_nan = np.full((M_, N_), np.nan, dtype)
-    assert_same_results(fastconv.gemm(a[:, :0], b[:0], c_nan, beta=0.0),
-                        np.zeros((M_, N_), dtype))
+    assert_same_results(fastconv.gemm(a[:, :0], b[:0], c_nan, beta=0.0), np.zeros((M_, N_), dtype))
 
 
 # --------------------------------------------------------------------------- layouts
@@ -950,6 +1013,10 @@ def _relayout(x, kind):
         return x[flip].copy()[flip]
     if kind == "fortran":
         return np.asfortranarray(x)
+    if kind == "readonly":
+        y = x.copy()
+        y.flags.writeable = False
+        return y
     if kind == "unaligned":
         buffer = np.zeros(x.nbytes + 1, np.uint8)
         view = np.frombuffer(buffer.data, dtype=x.dtype, count=x.size, offset=1)
@@ -961,7 +1028,7 @@ def _relayout(x, kind):
     raise AssertionError(kind)
 
 
-LAYOUTS = ["step", "transpose", "negative", "fortran", "unaligned"]
+LAYOUTS = ["step", "transpose", "negative", "fortran", "unaligned", "readonly"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -975,8 +1042,8 @@ def test_non_contiguous_inputs_give_the_same_results(op, layout, dtype):
     actual = call(op, strided)
     assert_same_results(actual, expected)
     for name, before in untouched.items():
-        if op == "gemm" and name == "c":
-            # c is written in place, whatever its layout
+        if op == "gemm" and name == "c" and layout != "readonly":
+            # a writable c is written in place, whatever its layout
             assert actual is strided["c"]
             continue
         np.testing.assert_array_equal(strided[name], before, strict=True)
@@ -1063,28 +1130,49 @@ def _grad_output_shape(op, kwargs):
     """grad_output shape that fits the (possibly huge) window of a backward call."""
     if op in ("conv2d_input", "conv2d_weight"):
         weight_shape = kwargs["weight_size"] if op == "conv2d_weight" else kwargs["weight"].shape
-        hw = [reference.conv_output_size(size, k, s, p, d) for size, k, s, p, d in zip(
-            (H, W), weight_shape[-2:], _pair(kwargs["stride"]), _pair(kwargs["padding"]),
-            _pair(kwargs["dilation"]))]
+        hw = [
+            reference.conv_output_size(size, k, s, p, d)
+            for size, k, s, p, d in zip(
+                (H, W),
+                weight_shape[-2:],
+                _pair(kwargs["stride"]),
+                _pair(kwargs["padding"]),
+                _pair(kwargs["dilation"]),
+            )
+        ]
         return (N, K, *hw)
     stride = kwargs["stride"] if kwargs["stride"] is not None else kwargs["kernel_size"]
-    hw = [reference.pool_output_size(size, k, s, p, 1, kwargs["ceil_mode"])
-          for size, k, s, p in zip((H, W), _pair(kwargs["kernel_size"]), _pair(stride),
-                                   _pair(kwargs["padding"]))]
+    hw = [
+        reference.pool_output_size(size, k, s, p, 1, kwargs["ceil_mode"])
+        for size, k, s, p in zip(
+            (H, W), _pair(kwargs["kernel_size"]), _pair(stride), _pair(kwargs["padding"])
+        )
+    ]
     return (N, C, *hw)
 
 
-@pytest.mark.parametrize(("op", "param", "change"), [
-    *[(op, "stride", dict(stride=HUGE)) for op in [*CONV_OPS, *POOL_WINDOW_OPS]],
-    *[(op, "stride", dict(stride=(1, 2**63))) for op in [*CONV_OPS, *POOL_WINDOW_OPS]],
-    ("max_pool2d", "dilation", dict(kernel_size=1, padding=0, dilation=HUGE)),
-    ("conv2d", "dilation", dict(weight=ints((K, C // 2, 1, 1)), padding=0, dilation=HUGE)),
-    *[(op, "kernel_size|padding", dict(kernel_size=HUGE, padding=HUGE // 2, stride=1,
-                                       dilation=1))
-      for op in POOL_WINDOW_OPS],
-    *[(op, "divisor_override", dict(divisor_override=v)) for op in AVG_OPS
-      for v in (HUGE, -HUGE, 2**63)],
-])
+@pytest.mark.parametrize(
+    ("op", "param", "change"),
+    [
+        *[(op, "stride", dict(stride=HUGE)) for op in [*CONV_OPS, *POOL_WINDOW_OPS]],
+        *[(op, "stride", dict(stride=(1, 2**63))) for op in [*CONV_OPS, *POOL_WINDOW_OPS]],
+        ("max_pool2d", "dilation", dict(kernel_size=1, padding=0, dilation=HUGE)),
+        ("conv2d", "dilation", dict(weight=ints((K, C // 2, 1, 1)), padding=0, dilation=HUGE)),
+        *[
+            (
+                op,
+                "kernel_size|padding",
+                dict(kernel_size=HUGE, padding=HUGE // 2, stride=1, dilation=1),
+            )
+            for op in POOL_WINDOW_OPS
+        ],
+        *[
+            (op, "divisor_override", dict(divisor_override=v))
+            for op in AVG_OPS
+            for v in (HUGE, -HUGE, 2**63)
+        ],
+    ],
+)
 def test_parameters_beyond_int64_are_value_error(no_backend, op, param, change):
     """Values the kernels cannot represent are refused by validation, naming the argument
     (today they reach the native module, whose int64 conversion raises RuntimeError)."""
@@ -1114,13 +1202,16 @@ else:
 """
 
 
-@pytest.mark.parametrize("call_text", [
-    "fastconv.max_pool2d(x, (2**32, 2**32), padding=(2**31, 2**31))",
-    "fastconv.max_pool2d(x, (2**31 - 1, 1), padding=(2**30 - 1, 0))",
-    "fastconv.avg_pool2d(x, (2**32, 1), padding=(2**31, 0))",
-    "fastconv.avg_pool2d(x, (2**31 - 1, 1), padding=(2**30 - 1, 0))",
-    "fastconv.avg_pool2d_backward(x, (1, 1, 1, 1), (2**32, 1), padding=(2**31, 0))",
-])
+@pytest.mark.parametrize(
+    "call_text",
+    [
+        "fastconv.max_pool2d(x, (2**32, 2**32), padding=(2**31, 2**31))",
+        "fastconv.max_pool2d(x, (2**31 - 1, 1), padding=(2**30 - 1, 0))",
+        "fastconv.avg_pool2d(x, (2**32, 1), padding=(2**31, 0))",
+        "fastconv.avg_pool2d(x, (2**31 - 1, 1), padding=(2**30 - 1, 0))",
+        "fastconv.avg_pool2d_backward(x, (1, 1, 1, 1), (2**32, 1), padding=(2**31, 0))",
+    ],
+)
 def test_huge_pooling_windows_fail_cleanly(call_text):
     """A window far larger than the input (legal: padding <= kernel // 2, output 1x1) must
     give the right answer or a clean ValueError/MemoryError -- never crash the interpreter.
@@ -1130,7 +1221,9 @@ def test_huge_pooling_windows_fail_cleanly(call_text):
 
     child = subprocess.run(
         [sys.executable, "-c", _HUGE_WINDOW_CHILD.format(call=call_text)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert child.returncode == 0, (
         f"{call_text} killed the interpreter (exit status {child.returncode}): "

@@ -5,6 +5,8 @@
 
 #include "common/peak_probe.h"
 
+#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+
 namespace fastconv {
 
 double fma_peak_gflops_avx2(int threads, int64_t iterations) {
@@ -44,3 +46,5 @@ double fma_peak_gflops_avx2(int threads, int64_t iterations) {
 }
 
 }  // namespace fastconv
+
+#include "common/isa_avx2_end.h"

@@ -3,6 +3,8 @@
 
 #include "common/vector_ops.h"
 
+#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+
 namespace fastconv {
 namespace {
 
@@ -59,3 +61,5 @@ VectorOps<float> vector_ops_f32_avx2() { return {axpy_f32, dot_f32}; }
 VectorOps<double> vector_ops_f64_avx2() { return {axpy_f64, dot_f64}; }
 
 }  // namespace fastconv
+
+#include "common/isa_avx2_end.h"

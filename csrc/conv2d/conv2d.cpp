@@ -1,8 +1,13 @@
 // Algorithm selection and dispatch for conv2d forward and backward.
 #include "conv2d/conv2d.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 #include <vector>
+
+#include "common/cpu_features.h"
 
 namespace fastconv {
 namespace {
@@ -15,6 +20,9 @@ struct ConvTuning {
   // Output rows at least this wide also run direct: its nr-wide tiles are then
   // mostly full and it skips GEMM's per-image im2col packing.
   int64_t direct_min_out_w = 16;
+  // Winograd F(4x4, 3x3) where the 36 GEMMs are big enough to run at speed.
+  int64_t winograd_min_channels = 32;  // both in and out
+  int64_t winograd_min_out_hw = 8;
   // ...and at most this many output channels per group for the input gradient
   // to run directly (it is a convolution with channel roles swapped).
   int64_t direct_max_out_per_group = 4;
@@ -63,6 +71,8 @@ const char* conv_algorithm_name(ConvAlgorithm a) {
       return "direct";
     case ConvAlgorithm::kGemm:
       return "implicit_gemm";
+    case ConvAlgorithm::kWinograd:
+      return "winograd";
   }
   return "unknown";
 }
@@ -75,6 +85,8 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
     case ConvAlgorithm::kDirect:  // only slow where they are not chosen
     case ConvAlgorithm::kGemm:
       return true;
+    case ConvAlgorithm::kWinograd:
+      return p.is_winograd_shape();
   }
   return false;
 }
@@ -82,6 +94,10 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
   if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
+  if (p.is_winograd_shape() && active_isa() == Isa::kAvx2Fma &&
+      std::min(p.in_channels, p.out_channels) >= kTuning.winograd_min_channels &&
+      std::min(p.out_h, p.out_w) >= kTuning.winograd_min_out_hw)
+    return ConvAlgorithm::kWinograd;
   if (p.in_per_group() <= kTuning.direct_max_in_per_group || p.out_w >= kTuning.direct_min_out_w)
     return ConvAlgorithm::kDirect;
   return ConvAlgorithm::kGemm;
@@ -102,6 +118,13 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
       return conv2d_direct_forward(input, weight, bias, output, p);
     case ConvAlgorithm::kGemm:
       return conv2d_gemm_forward(input, weight, bias, output, p);
+    case ConvAlgorithm::kWinograd:
+      if constexpr (std::is_same_v<T, float>) {
+        if (active_isa() == Isa::kAvx2Fma)
+          return conv2d_winograd_forward_f32_avx2(input, weight, bias, output, p);
+        return conv2d_winograd_forward_f32_portable(input, weight, bias, output, p);
+      }
+      throw std::invalid_argument("winograd supports float32 only");
   }
 }
 

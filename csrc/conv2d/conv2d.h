@@ -16,6 +16,7 @@ struct ConvParams {
   int64_t pad_top = 0, pad_left = 0;  // bottom/right padding is implied by out_h/out_w
   int64_t dilation_h = 1, dilation_w = 1;
   int64_t groups = 1;
+  bool single_precision = true;  // float32 (some algorithms exist only for it)
 
   int64_t in_per_group() const { return in_channels / groups; }
   int64_t out_per_group() const { return out_channels / groups; }
@@ -34,6 +35,10 @@ struct ConvParams {
   }
   bool is_depthwise() const { return groups > 1 && groups == in_channels; }
   bool is_unit_stride() const { return stride_h == 1 && stride_w == 1; }
+  bool is_winograd_shape() const {
+    return single_precision && kernel_h == 3 && kernel_w == 3 && is_unit_stride() &&
+           dilation_h == 1 && dilation_w == 1 && groups == 1;
+  }
 };
 
 // Algorithms, in the order the selector prefers them. kGemm is the general
@@ -43,6 +48,7 @@ enum class ConvAlgorithm : int {
   kDepthwise = 1,      // groups == in_channels: direct kernel vectorised along the width
   kDirect = 2,         // indirect GEMM on phase-split input rows: few channels or wide rows
   kGemm = 3,           // implicit GEMM: im2col panels packed on the fly, never materialised
+  kWinograd = 4,       // F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers
 };
 
 const char* conv_algorithm_name(ConvAlgorithm a);
@@ -73,6 +79,10 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
                                    const ConvParams& p);
+void conv2d_winograd_forward_f32_portable(const float* input, const float* weight,
+                                          const float* bias, float* output, const ConvParams& p);
+void conv2d_winograd_forward_f32_avx2(const float* input, const float* weight, const float* bias,
+                                      float* output, const ConvParams& p);
 template <typename T>
 void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                 const ConvParams& p);

@@ -5,6 +5,8 @@
 
 #include "gemm/gemm.h"
 
+#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+
 namespace fastconv {
 namespace {
 
@@ -41,9 +43,12 @@ struct Tile {
   using T = typename S::T;
   static constexpr int L = S::kLanes;
   // Named registers, not an array: GCC keeps these in ymm registers.
-  V c00 = S::zero(), c01 = S::zero(), c10 = S::zero(), c11 = S::zero();
-  V c20 = S::zero(), c21 = S::zero(), c30 = S::zero(), c31 = S::zero();
-  V c40 = S::zero(), c41 = S::zero(), c50 = S::zero(), c51 = S::zero();
+  V c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  // User-provided (not implicit) so that it is compiled inside the AVX2 region.
+  inline __attribute__((always_inline)) Tile() {
+    c00 = c01 = c10 = c11 = c20 = c21 = S::zero();
+    c30 = c31 = c40 = c41 = c50 = c51 = S::zero();
+  }
   // One k step: row i += a[i] * b for the 6 rows.
   inline __attribute__((always_inline)) void step(const T* a, const T* b) {
     const V b0 = S::load(b), b1 = S::load(b + L);
@@ -165,3 +170,5 @@ GemmKernelInfo<double> gemm_f64_6x8_avx2_fma() {
 }
 
 }  // namespace fastconv
+
+#include "common/isa_avx2_end.h"

@@ -7,6 +7,8 @@
 #include "pool2d/pool2d.h"
 #include "pool2d/pool2d_row_scalar.h"
 
+#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+
 namespace fastconv {
 namespace {
 
@@ -126,3 +128,5 @@ void sum_row_avx2(const PoolRow& row, float* acc) {
 PoolRowKernelsF32 pool_row_kernels_f32_avx2() { return {max_row_avx2, sum_row_avx2}; }
 
 }  // namespace fastconv
+
+#include "common/isa_avx2_end.h"

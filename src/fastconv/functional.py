@@ -372,11 +372,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     out_h, out_w = _check_conv_shapes(input.shape, weight.shape, geometry, "input", "weight")
     algorithm_index = _algorithm_index(algorithm)
     x, unbatched = _batched(input)
-    if algorithm == "pointwise_gemm":
-        shape = (x.shape[0], *x.shape[1:])
-        if _C.conv2d_algorithm(shape, tuple(weight.shape), (out_h, out_w),
-                               _native_geometry(geometry)) != "pointwise_gemm":
-            raise ValueError("algorithm='pointwise_gemm' needs a 1x1, stride-1, unpadded conv")
+    if algorithm is not None and not device:
+        single = np.dtype(x.dtype) == np.float32
+        if not _C.conv2d_algorithm_supports(algorithm_index, tuple(x.shape), tuple(weight.shape),
+                                            (out_h, out_w), _native_geometry(geometry), single):
+            raise ValueError(f"algorithm={algorithm!r} does not support this convolution: "
+                             f"{_ALGORITHM_LIMITS[algorithm]}")
     if device:
         out = _cuda_backend().conv2d(x, weight, bias, geometry)
     elif x.shape[0] == 0:
@@ -472,6 +473,13 @@ def _cpu_conv2d_weight(x, weight_size, grad_output, geometry):
 
 
 CONV2D_ALGORITHMS = tuple(_C.conv2d_algorithms)
+_ALGORITHM_LIMITS = {
+    "pointwise_gemm": "it needs a 1x1, stride-1, unpadded convolution",
+    "depthwise": "",
+    "direct": "",
+    "implicit_gemm": "",
+    "winograd": "it needs a 3x3, stride-1, dilation-1, groups=1, float32 convolution",
+}
 
 
 def _algorithm_index(algorithm) -> int:
@@ -482,14 +490,17 @@ def _algorithm_index(algorithm) -> int:
     return CONV2D_ALGORITHMS.index(algorithm)
 
 
-def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
+def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
+                     dtype=np.float32) -> str:
     """The algorithm conv2d's CPU forward pass chooses for these shapes (a pure function).
 
     One of ``CONV2D_ALGORITHMS``: 'pointwise_gemm' (1x1, stride 1, unpadded: a GEMM
     per image), 'depthwise' (groups == in_channels > 1: direct kernel along the width),
     'direct' (at most 4 input channels per group, or output rows at least 16 wide:
     an indirect GEMM whose taps point into zero-padded input rows), 'implicit_gemm'
-    (the general path: GEMM with im2col panels packed on the fly).
+    (the general path: GEMM with im2col panels packed on the fly), 'winograd'
+    (F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers with >= 32 channels
+    and outputs >= 8x8).
     """
     in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
     w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))
@@ -497,7 +508,8 @@ def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1,
         in_shape = (1, *in_shape)
     geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
     out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
-    return _C.conv2d_algorithm(in_shape, w_shape, out_hw, _native_geometry(geometry))
+    return _C.conv2d_algorithm(in_shape, w_shape, out_hw, _native_geometry(geometry),
+                               np.dtype(dtype) == np.float32)
 
 
 # --------------------------------------------------------------------------- GEMM

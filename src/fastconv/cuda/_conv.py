@@ -52,19 +52,21 @@ def conv2d_fwd_kernel(cfg: TileConfig, dtype):
         RY, RX = BM // TM, BN // TN
         LA, LB = BM * BK // NT, BN * BK // NT
         BSTEP = NT // BN
-        PAD = SMEM_PAD
+        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
         DT = rt.nb(dtype)
+        TMN = TM * TN
         SC = np.dtype(dtype).type
         mma = mma_step(cfg)
 
         @cuda.jit(_geometry_sig(4, dtype, 17))
         def conv2d_fwd(x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
                        groups, has_bias):
-            As = cuda.shared.array((BK, BM + PAD), DT)
-            Bs = cuda.shared.array((BK, BN + PAD), DT)
-            acc = cuda.local.array(TM * TN, DT)
+            As = cuda.shared.array(A_SHAPE, DT)
+            Bs = cuda.shared.array(B_SHAPE, DT)
+            acc = cuda.local.array(TMN, DT)
             ra = cuda.local.array(TM, DT)
             rb = cuda.local.array(TN, DT)
+            cofs = cuda.local.array(TN, types.int64)
             Cg = C // groups
             Kg = K // groups
             RS = R * S
@@ -121,19 +123,20 @@ def conv2d_fwd_kernel(cfg: TileConfig, dtype):
                 cuda.syncthreads()
                 mma(As, Bs, acc, ra, rb, ty, tx)
                 cuda.syncthreads()
-            for j in range(TN):
+            for j in range(TN):  # output offset of each owned column (-1: past the end)
                 col = n0 + tx + j * RX
+                cofs[j] = -1
                 if col < NPIX:
                     ni = col // OHW
-                    p = col - ni * OHW
-                    for i in range(TM):
-                        m = m0 + ty + i * RY
-                        if m < Kg:
-                            k = g * Kg + m
-                            v = acc[i * TN + j]
-                            if has_bias:
-                                v += bias[k]
-                            out[(ni * K + k) * OHW + p] = v
+                    cofs[j] = ni * K * OHW + col - ni * OHW
+            for i in range(TM):
+                m = m0 + ty + i * RY
+                if m < Kg:
+                    k = g * Kg + m
+                    b = bias[k] if has_bias else SC(0)
+                    for j in range(TN):
+                        if cofs[j] >= 0:
+                            out[cofs[j] + k * OHW] = acc[i * TN + j] + b
 
         return conv2d_fwd
 
@@ -189,17 +192,18 @@ def conv2d_dgrad_kernel(cfg: TileConfig, dtype):
         RY, RX = BM // TM, BN // TN
         LA, LB = BM * BK // NT, BN * BK // NT
         BSTEP = NT // BN
-        PAD = SMEM_PAD
+        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
         DT = rt.nb(dtype)
+        TMN = TM * TN
         SC = np.dtype(dtype).type
         mma = mma_step(cfg)
 
         @cuda.jit(_geometry_sig(3, dtype, 16))
         def conv2d_dgrad(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
                          groups):
-            As = cuda.shared.array((BK, BM + PAD), DT)
-            Bs = cuda.shared.array((BK, BN + PAD), DT)
-            acc = cuda.local.array(TM * TN, DT)
+            As = cuda.shared.array(A_SHAPE, DT)
+            Bs = cuda.shared.array(B_SHAPE, DT)
+            acc = cuda.local.array(TMN, DT)
             ra = cuda.local.array(TM, DT)
             rb = cuda.local.array(TN, DT)
             Cg = C // groups
@@ -357,17 +361,18 @@ def conv2d_wgrad_kernel(cfg: TileConfig, dtype):
         RY, RX = BM // TM, BN // TN
         LA, LB = BM * BK // NT, BN * BK // NT
         CSTEP = NT // BK
-        PAD = SMEM_PAD
+        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
         DT = rt.nb(dtype)
+        TMN = TM * TN
         SC = np.dtype(dtype).type
         mma = mma_step(cfg)
 
         @cuda.jit(_geometry_sig(3, dtype, 18))
         def conv2d_wgrad(x, gout, ws, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
                          groups, splits, chunk):
-            As = cuda.shared.array((BK, BM + PAD), DT)
-            Bs = cuda.shared.array((BK, BN + PAD), DT)
-            acc = cuda.local.array(TM * TN, DT)
+            As = cuda.shared.array(A_SHAPE, DT)
+            Bs = cuda.shared.array(B_SHAPE, DT)
+            acc = cuda.local.array(TMN, DT)
             ra = cuda.local.array(TM, DT)
             rb = cuda.local.array(TN, DT)
             coff = cuda.local.array(LB, types.int64)  # per loaded column: c*H*W, r*dh, s*dw

@@ -23,8 +23,9 @@ def gemm_kernel(cfg: TileConfig, dtype, trans_a: bool, trans_b: bool):
         NT = cfg.threads
         RY, RX = BM // TM, BN // TN
         LA, LB = BM * BK // NT, BN * BK // NT
-        PAD = SMEM_PAD
+        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
         DT = rt.nb(dtype)
+        TMN = TM * TN
         SC = np.dtype(dtype).type
         TA, TB = bool(trans_a), bool(trans_b)
         mma = mma_step(cfg)
@@ -33,9 +34,9 @@ def gemm_kernel(cfg: TileConfig, dtype, trans_a: bool, trans_b: bool):
 
         @cuda.jit(sig)
         def gemm(A, B, C, M, N, K, alpha, beta):
-            As = cuda.shared.array((BK, BM + PAD), DT)
-            Bs = cuda.shared.array((BK, BN + PAD), DT)
-            acc = cuda.local.array(TM * TN, DT)
+            As = cuda.shared.array(A_SHAPE, DT)
+            Bs = cuda.shared.array(B_SHAPE, DT)
+            acc = cuda.local.array(TMN, DT)
             ra = cuda.local.array(TM, DT)
             rb = cuda.local.array(TN, DT)
             tid = cuda.threadIdx.x

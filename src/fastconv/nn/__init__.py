@@ -20,7 +20,9 @@ Parameters are :class:`Parameter` objects holding NumPy ``.data`` and ``.grad``;
 ``state_dict()`` keys and shapes match PyTorch's, so weights move both ways::
 
     fc_model.load_state_dict(torch_model.state_dict())
-    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in fc_model.state_dict().items()})
+    torch_model.load_state_dict(nn.to_torch_state_dict(fc_model.state_dict()))
+
+``nn.to_torch(model)`` / ``nn.from_torch(torch_model)`` convert whole models.
 
 Layers run on NumPy (CPU) arrays; conv, pooling and matrix products go through
 :mod:`fastconv.functional`, i.e. the C++ kernels.
@@ -29,6 +31,7 @@ Layers run on NumPy (CPU) arrays; conv, pooling and matrix products go through
 from . import init
 from .container import BasicBlock, ModuleList, Residual, Sequential
 from .init import manual_seed
+from .interop import from_torch, to_torch, to_torch_state_dict
 from .layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -72,6 +75,7 @@ __all__ = [
     "Summary",
     "Tanh",
     "clip_grad_norm_",
+    "from_torch",
     "init",
     "is_grad_enabled",
     "load_weights",
@@ -79,4 +83,6 @@ __all__ = [
     "no_grad",
     "save_weights",
     "set_grad_enabled",
+    "to_torch",
+    "to_torch_state_dict",
 ]

@@ -143,7 +143,7 @@ class CrossEntropyLoss(_Loss):
             total = total / dt(denom) if denom != 0 else dt(np.nan)
         per_element = per_row.reshape((x.shape[0], *x.shape[2:]))
         if unbatched:
-            per_element = per_element[0]
+            per_element = np.asarray(per_element[0])
         self._pending = (logp, q, denom, x.shape, unbatched, per_element.shape)
         return self._finish(per_element, total)
 

@@ -1,0 +1,23 @@
+// AVX2+FMA build of the Winograd F(4x4, 3x3) kernel (see conv2d_winograd_impl.h):
+// the same source, with the transforms vectorised 8 tiles wide.
+#include <algorithm>
+#include <vector>
+
+#include "common/aligned_buffer.h"
+#include "common/parallel.h"
+#include "conv2d/conv2d.h"
+#include "gemm/gemm.h"
+
+#include "common/isa_avx2_begin.h"  // last include before the kernel: AVX2 code from here on
+#include "conv2d/conv2d_winograd_impl.h"
+
+namespace fastconv {
+
+void conv2d_winograd_forward_f32_avx2(const float* input, const float* weight, const float* bias,
+                                      float* output, const ConvParams& p) {
+  winograd_forward(input, weight, bias, output, p);
+}
+
+}  // namespace fastconv
+
+#include "common/isa_avx2_end.h"

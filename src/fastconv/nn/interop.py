@@ -1,0 +1,208 @@
+"""Moving models between fastconv and PyTorch.
+
+Weights alone move with ``state_dict`` (same keys and shapes on both sides)::
+
+    fc_model.load_state_dict(torch_model.state_dict())
+    torch_model.load_state_dict(to_torch_state_dict(fc_model.state_dict()))
+
+:func:`to_torch` builds the equivalent ``torch.nn`` module (same structure,
+constructor arguments, training mode and weights); :func:`from_torch` does the
+reverse for the layer types fastconv has.  torch is imported only when these are
+called.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from . import container, layers
+from .module import Module
+
+__all__ = ["from_torch", "to_torch", "to_torch_state_dict"]
+
+
+def to_torch_state_dict(state_dict: dict[str, np.ndarray]) -> OrderedDict:
+    """NumPy state dict -> torch tensors (for ``torch_module.load_state_dict``)."""
+    import torch
+
+    return OrderedDict((k, torch.from_numpy(np.array(v, copy=True)))
+                       for k, v in state_dict.items())
+
+
+def _torch_residual_classes():
+    import torch
+
+    class Residual(torch.nn.Module):
+        """block(x) + shortcut(x), as fastconv.nn.Residual."""
+
+        def __init__(self, block, shortcut=None):
+            super().__init__()
+            self.block = block
+            self.shortcut = shortcut
+
+        def forward(self, x):
+            return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    class BasicBlock(torch.nn.Module):
+        """torchvision's ResNet BasicBlock (without needing torchvision)."""
+
+        expansion = 1
+
+        def __init__(self, inplanes, planes, stride=1, downsample=None):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = torch.nn.BatchNorm2d(planes)
+            self.relu = torch.nn.ReLU(inplace=True)
+            self.conv2 = torch.nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = torch.nn.BatchNorm2d(planes)
+            self.downsample = downsample
+            self.stride = stride
+
+        def forward(self, x):
+            identity = x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            return self.relu(out + identity)
+
+    return Residual, BasicBlock
+
+
+def _convert_to_torch(m: Module) -> Any:
+    import torch
+
+    tnn = torch.nn
+    if isinstance(m, layers.Conv2d):
+        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                          m.dilation, m.groups, m.bias is not None, m.padding_mode)
+    if isinstance(m, layers.Linear):
+        return tnn.Linear(m.in_features, m.out_features, m.bias is not None)
+    if isinstance(m, layers.BatchNorm2d):
+        return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine,
+                               m.track_running_stats, bias=m.bias is not None)
+    if isinstance(m, layers.MaxPool2d):
+        return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
+                             m.ceil_mode)
+    if isinstance(m, layers.AvgPool2d):
+        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                             m.count_include_pad, m.divisor_override)
+    if isinstance(m, layers.AdaptiveAvgPool2d):
+        return tnn.AdaptiveAvgPool2d(m.output_size)
+    if isinstance(m, layers.ReLU):
+        return tnn.ReLU(m.inplace)
+    if isinstance(m, layers.LeakyReLU):
+        return tnn.LeakyReLU(m.negative_slope, m.inplace)
+    if isinstance(m, layers.Sigmoid):
+        return tnn.Sigmoid()
+    if isinstance(m, layers.Tanh):
+        return tnn.Tanh()
+    if isinstance(m, layers.Flatten):
+        return tnn.Flatten(m.start_dim, m.end_dim)
+    if isinstance(m, layers.Dropout):
+        return tnn.Dropout(m.p, m.inplace)
+    if isinstance(m, layers.Identity):
+        return tnn.Identity()
+    if isinstance(m, container.Sequential):
+        return tnn.Sequential(OrderedDict((k, _convert_to_torch(v))
+                                          for k, v in m.named_children()))
+    if isinstance(m, container.ModuleList):
+        return tnn.ModuleList([_convert_to_torch(v) for v in m])
+    if isinstance(m, container.Residual):
+        residual, _ = _torch_residual_classes()
+        return residual(_convert_to_torch(m.block),
+                        None if m.shortcut is None else _convert_to_torch(m.shortcut))
+    if isinstance(m, container.BasicBlock):
+        _, basic = _torch_residual_classes()
+        down = None if m.downsample is None else _convert_to_torch(m.downsample)
+        return basic(m.conv1.in_channels, m.conv1.out_channels, m.stride, down)
+    raise TypeError(f"to_torch does not know how to convert {type(m).__name__}")
+
+
+def to_torch(module: Module) -> Any:
+    """The equivalent ``torch.nn.Module``, with this module's weights, dtype and mode."""
+    import torch
+
+    converted = _convert_to_torch(module)
+    floats = [p.data.dtype for p in module.parameters()] + \
+        [b.dtype for b in module.buffers() if b.dtype.kind == "f"]
+    dtype = floats[0] if floats else np.dtype(np.float32)
+    converted = converted.to(torch.float64 if dtype == np.float64 else torch.float32)
+    converted.load_state_dict(to_torch_state_dict(module.state_dict()))
+    for name, sub in module.named_modules():
+        target = converted.get_submodule(name) if name else converted
+        target.train(sub.training)
+        for pname, param in sub.named_parameters(recurse=False):
+            getattr(target, pname).requires_grad_(param.requires_grad)
+    return converted
+
+
+def _convert_from_torch(m: Any) -> Module:
+    import torch
+
+    tnn = torch.nn
+    dtype = None
+    params = list(m.parameters(recurse=False))
+    if params and params[0].dtype == torch.float64:
+        dtype = np.float64
+    if isinstance(m, tnn.Conv2d):
+        return layers.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                             m.dilation, m.groups, m.bias is not None, m.padding_mode,
+                             dtype=dtype)
+    if isinstance(m, tnn.Linear):
+        return layers.Linear(m.in_features, m.out_features, m.bias is not None, dtype=dtype)
+    if isinstance(m, tnn.BatchNorm2d):
+        ref = m.running_mean if m.running_mean is not None else (params[0] if params else None)
+        if ref is not None and ref.dtype == torch.float64:
+            dtype = np.float64
+        return layers.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine,
+                                  m.track_running_stats, dtype=dtype,
+                                  bias=getattr(m, "bias", None) is not None)
+    if isinstance(m, tnn.MaxPool2d):
+        return layers.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation,
+                                m.return_indices, m.ceil_mode)
+    if isinstance(m, tnn.AvgPool2d):
+        return layers.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                                m.count_include_pad, m.divisor_override)
+    if isinstance(m, tnn.AdaptiveAvgPool2d):
+        return layers.AdaptiveAvgPool2d(m.output_size)
+    simple = {tnn.ReLU: lambda: layers.ReLU(m.inplace),
+              tnn.LeakyReLU: lambda: layers.LeakyReLU(m.negative_slope, m.inplace),
+              tnn.Sigmoid: layers.Sigmoid, tnn.Tanh: layers.Tanh,
+              tnn.Flatten: lambda: layers.Flatten(m.start_dim, m.end_dim),
+              tnn.Dropout: lambda: layers.Dropout(m.p, m.inplace),
+              tnn.Identity: layers.Identity}
+    for kind, make in simple.items():
+        if type(m) is kind:
+            return make()
+    if isinstance(m, tnn.Sequential):
+        return container.Sequential(OrderedDict((k, _convert_from_torch(v))
+                                                for k, v in m.named_children()))
+    if isinstance(m, tnn.ModuleList):
+        return container.ModuleList([_convert_from_torch(v) for v in m])
+    names = {n for n, _ in m.named_children()}
+    if names >= {"conv1", "bn1", "relu", "conv2", "bn2"} and hasattr(m, "downsample"):
+        down = None if m.downsample is None else _convert_from_torch(m.downsample)
+        return container.BasicBlock(m.conv1.in_channels, m.conv1.out_channels,
+                                    m.conv1.stride[0], down,
+                                    dtype=np.float64 if m.conv1.weight.dtype == torch.float64
+                                    else None)
+    if names and names <= {"block", "shortcut"} and hasattr(m, "block"):
+        short = None if getattr(m, "shortcut", None) is None else _convert_from_torch(m.shortcut)
+        return container.Residual(_convert_from_torch(m.block), short)
+    raise TypeError(f"from_torch does not know how to convert {type(m).__name__}")
+
+
+def from_torch(module: Any) -> Module:
+    """The equivalent fastconv module of a ``torch.nn`` model, with its weights and mode."""
+    converted = _convert_from_torch(module)
+    converted.load_state_dict(module.state_dict())
+    for name, sub in module.named_modules():
+        target = converted.get_submodule(name) if name else converted
+        target.train(sub.training)
+        for pname, param in sub.named_parameters(recurse=False):
+            getattr(target, pname).requires_grad = bool(param.requires_grad)
+    return converted
