@@ -20,9 +20,12 @@ struct ConvTuning {
   // Output rows at least this wide also run direct: its nr-wide tiles are then
   // mostly full and it skips GEMM's per-image im2col packing.
   int64_t direct_min_out_w = 16;
-  // Winograd F(4x4, 3x3) where the 36 GEMMs are big enough to run at speed.
+  // Winograd F(4x4, 3x3) where it wins: its transforms run along rows of
+  // tiles, so they need wide outputs (measured: 56 and 112 wide win, 28 and
+  // narrower lose to direct / implicit GEMM), and the 36 GEMMs need channels.
   int64_t winograd_min_channels = 32;  // both in and out
-  int64_t winograd_min_out_hw = 8;
+  int64_t winograd_min_out_w = 48;
+  int64_t winograd_min_out_h = 8;
   // ...and at most this many output channels per group for the input gradient
   // to run directly (it is a convolution with channel roles swapped).
   int64_t direct_max_out_per_group = 4;
@@ -96,7 +99,7 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
   if (p.is_winograd_shape() && active_isa() == Isa::kAvx2Fma &&
       std::min(p.in_channels, p.out_channels) >= kTuning.winograd_min_channels &&
-      std::min(p.out_h, p.out_w) >= kTuning.winograd_min_out_hw)
+      p.out_w >= kTuning.winograd_min_out_w && p.out_h >= kTuning.winograd_min_out_h)
     return ConvAlgorithm::kWinograd;
   if (p.in_per_group() <= kTuning.direct_max_in_per_group || p.out_w >= kTuning.direct_min_out_w)
     return ConvAlgorithm::kDirect;

@@ -27,30 +27,64 @@ namespace {
 
 constexpr int kTile = 4, kInTile = 6, kPositions = 36;
 
-// U[xi][k][c] = (G g G^T)[xi] for the 6x3 G of F(4, 3), computed in double.
+// U[xi][k][c] = (G g G^T)[xi] for the 6x3 G of F(4, 3). Vectorised over c:
+// the weights are first regrouped as g[k][tap][c].
 std::vector<float> winograd_filter_transform(const float* weight, int64_t k_count,
                                              int64_t c_count) {
-  static const double G[6][3] = {{1.0 / 4, 0, 0},
-                                 {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                 {0, 0, 1}};
+  static const float G[6][3] = {{1.0f / 4, 0, 0},
+                                {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                                {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                                {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                                {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                                {0, 0, 1}};
   std::vector<float> u(static_cast<size_t>(kPositions * k_count * c_count));
+  std::vector<float> g(static_cast<size_t>(9 * c_count)), gg(static_cast<size_t>(18 * c_count));
   for (int64_t k = 0; k < k_count; ++k) {
-    for (int64_t c = 0; c < c_count; ++c) {
-      const float* g = weight + (k * c_count + c) * 9;
-      double gg[6][3];  // G g
-      for (int a = 0; a < 6; ++a)
-        for (int j = 0; j < 3; ++j)
-          gg[a][j] = G[a][0] * g[j] + G[a][1] * g[3 + j] + G[a][2] * g[6 + j];
-      for (int a = 0; a < 6; ++a)
-        for (int b = 0; b < 6; ++b)
-          u[((a * 6 + b) * k_count + k) * c_count + c] =
-              static_cast<float>(gg[a][0] * G[b][0] + gg[a][1] * G[b][1] + gg[a][2] * G[b][2]);
-    }
+    for (int64_t c = 0; c < c_count; ++c)
+      for (int t = 0; t < 9; ++t) g[t * c_count + c] = weight[(k * c_count + c) * 9 + t];
+    // gg[a][j] = sum_i G[a][i] g[i][j]  (G g, 6x3), each entry a vector over c
+    for (int a = 0; a < 6; ++a)
+      for (int j = 0; j < 3; ++j) {
+        float* dst = gg.data() + (a * 3 + j) * c_count;
+        const float *g0 = g.data() + j * c_count, *g1 = g0 + 3 * c_count, *g2 = g0 + 6 * c_count;
+#pragma GCC ivdep
+        for (int64_t c = 0; c < c_count; ++c)
+          dst[c] = G[a][0] * g0[c] + G[a][1] * g1[c] + G[a][2] * g2[c];
+      }
+    // U[a][b] = sum_j gg[a][j] G[b][j]
+    for (int a = 0; a < 6; ++a)
+      for (int b = 0; b < 6; ++b) {
+        float* dst = u.data() + ((a * 6 + b) * k_count + k) * c_count;
+        const float* h0 = gg.data() + (a * 3) * c_count;
+        const float *h1 = h0 + c_count, *h2 = h0 + 2 * c_count;
+#pragma GCC ivdep
+        for (int64_t c = 0; c < c_count; ++c)
+          dst[c] = h0[c] * G[b][0] + h1[c] * G[b][1] + h2[c] * G[b][2];
+      }
   }
   return u;
+}
+
+// Row `ih` of a plane split by column phase: phase q holds iw = j * 4 + q - pad,
+// zero outside the image.
+inline void fill_phase4_row(const float* plane, int64_t in_h, int64_t in_w, int64_t ih,
+                            int64_t pad, int64_t length, float* dst) {
+  for (int q = 0; q < kTile; ++q) {
+    float* phase = dst + q * length;
+    if (ih < 0 || ih >= in_h) {
+      std::fill(phase, phase + length, 0.0f);
+      continue;
+    }
+    const int64_t first = q - pad;  // iw of entry 0
+    int64_t lo = first >= 0 ? 0 : (-first + kTile - 1) / kTile;
+    int64_t hi = in_w - 1 - first < 0 ? 0 : (in_w - 1 - first) / kTile + 1;
+    lo = std::min(lo, length);
+    hi = std::clamp(hi, lo, length);
+    std::fill(phase, phase + lo, 0.0f);
+    const float* src = plane + ih * in_w + first;
+    for (int64_t j = lo; j < hi; ++j) phase[j] = src[j * kTile];
+    std::fill(phase + hi, phase + length, 0.0f);
+  }
 }
 
 // B^T of F(4, 3) applied to six vectors d0..d5 of n lanes: t_a = sum_i B^T[a][i] d_i.
@@ -99,19 +133,9 @@ void winograd_block(const float* input, const float* packed_u, const float* bias
     const float* plane = input + (n * C + c) * p.in_plane();
     for (int64_t ty = ty0; ty < ty1; ++ty) {
       // Six input rows of this tile row, each split by column phase iw mod 4.
-      for (int i = 0; i < kInTile; ++i) {
-        float* dst = rows.data() + i * kTile * L;
-        const int64_t ih = ty * kTile - p.pad_top + i;
-        for (int q = 0; q < kTile; ++q) {
-          float* phase = dst + q * L;
-          for (int64_t j = 0; j < L; ++j) {
-            const int64_t iw = j * kTile + q - p.pad_left;
-            phase[j] = (ih >= 0 && ih < p.in_h && iw >= 0 && iw < p.in_w)
-                           ? plane[ih * p.in_w + iw]
-                           : 0.0f;
-          }
-        }
-      }
+      for (int i = 0; i < kInTile; ++i)
+        fill_phase4_row(plane, p.in_h, p.in_w, ty * kTile - p.pad_top + i, p.pad_left, L,
+                        rows.data() + i * kTile * L);
       // Row transforms (along the width): row i's six outputs go to
       // row_t[(i * 6 + b) * tw + j].
       float* rowt = row_t.data();

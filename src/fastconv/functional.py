@@ -500,7 +500,7 @@ def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1,
     an indirect GEMM whose taps point into zero-padded input rows), 'implicit_gemm'
     (the general path: GEMM with im2col panels packed on the fly), 'winograd'
     (F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers with >= 32 channels
-    and outputs >= 8x8).
+    and output rows >= 48 wide).
     """
     in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
     w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))

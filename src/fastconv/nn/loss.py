@@ -154,7 +154,8 @@ class CrossEntropyLoss(_Loss):
                            logp.dtype)
         grad = np.exp(logp) * q.sum(axis=1, keepdims=True) - q  # d(-sum q logp)/d logits
         if self.reduction == "mean":
-            grad = grad * (dt(1.0 / denom) if denom != 0 else dt(np.nan))
+            # nothing counted (all targets ignored): PyTorch's gradient is zero
+            grad = grad * (dt(1.0 / denom) if denom != 0 else dt(0))
         if g.ndim:
             grad = grad * g.reshape(-1, 1)
         elif g != 1:
