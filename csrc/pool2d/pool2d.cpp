@@ -52,14 +52,15 @@ ColumnRange valid_columns(int64_t offset, int64_t stride, int64_t width, int64_t
   return {std::min(begin, out_w), std::min(std::max(end, begin), out_w)};
 }
 
-// Per-thread scratch for one output row.
+// Per-thread scratch for one output row. A window holds at most in_h
+// in-bounds rows, however tall the kernel.
 struct RowScratch {
   std::vector<const void*> rows;
   std::vector<int32_t> row_taps;
   std::vector<int32_t> taps;
   explicit RowScratch(const PoolParams& p)
-      : rows(static_cast<size_t>(p.kernel_h)),
-        row_taps(static_cast<size_t>(p.kernel_h)),
+      : rows(static_cast<size_t>(std::min(p.kernel_h, p.in_h))),
+        row_taps(static_cast<size_t>(std::min(p.kernel_h, p.in_h))),
         taps(static_cast<size_t>(p.out_w)) {}
 };
 
@@ -67,12 +68,16 @@ struct RowScratch {
 template <typename Fn>
 void for_each_output_row(const PoolParams& p, Fn&& fn) {
   const int64_t rows = p.planes * p.out_h;
-  const int threads = threads_for(rows * p.out_w * p.kernel_h * p.kernel_w, 1 << 14);
+  const int64_t taps = std::min(p.kernel_h, p.in_h) * std::min(p.kernel_w, p.in_w);
+  const int threads = threads_for(rows * p.out_w * taps, 1 << 14);
+  // Allocated here, not inside the parallel region: an exception must not
+  // escape an OpenMP region.
+  std::vector<RowScratch> scratch(static_cast<size_t>(threads), RowScratch(p));
 #pragma omp parallel num_threads(threads)
   {
-    RowScratch scratch(p);
+    RowScratch& mine = scratch[static_cast<size_t>(omp_get_thread_num())];
 #pragma omp for schedule(static)
-    for (int64_t row = 0; row < rows; ++row) fn(row / p.out_h, row % p.out_h, scratch);
+    for (int64_t row = 0; row < rows; ++row) fn(row / p.out_h, row % p.out_h, mine);
   }
 }
 
@@ -107,15 +112,10 @@ template <typename T>
 void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolParams& p) {
   if (p.is_empty()) return;
   const RowKernels<T> kernels = row_kernels<T>();
-  // Flat offset of each tap from the window origin (64-bit: planes may be large).
-  std::vector<int64_t> tap_offset(static_cast<size_t>(p.kernel_h * p.kernel_w));
-  for (int64_t r = 0; r < p.kernel_h; ++r)
-    for (int64_t s = 0; s < p.kernel_w; ++s)
-      tap_offset[r * p.kernel_w + s] = r * p.dilation_h * p.in_w + s * p.dilation_w;
   for_each_output_row(p, [&](int64_t plane, int64_t oh, RowScratch& scratch) {
     const T* in = input + plane * p.in_plane();
     T* best = output + plane * p.out_plane() + oh * p.out_w;
-    int64_t* index = indices + plane * p.out_plane() + oh * p.out_w;
+    int64_t* index = indices ? indices + plane * p.out_plane() + oh * p.out_w : nullptr;
     const int64_t h0 = oh * p.stride_h - p.pad_h;
     int64_t count = 0;
     for (int64_t r = 0; r < p.kernel_h; ++r) {
@@ -128,10 +128,12 @@ void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolP
                       p.stride_w, p.pad_w, p.dilation_w, p.in_w, p.out_w};
     int32_t* tap = scratch.taps.data();
     kernels.max_row(row, best, tap);
+    if (index == nullptr) return;  // values only
     for (int64_t ow = 0; ow < p.out_w; ++ow) {
       const int64_t w0 = ow * p.stride_w - p.pad_w;
       if (tap[ow] >= 0) {
-        index[ow] = h0 * p.in_w + w0 + tap_offset[tap[ow]];
+        const int64_t r = tap[ow] / p.kernel_w, s = tap[ow] % p.kernel_w;
+        index[ow] = (h0 + r * p.dilation_h) * p.in_w + w0 + s * p.dilation_w;
         continue;
       }
       // Nothing beat -inf: PyTorch reports the window's first in-bounds element.

@@ -22,7 +22,9 @@ struct PoolParams {
   bool is_empty() const { return planes == 0 || out_h == 0 || out_w == 0; }
 };
 
-// indices: flat h*W+w position inside each input plane (PyTorch's convention).
+// indices: flat h*W+w position inside each input plane (PyTorch's convention);
+// may be null (values only). kernel_h * kernel_w must fit in int32 (the
+// functional layer checks it): taps are numbered in 32 bits.
 template <typename T>
 void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolParams& p);
 template <typename T>

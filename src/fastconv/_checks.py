@@ -76,13 +76,22 @@ def check_ndim(x: Any, name: str, allowed: tuple[int, ...], layout: str) -> None
         raise ValueError(f"{name} must be {options} ({layout}), got shape {tuple(x.shape)}")
 
 
-def as_int(value: Any, name: str) -> int:
+# Window arguments (kernel, stride, padding, dilation, divisor) are 32-bit in
+# PyTorch too; larger values are refused here, before they can overflow native
+# index math.
+INT32_MAX = 2**31 - 1
+
+
+def as_int(value: Any, name: str, *, limit: int = INT32_MAX) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool")
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if not -limit <= v <= limit:
+        raise ValueError(f"{name} must lie in [-{limit}, {limit}], got {v}")
+    return v
 
 
 def int_pair(value: Any, name: str) -> tuple[int, int]:
@@ -120,7 +129,7 @@ def size_tuple(value: Any, name: str, allowed: tuple[int, ...]) -> tuple[int, ..
     """A shape argument such as input_size / weight_size."""
     if not isinstance(value, (tuple, list)):
         raise TypeError(f"{name} must be a tuple of ints, got {type(value).__name__}")
-    shape = tuple(as_int(v, name) for v in value)
+    shape = tuple(as_int(v, name, limit=2**62) for v in value)
     if len(shape) not in allowed:
         options = " or ".join(str(n) for n in allowed)
         raise ValueError(f"{name} must have {options} entries, got {shape}")

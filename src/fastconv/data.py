@@ -74,13 +74,29 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[in
     return n_val, n_test
 
 
+def _allocate(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """Per-class sizes proportional to ``counts`` that sum to round(sum * fraction).
+
+    Largest-remainder rounding: every class gets floor(count * fraction), and the
+    classes with the largest remainders get one more until the total is reached.
+    """
+    ideal = counts * fraction
+    sizes = np.floor(ideal).astype(np.int64)
+    missing = int(round(counts.sum() * fraction)) - int(sizes.sum())
+    if missing > 0:
+        order = np.argsort(-(ideal - sizes), kind="stable")
+        sizes[order[:missing]] += 1
+    return np.minimum(sizes, counts)
+
+
 def train_val_test_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1,
                          test_fraction: float = 0.2, seed: int | None = 0,
                          stratify: bool = True) -> tuple[Dataset, Dataset, Dataset]:
     """Seeded split into (train, val, test) :class:`Dataset` s.
 
-    With ``stratify`` every class is split in the same proportions (its count times
-    the fraction, rounded).  The same seed always gives the same split.  Fractions
+    With ``stratify`` every class is split in the same proportions (largest-remainder
+    rounding of its count times the fraction, so the split sizes are
+    round(N * fraction) as without stratification).  The same seed always gives the same split.  Fractions
     may be 0 (an empty split).
     """
     x, y = np.asarray(x), np.asarray(y)
@@ -91,14 +107,16 @@ def train_val_test_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1
                          f"got {val_fraction} and {test_fraction}")
     rng = np.random.default_rng(seed)
     if stratify:
+        labels, counts = np.unique(y, return_counts=True)
+        n_test = _allocate(counts, test_fraction)
+        n_val = np.minimum(_allocate(counts, val_fraction), counts - n_test)
         parts: list[list[np.ndarray]] = [[], [], []]
-        for label in np.unique(y):
+        for label, nv, nt in zip(labels, n_val, n_test):
             members = np.flatnonzero(y == label)
             members = members[rng.permutation(len(members))]
-            n_val, n_test = _split_counts(len(members), val_fraction, test_fraction)
-            parts[2].append(members[:n_test])
-            parts[1].append(members[n_test:n_test + n_val])
-            parts[0].append(members[n_test + n_val:])
+            parts[2].append(members[:nt])
+            parts[1].append(members[nt:nt + nv])
+            parts[0].append(members[nt + nv:])
         chosen = [np.concatenate(p) if p else np.empty(0, np.int64) for p in parts]
         chosen = [idx[rng.permutation(len(idx))] for idx in chosen]
     else:

@@ -104,6 +104,8 @@ def _pool_window(kernel_size, stride, padding, dilation, ceil_mode) -> PoolWindo
         strides = chk.positive_pair(stride, "stride")
     pads = chk.non_negative_pair(padding, "padding")
     dilations = chk.positive_pair(dilation, "dilation")
+    if kernel[0] * kernel[1] > chk.INT32_MAX:
+        raise ValueError(f"kernel_size {kernel_size!r} has more than 2**31 - 1 elements")
     # PyTorch's rule compares with the kernel size itself, not the dilated extent.
     if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
         raise ValueError(
@@ -162,12 +164,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     else:
         x = _host_contiguous(x)
         out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-        indices = np.empty((n, c, out_h, out_w), dtype=np.int64)
+        # Indices cost 8 bytes per output to write: only made when asked for.
+        indices = np.empty((n, c, out_h, out_w), dtype=np.int64) if return_indices else None
         if n > 0:
-            _C.max_pool2d_forward(x.reshape(n * c, h, w), out.reshape(n * c, out_h, out_w),
-                                  indices.reshape(n * c, out_h, out_w), _native_window(window))
+            _C.max_pool2d_forward(
+                x.reshape(n * c, h, w), out.reshape(n * c, out_h, out_w),
+                None if indices is None else indices.reshape(n * c, out_h, out_w),
+                _native_window(window))
     if unbatched:
-        out, indices = out[0], indices[0]
+        out = out[0]
+        indices = None if indices is None else indices[0]
     return (out, indices) if return_indices else out
 
 

@@ -66,9 +66,14 @@ def _as_batch(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
 
 
 def _channel_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over N, H and W of an NCHW array (contiguous inner reductions first)."""
+    """Sum over N, H and W of an NCHW (or N, C, HW) array, as a C-vector.
+
+    The H*W reduction is a matrix-vector product with ones (blocked accumulation, much
+    faster than NumPy's reduction over a short inner axis), then a pairwise sum over N.
+    """
     n, c = a.shape[:2]
-    return np.ascontiguousarray(a).reshape(n, c, -1).sum(axis=2).sum(axis=0)
+    rows = np.ascontiguousarray(a).reshape(n, c, -1)
+    return np.matmul(rows, np.ones(rows.shape[2], dtype=a.dtype)).sum(axis=0)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -584,7 +589,9 @@ class BatchNorm2d(Module):
         if input.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) got an input with "
                              f"{input.shape[1]} channels")
-        x = input
+        x = np.ascontiguousarray(input)
+        n, c = x.shape[:2]
+        rows = x.reshape(n, c, -1)  # (N, C, H*W): per-channel vectors broadcast as (C, 1)
         dt = x.dtype.type
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -592,36 +599,41 @@ class BatchNorm2d(Module):
             factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
                       else self.momentum)
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        n = x.size // max(x.shape[1], 1)
+        count = x.size // max(c, 1)  # values per channel
         if use_batch:
-            if self.training and n <= 1:
+            if self.training and count <= 1:
                 raise ValueError("Expected more than 1 value per channel when training, got "
                                  f"input size {x.shape}")
-            mean = _channel_sum(x) / dt(n)
-            centred = x - mean[:, None, None]
-            var = _channel_sum(centred * centred) / dt(n)
+            mean = _channel_sum(rows) / dt(count)
+            centred = rows - mean[:, None]
+            var = _channel_sum(centred * centred) / dt(count)  # biased, for normalising
             if self.training and self.running_mean is not None:
                 self.running_mean *= dt(1.0 - factor)
                 self.running_mean += dt(factor) * mean
                 self.running_var *= dt(1.0 - factor)
-                self.running_var += dt(factor * n / (n - 1)) * var
+                self.running_var += dt(factor * count / (count - 1)) * var  # unbiased
         else:
             mean = self.running_mean.astype(x.dtype, copy=False)
             var = self.running_var.astype(x.dtype, copy=False)
-            centred = x - mean[:, None, None]
+            centred = rows - mean[:, None]
         invstd = dt(1) / np.sqrt(var + dt(self.eps))
-        xhat = centred * invstd[:, None, None]
-        out = xhat
+        xhat = centred
+        xhat *= invstd[:, None]
         if self.weight is not None:
-            out = out * self.weight.data[:, None, None]
-        if self.bias is not None:
-            out = out + self.bias.data[:, None, None]
+            out = xhat * self.weight.data[:, None]
+            if self.bias is not None:
+                out += self.bias.data[:, None]
+        elif self.bias is not None:
+            out = xhat + self.bias.data[:, None]
+        else:
+            out = xhat.copy()
         self.save_for_backward(xhat, invstd, use_batch)
-        return out
+        return out.reshape(x.shape)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         xhat, invstd, use_batch = self.saved_tensors()
-        g = grad_output
+        shape = grad_output.shape
+        g = np.ascontiguousarray(grad_output).reshape(xhat.shape)
         dt = g.dtype.type
         sum_g = _channel_sum(g)
         sum_gx = _channel_sum(g * xhat)
@@ -631,11 +643,14 @@ class BatchNorm2d(Module):
             self.bias.accumulate_grad(sum_g)
         scale = invstd if self.weight is None else self.weight.data * invstd
         if not use_batch:
-            return g * scale[:, None, None]
-        n = dt(g.size // g.shape[1])
-        mean_g = (sum_g / n)[:, None, None]
-        mean_gx = (sum_gx / n)[:, None, None]
-        return (g - mean_g - xhat * mean_gx) * scale[:, None, None]
+            return (g * scale[:, None]).reshape(shape)
+        count = dt(g.size // g.shape[1])
+        # (g - mean(g) - xhat * mean(g * xhat)) * weight * invstd, with few temporaries
+        grad = xhat * (sum_gx / count)[:, None]
+        np.subtract(g, grad, out=grad)
+        grad -= (sum_g / count)[:, None]
+        grad *= scale[:, None]
+        return grad.reshape(shape)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
