@@ -14,8 +14,6 @@ import argparse
 import time
 import warnings
 
-import numpy as np
-
 import fastconv
 from fastconv import data, nn, optim, training
 

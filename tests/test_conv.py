@@ -73,25 +73,35 @@ class Case(NamedTuple):
         return (self.k, self.c // self.groups, self.kh, self.kw)
 
     def args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups)
+        return dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+        )
 
     def pads(self):
         return ref.conv_padding(self.padding, (self.kh, self.kw), self.dilation)
 
     def out_hw(self):
         (pt, pb), (pl, pr) = self.pads()
-        return (ref.conv_output_size(self.h, self.kh, self.stride[0], (pt, pb), self.dilation[0]),
-                ref.conv_output_size(self.w, self.kw, self.stride[1], (pl, pr), self.dilation[1]))
+        return (
+            ref.conv_output_size(self.h, self.kh, self.stride[0], (pt, pb), self.dilation[0]),
+            ref.conv_output_size(self.w, self.kw, self.stride[1], (pl, pr), self.dilation[1]),
+        )
 
     def is_pointwise(self):
-        return ((self.kh, self.kw) == (1, 1) and tuple(self.stride) == (1, 1)
-                and self.pads() == ((0, 0), (0, 0)))
+        return (
+            (self.kh, self.kw) == (1, 1)
+            and tuple(self.stride) == (1, 1)
+            and self.pads() == ((0, 0), (0, 0))
+        )
 
     def winograd_shape(self):
-        return (self.dtype == "float32" and (self.kh, self.kw) == (3, 3)
-                and tuple(self.stride) == (1, 1) and tuple(self.dilation) == (1, 1)
-                and self.groups == 1)
+        return (
+            self.dtype == "float32"
+            and (self.kh, self.kw) == (3, 3)
+            and tuple(self.stride) == (1, 1)
+            and tuple(self.dilation) == (1, 1)
+            and self.groups == 1
+        )
 
     def k_forward(self):
         return self.c // self.groups * self.kh * self.kw + (1 if self.bias else 0)
@@ -107,10 +117,12 @@ class Case(NamedTuple):
         pad = self.padding
         if not isinstance(pad, (str, int)):
             pad = "x".join(map(str, pad))
-        return (f"n{self.n}c{self.c}h{self.h}w{self.w}k{self.k}r{self.kh}s{self.kw}"
-                f"-st{self.stride[0]}{self.stride[1]}-p{pad}-d{self.dilation[0]}{self.dilation[1]}"
-                f"-g{self.groups}{'-b' if self.bias else ''}-{self.dtype}"
-                f"{'-int' if self.ints else ''}-{self.seed}")
+        return (
+            f"n{self.n}c{self.c}h{self.h}w{self.w}k{self.k}r{self.kh}s{self.kw}"
+            f"-st{self.stride[0]}{self.stride[1]}-p{pad}-d{self.dilation[0]}{self.dilation[1]}"
+            f"-g{self.groups}{'-b' if self.bias else ''}-{self.dtype}"
+            f"{'-int' if self.ints else ''}-{self.seed}"
+        )
 
 
 def make_data(case: Case):
@@ -149,8 +161,9 @@ def may_transform(case: Case) -> bool:
 
 def chosen_algorithm(case: Case) -> str:
     try:
-        return fastconv.conv2d_algorithm(case.input_shape, case.weight_shape, **case.args(),
-                                         dtype=DTYPES[case.dtype])
+        return fastconv.conv2d_algorithm(
+            case.input_shape, case.weight_shape, **case.args(), dtype=DTYPES[case.dtype]
+        )
     except TypeError:  # a selector without the dtype keyword
         return fastconv.conv2d_algorithm(case.input_shape, case.weight_shape, **case.args())
 
@@ -182,8 +195,11 @@ def random_case(rng: np.random.Generator, seed: int, *, dtype=None, max_macs=1_5
         if style == "dense":
             groups, cg, kg = 1, int(rng.choice(CG_CHOICES)), int(rng.choice(KG_CHOICES))
         elif style == "grouped":
-            groups, cg, kg = int(rng.choice([2, 4])), int(rng.choice(CG_CHOICES)), int(
-                rng.choice(KG_CHOICES))
+            groups, cg, kg = (
+                int(rng.choice([2, 4])),
+                int(rng.choice(CG_CHOICES)),
+                int(rng.choice(KG_CHOICES)),
+            )
         elif style == "depthwise":
             groups = int(rng.integers(2, 20))
             cg, kg = 1, 1
@@ -219,10 +235,23 @@ def random_case(rng: np.random.Generator, seed: int, *, dtype=None, max_macs=1_5
                 dims.append(smallest + int(rng.integers(14, 45)))
         h, w = dims
         n = int(rng.choice([1, 1, 2, 3]))
-        case = Case(n, groups * cg, h, w, groups * kg, kh, kw, stride, padding, dilation,
-                    groups, bool(rng.random() < 0.5),
-                    dtype or str(rng.choice(["float32", "float64"])), bool(rng.random() < 0.35),
-                    seed)
+        case = Case(
+            n,
+            groups * cg,
+            h,
+            w,
+            groups * kg,
+            kh,
+            kw,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bool(rng.random() < 0.5),
+            dtype or str(rng.choice(["float32", "float64"])),
+            bool(rng.random() < 0.35),
+            seed,
+        )
         oh, ow = case.out_hw()
         if oh < 1 or ow < 1:
             continue
@@ -236,12 +265,28 @@ def generated_cases(seed: int, count: int, **kw) -> list[Case]:
     return [random_case(rng, seed * 1000 + i, **kw) for i in range(count)]
 
 
-def C(n, c, h, w, k, r, s, stride=1, padding=0, dilation=1, groups=1, bias=True,
-      dtype="float32", ints=False, seed=0) -> Case:
+def C(
+    n,
+    c,
+    h,
+    w,
+    k,
+    r,
+    s,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    bias=True,
+    dtype="float32",
+    ints=False,
+    seed=0,
+) -> Case:
     pair = ref.pair
     pad = padding if isinstance(padding, str) else pair(padding)
-    return Case(n, c, h, w, k, r, s, pair(stride), pad, pair(dilation), groups, bias, dtype,
-                ints, seed)
+    return Case(
+        n, c, h, w, k, r, s, pair(stride), pad, pair(dilation), groups, bias, dtype, ints, seed
+    )
 
 
 # Shapes picked for each algorithm family and for the code paths inside them (several
@@ -261,34 +306,44 @@ HAND_CASES = [
     # depthwise and channel multipliers
     C(2, 24, 29, 31, 24, 3, 3, padding=1, groups=24, seed=9),
     C(1, 8, 20, 50, 16, 5, 3, stride=2, padding=(2, 1), groups=8, seed=10),
-    C(2, 5, 9, 9, 15, 3, 3, stride=3, dilation=2, padding=3, groups=5, dtype="float64",
-      seed=11),
+    C(2, 5, 9, 9, 15, 3, 3, stride=3, dilation=2, padding=3, groups=5, dtype="float64", seed=11),
     C(1, 4, 7, 7, 4, 7, 7, padding=3, groups=4, ints=True, seed=12),
     C(3, 6, 1, 1, 6, 3, 3, padding=1, groups=6, seed=13),
     # few input channels per group (stems, LeNet, CIFAR)
     C(2, 3, 45, 45, 16, 7, 7, stride=2, padding=3, seed=14),
     C(4, 1, 28, 28, 6, 5, 5, seed=15),
     C(2, 3, 32, 32, 32, 3, 3, padding=1, dtype="float64", seed=16),
-    C(1, 8, 23, 37, 10, 3, 4, stride=(1, 2), padding=(1, 2), dilation=(2, 1), groups=2,
-      seed=17),
+    C(1, 8, 23, 37, 10, 3, 4, stride=(1, 2), padding=(1, 2), dilation=(2, 1), groups=2, seed=17),
     C(1, 2, 40, 19, 7, 2, 5, stride=3, dilation=3, padding=(0, 3), ints=True, seed=18),
     # the general implicit GEMM: K = Cg*R*S above one 256-deep block, several N tiles
     C(2, 64, 24, 24, 40, 3, 3, padding=1, seed=19),
     C(1, 32, 17, 19, 24, 5, 5, stride=2, padding=2, seed=20),
     C(1, 48, 12, 12, 20, 3, 3, padding="same", dilation=2, dtype="float64", seed=21),
-    C(2, 16, 11, 10, 8, 4, 2, padding="same", seed=22),          # even kernel: asymmetric pad
+    C(2, 16, 11, 10, 8, 4, 2, padding="same", seed=22),  # even kernel: asymmetric pad
     C(1, 20, 9, 8, 30, 3, 3, groups=2, stride=2, padding=(0, 3), seed=23),
-    C(1, 8, 10, 10, 12, 3, 3, padding=3, ints=True, seed=24),   # padding > kernel reach
-    C(2, 5, 7, 6, 7, 7, 6, seed=25),                             # kernel = the whole input
-    C(1, 7, 3, 3, 9, 7, 7, padding=2, dilation=1, seed=26),      # kernel = padded input
-    C(1, 6, 1, 1, 9, 7, 5, padding=3, seed=27),                  # 1x1 input, big kernel
-    C(1, 9, 1, 1, 5, 1, 1, stride=3, seed=28),                   # 1x1 input, stride
-    C(2, 40, 30, 30, 6, 3, 3, padding=1, seed=29),               # Kg <= 4: direct input grad
+    C(1, 8, 10, 10, 12, 3, 3, padding=3, ints=True, seed=24),  # padding > kernel reach
+    C(2, 5, 7, 6, 7, 7, 6, seed=25),  # kernel = the whole input
+    C(1, 7, 3, 3, 9, 7, 7, padding=2, dilation=1, seed=26),  # kernel = padded input
+    C(1, 6, 1, 1, 9, 7, 5, padding=3, seed=27),  # 1x1 input, big kernel
+    C(1, 9, 1, 1, 5, 1, 1, stride=3, seed=28),  # 1x1 input, stride
+    C(2, 40, 30, 30, 6, 3, 3, padding=1, seed=29),  # Kg <= 4: direct input grad
     C(1, 8, 20, 21, 20, 7, 7, padding=1, dtype="float64", seed=30),  # Cg*R*S = 392 > 256
-    C(3, 13, 9, 14, 11, 2, 3, stride=(2, 3), dilation=(3, 2), padding=(1, 2), groups=1,
-      bias=False, seed=31),
-    C(2, 12, 16, 16, 24, 3, 3, stride=2, padding=1, groups=4, ints=True, dtype="float64",
-      seed=32),
+    C(
+        3,
+        13,
+        9,
+        14,
+        11,
+        2,
+        3,
+        stride=(2, 3),
+        dilation=(3, 2),
+        padding=(1, 2),
+        groups=1,
+        bias=False,
+        seed=31,
+    ),
+    C(2, 12, 16, 16, 24, 3, 3, stride=2, padding=1, groups=4, ints=True, dtype="float64", seed=32),
     # wide 3x3 stride-1 layers with many channels (Winograd territory), ragged tiles
     C(1, 64, 12, 64, 64, 3, 3, padding=1, seed=33),
     C(2, 40, 9, 50, 36, 3, 3, padding=(0, 1), bias=False, seed=34),
@@ -312,16 +367,28 @@ def check_forward(case: Case, algorithms=ALGORITHMS):
     assert supports(chosen, case), f"{case}: the selector chose {chosen}, which cannot run it"
     default = fastconv.conv2d(x, w, b, **case.args())
     assert default.shape == want.shape
-    assert_matches(default, want, case.k_forward(), case, f"conv2d (default: {chosen})",
-                   exact=case.ints and chosen not in TRANSFORMED)
+    assert_matches(
+        default,
+        want,
+        case.k_forward(),
+        case,
+        f"conv2d (default: {chosen})",
+        exact=case.ints and chosen not in TRANSFORMED,
+    )
     for algorithm in algorithms:
         if not supports(algorithm, case):
             with pytest.raises(ValueError):
                 fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
             continue
         got = fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
-        assert_matches(got, want, case.k_forward(), case, f"conv2d algorithm={algorithm}",
-                       exact=case.ints and algorithm not in TRANSFORMED)
+        assert_matches(
+            got,
+            want,
+            case.k_forward(),
+            case,
+            f"conv2d algorithm={algorithm}",
+            exact=case.ints and algorithm not in TRANSFORMED,
+        )
         if algorithm == chosen:  # the default path runs the chosen algorithm
             assert got.tobytes() == default.tobytes(), f"{case}: default != forced {chosen}"
 
@@ -376,12 +443,16 @@ def test_generated_set_covers_the_argument_space():
     assert {s for c in cases for s in c.stride} >= {1, 2, 3}
     assert {d for c in cases for d in c.dilation} >= {1, 2, 3}
     assert {"same", "valid"} <= {c.padding for c in cases if isinstance(c.padding, str)}
-    pads = {p for c in cases if not isinstance(c.padding, str)
-            for p in ((c.padding,) if isinstance(c.padding, int) else c.padding)}
+    pads = {
+        p
+        for c in cases
+        if not isinstance(c.padding, str)
+        for p in ((c.padding,) if isinstance(c.padding, int) else c.padding)
+    }
     assert pads >= {0, 1, 2, 3}
     assert {1, 2, 4} <= {c.groups for c in cases}
     assert any(c.groups == c.c and c.k == c.c and c.c > 1 for c in cases)  # depthwise
-    assert any(c.groups == c.c and c.k > c.c and c.c > 1 for c in cases)   # multiplier
+    assert any(c.groups == c.c and c.k > c.c and c.c > 1 for c in cases)  # multiplier
     assert any(c.c % 2 == 1 and c.groups == 1 for c in cases)
     assert any(c.h == 1 and c.w == 1 for c in cases)
     assert any(c.out_hw() == (1, 1) and (c.kh > 1 or c.kw > 1) for c in cases)
@@ -402,7 +473,7 @@ def test_every_algorithm_on_shapes_chosen_for_others(algorithm):
     for case in ALL_CASES:
         others.setdefault(chosen_algorithm(case), []).append(case)
     checked = 0
-    for chosen, cases in others.items():
+    for cases in others.values():
         for case in cases[:6]:
             check_forward(case, algorithms=(algorithm,))
             checked += 1
@@ -482,9 +553,11 @@ SELECTOR_EXTRA = [
 ]
 
 
-@pytest.mark.parametrize("name, in_shape, w_shape, stride, padding, dilation, groups, expected",
-                         LAYER_SET + SELECTOR_EXTRA, ids=[row[0] for row in LAYER_SET +
-                                                          SELECTOR_EXTRA])
+@pytest.mark.parametrize(
+    "name, in_shape, w_shape, stride, padding, dilation, groups, expected",
+    LAYER_SET + SELECTOR_EXTRA,
+    ids=[row[0] for row in LAYER_SET + SELECTOR_EXTRA],
+)
 def test_selector_table(name, in_shape, w_shape, stride, padding, dilation, groups, expected):
     got = fastconv.conv2d_algorithm(in_shape, w_shape, stride, padding, dilation, groups)
     assert got == expected, f"{name}: selector chose {got!r}, table says {expected!r}"
@@ -503,8 +576,20 @@ def _small_layer(in_shape, w_shape, stride, padding, dilation, groups, seed):
         if groups > 1:
             g_small = min(groups, 16)
             c_small, k_small = cg * g_small, k // groups * g_small
-    return C(1, c_small, h, w, k_small, r, s, stride=stride, padding=padding,
-             dilation=dilation, groups=g_small, seed=seed)
+    return C(
+        1,
+        c_small,
+        h,
+        w,
+        k_small,
+        r,
+        s,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=g_small,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("index", range(len(LAYER_SET)), ids=[row[0] for row in LAYER_SET])
@@ -536,8 +621,15 @@ def torch_conv(torch, case: Case, x, w, b, gy, with_bias_grad=False):
     tb = None if b is None else torch.tensor(f64(b), requires_grad=with_bias_grad)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # padding='same' with an even kernel warns
-        y = torch.nn.functional.conv2d(tx, tw, tb, stride=case.stride, padding=case.padding,
-                                       dilation=case.dilation, groups=case.groups)
+        y = torch.nn.functional.conv2d(
+            tx,
+            tw,
+            tb,
+            stride=case.stride,
+            padding=case.padding,
+            dilation=case.dilation,
+            groups=case.groups,
+        )
     y.backward(torch.tensor(f64(gy)))
     if with_bias_grad:
         return y.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()
@@ -552,10 +644,20 @@ def test_vs_torch(case, torch):
     x, w, b, gy = make_data(case)
     y, gx, gw = torch_conv(torch, case, x, w, b, gy)
     assert_matches(fastconv.conv2d(x, w, b, **case.args()), y, case.k_forward(), case, "fwd")
-    assert_matches(fastconv.conv2d_input(case.input_shape, w, gy, **case.args()), gx,
-                   case.k_input(), case, "conv2d_input")
-    assert_matches(fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args()), gw,
-                   case.k_weight(), case, "conv2d_weight")
+    assert_matches(
+        fastconv.conv2d_input(case.input_shape, w, gy, **case.args()),
+        gx,
+        case.k_input(),
+        case,
+        "conv2d_input",
+    )
+    assert_matches(
+        fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args()),
+        gw,
+        case.k_weight(),
+        case,
+        "conv2d_weight",
+    )
 
 
 @pytest.mark.parametrize("padding", [0, 2, (1, 3), "same", "valid"])
@@ -568,10 +670,20 @@ def test_padding_forms_vs_torch(padding, dtype, torch):
         x, w, b, gy = make_data(case)
         y, gx, gw = torch_conv(torch, case, x, w, b, gy)
         assert_matches(fastconv.conv2d(x, w, b, **case.args()), y, case.k_forward(), case, "fwd")
-        assert_matches(fastconv.conv2d_input(case.input_shape, w, gy, **case.args()), gx,
-                       case.k_input(), case, "conv2d_input")
-        assert_matches(fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args()), gw,
-                       case.k_weight(), case, "conv2d_weight")
+        assert_matches(
+            fastconv.conv2d_input(case.input_shape, w, gy, **case.args()),
+            gx,
+            case.k_input(),
+            case,
+            "conv2d_input",
+        )
+        assert_matches(
+            fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args()),
+            gw,
+            case.k_weight(),
+            case,
+            "conv2d_weight",
+        )
 
 
 @pytest.mark.parametrize("case", [c._replace(bias=True) for c in TORCH_CASES[::3]], ids=str)
@@ -595,8 +707,9 @@ def test_bias_grad(dtype):
         assert_close_scaled(got, want, k)
         assert_close_scaled(fastconv.conv2d_bias_grad(_strided_copy(gy, rng)), want, k)
         unbatched = fastconv.conv2d_bias_grad(gy[0])  # (K, OH, OW)
-        assert_close_scaled(unbatched, gy[0].astype(np.float64).sum(axis=(1, 2)),
-                            shape[2] * shape[3])
+        assert_close_scaled(
+            unbatched, gy[0].astype(np.float64).sum(axis=(1, 2)), shape[2] * shape[3]
+        )
     ints = rng.integers(-3, 4, (3, 6, 11, 13)).astype(dtype)
     np.testing.assert_array_equal(fastconv.conv2d_bias_grad(ints), ints.sum(axis=(0, 2, 3)))
     empty = fastconv.conv2d_bias_grad(np.zeros((0, 5, 3, 3), dtype))
@@ -619,12 +732,12 @@ def test_unbatched_input(case):
             continue
         np.testing.assert_array_equal(
             fastconv.conv2d(x3, w, b, **case.args(), algorithm=algorithm),
-            fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)[0])
+            fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)[0],
+        )
     gx = fastconv.conv2d_input(x3.shape, w, gy3, **case.args())
     assert gx.shape == x3.shape
     np.testing.assert_array_equal(gx, fastconv.conv2d_input(x.shape, w, gy, **case.args())[0])
-    np.testing.assert_array_equal(ref.conv2d_input(x3.shape, w, gy3, **case.args()).shape,
-                                  x3.shape)
+    np.testing.assert_array_equal(ref.conv2d_input(x3.shape, w, gy3, **case.args()).shape, x3.shape)
     gw = fastconv.conv2d_weight(x3, w.shape, gy3, **case.args())
     np.testing.assert_array_equal(gw, fastconv.conv2d_weight(x, w.shape, gy, **case.args()))
 
@@ -671,8 +784,7 @@ def _strided_copy(a, rng):
     return view
 
 
-@pytest.mark.parametrize("case", [HAND_CASES[i] for i in (0, 2, 8, 9, 13, 17, 19, 23, 27)],
-                         ids=str)
+@pytest.mark.parametrize("case", [HAND_CASES[i] for i in (0, 2, 8, 9, 13, 17, 19, 23, 27)], ids=str)
 def test_non_contiguous_arguments(case):
     rng = np.random.default_rng(case.seed)
     x, w, b, gy = make_data(case)
@@ -683,17 +795,21 @@ def test_non_contiguous_arguments(case):
         xs, ws, gys = _strided_copy(x, rng), _strided_copy(w, rng), _strided_copy(gy, rng)
         bs = None if b is None else _strided_copy(b, rng)
         np.testing.assert_array_equal(fastconv.conv2d(xs, ws, bs, **case.args()), want)
-        np.testing.assert_array_equal(fastconv.conv2d_input(x.shape, ws, gys, **case.args()),
-                                      want_gx)
-        np.testing.assert_array_equal(fastconv.conv2d_weight(xs, w.shape, gys, **case.args()),
-                                      want_gw)
+        np.testing.assert_array_equal(
+            fastconv.conv2d_input(x.shape, ws, gys, **case.args()), want_gx
+        )
+        np.testing.assert_array_equal(
+            fastconv.conv2d_weight(xs, w.shape, gys, **case.args()), want_gw
+        )
         for algorithm in ALGORITHMS:
             if not supports(algorithm, case):
                 continue
             got = fastconv.conv2d(xs, ws, bs, **case.args(), algorithm=algorithm)
             np.testing.assert_array_equal(
-                got, fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm),
-                err_msg=f"non-contiguous, {algorithm}")
+                got,
+                fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm),
+                err_msg=f"non-contiguous, {algorithm}",
+            )
     # the unbatched 3-D views of a strided batch
     x3 = _strided_copy(x[-1], rng)
     np.testing.assert_array_equal(fastconv.conv2d(x3, w, b, **case.args()), want[-1])
@@ -714,7 +830,8 @@ def test_inputs_are_not_modified():
 
 
 FD_CASES = [c._replace(dtype="float64", ints=False) for c in HAND_CASES[::4]] + [
-    c._replace(dtype="float64", ints=False) for c in GENERATED[:6]]
+    c._replace(dtype="float64", ints=False) for c in GENERATED[:6]
+]
 
 
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
@@ -743,15 +860,30 @@ def test_gradients_by_finite_differences(case):
         tol_x = 1e-9 * (float(np.abs(gx * vx).sum()) + loss_terms / h)
         tol_w = 1e-9 * (float(np.abs(gw * vw).sum()) + loss_terms / h)
         assert abs(fd_x - an_x) <= tol_x, (
-            f"{case}: d/dx finite difference {fd_x} vs conv2d_input {an_x}")
+            f"{case}: d/dx finite difference {fd_x} vs conv2d_input {an_x}"
+        )
         assert abs(fd_w - an_w) <= tol_w, (
-            f"{case}: d/dw finite difference {fd_w} vs conv2d_weight {an_w}")
+            f"{case}: d/dw finite difference {fd_w} vs conv2d_weight {an_w}"
+        )
 
 
 def test_gradients_elementwise_by_finite_differences():
     """Each entry of both gradients of a small strided, dilated, grouped conv."""
-    case = C(1, 4, 6, 7, 6, 3, 2, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2,
-             dtype="float64", seed=55)
+    case = C(
+        1,
+        4,
+        6,
+        7,
+        6,
+        3,
+        2,
+        stride=(2, 1),
+        padding=(1, 2),
+        dilation=(1, 2),
+        groups=2,
+        dtype="float64",
+        seed=55,
+    )
     x, w, b, proj = make_data(case)
     gx = fastconv.conv2d_input(x.shape, w, proj, **case.args())
     gw = fastconv.conv2d_weight(x, w.shape, proj, **case.args())
@@ -776,11 +908,11 @@ def test_gradients_elementwise_by_finite_differences():
 
 
 DETERMINISM_CASES = [
-    C(4, 16, 20, 20, 24, 3, 3, padding=1, seed=60),                   # GEMM, tasks >= threads
-    C(1, 32, 30, 30, 16, 3, 3, padding=1, seed=61),                   # GEMM, one task
-    C(3, 12, 18, 18, 12, 3, 3, padding=1, groups=12, seed=62),        # depthwise
-    C(2, 64, 16, 16, 32, 1, 1, seed=63),                              # pointwise
-    C(5, 3, 24, 24, 8, 5, 5, stride=2, padding=2, seed=64),           # few input channels
+    C(4, 16, 20, 20, 24, 3, 3, padding=1, seed=60),  # GEMM, tasks >= threads
+    C(1, 32, 30, 30, 16, 3, 3, padding=1, seed=61),  # GEMM, one task
+    C(3, 12, 18, 18, 12, 3, 3, padding=1, groups=12, seed=62),  # depthwise
+    C(2, 64, 16, 16, 32, 1, 1, seed=63),  # pointwise
+    C(5, 3, 24, 24, 8, 5, 5, stride=2, padding=2, seed=64),  # few input channels
 ]
 
 
@@ -790,18 +922,43 @@ def test_bit_identical_repeats_at_fixed_thread_count(case, threads):
     results = {}
     for nthreads in (1, 2):
         threads(nthreads)
-        runs = [(fastconv.conv2d_weight(x, w.shape, gy, **case.args()).tobytes(),
-                 fastconv.conv2d(x, w, b, **case.args()).tobytes(),
-                 fastconv.conv2d_input(x.shape, w, gy, **case.args()).tobytes())
-                for _ in range(3)]
+        runs = [
+            (
+                fastconv.conv2d_weight(x, w.shape, gy, **case.args()).tobytes(),
+                fastconv.conv2d(x, w, b, **case.args()).tobytes(),
+                fastconv.conv2d_input(x.shape, w, gy, **case.args()).tobytes(),
+            )
+            for _ in range(3)
+        ]
         for what, column in zip(("conv2d_weight", "conv2d", "conv2d_input"), zip(*runs)):
             assert len(set(column)) == 1, f"{what} differs between runs at {nthreads} threads"
         results[nthreads] = runs[0]
     # 1 and 2 threads: both accurate (bitwise equality is not promised for the weight grad)
+    want_gw = ref.conv2d_weight(f64(x), w.shape, f64(gy), **case.args())
+    want_y = ref.conv2d(f64(x), f64(w), f64(b), **case.args())
+    want_gx = ref.conv2d_input(x.shape, f64(w), f64(gy), **case.args())
     for nthreads, (gw, y, gx) in results.items():
-        gw = np.frombuffer(gw, x.dtype).reshape(w.shape)
-        assert_matches(gw, ref.conv2d_weight(f64(x), w.shape, f64(gy), **case.args()),
-                       case.k_weight(), case, f"conv2d_weight at {nthreads} threads")
+        assert_matches(
+            np.frombuffer(gw, x.dtype).reshape(w.shape),
+            want_gw,
+            case.k_weight(),
+            case,
+            f"conv2d_weight at {nthreads} threads",
+        )
+        assert_matches(
+            np.frombuffer(y, x.dtype).reshape(want_y.shape),
+            want_y,
+            case.k_forward(),
+            case,
+            f"conv2d at {nthreads} threads",
+        )
+        assert_matches(
+            np.frombuffer(gx, x.dtype).reshape(x.shape),
+            want_gx,
+            case.k_input(),
+            case,
+            f"conv2d_input at {nthreads} threads",
+        )
 
 
 @pytest.mark.parametrize("case", [HAND_CASES[i] for i in (0, 9, 14, 19, 28)], ids=str)
@@ -824,8 +981,9 @@ def compute_isa_cases() -> dict[str, np.ndarray]:
         for algorithm in ALGORITHMS:
             if not supports(algorithm, case):
                 continue
-            out[f"{i}_fwd_{algorithm}"] = fastconv.conv2d(x, w, b, **case.args(),
-                                                          algorithm=algorithm)
+            out[f"{i}_fwd_{algorithm}"] = fastconv.conv2d(
+                x, w, b, **case.args(), algorithm=algorithm
+            )
         out[f"{i}_gx"] = fastconv.conv2d_input(x.shape, w, gy, **case.args())
         out[f"{i}_gw"] = fastconv.conv2d_weight(x, w.shape, gy, **case.args())
     return out
@@ -851,9 +1009,15 @@ def test_baseline_isa_agrees_with_default(tmp_path):
     src = str(Path(fastconv.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     child = subprocess.run(
-        [sys.executable, "-c", _BASELINE_CHILD.format(tests=str(Path(__file__).parent),
-                                                      out=str(out))],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            _BASELINE_CHILD.format(tests=str(Path(__file__).parent), out=str(out)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.startswith("isa baseline")
@@ -862,8 +1026,9 @@ def test_baseline_isa_agrees_with_default(tmp_path):
         assert sorted(theirs.files) == sorted(mine)
         for key, value in mine.items():
             case = ISA_CASES[int(key.split("_")[0])]
-            k = {"gx": case.k_input(), "gw": case.k_weight()}.get(key.split("_")[1],
-                                                                  case.k_forward())
+            k = {"gx": case.k_input(), "gw": case.k_weight()}.get(
+                key.split("_")[1], case.k_forward()
+            )
             assert_matches(value, theirs[key], k, case, f"{key}: default vs baseline ISA")
 
 
@@ -876,16 +1041,22 @@ def conv_cases(draw):
     if style == "dense":
         groups, cg, kg = 1, draw(st.integers(1, 12)), draw(st.integers(1, 12))
     elif style == "grouped":
-        groups, cg, kg = draw(st.sampled_from([2, 3, 4])), draw(st.integers(1, 8)), draw(
-            st.integers(1, 8))
+        groups, cg, kg = (
+            draw(st.sampled_from([2, 3, 4])),
+            draw(st.integers(1, 8)),
+            draw(st.integers(1, 8)),
+        )
     elif style == "depthwise":
         groups, cg, kg = draw(st.integers(2, 10)), 1, 1
     else:
         groups, cg, kg = draw(st.integers(2, 8)), 1, draw(st.integers(2, 4))
     kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = draw(st.one_of(st.just("same"), st.just("valid"),
-                             st.tuples(st.integers(0, 3), st.integers(0, 3))))
+    padding = draw(
+        st.one_of(
+            st.just("same"), st.just("valid"), st.tuples(st.integers(0, 3), st.integers(0, 3))
+        )
+    )
     if padding == "same":
         stride = (1, 1)
     else:
@@ -895,14 +1066,32 @@ def conv_cases(draw):
     for k, d, (lo, hi) in zip((kh, kw), dilation, pads):
         smallest = max(1, (k - 1) * d + 1 - lo - hi)
         dims.append(smallest + draw(st.integers(0, 20)))
-    return Case(draw(st.integers(1, 3)), groups * cg, dims[0], dims[1], groups * kg, kh, kw,
-                stride, padding, dilation, groups, draw(st.booleans()),
-                draw(st.sampled_from(sorted(DTYPES))), draw(st.booleans()),
-                draw(st.integers(0, 2**31 - 1)))
+    return Case(
+        draw(st.integers(1, 3)),
+        groups * cg,
+        dims[0],
+        dims[1],
+        groups * kg,
+        kh,
+        kw,
+        stride,
+        padding,
+        dilation,
+        groups,
+        draw(st.booleans()),
+        draw(st.sampled_from(sorted(DTYPES))),
+        draw(st.booleans()),
+        draw(st.integers(0, 2**31 - 1)),
+    )
 
 
-FUZZ = settings(max_examples=50, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def _prepare_failure_report():

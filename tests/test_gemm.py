@@ -37,8 +37,11 @@ def kernels(dtype) -> list[str]:
 
 def kernel_params():
     """(dtype, kernel index) for every registered kernel, with readable ids."""
-    return [pytest.param(dt, i, id=f"{np.dtype(dt).name}-{name}")
-            for dt in DTYPES for i, name in enumerate(kernels(dt))]
+    return [
+        pytest.param(dt, i, id=f"{np.dtype(dt).name}-{name}")
+        for dt in DTYPES
+        for i, name in enumerate(kernels(dt))
+    ]
 
 
 @pytest.fixture
@@ -139,9 +142,23 @@ def _random_shapes(seed=2024, count=26, max_macs=6_000_000):
 
 # Sizes at the micro-tile edges (6x16 f32, 4x8 / 6x8 f64), K-block edges (256), primes, ones.
 EDGE_SHAPES = [
-    (1, 1, 1), (1, 1, 600), (600, 1, 1), (1, 600, 1), (1, 599, 2), (599, 1, 3),
-    (2, 3, 5), (6, 16, 1), (5, 15, 7), (7, 17, 3), (4, 8, 256), (12, 32, 257),
-    (13, 33, 255), (97, 89, 83), (31, 577, 7), (577, 31, 11), (127, 131, 509),
+    (1, 1, 1),
+    (1, 1, 600),
+    (600, 1, 1),
+    (1, 600, 1),
+    (1, 599, 2),
+    (599, 1, 3),
+    (2, 3, 5),
+    (6, 16, 1),
+    (5, 15, 7),
+    (7, 17, 3),
+    (4, 8, 256),
+    (12, 32, 257),
+    (13, 33, 255),
+    (97, 89, 83),
+    (31, 577, 7),
+    (577, 31, 11),
+    (127, 131, 509),
 ]
 SHAPES = EDGE_SHAPES + _random_shapes()
 
@@ -160,22 +177,37 @@ def test_random_shapes_every_kernel(case):
     rng = np.random.default_rng(case)
     for dtype in DTYPES:
         a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
-        c0 = np.full((m, n), np.nan, dtype) if beta == 0 else rng.standard_normal((m, n)).astype(dtype)
+        if beta == 0:
+            c0 = np.full((m, n), np.nan, dtype)
+        else:
+            c0 = rng.standard_normal((m, n)).astype(dtype)
         want = expected(a, b, c0, alpha, beta, trans_a, trans_b)
         for index, name in enumerate(kernels(dtype)):
             c = c0.copy()
             got = run_kernel(index, a, b, c, alpha, beta, trans_a, trans_b)
             assert got is c and got.dtype == dtype
-            assert_close_scaled(got, want, red_len(k, beta),
-                                err_msg=f"{name} m,n,k={m},{n},{k} trans={trans_a, trans_b} "
-                                        f"alpha={alpha} beta={beta}")
+            assert_close_scaled(
+                got,
+                want,
+                red_len(k, beta),
+                err_msg=f"{name} m,n,k={m},{n},{k} trans={trans_a, trans_b} "
+                f"alpha={alpha} beta={beta}",
+            )
         got = fastconv.gemm(a, b, alpha=alpha, trans_a=trans_a, trans_b=trans_b)
         assert got.dtype == dtype and got.shape == (m, n)
         assert_close_scaled(got, expected(a, b, None, alpha, 0.0, trans_a, trans_b), k)
 
 
-EXACT_SHAPES = [(1, 1, 1), (6, 16, 1), (7, 17, 257), (61, 53, 600), (5, 300, 513),
-                (300, 5, 40), (149, 97, 256), (18, 48, 96)]
+EXACT_SHAPES = [
+    (1, 1, 1),
+    (6, 16, 1),
+    (7, 17, 257),
+    (61, 53, 600),
+    (5, 300, 513),
+    (300, 5, 40),
+    (149, 97, 256),
+    (18, 48, 96),
+]
 
 
 @pytest.mark.parametrize("dtype, index", kernel_params())
@@ -248,8 +280,12 @@ def test_beta_zero_does_not_read_nan_in_c(dtype, index, layout, threads):
             parent[..., ::2] = np.inf
             got = run_kernel(index, a, b, c, 1.5, 0.0)
             assert got is c
-            assert_close_scaled(got, expected(a, b, None, 1.5), k,
-                                err_msg=f"{m}x{n}x{k} {layout} threads={nthreads}")
+            assert_close_scaled(
+                got,
+                expected(a, b, None, 1.5),
+                k,
+                err_msg=f"{m}x{n}x{k} {layout} threads={nthreads}",
+            )
             if layout == "strided":  # elements outside the view are left alone
                 mask = np.ones(parent.shape, bool)
                 mask[::2, ::3] = False
@@ -369,8 +405,9 @@ def test_strided_operands_every_kernel(dtype, index, layout):
     """Any strides, for A, B and C (written in place), with and without transposes."""
     rng = np.random.default_rng(9)
     make = LAYOUTS[layout]
-    for (m, n, k), (trans_a, trans_b) in zip([(19, 37, 41), (64, 33, 300), (7, 70, 17),
-                                              (40, 16, 6)], TRANS):
+    for (m, n, k), (trans_a, trans_b) in zip(
+        [(19, 37, 41), (64, 33, 300), (7, 70, 17), (40, 16, 6)], TRANS
+    ):
         a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
         c0 = rng.standard_normal((m, n)).astype(dtype)
         va, vb, vc = make(a), make(b), make(c0)
@@ -381,8 +418,12 @@ def test_strided_operands_every_kernel(dtype, index, layout):
         assert got is vc
         assert_close_scaled(got, want, k + 1, err_msg=f"{layout} {m}x{n}x{k} {trans_a, trans_b}")
         got = fastconv.gemm(va, vb, trans_a=trans_a, trans_b=trans_b)
-        assert_close_scaled(got, expected(a, b, None, 1.0, 0.0, trans_a, trans_b), k,
-                            err_msg=f"{layout} public gemm")
+        assert_close_scaled(
+            got,
+            expected(a, b, None, 1.0, 0.0, trans_a, trans_b),
+            k,
+            err_msg=f"{layout} public gemm",
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -390,10 +431,10 @@ def test_mixed_layouts_and_views(dtype):
     rng = np.random.default_rng(10)
     big = rng.standard_normal((200, 300)).astype(dtype)
     cases = [
-        (big[::2, ::3], big[5:105, 1:51]),            # (100, 100) @ (100, 50)
-        (big[10:60, :150:3].T, big[::-4, ::7][:50]),   # (50, 50) @ (50, 43)
-        (big[:1, :77], big[:77, 3:4]),                # row @ column
-        (big[:, 7][:, None], big[9, ::2][None, :]),   # outer product, K = 1
+        (big[::2, ::3], big[5:105, 1:51]),  # (100, 100) @ (100, 50)
+        (big[10:60, :150:3].T, big[::-4, ::7][:50]),  # (50, 50) @ (50, 43)
+        (big[:1, :77], big[:77, 3:4]),  # row @ column
+        (big[:, 7][:, None], big[9, ::2][None, :]),  # outer product, K = 1
     ]
     for a, b in cases:
         got = fastconv.gemm(a, b)
@@ -406,8 +447,13 @@ def test_mixed_layouts_and_views(dtype):
 # --------------------------------------------------------------------------- threads
 
 
-DETERMINISM_SHAPES = [(160, 160, 160), (600, 24, 300), (24, 600, 300), (97, 301, 520),
-                      (6, 2000, 40)]
+DETERMINISM_SHAPES = [
+    (160, 160, 160),
+    (600, 24, 300),
+    (24, 600, 300),
+    (97, 301, 520),
+    (6, 2000, 40),
+]
 
 
 @pytest.mark.parametrize("dtype, index", kernel_params())
@@ -466,8 +512,9 @@ def test_concurrent_calls_from_python_threads():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("m, n, k", [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0), (0, 3, 0),
-                                     (1, 1, 0)])
+@pytest.mark.parametrize(
+    "m, n, k", [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0), (0, 3, 0), (1, 1, 0)]
+)
 @pytest.mark.parametrize("trans_a, trans_b", TRANS)
 def test_zero_size_dimensions(dtype, m, n, k, trans_a, trans_b):
     a = np.ones((k, m) if trans_a else (m, k), dtype)
@@ -488,8 +535,9 @@ def test_zero_size_dimensions(dtype, m, n, k, trans_a, trans_b):
     np.testing.assert_array_equal(c, want)
     for index in range(len(kernels(dtype))):
         c = np.full((m, n), np.nan, dtype)
-        np.testing.assert_array_equal(run_kernel(index, a, b, c, 1.0, 0.0, trans_a, trans_b),
-                                      np.zeros((m, n)))
+        np.testing.assert_array_equal(
+            run_kernel(index, a, b, c, 1.0, 0.0, trans_a, trans_b), np.zeros((m, n))
+        )
 
 
 # --------------------------------------------------------------------------- matmul, linear

@@ -955,8 +955,8 @@ def test_resnet_trains_like_torch():
     crit, tcrit = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     for _ in range(3):
-        x = rng.standard_normal((8, 1, 8, 8))
-        y = rng.integers(0, 10, 8)
+        x = rng.standard_normal((4, 1, 6, 6))
+        y = rng.integers(0, 10, 4)
         loss = crit(model(x), y)
         model.backward(crit.backward())
         opt.step()
@@ -975,8 +975,8 @@ def test_resnet_learns_separable_data():
     model = small_resnet()
     rng = np.random.default_rng(0)
     templates = rng.standard_normal((10, 1, 8, 8)).astype(np.float32)
-    y = rng.integers(0, 10, 64)
-    x = templates[y] + 0.3 * rng.standard_normal((64, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+    x = templates[y] + 0.3 * rng.standard_normal((32, 1, 8, 8)).astype(np.float32)
     crit = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=1e-2)
     losses = []

@@ -95,8 +95,8 @@ def train_val_test_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1
     """Seeded split into (train, val, test) :class:`Dataset` s.
 
     With ``stratify`` every class is split in the same proportions (largest-remainder
-    rounding of its count times the fraction, so the split sizes are
-    round(N * fraction) as without stratification).  The same seed always gives the same split.  Fractions
+    rounding of its count times the fraction, so the split sizes are round(N * fraction)
+    as without stratification).  The same seed always gives the same split.  Fractions
     may be 0 (an empty split).
     """
     x, y = np.asarray(x), np.asarray(y)

@@ -6,8 +6,9 @@ train/val/test split, per-channel normalisation fitted on train, and the CNN
     conv3x3(32)-bn-relu-conv3x3(32)-bn-relu-maxpool2-conv3x3(64)-bn-relu-maxpool2-
     dropout-linear(128)-relu-dropout-linear(10)
 
-(padding keeps sizes), trained with Adam and a cosine learning-rate schedule.  Prints a progress bar per epoch (tqdm if
-installed), validation accuracy and time per epoch, and the final test accuracy;
+(padding keeps sizes), trained with Adam and a cosine learning-rate schedule.  Prints a
+progress bar per epoch (tqdm if installed), validation accuracy and time per epoch, and
+the final test accuracy;
 optionally writes metrics as JSON (``--json``), the weights as ``.npz`` (``--out``;
 keys and shapes as PyTorch's ``state_dict``) and a training-curve PNG (``--plot``,
 needs matplotlib).

@@ -1,4 +1,4 @@
-"""Containers: ``Sequential``, ``ModuleList``, and residual blocks (``Residual``, ``BasicBlock``)."""
+"""Containers (Sequential, ModuleList) and residual blocks (``Residual``, ``BasicBlock``)."""
 
 from __future__ import annotations
 

@@ -185,7 +185,7 @@ class Conv2d(Module):
         if weight.requires_grad:
             weight.accumulate_grad(F.conv2d_weight(xp, weight.data.shape, g, *args))
         if self.bias is not None and self.bias.requires_grad:
-            self.bias.accumulate_grad(_channel_sum(g))
+            self.bias.accumulate_grad(F.conv2d_bias_grad(g))
         grad_xp = F.conv2d_input(xp.shape, weight.data, g, *args)
         if self.padding_mode == "zeros":
             grad_x = grad_xp
