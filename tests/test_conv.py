@@ -348,6 +348,9 @@ HAND_CASES = [
     C(1, 64, 12, 64, 64, 3, 3, padding=1, seed=33),
     C(2, 40, 9, 50, 36, 3, 3, padding=(0, 1), bias=False, seed=34),
     C(1, 33, 14, 49, 35, 3, 3, padding=1, ints=True, seed=35),
+    # more output pixels than one GEMM NC panel (3072)
+    C(1, 8, 64, 64, 8, 3, 3, padding=1, seed=37),
+    C(1, 16, 64, 50, 8, 1, 1, seed=38),
     # strided, Kg > 4: the GEMM + col2im input gradient over several column tiles
     C(1, 64, 60, 60, 8, 3, 3, stride=2, padding=1, seed=36),
 ]
@@ -462,6 +465,22 @@ def test_generated_set_covers_the_argument_space():
     assert chosen == set(ALGORITHMS), f"algorithms never chosen: {set(ALGORITHMS) - chosen}"
 
 
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_padding_wider_than_the_kernel(dtype):
+    """Padding beyond the dilated kernel's reach: outputs that see only padding are the
+    bias (or zero), with every algorithm and both gradients."""
+    cases = [
+        C(1, 1, 1, 1, 1, 1, 1, padding=2, dtype=dtype),
+        C(1, 1, 1, 1, 1, 1, 1, padding=(0, 2), dtype=dtype),
+        C(1, 2, 2, 2, 3, 3, 3, padding=3, dtype=dtype, ints=True),
+        C(2, 6, 3, 4, 8, 1, 1, padding=(3, 1), stride=2, dtype=dtype),
+        C(1, 4, 5, 5, 4, 2, 2, padding=3, groups=4, dtype=dtype),
+        C(1, 40, 4, 4, 40, 3, 3, padding=3, dtype=dtype),
+    ]
+    for case in cases:
+        check_all(case)
+
+
 # --------------------------------------------------------------------------- forcing
 
 
@@ -522,34 +541,34 @@ def test_algorithms_tuple():
 
 # (name, input shape, weight shape, stride, padding, dilation, groups, expected)
 LAYER_SET = [
-    ("resnet_stem_7x7s2", (8, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1, 1, "direct_small_c"),
-    ("resnet_3x3_56", (8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
+    ("resnet_stem_7x7s2", (8, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1, 1, "direct"),
+    ("resnet_3x3_56", (8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1, "winograd"),
     ("resnet_1x1_56_up", (8, 64, 56, 56), (256, 64, 1, 1), 1, 0, 1, 1, "pointwise_gemm"),
     ("resnet_1x1_56_down", (8, 256, 56, 56), (64, 256, 1, 1), 1, 0, 1, 1, "pointwise_gemm"),
-    ("resnet_1x1s2_56", (8, 256, 56, 56), (128, 256, 1, 1), 2, 0, 1, 1, "implicit_gemm"),
-    ("resnet_3x3_28", (8, 128, 28, 28), (128, 128, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
+    ("resnet_1x1s2_56", (8, 256, 56, 56), (128, 256, 1, 1), 2, 0, 1, 1, "direct"),
+    ("resnet_3x3_28", (8, 128, 28, 28), (128, 128, 3, 3), 1, 1, 1, 1, "direct"),
     ("resnet_3x3_14", (8, 256, 14, 14), (256, 256, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
     ("resnet_3x3_7", (8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
-    ("vgg_3x3_112", (2, 64, 112, 112), (128, 64, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
-    ("googlenet_5x5_28", (8, 192, 28, 28), (32, 192, 5, 5), 1, 2, 1, 1, "implicit_gemm"),
+    ("vgg_3x3_112", (2, 64, 112, 112), (128, 64, 3, 3), 1, 1, 1, 1, "winograd"),
+    ("googlenet_5x5_28", (8, 192, 28, 28), (32, 192, 5, 5), 1, 2, 1, 1, "direct"),
     ("alexnet_3x3_13", (8, 384, 13, 13), (384, 384, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
     ("mobilenet_dw3x3_56", (8, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1, 144, "depthwise"),
-    ("cifar_first_3x3", (64, 3, 32, 32), (32, 3, 3, 3), 1, 1, 1, 1, "direct_small_c"),
-    ("lenet_5x5", (64, 1, 28, 28), (6, 1, 5, 5), 1, 0, 1, 1, "direct_small_c"),
+    ("cifar_first_3x3", (64, 3, 32, 32), (32, 3, 3, 3), 1, 1, 1, 1, "direct"),
+    ("lenet_5x5", (64, 1, 28, 28), (6, 1, 5, 5), 1, 0, 1, 1, "direct"),
 ]
 SELECTOR_EXTRA = [
     ("1x1_stride2_small", (2, 16, 14, 14), (32, 16, 1, 1), 2, 0, 1, 1, "implicit_gemm"),
-    ("1x1_stride2_rgb", (2, 3, 14, 14), (8, 3, 1, 1), 2, 0, 1, 1, "direct_small_c"),
-    ("1x1_padded", (2, 64, 14, 14), (64, 64, 1, 1), 1, 1, 1, 1, "implicit_gemm"),
+    ("1x1_stride2_rgb", (2, 3, 14, 14), (8, 3, 1, 1), 2, 0, 1, 1, "direct"),
+    ("1x1_padded", (2, 64, 14, 14), (64, 64, 1, 1), 1, 1, 1, 1, "direct"),
     ("1x1_same", (2, 64, 14, 14), (64, 64, 1, 1), 1, "same", 1, 1, "pointwise_gemm"),
     ("1x1_valid_dilated", (2, 64, 14, 14), (32, 64, 1, 1), 1, "valid", 3, 1, "pointwise_gemm"),
     ("1x1_unbatched", (64, 7, 7), (32, 64, 1, 1), 1, 0, 1, 1, "pointwise_gemm"),
     ("depthwise_multiplier_2", (2, 32, 28, 28), (64, 1, 3, 3), 1, 1, 1, 32, "depthwise"),
     ("depthwise_5x5_s2", (2, 96, 28, 28), (96, 1, 5, 5), 2, 2, 1, 96, "depthwise"),
-    ("rgb_5x5", (1, 3, 64, 64), (16, 3, 5, 5), 1, 0, 1, 1, "direct_small_c"),
-    ("grouped_cg4", (8, 128, 28, 28), (128, 4, 3, 3), 1, 1, 1, 32, "direct_small_c"),
-    ("grouped_cg8", (8, 128, 28, 28), (128, 8, 3, 3), 1, 1, 1, 16, "implicit_gemm"),
-    ("dense_c5", (2, 5, 20, 20), (16, 5, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
+    ("rgb_5x5", (1, 3, 64, 64), (16, 3, 5, 5), 1, 0, 1, 1, "direct"),
+    ("grouped_cg4", (8, 128, 28, 28), (128, 4, 3, 3), 1, 1, 1, 32, "direct"),
+    ("grouped_cg8", (8, 128, 28, 28), (128, 8, 3, 3), 1, 1, 1, 16, "direct"),
+    ("dense_c5", (2, 5, 20, 20), (16, 5, 3, 3), 1, 1, 1, 1, "direct"),
 ]
 
 

@@ -140,7 +140,8 @@ def _random_shapes(seed=2024, count=26, max_macs=6_000_000):
     return shapes
 
 
-# Sizes at the micro-tile edges (6x16 f32, 4x8 / 6x8 f64), K-block edges (256), primes, ones.
+# Sizes at the micro-tile edges (6x16 f32, 4x8 / 6x8 f64), cache-block edges (KC 256, MC 144,
+# NC 3072), primes, ones.
 EDGE_SHAPES = [
     (1, 1, 1),
     (1, 1, 600),
@@ -159,6 +160,8 @@ EDGE_SHAPES = [
     (31, 577, 7),
     (577, 31, 11),
     (127, 131, 509),
+    (7, 3100, 21),  # N above one NC panel (3072 f32, 1536 f64)
+    (150, 13, 600),  # M above one MC block, K in 3 blocks
 ]
 SHAPES = EDGE_SHAPES + _random_shapes()
 
@@ -439,7 +442,7 @@ def test_mixed_layouts_and_views(dtype):
     for a, b in cases:
         got = fastconv.gemm(a, b)
         assert_close_scaled(got, expected(a, b), a.shape[1])
-        # (a @ b).T = op(b.T stored transposed) @ op(a.T stored transposed)
+        # b.T @ a.T == (a @ b).T, from the same views with both transpose flags set
         got = fastconv.gemm(b, a, trans_a=True, trans_b=True)
         assert_close_scaled(got, expected(a, b).T, a.shape[1])
 

@@ -12,12 +12,16 @@
 
 namespace fastconv {
 
+// Floating-point operations worth one more thread.
+constexpr int64_t kFlopsPerThread = int64_t(1) << 21;
+
 // Runs fn(task, inner_threads) for task in [0, count). With at least as many
 // tasks as threads, tasks run in parallel and each gets one thread; otherwise
-// tasks run one after another and each may use every thread inside.
+// tasks run one after another and each may use every thread inside. `flops`
+// (the whole call's) caps the threads for small problems.
 template <typename Fn>
-void run_tasks(int64_t count, Fn&& fn) {
-  const int threads = get_num_threads();
+void run_tasks(int64_t count, double flops, Fn&& fn) {
+  const int threads = threads_for(static_cast<int64_t>(flops), kFlopsPerThread);
   if (count >= threads && threads > 1) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t task = 0; task < count; ++task) fn(task, 1);

@@ -74,7 +74,7 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
   const int64_t rows = p.batch * p.groups * p.out_h;
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> phase(static_cast<size_t>(layout.size()));
@@ -137,7 +137,7 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t row_blocks = (p.out_h + block - 1) / block;
   const int64_t span = (block - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
   const int64_t tasks = p.batch * p.groups * row_blocks;
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> phase(static_cast<size_t>(cg * span * layout.size()));
@@ -215,7 +215,7 @@ void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
   const int64_t planes = p.batch * p.in_channels;
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> acc(static_cast<size_t>(p.in_h * layout.size()));
@@ -253,7 +253,7 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
   const VectorOps<T>& ops = vector_ops<T>();
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), 1 << 16);
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   // One thread owns each output channel: no partial sums, fixed order.
 #pragma omp parallel num_threads(threads)
   {

@@ -103,7 +103,7 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   const std::vector<T> packed = packed_weights(weight, p.groups, kg, p.reduction());
   const int64_t per_group = gemm_packed_a_size<T>(kg, p.reduction());
-  run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
+  run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
     T* out = output + (n * p.out_channels + g * kg) * pixels;
@@ -125,7 +125,7 @@ void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T*
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   const std::vector<T> packed = packed_weights(weight, p.groups, kg, cg);
   const int64_t per_group = gemm_packed_a_size<T>(kg, cg);
-  run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
+  run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     T* out = output + (n * p.out_channels + g * kg) * pixels;
     GemmProblem<T> pr;
@@ -147,7 +147,7 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   const int64_t red = p.reduction();
   const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
-  run_tasks(p.batch * p.groups, [&](int64_t task, int threads) {
+  run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     T* dx = grad_input + (n * p.in_channels + g * cg) * p.in_plane();
     const T* dy = grad_output + (n * p.out_channels + g * kg) * pixels;
@@ -202,7 +202,7 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
   const int64_t weight_size = p.out_channels * red;
   const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
   const int64_t tasks = p.batch * p.groups;
-  const int threads = get_num_threads();
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   const bool per_task_threads = tasks >= threads && threads > 1;
   const int partial_count = per_task_threads ? threads : 1;
   // One partial dW per thread; images are split statically so each partial

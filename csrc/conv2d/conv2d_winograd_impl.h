@@ -242,7 +242,8 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   plan.block_rows = std::clamp<int64_t>(target_tiles / plan.tiles_w, 1, plan.tiles_h);
   const int64_t blocks_per_image = (plan.tiles_h + plan.block_rows - 1) / plan.block_rows;
   const int64_t tasks = p.batch * blocks_per_image;
-  const int threads = std::min<int64_t>(get_num_threads(), tasks);
+  const int threads = static_cast<int>(std::min<int64_t>(
+      threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21), tasks));
 #pragma omp parallel num_threads(threads)
   {
     AlignedBuffer<float> v_buf, m_buf;

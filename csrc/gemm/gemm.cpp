@@ -287,9 +287,10 @@ void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInf
     scale_c(pr);
     return;
   }
-  // Below ~32^3 multiply-adds per thread, threads cost more than they save.
+  // Below ~64^3 multiply-adds per thread, waking a thread costs more than it
+  // saves (and far more when the machine is oversubscribed).
   const int64_t work = pr.m * pr.n * pr.k;
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(work / (32 * 32 * 32) + 1)));
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(work / (64 * 64 * 64) + 1)));
   const Grid grid = thread_grid<T>(pr.m, pr.n, pr.k, kinfo.mr, kinfo.nr, threads);
   const int used = grid.rows * grid.cols;
   if (used == 1) {

@@ -69,7 +69,7 @@ template <typename Fn>
 void for_each_output_row(const PoolParams& p, Fn&& fn) {
   const int64_t rows = p.planes * p.out_h;
   const int64_t taps = std::min(p.kernel_h, p.in_h) * std::min(p.kernel_w, p.in_w);
-  const int threads = threads_for(rows * p.out_w * taps, 1 << 14);
+  const int threads = threads_for(rows * p.out_w * taps, 1 << 18);
   // Allocated here, not inside the parallel region: an exception must not
   // escape an OpenMP region.
   std::vector<RowScratch> scratch(static_cast<size_t>(threads), RowScratch(p));
@@ -83,7 +83,7 @@ void for_each_output_row(const PoolParams& p, Fn&& fn) {
 
 template <typename Fn>
 void for_each_plane(const PoolParams& p, Fn&& fn) {
-  const int threads = threads_for(p.planes * p.in_plane(), 1 << 14);
+  const int threads = threads_for(p.planes * p.in_plane(), 1 << 18);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t plane = 0; plane < p.planes; ++plane) fn(plane);
 }

@@ -135,7 +135,8 @@ class DataLoader:
 
     ``shuffle`` draws a new order every epoch (every ``iter()``) from a generator
     seeded with ``seed``, so a run is reproducible; ``drop_last`` drops a final
-    incomplete batch.  Batches are copies (fancy indexing), contiguous.
+    incomplete batch.  Batches are C-contiguous: shuffled ones are copies (fancy
+    indexing), unshuffled ones are views of the arrays.
     """
 
     def __init__(self, *arrays: np.ndarray, batch_size: int = 64, shuffle: bool = False,

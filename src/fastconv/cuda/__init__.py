@@ -99,10 +99,12 @@ class ConvChoice(NamedTuple):
     splits: int = 1  # conv2d_weight only
 
 
-def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry) -> ConvChoice:
+def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry, itemsize: int = 4
+                   ) -> ConvChoice:
     """The kernel a convolution runs with, apart from running it (tested by table).
 
-    ``op`` is "forward", "input" or "weight"; shapes are NCHW / KCRS 4-tuples.
+    ``op`` is "forward", "input" or "weight"; shapes are NCHW / KCRS 4-tuples;
+    ``itemsize`` that of the dtype (8 for float64).
     """
     n, c, h, w = x_shape
     k, cg, r, s = w_shape
@@ -129,7 +131,7 @@ def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry) -> ConvChoice:
     if direct:
         return ConvChoice("direct", None)
     # conv2d_weight fills the GPU by splitting its reduction, not by its tile count
-    tile = _tiles.pick_tile(m_dim, n_dim, sms, k16=k16, fill=op != "weight")
+    tile = _tiles.pick_tile(m_dim, n_dim, sms, k16=k16, fill=op != "weight", itemsize=itemsize)
     splits = 1
     if op == "weight":
         nq = n * oh * ow
@@ -168,7 +170,8 @@ def conv2d(x, weight, bias, geometry):
     ints = (*_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry), int(bias is not None))
     b = rt.flat(bias) if bias is not None else rt.flat(out)  # never read without a bias
     args = (rt.flat(x), rt.flat(weight), b, rt.flat(out), *ints)
-    choice = conv_algorithm("forward", x.shape, weight.shape, (oh, ow), geometry)
+    choice = conv_algorithm("forward", x.shape, weight.shape, (oh, ow), geometry,
+                            x.dtype.itemsize)
     if choice.algorithm == "direct":
         grid, block = rt.launch_1d(out.size)
         _conv.conv2d_fwd_direct_kernel(x.dtype)[grid, block, stream](*args)
@@ -192,7 +195,8 @@ def conv2d_input(input_size, weight, grad_output, geometry):
     g = geometry.groups
     args = (rt.flat(grad_output), rt.flat(weight), rt.flat(gin),
             *_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry))
-    choice = conv_algorithm("input", (n, c, h, w), weight.shape, (oh, ow), geometry)
+    choice = conv_algorithm("input", (n, c, h, w), weight.shape, (oh, ow), geometry,
+                            gin.dtype.itemsize)
     if choice.algorithm == "direct":
         grid, block = rt.launch_1d(gin.size)
         _conv.conv2d_dgrad_direct_kernel(gin.dtype)[grid, block, stream](*args)
@@ -220,7 +224,8 @@ def conv2d_weight(x, weight_size, grad_output, geometry):
         return gw
     g = geometry.groups
     ints = _conv_ints(n, c, h, w, k, oh, ow, r, s, geometry)
-    choice = conv_algorithm("weight", x.shape, (k, cg, r, s), (oh, ow), geometry)
+    choice = conv_algorithm("weight", x.shape, (k, cg, r, s), (oh, ow), geometry,
+                            x.dtype.itemsize)
     if choice.algorithm == "direct":
         _conv.conv2d_wgrad_direct_kernel(x.dtype)[gw.size, _conv.REDUCE_THREADS, stream](
             rt.flat(x), rt.flat(grad_output), rt.flat(gw), *ints)
@@ -360,7 +365,7 @@ def gemm(a, b, c, alpha, beta, trans_a, trans_b):
     else:
         target, write_back = rt.empty((m, n), da.dtype, stream), False
     if m * n:
-        tile = _tiles.pick_tile(m, n, rt.sm_count())
+        tile = _tiles.pick_tile(m, n, rt.sm_count(), itemsize=da.dtype.itemsize)
         _gemm.launch_gemm(tile, da, db, target, m, n, k, alpha, beta, ta, tb, stream)
     if write_back:
         rt.copy_into_strided(target, dc, stream)

@@ -89,12 +89,19 @@ THRESHOLDS = {
 }
 
 
-def pick_tile(m: int, n: int, sms: int, k16: bool = False, fill: bool = True) -> TileConfig:
+def pick_tile(m: int, n: int, sms: int, k16: bool = False, fill: bool = True,
+              itemsize: int = 4) -> TileConfig:
     """The largest tile that the C matrix (m x n) fills and, with ``fill``, that still
-    gives ``min_blocks_per_sm`` blocks per SM; the small tile otherwise."""
+    gives ``min_blocks_per_sm`` blocks per SM; the small tile otherwise.
+
+    float64 always takes the small tile: 64 double accumulators per thread exceed the
+    255-register limit (ptxas spills).
+    """
     if _forced.get("tile") is not None:
         return _forced["tile"]
     candidates = (LARGE_K16, MEDIUM_K16, SMALL_K16) if k16 else (LARGE, MEDIUM, SMALL)
+    if itemsize > 4:
+        return candidates[-1]
     for tile in candidates[:-1]:
         blocks = -(-m // tile.bm) * -(-n // tile.bn)
         if m >= tile.bm and n >= tile.bn and \
