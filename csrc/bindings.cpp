@@ -1,15 +1,13 @@
 // The only C++ that knows about Python. Arguments arrive validated and
 // normalised by fastconv.functional; outputs are allocated there too. Each
 // binding checks only what memory safety needs, then drops the GIL.
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <optional>
-
-#include <omp.h>
-
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -143,7 +141,8 @@ template <typename T>
 int64_t element_stride(const py::array& a, int axis, const char* name) {
   const py::ssize_t bytes = a.strides(axis);
   if (bytes % static_cast<py::ssize_t>(sizeof(T)) != 0)
-    throw std::invalid_argument(std::string(name) + " has strides that are not a multiple of its itemsize");
+    throw std::invalid_argument(std::string(name) +
+                                " has strides that are not a multiple of its itemsize");
   return bytes / static_cast<py::ssize_t>(sizeof(T));
 }
 
@@ -175,8 +174,9 @@ void bind_gemm(py::module_& m) {
         pr.beta = static_cast<T>(beta);
         const int count = fastconv::gemm_kernel_count<T>();
         require(kernel_index >= -1 && kernel_index < count, "internal: no such gemm kernel");
-        const fastconv::GemmKernelInfo<T> info =
-            kernel_index < 0 ? fastconv::gemm_kernel<T>() : fastconv::gemm_kernel_at<T>(kernel_index);
+        const fastconv::GemmKernelInfo<T> info = kernel_index < 0
+                                                     ? fastconv::gemm_kernel<T>()
+                                                     : fastconv::gemm_kernel_at<T>(kernel_index);
         const int threads = fastconv::get_num_threads();
         py::gil_scoped_release release;
         fastconv::gemm_with_kernel<T>(pr, threads, info);
@@ -264,10 +264,10 @@ void bind_conv(py::module_& m) {
          py::tuple geometry) {
         require(grad_output.ndim() == 4 && weight.ndim() == 4 && grad_input.ndim() == 4,
                 "internal: conv arrays must be 4-D");
-        fastconv::ConvParams p = conv_params(
-            grad_input.shape(0), grad_input.shape(1), grad_input.shape(2), grad_input.shape(3),
-            weight.shape(0), weight.shape(1), weight.shape(2), weight.shape(3),
-            grad_output.shape(2), grad_output.shape(3), geometry);
+        fastconv::ConvParams p =
+            conv_params(grad_input.shape(0), grad_input.shape(1), grad_input.shape(2),
+                        grad_input.shape(3), weight.shape(0), weight.shape(1), weight.shape(2),
+                        weight.shape(3), grad_output.shape(2), grad_output.shape(3), geometry);
         p.single_precision = std::is_same_v<T, float>;
         require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
         const T* dy = grad_output.data();
@@ -283,10 +283,10 @@ void bind_conv(py::module_& m) {
          py::tuple geometry) {
         require(input.ndim() == 4 && grad_output.ndim() == 4 && grad_weight.ndim() == 4,
                 "internal: conv arrays must be 4-D");
-        const fastconv::ConvParams p = conv_params(
-            input.shape(0), input.shape(1), input.shape(2), input.shape(3), grad_weight.shape(0),
-            grad_weight.shape(1), grad_weight.shape(2), grad_weight.shape(3),
-            grad_output.shape(2), grad_output.shape(3), geometry);
+        const fastconv::ConvParams p =
+            conv_params(input.shape(0), input.shape(1), input.shape(2), input.shape(3),
+                        grad_weight.shape(0), grad_weight.shape(1), grad_weight.shape(2),
+                        grad_weight.shape(3), grad_output.shape(2), grad_output.shape(3), geometry);
         require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
         const T* x = input.data();
         const T* dy = grad_output.data();
@@ -334,8 +334,8 @@ PYBIND11_MODULE(_C, m) {
         const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
         fastconv::ConvParams p = conv_params(
             dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
-            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2),
-            dim(weight_shape, 3), dim(output_hw, 0), dim(output_hw, 1), geometry);
+            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2), dim(weight_shape, 3),
+            dim(output_hw, 0), dim(output_hw, 1), geometry);
         p.single_precision = single_precision;
         return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(p)));
       },
@@ -348,8 +348,8 @@ PYBIND11_MODULE(_C, m) {
         const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
         fastconv::ConvParams p = conv_params(
             dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
-            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2),
-            dim(weight_shape, 3), dim(output_hw, 0), dim(output_hw, 1), geometry);
+            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2), dim(weight_shape, 3),
+            dim(output_hw, 0), dim(output_hw, 1), geometry);
         p.single_precision = single_precision;
         return fastconv::conv_algorithm_supports(algorithm_from_index(algorithm_index, p), p);
       },

@@ -3,6 +3,8 @@
 The convolutional features learnt on the first five digits are frozen
 (``requires_grad_(False)``: no weight gradient is computed for them and the optimizer
 leaves them alone) and only a new linear head is trained on the other five digits.
+With ``needs_input_grad = False`` on the head, the backward pass stops there, so the
+frozen layers cost a forward pass only.
 Run: ``python examples/transfer_learning.py``
 """
 
@@ -47,6 +49,7 @@ def main() -> None:
 
     features.requires_grad_(False)                  # freeze the feature extractor
     model = nn.Sequential(features, nn.Linear(32 * 2 * 2, 5))  # a new head
+    model[1].needs_input_grad = False  # nothing to back-propagate into the frozen part
     print(f"trainable parameters: {model.num_parameters(trainable_only=True):,} of "
           f"{model.num_parameters():,}")
     before = features.state_dict()

@@ -1008,3 +1008,37 @@ def test_deepcopy_and_pickle_make_independent_models():
     restored.eval()
     with nn.no_grad():
         np.testing.assert_array_equal(restored(x), model(x))
+
+
+def test_needs_input_grad_false_skips_the_input_gradient(monkeypatch):
+    model = small_model(np.float64)
+    model[7].eval()  # dropout off: deterministic
+    x = make_input((4, 1, 8, 8), "smooth", np.float64)
+    g = np.random.default_rng(0).standard_normal((4, 3))
+    model(x)
+    model.backward(g)
+    expected = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model[0].needs_input_grad = False
+    calls = []
+    original = F.conv2d_input
+    monkeypatch.setattr(F, "conv2d_input", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model(x)
+    assert model.backward(g) is None
+    assert calls == []
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, expected[name], rtol=1e-12, err_msg=name)
+    # a frozen feature extractor before a head that needs no input gradient
+    model[0].needs_input_grad = True
+    model[:5].requires_grad_(False)
+    model[5].needs_input_grad = False
+    model.zero_grad()
+    model(x)
+    assert model.backward(g) is None
+    assert calls == [] and all(len(m._saved) == 0 for m in model.modules())
+    assert model[5].weight.grad is not None and model[1].weight.grad is None
+    # stopping before trainable layers would silently skip their update: refused
+    model[:5].requires_grad_(True)
+    model(x)
+    with pytest.raises(RuntimeError, match="trainable parameters"):
+        model.backward(g)

@@ -38,8 +38,9 @@ def test_error_bound_on_layer_set(name, c, hw, k, dist):
     else:
         x, w = rng.random((1, c, hw, hw)), rng.random((k, c, 3, 3)) - 0.5
     expected = reference.conv2d(x, w, None, 1, 1)
-    got = fastconv.conv2d(x.astype(np.float32), w.astype(np.float32), None, 1, 1,
-                          algorithm="winograd")
+    got = fastconv.conv2d(
+        x.astype(np.float32), w.astype(np.float32), None, 1, 1, algorithm="winograd"
+    )
     assert relative_error(got, expected) <= WINOGRAD_ERROR_BOUND
 
 
@@ -64,9 +65,14 @@ def test_matches_reference_on_small_shapes(case):
     wt = rng.standard_normal((k, c, 3, 3))
     b = rng.standard_normal(k) if with_bias else None
     expected = reference.conv2d(x, wt, b, 1, padding)
-    got = fastconv.conv2d(x.astype(np.float32), wt.astype(np.float32),
-                          None if b is None else b.astype(np.float32), 1, padding,
-                          algorithm="winograd")
+    got = fastconv.conv2d(
+        x.astype(np.float32),
+        wt.astype(np.float32),
+        None if b is None else b.astype(np.float32),
+        1,
+        padding,
+        algorithm="winograd",
+    )
     assert got.shape == expected.shape
     assert relative_error(got, expected) <= WINOGRAD_ERROR_BOUND
 
@@ -98,8 +104,12 @@ def test_input_gradient_through_winograd_matches_reference():
 
 @pytest.mark.parametrize(
     "weight_shape,kwargs",
-    [((4, 4, 5, 5), {}), ((4, 4, 3, 3), {"stride": 2}), ((4, 4, 3, 3), {"dilation": 2}),
-     ((4, 2, 3, 3), {"groups": 2})],
+    [
+        ((4, 4, 5, 5), {}),
+        ((4, 4, 3, 3), {"stride": 2}),
+        ((4, 4, 3, 3), {"dilation": 2}),
+        ((4, 2, 3, 3), {"groups": 2}),
+    ],
 )
 def test_forcing_winograd_where_unsupported_is_a_value_error(weight_shape, kwargs):
     x = np.ones((1, 4, 9, 9), np.float32)

@@ -3,9 +3,8 @@
 
 #include <chrono>
 
-#include "common/peak_probe.h"
-
 #include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+#include "common/peak_probe.h"
 
 namespace fastconv {
 

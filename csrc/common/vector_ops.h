@@ -9,7 +9,7 @@ namespace fastconv {
 template <typename T>
 struct VectorOps {
   void (*axpy)(int64_t n, T alpha, const T* x, T* y);  // y += alpha * x
-  T (*dot)(int64_t n, const T* x, const T* y);          // sum x * y (fixed order per ISA)
+  T (*dot)(int64_t n, const T* x, const T* y);         // sum x * y (fixed order per ISA)
 };
 
 template <typename T>

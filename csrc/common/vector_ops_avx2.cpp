@@ -1,9 +1,8 @@
 // AVX2+FMA row primitives (entered only after the CPUID check).
 #include <immintrin.h>
 
-#include "common/vector_ops.h"
-
 #include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+#include "common/vector_ops.h"
 
 namespace fastconv {
 namespace {
@@ -28,10 +27,12 @@ float dot_f32(int64_t n, const float* x, const float* y) {
     s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), s1);
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, _mm256_add_ps(s0, s1));
-  float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+            ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
   for (; i < n; ++i) s += x[i] * y[i];
   return s;
 }
@@ -47,7 +48,8 @@ void axpy_f64(int64_t n, double alpha, const double* x, double* y) {
 double dot_f64(int64_t n, const double* x, const double* y) {
   __m256d s0 = _mm256_setzero_pd();
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) s0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i), _mm256_loadu_pd(y + i), s0);
+  for (; i + 4 <= n; i += 4)
+    s0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i), _mm256_loadu_pd(y + i), s0);
   alignas(32) double lanes[4];
   _mm256_store_pd(lanes, s0);
   double s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);

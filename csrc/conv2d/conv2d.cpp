@@ -84,8 +84,8 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
   switch (a) {
     case ConvAlgorithm::kPointwiseGemm:
       return p.is_pointwise();
-    case ConvAlgorithm::kDepthwise:      // the direct kernels are general,
-    case ConvAlgorithm::kDirect:  // only slow where they are not chosen
+    case ConvAlgorithm::kDepthwise:  // the direct kernels are general,
+    case ConvAlgorithm::kDirect:     // only slow where they are not chosen
     case ConvAlgorithm::kGemm:
       return true;
     case ConvAlgorithm::kWinograd:
@@ -149,15 +149,14 @@ void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
 template <typename T>
 void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                             const ConvParams& p) {
-  if (p.is_depthwise())
-    return conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
+  if (p.is_depthwise()) return conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
   conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
 }
 
-#define FASTCONV_INSTANTIATE(T)                                                              \
-  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const ConvParams&,       \
-                                  ConvAlgorithm);                                            \
-  template void conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);         \
+#define FASTCONV_INSTANTIATE(T)                                                        \
+  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const ConvParams&, \
+                                  ConvAlgorithm);                                      \
+  template void conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
   template void conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)

@@ -78,7 +78,7 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
                               const ConvParams& p);
 template <typename T>
 void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
-                                   const ConvParams& p);
+                           const ConvParams& p);
 void conv2d_winograd_forward_f32_portable(const float* input, const float* weight,
                                           const float* bias, float* output, const ConvParams& p);
 void conv2d_winograd_forward_f32_avx2(const float* input, const float* weight, const float* bias,

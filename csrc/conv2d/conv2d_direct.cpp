@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "common/vector_ops.h"
-#include "gemm/gemm.h"
 #include "conv2d/conv2d_common.h"
+#include "gemm/gemm.h"
 
 namespace fastconv {
 namespace {
@@ -114,7 +114,7 @@ constexpr int64_t kTapChunk = 256;
 // output columns at a time, so the reduction over taps runs in registers.
 template <typename T>
 void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
-                                   const ConvParams& p) {
+                           const ConvParams& p) {
   const IgemmKernelInfo<T> kinfo = igemm_kernel<T>();
   const int64_t mr = kinfo.mr, nr = kinfo.nr;
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.reduction();
@@ -126,7 +126,8 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   for (int64_t g = 0; g < p.groups; ++g)
     for (int64_t k = 0; k < kg; ++k)
       for (int64_t t = 0; t < taps; ++t)
-        packed[((g * k_blocks + k / mr) * taps + t) * mr + k % mr] = weight[(g * kg + k) * taps + t];
+        packed[((g * k_blocks + k / mr) * taps + t) * mr + k % mr] =
+            weight[(g * kg + k) * taps + t];
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
   // Output rows per task: the phase-split copy of each input row is made once
   // per task and shared by every output row and tap that reads it; the copies
@@ -172,34 +173,34 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
                   row + layout.tap_offset(s, p.dilation_w);
           }
         }
-      T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
-      const int64_t full_cols = p.out_w / nr * nr;
-      for (int64_t kb = 0; kb < k_blocks; ++kb) {
-        const int64_t k0 = kb * mr, count = std::min(mr, kg - k0);
-        T* c = out + k0 * p.out_plane();
-        // Taps in chunks: a chunk of packed weights stays in L1 while the
-        // micro-kernel sweeps the output row; partial sums stay in C.
-        for (int64_t t0 = 0; t0 < taps; t0 += kTapChunk) {
-          const int64_t chunk = std::min(kTapChunk, taps - t0);
-          const T* a = packed.data() + ((g * k_blocks + kb) * taps + t0) * mr;
-          const T* const* chunk_rows = tap_rows.data() + t0;
-          const T beta = t0 == 0 ? T(0) : T(1);
-          for (int64_t ow = 0; ow < full_cols; ow += nr)
-            kinfo.kernels[count - 1](chunk, a, chunk_rows, ow, c + ow, p.out_plane(), beta);
-          if (full_cols < p.out_w)  // ragged end of the row: through a full tile
-            kinfo.kernels[mr - 1](chunk, a, chunk_rows, full_cols, tile.data(), nr, beta);
-        }
-        if (full_cols < p.out_w)
-          for (int64_t i = 0; i < count; ++i)
-            std::copy(tile.data() + i * nr, tile.data() + i * nr + (p.out_w - full_cols),
-                      c + i * p.out_plane() + full_cols);
-        if (bias != nullptr)
-          for (int64_t i = 0; i < count; ++i) {
-            const T b = bias[g * kg + k0 + i];
-            T* row = c + i * p.out_plane();
-            for (int64_t ow = 0; ow < p.out_w; ++ow) row[ow] += b;
+        T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
+        const int64_t full_cols = p.out_w / nr * nr;
+        for (int64_t kb = 0; kb < k_blocks; ++kb) {
+          const int64_t k0 = kb * mr, count = std::min(mr, kg - k0);
+          T* c = out + k0 * p.out_plane();
+          // Taps in chunks: a chunk of packed weights stays in L1 while the
+          // micro-kernel sweeps the output row; partial sums stay in C.
+          for (int64_t t0 = 0; t0 < taps; t0 += kTapChunk) {
+            const int64_t chunk = std::min(kTapChunk, taps - t0);
+            const T* a = packed.data() + ((g * k_blocks + kb) * taps + t0) * mr;
+            const T* const* chunk_rows = tap_rows.data() + t0;
+            const T beta = t0 == 0 ? T(0) : T(1);
+            for (int64_t ow = 0; ow < full_cols; ow += nr)
+              kinfo.kernels[count - 1](chunk, a, chunk_rows, ow, c + ow, p.out_plane(), beta);
+            if (full_cols < p.out_w)  // ragged end of the row: through a full tile
+              kinfo.kernels[mr - 1](chunk, a, chunk_rows, full_cols, tile.data(), nr, beta);
           }
-      }
+          if (full_cols < p.out_w)
+            for (int64_t i = 0; i < count; ++i)
+              std::copy(tile.data() + i * nr, tile.data() + i * nr + (p.out_w - full_cols),
+                        c + i * p.out_plane() + full_cols);
+          if (bias != nullptr)
+            for (int64_t i = 0; i < count; ++i) {
+              const T b = bias[g * kg + k0 + i];
+              T* row = c + i * p.out_plane();
+              for (int64_t ow = 0; ow < p.out_w; ++ow) row[ow] += b;
+            }
+        }
       }
     }
   }
@@ -284,11 +285,10 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
   }
 }
 
-#define FASTCONV_INSTANTIATE(T)                                                               \
-  template void conv2d_direct_forward<T>(const T*, const T*, const T*, T*,             \
-                                                 const ConvParams&);                           \
+#define FASTCONV_INSTANTIATE(T)                                                                   \
+  template void conv2d_direct_forward<T>(const T*, const T*, const T*, T*, const ConvParams&);    \
   template void conv2d_depthwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
-  template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);    \
+  template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);       \
   template void conv2d_depthwise_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)

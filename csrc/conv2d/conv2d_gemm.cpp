@@ -44,10 +44,11 @@ void im2col_tile(const T* x, const ConvParams& p, const std::vector<TapGeometry>
     const TapGeometry& tap = taps[t0 + i];
     const T* plane = x + tap.c * p.in_plane();
     T* out = dst + i * ld;
-    for_each_output_row_segment(j0, count, p.out_w, [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
-      im2col_segment(plane, p.in_h, p.in_w, oh * p.stride_h + tap.row_offset, ow, n, p.stride_w,
-                     tap.col_offset, out + at);
-    });
+    for_each_output_row_segment(
+        j0, count, p.out_w, [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
+          im2col_segment(plane, p.in_h, p.in_w, oh * p.stride_h + tap.row_offset, ow, n, p.stride_w,
+                         tap.col_offset, out + at);
+        });
   }
 }
 
@@ -64,12 +65,11 @@ PackB<T> implicit_im2col_packer(const T* x, const ConvParams& p,
         const TapGeometry& tap = taps[k0 + i];
         const T* plane = x + tap.c * p.in_plane();
         T* out = sliver + i * nr;
-        for_each_output_row_segment(j0 + jr, cols, p.out_w,
-                                    [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
-                                      im2col_segment(plane, p.in_h, p.in_w,
-                                                     oh * p.stride_h + tap.row_offset, ow, n,
-                                                     p.stride_w, tap.col_offset, out + at);
-                                    });
+        for_each_output_row_segment(
+            j0 + jr, cols, p.out_w, [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
+              im2col_segment(plane, p.in_h, p.in_w, oh * p.stride_h + tap.row_offset, ow, n,
+                             p.stride_w, tap.col_offset, out + at);
+            });
         std::fill(out + cols, out + nr, T(0));
       }
     }
@@ -179,15 +179,16 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
         const TapGeometry& tap = taps[t];
         T* plane = dx + tap.c * p.in_plane();
         const T* src = cols.data() + t * count;
-        for_each_output_row_segment(j0, count, p.out_w, [&](int64_t oh, int64_t ow0, int64_t m, int64_t at) {
-          const int64_t ih = oh * p.stride_h + tap.row_offset;
-          if (ih < 0 || ih >= p.in_h) return;
-          T* row = plane + ih * p.in_w;
-          for (int64_t i = 0; i < m; ++i) {
-            const int64_t iw = (ow0 + i) * p.stride_w + tap.col_offset;
-            if (iw >= 0 && iw < p.in_w) row[iw] += src[at + i];
-          }
-        });
+        for_each_output_row_segment(j0, count, p.out_w,
+                                    [&](int64_t oh, int64_t ow0, int64_t m, int64_t at) {
+                                      const int64_t ih = oh * p.stride_h + tap.row_offset;
+                                      if (ih < 0 || ih >= p.in_h) return;
+                                      T* row = plane + ih * p.in_w;
+                                      for (int64_t i = 0; i < m; ++i) {
+                                        const int64_t iw = (ow0 + i) * p.stride_w + tap.col_offset;
+                                        if (iw >= 0 && iw < p.in_w) row[iw] += src[at + i];
+                                      }
+                                    });
       }
     }
   });
@@ -247,15 +248,15 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
     }
   } else {
     AlignedBuffer<T> cols(static_cast<size_t>(red * tile_pixels));
-    for (int64_t task = 0; task < tasks; ++task) accumulate(task, threads, grad_weight, cols.data());
+    for (int64_t task = 0; task < tasks; ++task)
+      accumulate(task, threads, grad_weight, cols.data());
   }
 }
 
-#define FASTCONV_INSTANTIATE(T)                                                            \
-  template void conv2d_gemm_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
-  template void conv2d_pointwise_forward<T>(const T*, const T*, const T*, T*,               \
-                                            const ConvParams&);                             \
-  template void conv2d_gemm_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
+#define FASTCONV_INSTANTIATE(T)                                                                   \
+  template void conv2d_gemm_forward<T>(const T*, const T*, const T*, T*, const ConvParams&);      \
+  template void conv2d_pointwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
+  template void conv2d_gemm_backward_input<T>(const T*, const T*, T*, const ConvParams&);         \
   template void conv2d_gemm_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)

@@ -4,12 +4,11 @@
 #include <vector>
 
 #include "common/aligned_buffer.h"
+#include "common/isa_avx2_begin.h"  // last include before the kernel: AVX2 code from here on
 #include "common/parallel.h"
 #include "conv2d/conv2d.h"
-#include "gemm/gemm.h"
-
-#include "common/isa_avx2_begin.h"  // last include before the kernel: AVX2 code from here on
 #include "conv2d/conv2d_winograd_impl.h"
+#include "gemm/gemm.h"
 
 namespace fastconv {
 

@@ -67,8 +67,8 @@ std::vector<float> winograd_filter_transform(const float* weight, int64_t k_coun
 
 // Row `ih` of a plane split by column phase: phase q holds iw = j * 4 + q - pad,
 // zero outside the image.
-inline void fill_phase4_row(const float* plane, int64_t in_h, int64_t in_w, int64_t ih,
-                            int64_t pad, int64_t length, float* dst) {
+inline void fill_phase4_row(const float* plane, int64_t in_h, int64_t in_w, int64_t ih, int64_t pad,
+                            int64_t length, float* dst) {
   for (int q = 0; q < kTile; ++q) {
     float* phase = dst + q * length;
     if (ih < 0 || ih >= in_h) {
@@ -152,8 +152,8 @@ void winograd_block(const float* input, const float* packed_u, const float* bias
         for (int i = 0; i < kInTile; ++i) d[i] = rowt + (i * kInTile + b) * tw;
         float* out[6];
         for (int a = 0; a < kInTile; ++a) out[a] = V + ((a * 6 + b) * C + c) * tiles + tile0;
-        input_transform_1d(tw, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2],
-                           out[3], out[4], out[5]);
+        input_transform_1d(tw, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2], out[3],
+                           out[4], out[5]);
       }
     }
   }
@@ -242,8 +242,8 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   plan.block_rows = std::clamp<int64_t>(target_tiles / plan.tiles_w, 1, plan.tiles_h);
   const int64_t blocks_per_image = (plan.tiles_h + plan.block_rows - 1) / plan.block_rows;
   const int64_t tasks = p.batch * blocks_per_image;
-  const int threads = static_cast<int>(std::min<int64_t>(
-      threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21), tasks));
+  const int threads = static_cast<int>(
+      std::min<int64_t>(threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21), tasks));
 #pragma omp parallel num_threads(threads)
   {
     AlignedBuffer<float> v_buf, m_buf;

@@ -64,8 +64,8 @@ void pack_a(const MatrixView<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k
 
 // Packs rows [k0, k0+kc) x cols [j0, j0+nc) of B into nr-column slivers.
 template <typename T>
-void pack_b_view(const MatrixView<T>& b, int64_t n, int64_t k0, int64_t kc, int64_t j0,
-                 int64_t nc, int64_t nr, T* dst) {
+void pack_b_view(const MatrixView<T>& b, int64_t n, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                 int64_t nr, T* dst) {
   for (int64_t jr = 0; jr < nc; jr += nr) {
     const int64_t cols = std::min<int64_t>(nr, std::min(nc - jr, n - j0 - jr));
     T* sliver = dst + jr * kc;
@@ -143,9 +143,8 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
       for (int64_t ic = m0; ic < m1; ic += mc_max) {
         const int64_t mc = std::min<int64_t>(mc_max, m1 - ic);
         // Pre-packed A is laid out per K block: [pc block][all m, in mr slivers].
-        const T* apanel = pr.packed_a != nullptr
-                              ? pr.packed_a + pc * round_up(pr.m, mr) + ic * kc
-                              : abuf;
+        const T* apanel =
+            pr.packed_a != nullptr ? pr.packed_a + pc * round_up(pr.m, mr) + ic * kc : abuf;
         if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
@@ -271,11 +270,15 @@ template <typename T>
 IgemmKernelInfo<T> igemm_kernel() {
   static const IgemmKernelInfo<T> chosen = [] {
     if (active_isa() == Isa::kAvx2Fma) {
-      if constexpr (std::is_same_v<T, float>) return igemm_f32_6x16_avx2_fma();
-      else return igemm_f64_6x8_avx2_fma();
+      if constexpr (std::is_same_v<T, float>)
+        return igemm_f32_6x16_avx2_fma();
+      else
+        return igemm_f64_6x8_avx2_fma();
     }
-    if constexpr (std::is_same_v<T, float>) return igemm_f32_6x16_portable();
-    else return igemm_f64_4x8_portable();
+    if constexpr (std::is_same_v<T, float>)
+      return igemm_f32_6x16_portable();
+    else
+      return igemm_f64_4x8_portable();
   }();
   return chosen;
 }
@@ -314,14 +317,14 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   gemm_with_kernel(pr, threads, gemm_kernel<T>());
 }
 
-#define FASTCONV_INSTANTIATE_GEMM(T)                                                     \
-  template void gemm<T>(const GemmProblem<T>&, int);                                     \
+#define FASTCONV_INSTANTIATE_GEMM(T)                                                       \
+  template void gemm<T>(const GemmProblem<T>&, int);                                       \
   template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
-  template GemmKernelInfo<T> gemm_kernel<T>();                                           \
-  template IgemmKernelInfo<T> igemm_kernel<T>();                                         \
-  template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                              \
-  template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);              \
-  template int gemm_kernel_count<T>();                                                   \
+  template GemmKernelInfo<T> gemm_kernel<T>();                                             \
+  template IgemmKernelInfo<T> igemm_kernel<T>();                                           \
+  template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                \
+  template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);                \
+  template int gemm_kernel_count<T>();                                                     \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);
 FASTCONV_INSTANTIATE_GEMM(float)
 FASTCONV_INSTANTIATE_GEMM(double)

@@ -32,7 +32,8 @@ struct MutableMatrixView {
 // laid out as ceil(nc / nr) slivers of kc x nr values, sliver-major, each row of
 // a sliver contiguous, columns past the end of B zero.
 template <typename T>
-using PackB = std::function<void(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst)>;
+using PackB =
+    std::function<void(int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst)>;
 
 template <typename T>
 struct GemmProblem {

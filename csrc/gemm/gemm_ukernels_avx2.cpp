@@ -3,9 +3,8 @@
 // Entered only after the CPUID check in gemm.cpp.
 #include <immintrin.h>
 
-#include "gemm/gemm.h"
-
 #include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
+#include "gemm/gemm.h"
 
 namespace fastconv {
 namespace {
@@ -136,21 +135,21 @@ void indirect_kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::
 }  // namespace
 
 IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma() {
-  return {{indirect_kernel_6x2v<F32, 1>, indirect_kernel_6x2v<F32, 2>,
-           indirect_kernel_6x2v<F32, 3>, indirect_kernel_6x2v<F32, 4>,
-           indirect_kernel_6x2v<F32, 5>, indirect_kernel_6x2v<F32, 6>},
-          6,
-          16,
-          "f32-igemm-6x16-avx2-fma"};
+  return {
+      {indirect_kernel_6x2v<F32, 1>, indirect_kernel_6x2v<F32, 2>, indirect_kernel_6x2v<F32, 3>,
+       indirect_kernel_6x2v<F32, 4>, indirect_kernel_6x2v<F32, 5>, indirect_kernel_6x2v<F32, 6>},
+      6,
+      16,
+      "f32-igemm-6x16-avx2-fma"};
 }
 
 IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma() {
-  return {{indirect_kernel_6x2v<F64, 1>, indirect_kernel_6x2v<F64, 2>,
-           indirect_kernel_6x2v<F64, 3>, indirect_kernel_6x2v<F64, 4>,
-           indirect_kernel_6x2v<F64, 5>, indirect_kernel_6x2v<F64, 6>},
-          6,
-          8,
-          "f64-igemm-6x8-avx2-fma"};
+  return {
+      {indirect_kernel_6x2v<F64, 1>, indirect_kernel_6x2v<F64, 2>, indirect_kernel_6x2v<F64, 3>,
+       indirect_kernel_6x2v<F64, 4>, indirect_kernel_6x2v<F64, 5>, indirect_kernel_6x2v<F64, 6>},
+      6,
+      8,
+      "f64-igemm-6x8-avx2-fma"};
 }
 
 GemmKernelInfo<float> gemm_f32_6x16_avx2_fma() {

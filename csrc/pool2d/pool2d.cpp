@@ -124,8 +124,15 @@ void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolP
       scratch.rows[count] = in + ih * p.in_w;
       scratch.row_taps[count++] = static_cast<int32_t>(r * p.kernel_w);
     }
-    const PoolRow row{scratch.rows.data(), scratch.row_taps.data(), count, p.kernel_w,
-                      p.stride_w, p.pad_w, p.dilation_w, p.in_w, p.out_w};
+    const PoolRow row{scratch.rows.data(),
+                      scratch.row_taps.data(),
+                      count,
+                      p.kernel_w,
+                      p.stride_w,
+                      p.pad_w,
+                      p.dilation_w,
+                      p.in_w,
+                      p.out_w};
     int32_t* tap = scratch.taps.data();
     kernels.max_row(row, best, tap);
     if (index == nullptr) return;  // values only
@@ -178,8 +185,15 @@ void avg_pool2d_forward(const T* input, T* output, const PoolParams& p) {
     const AvgWindow hw = avg_window(oh, p.stride_h, p.pad_h, p.kernel_h, p.in_h);
     int64_t count = 0;
     for (int64_t ih = hw.start; ih < hw.end; ++ih) scratch.rows[count++] = in + ih * p.in_w;
-    const PoolRow row{scratch.rows.data(), scratch.row_taps.data(), count, p.kernel_w,
-                      p.stride_w, p.pad_w, 1, p.in_w, p.out_w};
+    const PoolRow row{scratch.rows.data(),
+                      scratch.row_taps.data(),
+                      count,
+                      p.kernel_w,
+                      p.stride_w,
+                      p.pad_w,
+                      1,
+                      p.in_w,
+                      p.out_w};
     kernels.sum_row(row, acc);
     // PyTorch divides (rather than multiplying by a reciprocal): same rounding.
     const T* div = divisor.data() + oh * p.out_w;
@@ -206,17 +220,18 @@ void avg_pool2d_backward(const T* grad_output, T* grad_input, const PoolParams& 
         for (int64_t s = 0; s < p.kernel_w; ++s) {
           const int64_t offset = s - p.pad_w;
           const ColumnRange cols = valid_columns(offset, p.stride_w, p.in_w, p.out_w);
-          for (int64_t ow = cols.begin; ow < cols.end; ++ow) row[ow * p.stride_w + offset] += share[ow];
+          for (int64_t ow = cols.begin; ow < cols.end; ++ow)
+            row[ow * p.stride_w + offset] += share[ow];
         }
       }
     }
   });
 }
 
-#define FASTCONV_INSTANTIATE_POOL(T)                                                         \
-  template void max_pool2d_forward<T>(const T*, T*, int64_t*, const PoolParams&);            \
-  template void max_pool2d_backward<T>(const T*, const int64_t*, T*, const PoolParams&);     \
-  template void avg_pool2d_forward<T>(const T*, T*, const PoolParams&);                      \
+#define FASTCONV_INSTANTIATE_POOL(T)                                                     \
+  template void max_pool2d_forward<T>(const T*, T*, int64_t*, const PoolParams&);        \
+  template void max_pool2d_backward<T>(const T*, const int64_t*, T*, const PoolParams&); \
+  template void avg_pool2d_forward<T>(const T*, T*, const PoolParams&);                  \
   template void avg_pool2d_backward<T>(const T*, T*, const PoolParams&);
 FASTCONV_INSTANTIATE_POOL(float)
 FASTCONV_INSTANTIATE_POOL(double)

@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C, reference
 from . import _checks as chk
-from . import reference
 
 __all__ = [
     "avg_pool2d",
@@ -89,10 +88,22 @@ class PoolWindow:
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return (
-            reference.pool_output_size(height, self.kernel[0], self.stride[0], self.padding[0],
-                                       self.dilation[0], self.ceil_mode),
-            reference.pool_output_size(width, self.kernel[1], self.stride[1], self.padding[1],
-                                       self.dilation[1], self.ceil_mode),
+            reference.pool_output_size(
+                height,
+                self.kernel[0],
+                self.stride[0],
+                self.padding[0],
+                self.dilation[0],
+                self.ceil_mode,
+            ),
+            reference.pool_output_size(
+                width,
+                self.kernel[1],
+                self.stride[1],
+                self.padding[1],
+                self.dilation[1],
+                self.ceil_mode,
+            ),
         )
 
 
@@ -108,9 +119,7 @@ def _pool_window(kernel_size, stride, padding, dilation, ceil_mode) -> PoolWindo
         raise ValueError(f"kernel_size {kernel_size!r} has more than 2**31 - 1 elements")
     # PyTorch's rule compares with the kernel size itself, not the dilated extent.
     if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
-        raise ValueError(
-            f"padding {padding!r} must be at most half of kernel_size {kernel_size!r}"
-        )
+        raise ValueError(f"padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
     return PoolWindow(kernel, strides, pads, dilations, bool(ceil_mode))
 
 
@@ -134,8 +143,14 @@ def _pool_output_hw(window: PoolWindow, shape: tuple[int, ...], name: str) -> tu
 
 
 def _native_window(window: PoolWindow, count_include_pad=True, divisor_override=0) -> tuple:
-    return (*window.kernel, *window.stride, *window.padding, *window.dilation,
-            bool(count_include_pad), int(divisor_override))
+    return (
+        *window.kernel,
+        *window.stride,
+        *window.padding,
+        *window.dilation,
+        bool(count_include_pad),
+        int(divisor_override),
+    )
 
 
 def _divisor(divisor_override: Any) -> int:
@@ -147,8 +162,9 @@ def _divisor(divisor_override: Any) -> int:
     return value
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
+def max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
     """2-D max pooling (torch.nn.functional.max_pool2d).
 
     A NaN in a window wins; an all -inf window gives -inf. Indices (int64) are
@@ -168,9 +184,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         indices = np.empty((n, c, out_h, out_w), dtype=np.int64) if return_indices else None
         if n > 0:
             _C.max_pool2d_forward(
-                x.reshape(n * c, h, w), out.reshape(n * c, out_h, out_w),
+                x.reshape(n * c, h, w),
+                out.reshape(n * c, out_h, out_w),
                 None if indices is None else indices.reshape(n * c, out_h, out_w),
-                _native_window(window))
+                _native_window(window),
+            )
     if unbatched:
         out = out[0]
         indices = None if indices is None else indices[0]
@@ -221,9 +239,11 @@ def max_pool2d_backward(grad_output, indices, input_size):
             grad_input.fill(0)
         else:
             g = _host_contiguous(g)
-            _C.max_pool2d_backward(g.reshape(n * c, *g.shape[2:]),
-                                   _host_contiguous(idx).reshape(n * c, *g.shape[2:]),
-                                   grad_input.reshape(n * c, h, w))
+            _C.max_pool2d_backward(
+                g.reshape(n * c, *g.shape[2:]),
+                _host_contiguous(idx).reshape(n * c, *g.shape[2:]),
+                grad_input.reshape(n * c, h, w),
+            )
     return grad_input[0] if unbatched else grad_input
 
 
@@ -231,8 +251,15 @@ def _avg_window(kernel_size, stride, padding, ceil_mode):
     return _pool_window(kernel_size, stride, padding, 1, ceil_mode)
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None):
+def avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     """2-D average pooling (torch.nn.functional.avg_pool2d)."""
     input, device, unbatched = _pool_input(input)
     window = _avg_window(kernel_size, stride, padding, ceil_mode)
@@ -241,19 +268,31 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     x, _ = _batched(input)
     n, c, h, w = x.shape
     if device:
-        out = _cuda_backend().avg_pool2d(x, window, (out_h, out_w), bool(count_include_pad),
-                                         divisor)
+        out = _cuda_backend().avg_pool2d(
+            x, window, (out_h, out_w), bool(count_include_pad), divisor
+        )
     else:
         x = _host_contiguous(x)
         out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
         if n > 0:
-            _C.avg_pool2d_forward(x.reshape(n * c, h, w), out.reshape(n * c, out_h, out_w),
-                                  _native_window(window, count_include_pad, divisor))
+            _C.avg_pool2d_forward(
+                x.reshape(n * c, h, w),
+                out.reshape(n * c, out_h, out_w),
+                _native_window(window, count_include_pad, divisor),
+            )
     return out[0] if unbatched else out
 
 
-def avg_pool2d_backward(grad_output, input_size, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True, divisor_override=None):
+def avg_pool2d_backward(
+    grad_output,
+    input_size,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     """Gradient of avg_pool2d wrt its input."""
     device = _on_device(grad_output)
     chk.check_array(grad_output, "grad_output", device=device)
@@ -269,14 +308,18 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride=None, paddi
     n, c = g.shape[:2]
     h, w = size[-2:]
     if device:
-        result = _cuda_backend().avg_pool2d_backward(g, (n, c, h, w), window,
-                                                     bool(count_include_pad), divisor)
+        result = _cuda_backend().avg_pool2d_backward(
+            g, (n, c, h, w), window, bool(count_include_pad), divisor
+        )
         return result[0] if unbatched else result
     grad_input = np.empty((n, c, h, w), dtype=g.dtype)
     if n > 0:
         g = _host_contiguous(g)
-        _C.avg_pool2d_backward(g.reshape(n * c, *out_hw), grad_input.reshape(n * c, h, w),
-                               _native_window(window, count_include_pad, divisor))
+        _C.avg_pool2d_backward(
+            g.reshape(n * c, *out_hw),
+            grad_input.reshape(n * c, h, w),
+            _native_window(window, count_include_pad, divisor),
+        )
     return grad_input[0] if unbatched else grad_input
 
 
@@ -295,10 +338,12 @@ class ConvGeometry:
     def output_size(self, height: int, width: int, kernel: tuple[int, int]) -> tuple[int, int]:
         top, bottom, left, right = self.padding
         return (
-            reference.conv_output_size(height, kernel[0], self.stride[0], (top, bottom),
-                                       self.dilation[0]),
-            reference.conv_output_size(width, kernel[1], self.stride[1], (left, right),
-                                       self.dilation[1]),
+            reference.conv_output_size(
+                height, kernel[0], self.stride[0], (top, bottom), self.dilation[0]
+            ),
+            reference.conv_output_size(
+                width, kernel[1], self.stride[1], (left, right), self.dilation[1]
+            ),
         )
 
 
@@ -311,7 +356,9 @@ def _conv_geometry(weight_shape, stride, padding, dilation, groups) -> ConvGeome
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
         if padding == "same" and strides != (1, 1):
-            raise ValueError("padding='same' is not supported for strided convolutions (stride > 1)")
+            raise ValueError(
+                "padding='same' is not supported for strided convolutions (stride > 1)"
+            )
         (top, bottom), (left, right) = reference.conv_padding(padding, kernel, dilations)
     else:
         ph, pw = chk.non_negative_pair(padding, "padding")
@@ -319,8 +366,9 @@ def _conv_geometry(weight_shape, stride, padding, dilation, groups) -> ConvGeome
     return ConvGeometry(strides, (top, bottom, left, right), dilations, groups)
 
 
-def _check_conv_shapes(input_shape, weight_shape, geometry: ConvGeometry, input_name: str,
-                       weight_name: str) -> tuple[int, int]:
+def _check_conv_shapes(
+    input_shape, weight_shape, geometry: ConvGeometry, input_name: str, weight_name: str
+) -> tuple[int, int]:
     """Channel/group consistency and a positive output size; returns (out_h, out_w)."""
     c_in, h, w = input_shape[-3:]
     c_out, c_per_group, kh, kw = weight_shape
@@ -351,8 +399,7 @@ def _check_weight(weight, name="weight", device=False):
     return weight
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm=None):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm=None):
     """2-D cross-correlation (torch.nn.functional.conv2d).
 
     ``algorithm`` (keyword-only, CPU) forces one of ``CONV2D_ALGORITHMS`` instead of
@@ -380,10 +427,18 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     x, unbatched = _batched(input)
     if algorithm is not None and not device:
         single = np.dtype(x.dtype) == np.float32
-        if not _C.conv2d_algorithm_supports(algorithm_index, tuple(x.shape), tuple(weight.shape),
-                                            (out_h, out_w), _native_geometry(geometry), single):
-            raise ValueError(f"algorithm={algorithm!r} does not support this convolution: "
-                             f"{_ALGORITHM_LIMITS[algorithm]}")
+        if not _C.conv2d_algorithm_supports(
+            algorithm_index,
+            tuple(x.shape),
+            tuple(weight.shape),
+            (out_h, out_w),
+            _native_geometry(geometry),
+            single,
+        ):
+            raise ValueError(
+                f"algorithm={algorithm!r} does not support this convolution: "
+                f"{_ALGORITHM_LIMITS[algorithm]}"
+            )
     if device:
         out = _cuda_backend().conv2d(x, weight, bias, geometry)
     elif x.shape[0] == 0:
@@ -466,15 +521,20 @@ def _cpu_conv2d(x, weight, bias, geometry, out_hw, algorithm):
 
 def _cpu_conv2d_input(input_size, weight, grad_output, geometry):
     grad_input = np.empty(input_size, dtype=weight.dtype)
-    _C.conv2d_backward_input(_host_contiguous(grad_output), _host_contiguous(weight), grad_input,
-                             _native_geometry(geometry))
+    _C.conv2d_backward_input(
+        _host_contiguous(grad_output),
+        _host_contiguous(weight),
+        grad_input,
+        _native_geometry(geometry),
+    )
     return grad_input
 
 
 def _cpu_conv2d_weight(x, weight_size, grad_output, geometry):
     grad_weight = np.empty(weight_size, dtype=x.dtype)
-    _C.conv2d_backward_weight(_host_contiguous(x), _host_contiguous(grad_output), grad_weight,
-                              _native_geometry(geometry))
+    _C.conv2d_backward_weight(
+        _host_contiguous(x), _host_contiguous(grad_output), grad_weight, _native_geometry(geometry)
+    )
     return grad_weight
 
 
@@ -496,8 +556,9 @@ def _algorithm_index(algorithm) -> int:
     return CONV2D_ALGORITHMS.index(algorithm)
 
 
-def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                     dtype=np.float32) -> str:
+def conv2d_algorithm(
+    input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
+) -> str:
     """The algorithm conv2d's CPU forward pass chooses for these shapes (a pure function).
 
     One of ``CONV2D_ALGORITHMS``: 'pointwise_gemm' (1x1, stride 1, unpadded: a GEMM
@@ -514,8 +575,9 @@ def conv2d_algorithm(input_shape, weight_shape, stride=1, padding=0, dilation=1,
         in_shape = (1, *in_shape)
     geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
     out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
-    return _C.conv2d_algorithm(in_shape, w_shape, out_hw, _native_geometry(geometry),
-                               np.dtype(dtype) == np.float32)
+    return _C.conv2d_algorithm(
+        in_shape, w_shape, out_hw, _native_geometry(geometry), np.dtype(dtype) == np.float32
+    )
 
 
 # --------------------------------------------------------------------------- GEMM
@@ -570,7 +632,11 @@ def _cpu_gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index=-1):
         if target is c:
             _C.gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index)
             return c
-    out = np.array(c, dtype=a.dtype, order="C", copy=True) if beta != 0.0 else np.empty((m, n), a.dtype)
+    out = (
+        np.array(c, dtype=a.dtype, order="C", copy=True)
+        if beta != 0.0
+        else np.empty((m, n), a.dtype)
+    )
     _C.gemm(a, b, out, alpha, beta, trans_a, trans_b, kernel_index)
     if writable:
         c[...] = out

@@ -85,7 +85,7 @@ def build_model(in_channels: int = 1, image_size: tuple[int, int] = (8, 8),
     def drop() -> list[nn.Module]:
         return [nn.Dropout(dropout)] if dropout > 0 else []
 
-    return nn.Sequential(
+    model = nn.Sequential(
         *conv(in_channels, width),
         *conv(width, width),
         nn.MaxPool2d(2),
@@ -95,6 +95,8 @@ def build_model(in_channels: int = 1, image_size: tuple[int, int] = (8, 8),
         *drop(), nn.Linear(flat, hidden), nn.ReLU(),
         *drop(), nn.Linear(hidden, num_classes),
     )
+    model[0].needs_input_grad = False  # the images need no gradient (PyTorch skips it too)
+    return model
 
 
 def make_optimizer(name: str, params: Any, lr: float | None, weight_decay: float = 0.0,

@@ -58,6 +58,7 @@ __all__ = [
     "conv_algorithm",
     "force",
     "gemm",
+    "kernel_variants",
     "max_pool2d",
     "max_pool2d_backward",
 ]
@@ -88,6 +89,48 @@ def add_batch_dim(x):
 def _check_grid_y(n: int, what: str) -> None:
     if n > _MAX_GRID_Y:
         raise ValueError(f"{what} = {n} exceeds the CUDA grid limit of {_MAX_GRID_Y}")
+
+
+def kernel_variants(dtypes=(np.float32, np.float64), tiles=None):
+    """The registry: ``(name, factory)`` for every kernel this backend can launch.
+
+    ``factory()`` returns the compiled kernel (or, inside ``_runtime.sources_only()``,
+    its source and signature): tests and benchmarks enumerate kernels from here.
+    """
+    tiles = list(TILES.values()) if tiles is None else list(tiles)
+    out = []
+    for dt in (np.dtype(d) for d in dtypes):
+        sfx = dt.name
+        for t in tiles:
+            for ta in (False, True):
+                for tb in (False, True):
+                    out.append((f"gemm-{t.name}-{'nt'[ta]}{'nt'[tb]}-{sfx}",
+                                lambda t=t, ta=ta, tb=tb, dt=dt: _gemm.gemm_kernel(t, dt, ta, tb)))
+            out.append((f"conv2d_fwd-{t.name}-{sfx}",
+                        lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt)))
+            out.append((f"conv2d_dgrad-{t.name}-{sfx}",
+                        lambda t=t, dt=dt: _conv.conv2d_dgrad_kernel(t, dt)))
+            out.append((f"conv2d_wgrad-{t.name}-{sfx}",
+                        lambda t=t, dt=dt: _conv.conv2d_wgrad_kernel(t, dt)))
+        for name, factory in (
+            ("conv2d_fwd_direct", _conv.conv2d_fwd_direct_kernel),
+            ("conv2d_dgrad_direct", _conv.conv2d_dgrad_direct_kernel),
+            ("conv2d_wgrad_direct", _conv.conv2d_wgrad_direct_kernel),
+            ("max_pool2d_fwd", _pool.max_pool2d_fwd_kernel),
+            ("max_pool2d_bwd", _pool.max_pool2d_bwd_kernel),
+            ("avg_pool2d_fwd", _pool.avg_pool2d_fwd_kernel),
+            ("avg_pool2d_bwd", _pool.avg_pool2d_bwd_kernel),
+            ("fill", rt._fill_kernel),
+            ("sum_splits", rt._sum_splits_kernel),
+            ("broadcast_rows", rt._broadcast_rows_kernel),
+            ("scatter2", rt._scatter_kernel),
+        ):
+            out.append((f"{name}-{sfx}", lambda f=factory, dt=dt: f(dt)))
+        for nd in (1, 2, 3, 4):
+            out.append((f"copy{nd}-{sfx}", lambda nd=nd, dt=dt: rt._copy_kernel(dt, nd)))
+    out.append(("copy4-int64", lambda: rt._copy_kernel(np.int64, 4)))
+    out.append(("max_pool2d_check-int64", _pool.max_pool2d_check_kernel))
+    return out
 
 
 # --------------------------------------------------------------------------- algorithm choice

@@ -58,7 +58,7 @@ def conv2d_fwd_kernel(cfg: TileConfig, dtype):
         SC = np.dtype(dtype).type
         mma = mma_step(cfg)
 
-        @cuda.jit(_geometry_sig(4, dtype, 17))
+        @rt.source(_geometry_sig(4, dtype, 17))
         def conv2d_fwd(x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
                        groups, has_bias):
             As = cuda.shared.array(A_SHAPE, DT)
@@ -147,7 +147,7 @@ def conv2d_fwd_direct_kernel(dtype):
     def build():
         SC = np.dtype(dtype).type
 
-        @cuda.jit(_geometry_sig(4, dtype, 17))
+        @rt.source(_geometry_sig(4, dtype, 17))
         def conv2d_fwd_direct(x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl,
                               dh, dw, groups, has_bias):
             i = cuda.grid(1)
@@ -198,7 +198,7 @@ def conv2d_dgrad_kernel(cfg: TileConfig, dtype):
         SC = np.dtype(dtype).type
         mma = mma_step(cfg)
 
-        @cuda.jit(_geometry_sig(3, dtype, 16))
+        @rt.source(_geometry_sig(3, dtype, 16))
         def conv2d_dgrad(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
                          groups):
             As = cuda.shared.array(A_SHAPE, DT)
@@ -316,7 +316,7 @@ def conv2d_dgrad_direct_kernel(dtype):
     def build():
         SC = np.dtype(dtype).type
 
-        @cuda.jit(_geometry_sig(3, dtype, 16))
+        @rt.source(_geometry_sig(3, dtype, 16))
         def conv2d_dgrad_direct(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh,
                                 dw, groups):
             idx = cuda.grid(1)
@@ -367,7 +367,7 @@ def conv2d_wgrad_kernel(cfg: TileConfig, dtype):
         SC = np.dtype(dtype).type
         mma = mma_step(cfg)
 
-        @cuda.jit(_geometry_sig(3, dtype, 18))
+        @rt.source(_geometry_sig(3, dtype, 18))
         def conv2d_wgrad(x, gout, ws, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
                          groups, splits, chunk):
             As = cuda.shared.array(A_SHAPE, DT)
@@ -459,7 +459,7 @@ def conv2d_wgrad_direct_kernel(dtype):
         DT = rt.nb(dtype)
         NT = REDUCE_THREADS
 
-        @cuda.jit(_geometry_sig(3, dtype, 16))
+        @rt.source(_geometry_sig(3, dtype, 16))
         def conv2d_wgrad_direct(x, gout, gw, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh,
                                 dw, groups):
             part = cuda.shared.array(NT, DT)

@@ -32,7 +32,7 @@ def gemm_kernel(cfg: TileConfig, dtype, trans_a: bool, trans_b: bool):
         mat = rt.c_array(dtype, 2)
         sig = types.void(mat, mat, mat, types.int64, types.int64, types.int64, DT, DT)
 
-        @cuda.jit(sig)
+        @rt.source(sig)
         def gemm(A, B, C, M, N, K, alpha, beta):
             As = cuda.shared.array(A_SHAPE, DT)
             Bs = cuda.shared.array(B_SHAPE, DT)

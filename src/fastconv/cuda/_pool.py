@@ -32,7 +32,7 @@ def max_pool2d_fwd_kernel(dtype):
         sig = types.void(rt.c_array(dtype), rt.c_array(dtype), rt.c_array(np.int64),
                          *([I64] * 13))
 
-        @cuda.jit(sig)
+        @rt.source(sig)
         def max_pool2d_fwd(x, out, idx, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw):
             i = cuda.grid(1)
             OHW = OH * OW
@@ -71,7 +71,7 @@ def max_pool2d_fwd_kernel(dtype):
 
 def max_pool2d_check_kernel():
     def build():
-        @cuda.jit(types.void(rt.c_array(np.int64), rt.c_array(np.int64), I64, I64))
+        @rt.source(types.void(rt.c_array(np.int64), rt.c_array(np.int64), I64, I64))
         def max_pool2d_check(idx, lohi, n, plane):
             i = cuda.grid(1)
             if i < n:
@@ -90,7 +90,7 @@ def max_pool2d_bwd_kernel(dtype):
         sig = types.void(rt.c_array(dtype), rt.c_array(np.int64), rt.c_array(dtype), I64, I64,
                          I64)
 
-        @cuda.jit(sig)
+        @rt.source(sig)
         def max_pool2d_bwd(gout, idx, gin, n, out_plane, in_plane):
             i = cuda.grid(1)
             if i < n:
@@ -108,7 +108,7 @@ def avg_pool2d_fwd_kernel(dtype):
         SC = np.dtype(dtype).type
         sig = types.void(rt.c_array(dtype), rt.c_array(dtype), *([I64] * 13))
 
-        @cuda.jit(sig)
+        @rt.source(sig)
         def avg_pool2d_fwd(x, out, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
                            count_include_pad, divisor):
             i = cuda.grid(1)
@@ -150,7 +150,7 @@ def avg_pool2d_bwd_kernel(dtype):
         SC = np.dtype(dtype).type
         sig = types.void(rt.c_array(dtype), rt.c_array(dtype), *([I64] * 13))
 
-        @cuda.jit(sig)
+        @rt.source(sig)
         def avg_pool2d_bwd(gout, gin, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
                            count_include_pad, divisor):
             i = cuda.grid(1)

@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from numba import cuda, types
@@ -36,20 +37,51 @@ DEFAULT_SM_COUNT = 80
 NUMBA_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64,
                np.dtype(np.int64): types.int64, np.dtype(np.int32): types.int32}
 
+class KernelSource(NamedTuple):
+    """A kernel before compilation: its Python function and explicit signature."""
+
+    fn: Callable
+    sig: Any
+
+
+def source(sig: Any) -> Callable[[Callable], KernelSource]:
+    """Decorator used in place of ``cuda.jit(sig)``: ``kernel`` compiles it once."""
+    return lambda fn: KernelSource(fn, sig)
+
+
 _lock = threading.Lock()
 _kernels: dict[tuple, Any] = {}
+_sources_only = threading.local()
 
 
-def kernel(key: tuple, build: Callable[[], Any]) -> Any:
-    """The compiled kernel cached under ``key``, built (and compiled) on first use."""
+def kernel(key: tuple, build: Callable[[], KernelSource]) -> Any:
+    """The compiled kernel cached under ``key``, built and compiled on first use.
+
+    ``cuda.jit`` with the explicit signature compiles eagerly (on a GPU) exactly once
+    per key; under the simulator it only wraps the function. Inside ``sources_only()``
+    the uncompiled ``KernelSource`` is returned instead (offline compile checks).
+    """
+    if getattr(_sources_only, "on", False):
+        return build()
     found = _kernels.get(key)
     if found is None:
         with _lock:
             found = _kernels.get(key)
             if found is None:
-                found = build()
+                src = build()
+                found = cuda.jit(src.sig)(src.fn)
                 _kernels[key] = found
     return found
+
+
+@contextlib.contextmanager
+def sources_only():
+    """Within this block the kernel factories return ``KernelSource``s (no compilation)."""
+    _sources_only.on = True
+    try:
+        yield
+    finally:
+        _sources_only.on = False
 
 
 def compiled_kernels() -> list[tuple]:
@@ -173,7 +205,7 @@ def sync_to_host(d: Any, stream: Any) -> np.ndarray:
 
 def _fill_kernel(dtype):
     def build():
-        @cuda.jit(types.void(c_array(dtype), nb(dtype)))
+        @source(types.void(c_array(dtype), nb(dtype)))
         def fill_kernel(out, value):
             i = cuda.grid(1)
             if i < out.size:
@@ -195,7 +227,7 @@ def _copy_kernel(dtype, ndim):
         sig = types.void(any_array(dtype, ndim), c_array(dtype, ndim))
         if ndim == 1:
 
-            @cuda.jit(sig)
+            @source(sig)
             def copy1(src, dst):
                 i = cuda.grid(1)
                 if i < dst.shape[0]:
@@ -204,7 +236,7 @@ def _copy_kernel(dtype, ndim):
             return copy1
         if ndim == 2:
 
-            @cuda.jit(sig)
+            @source(sig)
             def copy2(src, dst):
                 i = cuda.grid(1)
                 n1 = dst.shape[1]
@@ -215,7 +247,7 @@ def _copy_kernel(dtype, ndim):
             return copy2
         if ndim == 3:
 
-            @cuda.jit(sig)
+            @source(sig)
             def copy3(src, dst):
                 i = cuda.grid(1)
                 n1, n2 = dst.shape[1], dst.shape[2]
@@ -227,7 +259,7 @@ def _copy_kernel(dtype, ndim):
 
             return copy3
 
-        @cuda.jit(sig)
+        @source(sig)
         def copy4(src, dst):
             i = cuda.grid(1)
             n1, n2, n3 = dst.shape[1], dst.shape[2], dst.shape[3]
@@ -258,7 +290,7 @@ def _scatter_kernel(dtype):
     """dst (any layout, 2-D) = src (C-contiguous): writes a result back into a strided c."""
 
     def build():
-        @cuda.jit(types.void(c_array(dtype, 2), any_array(dtype, 2)))
+        @source(types.void(c_array(dtype, 2), any_array(dtype, 2)))
         def scatter2(src, dst):
             i = cuda.grid(1)
             n1 = src.shape[1]
@@ -279,7 +311,7 @@ def copy_into_strided(src: Any, dst: Any, stream: Any) -> None:
 
 def _broadcast_rows_kernel(dtype):
     def build():
-        @cuda.jit(types.void(c_array(dtype), c_array(dtype), types.int64))
+        @source(types.void(c_array(dtype), c_array(dtype), types.int64))
         def broadcast_rows_kernel(bias, out, n):
             i = cuda.grid(1)
             if i < out.size:
@@ -303,7 +335,7 @@ def _sum_splits_kernel(dtype):
     """out[i] = sum_s parts[s * n + i]: the deterministic second pass of split-K."""
 
     def build():
-        @cuda.jit(types.void(c_array(dtype), c_array(dtype), types.int64, types.int64))
+        @source(types.void(c_array(dtype), c_array(dtype), types.int64, types.int64))
         def sum_splits(parts, out, n, splits):
             i = cuda.grid(1)
             if i < n:

@@ -80,8 +80,19 @@ class Sequential(Module):
         return input
 
     def backward(self, grad_output: Any) -> Any:
-        for module in reversed(self._modules.values()):
-            grad_output = module.backward(grad_output)
+        modules = list(self._modules.values())
+        for i in range(len(modules) - 1, -1, -1):
+            grad_output = modules[i].backward(grad_output)
+            if grad_output is None:  # needs_input_grad=False: nothing flows further back
+                for earlier in modules[:i]:
+                    trainable = [n for n, p in earlier.named_parameters() if p.requires_grad]
+                    if trainable:
+                        raise RuntimeError(
+                            f"{type(modules[i]).__name__} (needs_input_grad=False) returned no "
+                            f"input gradient, but the earlier {type(earlier).__name__} has "
+                            f"trainable parameters ({', '.join(trainable)})")
+                    earlier.clear_saved()
+                return None
         return grad_output
 
 

@@ -186,6 +186,8 @@ class Conv2d(Module):
             weight.accumulate_grad(F.conv2d_weight(xp, weight.data.shape, g, *args))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate_grad(F.conv2d_bias_grad(g))
+        if not self.needs_input_grad:
+            return None
         grad_xp = F.conv2d_input(xp.shape, weight.data, g, *args)
         if self.padding_mode == "zeros":
             grad_x = grad_xp
@@ -250,6 +252,8 @@ class Linear(Module):
             self.weight.accumulate_grad(F.gemm(g, rows, trans_a=True))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate_grad(g.sum(axis=0))
+        if not self.needs_input_grad:
+            return None
         return F.gemm(g, self.weight.data).reshape(x.shape)
 
     def extra_repr(self) -> str:

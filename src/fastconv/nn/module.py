@@ -206,9 +206,17 @@ class Module:
     override ``extra_repr()``.  Assigning a :class:`Parameter` or a :class:`Module` to
     an attribute registers it; buffers (running statistics) are registered with
     :meth:`register_buffer`.
+
+    ``needs_input_grad`` (default True) may be set to False on a ``Conv2d`` or
+    ``Linear`` whose input gradient is never used -- the first layer of a network,
+    or the first trainable layer after a frozen feature extractor -- as PyTorch skips
+    it for inputs that do not require grad.  Its ``backward`` then computes only the
+    parameter gradients and returns None, and a ``Sequential`` stops there (it raises
+    if an earlier layer still has trainable parameters).
     """
 
     _next_hook_id = 0
+    needs_input_grad = True
 
     def __init__(self) -> None:
         object.__setattr__(self, "training", True)
