@@ -3,8 +3,11 @@
 
 #include <chrono>
 
-#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
 #include "common/peak_probe.h"
+
+// clang-format off
+#include "common/isa_avx2_begin.h"  // after every other include: AVX2 code from here on
+// clang-format on
 
 namespace fastconv {
 

@@ -1,8 +1,11 @@
 // AVX2+FMA row primitives (entered only after the CPUID check).
 #include <immintrin.h>
 
-#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
 #include "common/vector_ops.h"
+
+// clang-format off
+#include "common/isa_avx2_begin.h"  // after every other include: AVX2 code from here on
+// clang-format on
 
 namespace fastconv {
 namespace {

@@ -1,14 +1,17 @@
-// AVX2+FMA build of the Winograd F(4x4, 3x3) kernel (see conv2d_winograd_impl.h):
 // the same source, with the transforms vectorised 8 tiles wide.
 #include <algorithm>
 #include <vector>
 
 #include "common/aligned_buffer.h"
-#include "common/isa_avx2_begin.h"  // last include before the kernel: AVX2 code from here on
 #include "common/parallel.h"
 #include "conv2d/conv2d.h"
-#include "conv2d/conv2d_winograd_impl.h"
 #include "gemm/gemm.h"
+
+// clang-format off
+#include "common/isa_avx2_begin.h"  // after every other include: AVX2 code from here on
+// AVX2+FMA build of the Winograd F(4x4, 3x3) kernel (see conv2d_winograd_impl.h):
+#include "conv2d/conv2d_winograd_impl.h"
+// clang-format on
 
 namespace fastconv {
 

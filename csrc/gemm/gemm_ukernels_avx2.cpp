@@ -3,8 +3,11 @@
 // Entered only after the CPUID check in gemm.cpp.
 #include <immintrin.h>
 
-#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
 #include "gemm/gemm.h"
+
+// clang-format off
+#include "common/isa_avx2_begin.h"  // after every other include: AVX2 code from here on
+// clang-format on
 
 namespace fastconv {
 namespace {

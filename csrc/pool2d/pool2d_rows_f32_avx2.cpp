@@ -4,9 +4,12 @@
 // the scalar path, which visits taps in the same order.
 #include <immintrin.h>
 
-#include "common/isa_avx2_begin.h"  // last include: AVX2 code from here on
 #include "pool2d/pool2d.h"
 #include "pool2d/pool2d_row_scalar.h"
+
+// clang-format off
+#include "common/isa_avx2_begin.h"  // after every other include: AVX2 code from here on
+// clang-format on
 
 namespace fastconv {
 namespace {
