@@ -264,3 +264,36 @@ def test_lr_schedulers_match_torch(kind):
         topt.step()
         sched.step()
         tsched.step()
+
+
+@pytest.mark.parametrize("name,kwargs", [OPTIMIZER_CASES[i] for i in (2, 8, 13, 18)],
+                         ids=[CASE_IDS[i] for i in (2, 8, 13, 18)])
+def test_resume_from_a_torch_checkpoint(name, kwargs):
+    """Model and optimizer state saved by torch continue identically in fastconv."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tmodel = torch_model(torch, torch.float64)
+    topt = getattr(torch.optim, name)(tmodel.parameters(), foreach=False, **kwargs)
+    tcrit, crit = torch.nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
+    data = batches(np.float64, 4)
+    for x, y in data[:2]:
+        topt.zero_grad()
+        tcrit(tmodel(torch.tensor(x)), torch.tensor(y)).backward()
+        topt.step()
+    model = fc_model(np.float64)
+    model.load_state_dict(tmodel.state_dict())
+    opt = getattr(optim, name)(model.parameters(), **kwargs)
+    opt.load_state_dict(topt.state_dict())
+    for x, y in data[2:]:
+        loss = crit(model(x), y)
+        model.backward(crit.backward())
+        opt.step()
+        opt.zero_grad()
+        topt.zero_grad()
+        tloss = tcrit(tmodel(torch.tensor(x)), torch.tensor(y))
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(float(tloss.detach()), rel=1e-10)
+    for key, value in tmodel.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=key)

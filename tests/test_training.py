@@ -114,7 +114,10 @@ def test_train_mnist_and_cifar10_from_local_files(tmp_path, capsys):
     write_cifar(tmp_path / "cifar", cifar_batches(n=6))
     assert run_cli(["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"),
                     "--epochs", "1", "--width", "4", "--optimizer", "rmsprop",
-                    "--weight-decay", "1e-4", "--quiet"]) == 0
+                    "--weight-decay", "1e-4", "--val-fraction", "0", "--json",
+                    str(tmp_path / "cifar.json"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "cifar.json").read_text())  # strict JSON: no NaN
+    assert metrics["val_accuracy"] == [None] and metrics["samples"]["val"] == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == 1  # --quiet prints nothing
 

@@ -52,24 +52,32 @@ void im2col_tile(const T* x, const ConvParams& p, const std::vector<TapGeometry>
   }
 }
 
-// Packed-B producer for the forward GEMM: slivers of nr output pixels.
+// Packed-B producer for the forward GEMM: slivers of nr output pixels. Column
+// j is pixel j % P of image j / P (P = OH * OW), images `image_stride` apart, so
+// small planes of several images can share one GEMM.
 template <typename T>
-PackB<T> implicit_im2col_packer(const T* x, const ConvParams& p,
-                                const std::vector<TapGeometry>& taps) {
-  return [x, &p, &taps](int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) {
+PackB<T> implicit_im2col_packer(const T* x, int64_t image_stride, const ConvParams& p,
+                                const std::vector<TapGeometry>& taps, int64_t columns) {
+  return [x, image_stride, &p, &taps, columns](int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                                               int64_t nr, T* dst) {
     const int64_t pixels = p.out_plane();
     for (int64_t jr = 0; jr < nc; jr += nr) {
-      const int64_t cols = std::min<int64_t>(nr, std::min(nc - jr, pixels - j0 - jr));
+      const int64_t cols = std::min<int64_t>(nr, std::min(nc - jr, columns - j0 - jr));
       T* sliver = dst + jr * kc;
       for (int64_t i = 0; i < kc; ++i) {
         const TapGeometry& tap = taps[k0 + i];
-        const T* plane = x + tap.c * p.in_plane();
         T* out = sliver + i * nr;
-        for_each_output_row_segment(
-            j0 + jr, cols, p.out_w, [&](int64_t oh, int64_t ow, int64_t n, int64_t at) {
-              im2col_segment(plane, p.in_h, p.in_w, oh * p.stride_h + tap.row_offset, ow, n,
-                             p.stride_w, tap.col_offset, out + at);
-            });
+        for (int64_t j = j0 + jr, end = j0 + jr + cols; j < end;) {
+          const int64_t n = j / pixels, local = j % pixels;
+          const int64_t count = std::min(pixels - local, end - j);
+          const T* plane = x + n * image_stride + tap.c * p.in_plane();
+          for_each_output_row_segment(
+              local, count, p.out_w, [&](int64_t oh, int64_t ow, int64_t m, int64_t at) {
+                im2col_segment(plane, p.in_h, p.in_w, oh * p.stride_h + tap.row_offset, ow, m,
+                               p.stride_w, tap.col_offset, out + (j - j0 - jr) + at);
+              });
+          j += count;
+        }
         std::fill(out + cols, out + nr, T(0));
       }
     }
@@ -96,6 +104,12 @@ std::vector<T> packed_weights(const T* weight, int64_t groups, int64_t kg, int64
   return packed;
 }
 
+// Below this many output pixels per image, the images of a batch share one
+// GEMM: nr-wide column slivers would otherwise be mostly padding (7x7 = 49
+// pixels fill 4 slivers of 16 to 77%), and the packed weights are streamed
+// once instead of once per image.
+constexpr int64_t kBatchedGemmMaxPixels = 256;
+
 template <typename T>
 void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* output,
                          const ConvParams& p) {
@@ -103,6 +117,31 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   const std::vector<T> packed = packed_weights(weight, p.groups, kg, p.reduction());
   const int64_t per_group = gemm_packed_a_size<T>(kg, p.reduction());
+  const int64_t image_stride = p.in_channels * p.in_plane();
+  if (pixels < kBatchedGemmMaxPixels && p.batch > 1) {
+    const int64_t columns = p.batch * pixels;
+    std::vector<T> c(static_cast<size_t>(kg * columns));  // (kg x batch*pixels): 1 group of output
+    const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+    for (int64_t g = 0; g < p.groups; ++g) {
+      GemmProblem<T> pr;
+      pr.m = kg;
+      pr.n = columns;
+      pr.k = p.reduction();
+      pr.packed_a = packed.data() + g * per_group;
+      pr.pack_b =
+          implicit_im2col_packer(input + g * cg * p.in_plane(), image_stride, p, taps, columns);
+      pr.c = {c.data(), columns, 1};
+      gemm(pr, threads);
+      for (int64_t n = 0; n < p.batch; ++n)
+        for (int64_t k = 0; k < kg; ++k) {
+          const T* src = c.data() + k * columns + n * pixels;
+          T* dst = output + (n * p.out_channels + g * kg + k) * pixels;
+          const T b = bias ? bias[g * kg + k] : T(0);
+          for (int64_t i = 0; i < pixels; ++i) dst[i] = src[i] + b;
+        }
+    }
+    return;
+  }
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
@@ -112,7 +151,7 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
     pr.n = pixels;
     pr.k = p.reduction();
     pr.packed_a = packed.data() + g * per_group;
-    pr.pack_b = implicit_im2col_packer(x, p, taps);
+    pr.pack_b = implicit_im2col_packer(x, image_stride, p, taps, pixels);
     pr.c = {out, pixels, 1};
     pr.beta = fill_bias(bias ? bias + g * kg : nullptr, out, kg, pixels);
     gemm(pr, threads);

@@ -263,10 +263,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
             _log(config, "--plot ignored: matplotlib is not installed "
                          "(pip install 'fastconv[examples]')")
     if config.json:
-        Path(config.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        Path(config.json).write_text(json.dumps(_json_safe(metrics), indent=2,
+                                                allow_nan=False) + "\n")
         _log(config, f"metrics written to {config.json}")
     metrics["model"] = model
     return metrics
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an empty validation split) becomes null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _plot(history: list[dict[str, float]], path: str, test_acc: float) -> bool:

@@ -94,14 +94,19 @@ def _check_grid_y(n: int, what: str) -> None:
 def kernel_variants(dtypes=(np.float32, np.float64), tiles=None):
     """The registry: ``(name, factory)`` for every kernel this backend can launch.
 
+    By default the (kernel, tile) pairs the selectors use (GEMM-shaped kernels with the
+    BK=8 tiles, conv2d_weight with the BK=16 ones); ``tiles`` pairs every kernel with
+    every tile given.
+
     ``factory()`` returns the compiled kernel (or, inside ``_runtime.sources_only()``,
     its source and signature): tests and benchmarks enumerate kernels from here.
     """
-    tiles = list(TILES.values()) if tiles is None else list(tiles)
+    gemm_tiles = _tiles.GEMM_TILES if tiles is None else tuple(tiles)
+    wgrad_tiles = _tiles.WGRAD_TILES if tiles is None else tuple(tiles)
     out = []
     for dt in (np.dtype(d) for d in dtypes):
         sfx = dt.name
-        for t in tiles:
+        for t in gemm_tiles:
             for ta in (False, True):
                 for tb in (False, True):
                     out.append((f"gemm-{t.name}-{'nt'[ta]}{'nt'[tb]}-{sfx}",
@@ -110,6 +115,7 @@ def kernel_variants(dtypes=(np.float32, np.float64), tiles=None):
                         lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt)))
             out.append((f"conv2d_dgrad-{t.name}-{sfx}",
                         lambda t=t, dt=dt: _conv.conv2d_dgrad_kernel(t, dt)))
+        for t in wgrad_tiles:
             out.append((f"conv2d_wgrad-{t.name}-{sfx}",
                         lambda t=t, dt=dt: _conv.conv2d_wgrad_kernel(t, dt)))
         for name, factory in (

@@ -75,6 +75,9 @@ SMALL = TILES["64x64x8-r4x4"]
 LARGE_K16 = TILES["128x128x16-r8x8"]
 MEDIUM_K16 = TILES["64x128x16-r8x8"]
 SMALL_K16 = TILES["64x64x16-r4x4"]
+#: Which tiles each kernel family is selected with (largest first).
+GEMM_TILES = (LARGE, MEDIUM, SMALL)  # gemm, conv2d forward, conv2d_input
+WGRAD_TILES = (LARGE_K16, MEDIUM_K16, SMALL_K16)  # conv2d_weight
 
 #: Tuning thresholds, in one place (none measured yet on a GPU: see the benchmark).
 THRESHOLDS = {
@@ -99,7 +102,7 @@ def pick_tile(m: int, n: int, sms: int, k16: bool = False, fill: bool = True,
     """
     if _forced.get("tile") is not None:
         return _forced["tile"]
-    candidates = (LARGE_K16, MEDIUM_K16, SMALL_K16) if k16 else (LARGE, MEDIUM, SMALL)
+    candidates = WGRAD_TILES if k16 else GEMM_TILES
     if itemsize > 4:
         return candidates[-1]
     for tile in candidates[:-1]:

@@ -152,7 +152,7 @@ class Conv2d(Module):
         ph, pw = self.padding
         return ph, ph, pw, pw
 
-    def _pad_maps(self, h: int, w: int, dtype: np.dtype):
+    def _pad_maps(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         top, bottom, left, right = self._explicit_padding()
         mode = _PAD_MODES[self.padding_mode]
         for size, lo, hi in ((h, top, bottom), (w, left, right)):
@@ -171,7 +171,7 @@ class Conv2d(Module):
         if self.padding_mode == "zeros":
             xp, padding = x, self.padding
         else:
-            rows, cols = self._pad_maps(x.shape[2], x.shape[3], x.dtype)
+            rows, cols = self._pad_maps(x.shape[2], x.shape[3])
             xp, padding = x[:, :, rows][:, :, :, cols], 0
         out = F.conv2d(xp, weight, bias, self.stride, padding, self.dilation, self.groups)
         self.save_for_backward(xp, x.shape, padding, unbatched)
@@ -192,7 +192,7 @@ class Conv2d(Module):
         if self.padding_mode == "zeros":
             grad_x = grad_xp
         else:
-            rows, cols = self._pad_maps(x_shape[2], x_shape[3], grad_xp.dtype)
+            rows, cols = self._pad_maps(x_shape[2], x_shape[3])
             # adjoint of the gather x[:, :, rows][:, :, :, cols]: one-hot matrices
             ph = (rows[:, None] == np.arange(x_shape[2])[None, :]).astype(grad_xp.dtype)
             pw = (cols[:, None] == np.arange(x_shape[3])[None, :]).astype(grad_xp.dtype)
