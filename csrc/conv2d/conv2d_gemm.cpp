@@ -240,55 +240,71 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   const int64_t red = p.reduction();
   const int64_t weight_size = p.out_channels * red;
-  const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
-  const int64_t tasks = p.batch * p.groups;
+  // Pixel tiles run across image boundaries: the GEMM's reduction is as long
+  // as the tile whatever the plane size (a 7x7 plane alone would give K = 49).
+  const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / std::max(red, kg), 16,
+                                                  std::max<int64_t>(16, p.batch * pixels));
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
-  const bool per_task_threads = tasks >= threads && threads > 1;
-  const int partial_count = per_task_threads ? threads : 1;
-  // One partial dW per thread; images are split statically so each partial
-  // always sums the same images in the same order.
-  std::vector<T> partials(static_cast<size_t>(weight_size * (partial_count - 1)));
-  auto accumulate = [&](int64_t task, int inner_threads, T* dw, T* cols) {
-    const int64_t n = task / p.groups, g = task % p.groups;
-    const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
-    const T* dy = grad_output + (n * p.out_channels + g * kg) * pixels;
-    for (int64_t j0 = 0; j0 < pixels; j0 += tile_pixels) {
-      const int64_t count = std::min(tile_pixels, pixels - j0);
-      GemmProblem<T> pr;  // dW[g] (kg x red) += dY[:, j0:j0+count] @ columns^T
-      pr.m = kg;
-      pr.n = red;
-      pr.k = count;
-      pr.a = {dy + j0, pixels, 1};
-      if (p.is_pointwise()) {
-        pr.b = {x + j0, 1, pixels};
-      } else {
-        im2col_tile(x, p, taps, 0, red, j0, count, cols, count);
-        pr.b = {cols, 1, count};
+  // With enough images, each thread sums a fixed range of them into its own
+  // partial dW, reduced in thread order: deterministic for a thread count.
+  const bool split_images = p.batch >= threads && threads > 1;
+  const int parts = split_images ? threads : 1;
+  std::vector<T> partials(static_cast<size_t>(weight_size * (parts - 1)), T(0));
+  std::vector<AlignedBuffer<T>> cols(static_cast<size_t>(parts)), dys(static_cast<size_t>(parts));
+  for (int t = 0; t < parts; ++t) {
+    cols[t].resize(static_cast<size_t>(red * tile_pixels));
+    dys[t].resize(static_cast<size_t>(kg * tile_pixels));
+  }
+  std::fill(grad_weight, grad_weight + weight_size, T(0));
+
+  // dW[g] += dY[n0:n1, g] @ im2col(x[n0:n1, g])^T over the images' pixels.
+  auto accumulate = [&](int64_t n0, int64_t n1, int inner_threads, T* dw, T* col, T* dy_tile) {
+    const int64_t total = (n1 - n0) * pixels;
+    for (int64_t g = 0; g < p.groups; ++g) {
+      for (int64_t j0 = 0; j0 < total; j0 += tile_pixels) {
+        const int64_t count = std::min(tile_pixels, total - j0);
+        for (int64_t j = j0; j < j0 + count;) {  // per image segment of the tile
+          const int64_t n = n0 + j / pixels, local = j % pixels;
+          const int64_t m = std::min(pixels - local, j0 + count - j);
+          const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
+          const T* dy = grad_output + (n * p.out_channels + g * kg) * pixels + local;
+          for (int64_t k = 0; k < kg; ++k)
+            std::copy(dy + k * pixels, dy + k * pixels + m, dy_tile + k * count + (j - j0));
+          if (p.is_pointwise()) {
+            for (int64_t c = 0; c < cg; ++c)
+              std::copy(x + c * pixels + local, x + c * pixels + local + m,
+                        col + c * count + (j - j0));
+          } else {
+            im2col_tile(x, p, taps, 0, red, local, m, col + (j - j0), count);
+          }
+          j += m;
+        }
+        GemmProblem<T> pr;  // dW[g] (kg x red) += dY tile (kg x count) @ columns^T
+        pr.m = kg;
+        pr.n = red;
+        pr.k = count;
+        pr.a = {dy_tile, count, 1};
+        pr.b = {col, 1, count};
+        pr.c = {dw + g * kg * red, red, 1};
+        pr.beta = T(1);
+        gemm(pr, inner_threads);
       }
-      pr.c = {dw + g * kg * red, red, 1};
-      pr.beta = T(1);
-      gemm(pr, inner_threads);
     }
   };
-  std::fill(grad_weight, grad_weight + weight_size, T(0));
-  std::fill(partials.begin(), partials.end(), T(0));
-  if (per_task_threads) {
+  if (split_images) {
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num();
       T* dw = t == 0 ? grad_weight : partials.data() + (t - 1) * weight_size;
-      AlignedBuffer<T> cols(static_cast<size_t>(red * tile_pixels));
-      const int64_t begin = tasks * t / threads, end = tasks * (t + 1) / threads;
-      for (int64_t task = begin; task < end; ++task) accumulate(task, 1, dw, cols.data());
+      accumulate(p.batch * t / threads, p.batch * (t + 1) / threads, 1, dw, cols[t].data(),
+                 dys[t].data());
     }
     for (int t = 1; t < threads; ++t) {
       const T* src = partials.data() + (t - 1) * weight_size;
       for (int64_t i = 0; i < weight_size; ++i) grad_weight[i] += src[i];
     }
   } else {
-    AlignedBuffer<T> cols(static_cast<size_t>(red * tile_pixels));
-    for (int64_t task = 0; task < tasks; ++task)
-      accumulate(task, threads, grad_weight, cols.data());
+    accumulate(0, p.batch, threads, grad_weight, cols[0].data(), dys[0].data());
   }
 }
 
