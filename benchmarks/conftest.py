@@ -40,33 +40,3 @@ def case_cache() -> dict:
     """The most recently built ``fastconv.bench.Case`` and its check, so the
     implementations of one case (consecutive tests) share inputs and reference."""
     return {}
-
-
-def cached_case(cache: dict, key, build):
-    """(case, {impl: max error}) for ``key``, building and checking it once; keeps one
-    case at a time (the inputs of a large layer are tens of MB)."""
-    if key not in cache:
-        cache.clear()
-        case = build()
-        cache[key] = (case, case.check())
-    return cache[key]
-
-
-def record(benchmark, case, impl: str, errors: dict) -> None:
-    """Check ``impl``'s result against the reference, then time it with pytest-benchmark
-    grouped by case and direction; GFLOP/s (GB/s) at the best time goes to extra_info."""
-    if impl not in case.impls:
-        pytest.skip(f"{impl} is not available here (torch not installed?)")
-    err = errors[impl]
-    assert err <= case.tolerance, (
-        f"{case.label} {impl}: max error {err:.3g} (relative to max |reference|) exceeds "
-        f"{case.tolerance:.3g}")
-    benchmark.group = case.label
-    benchmark.extra_info.update(
-        op=case.op, case=case.name, direction=case.direction, impl=impl, shape=case.shape,
-        algorithm=case.algorithm if impl == "fastconv" else None, max_err=err,
-        work=case.work, unit=case.unit)
-    benchmark(case.impls[impl])
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info[f"{case.unit} (best)"] = round(case.work / stats.stats.min / 1e9, 2)

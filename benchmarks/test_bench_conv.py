@@ -14,7 +14,7 @@ Under ``--benchmark-disable`` each layer runs on one image (smoke test).
 from __future__ import annotations
 
 import pytest
-from conftest import cached_case, record
+from peers import cached_case, record
 
 from fastconv import bench
 

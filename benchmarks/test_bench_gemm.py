@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cached_case, record
+from peers import cached_case, record
 
 from fastconv import bench
 

@@ -14,7 +14,7 @@ library (fastconv.training / nn / optim) is not there yet.
 from __future__ import annotations
 
 import pytest
-from conftest import cached_case, record
+from peers import cached_case, record
 
 from fastconv import bench
 

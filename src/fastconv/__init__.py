@@ -44,3 +44,13 @@ __all__ = [
     "reference",
     "set_num_threads",
 ]
+
+
+def __getattr__(name):
+    # The layer library, optimizers and data loaders load on first use, so that
+    # `import fastconv` stays a thin import of the kernels.
+    if name in ("nn", "optim", "data", "training", "cuda"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")

@@ -1150,7 +1150,9 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
     cols += [(f"x {p}", ".2f") for p in impls if p != "fastconv"]
     cols.append(("max err", ".0e"))
     rows = []
-    for r in results:
+    order = {d: i for i, d in enumerate(CONV_DIRECTIONS)}
+    # direction-major (all fwd rows, then dx, then dw): as the summaries are
+    for r in sorted(results, key=lambda r: order.get(r["direction"], 0)):
         row: dict[str, Any] = {"case": r["case"], "dir": r["direction"],
                                "algorithm": r["algorithm"]}
         for name, i in r["impls"].items():
@@ -1163,6 +1165,7 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
             for p, v in fc["speedup"].items():
                 row[f"x {p}"] = v
         rows.append(row)
+    cols = [(k, f) for k, f in cols if any(row.get(k) not in (None, "") for row in rows)]
     return rows, cols
 
 
@@ -1233,6 +1236,8 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
         f"(FMA loop) and {meta['copy_gbps']} GB/s (copy); numpy {meta['numpy']} "
         f"({meta['blas']}), torch {meta['torch'] or 'not installed'}; "
         f"load average {' '.join(map(str, la)) if la else 'unknown'}"
+        + (f" at the start, {' '.join(map(str, meta['load_average_after']))} at the end"
+           if meta.get("load_average_after") else "")
         + (f"; {meta['mode']}" if meta.get("mode") else "")
         + "".join(f"; `{k}={v}`" for k, v in meta.get("env", {}).items()) + ".",
         "",
@@ -1253,7 +1258,7 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
     return "\n".join(out)
 
 
-def plot_results(results: list[dict], path: str) -> bool:
+def plot_results(results: list[dict], path: str, meta: dict | None = None) -> bool:
     """A PNG bar chart of GFLOP/s (GB/s) per case and implementation, one panel per op
     group and direction; False when matplotlib is not installed."""
     try:
@@ -1281,6 +1286,11 @@ def plot_results(results: list[dict], path: str) -> bool:
         ax.set_title(f"{op} {direction}".strip())
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
+    if meta:
+        fig.suptitle(f"fastconv {meta.get('fastconv')} | {meta.get('cpu')}, "
+                     f"{meta.get('threads')} threads, {meta.get('isa')} | peak "
+                     f"{meta.get('fma_peak_gflops')} GFLOP/s, {meta.get('copy_gbps')} GB/s | "
+                     f"{str(meta.get('date', ''))[:10]}", fontsize=10)
     fig.savefig(path, dpi=100)
     return True
 
@@ -1445,6 +1455,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (matplotlib)")
     parser.add_argument("--markdown", metavar="PATH", nargs="?", const="-",
                         help="print (or write to PATH) the markdown report for README")
+    parser.add_argument("--readme", metavar="PATH", help="replace the text between "
+                        "'<!-- bench-SECTION:start -->' and '<!-- bench-SECTION:end -->' in "
+                        "PATH with the markdown report (e.g. benchmarks/README.md)")
+    parser.add_argument("--section", default="table", help="the SECTION of --readme "
+                        "(default: table)")
+    parser.add_argument("--from-json", metavar="PATH", help="measure nothing: print the "
+                        "report (and write --markdown/--readme/--plot) from a saved --json")
     parser.add_argument("--reprobe", action="store_true", help="measure the machine's peak "
                         "FMA throughput and copy bandwidth again and update the cache")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1461,9 +1478,78 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def update_readme(path: str, text: str, section: str = "table") -> None:
+    """Replace what lies between ``<!-- bench-SECTION:start -->`` and
+    ``<!-- bench-SECTION:end -->`` in ``path`` with ``text``."""
+    start, end = f"<!-- bench-{section}:start -->", f"<!-- bench-{section}:end -->"
+    doc = Path(path).read_text()
+    i, j = doc.find(start), doc.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    Path(path).write_text(doc[: i + len(start)] + "\n" + text.strip() + "\n" + doc[j:])
+
+
+def report(meta: dict, results: list[dict], summary: list[dict], skipped: list[str],
+           args: argparse.Namespace) -> int:
+    """Print and write everything the options ask for; the exit status."""
+    markdown_only = args.markdown == "-"
+    if not markdown_only:
+        for op in OPS:
+            rows = [r for r in results if r["op"] == op]
+            if rows:
+                print(f"\n== {op} ({rows[0]['unit']}, best of {meta.get('rounds')}; x_peer = "
+                      f"peer best / this best)"
+                      f"{' -- ' + rows[0]['note'] if rows[0]['note'] else ''}")
+                print(terminal_table(rows))
+        if summary:
+            print()
+            print(format_summary(summary))
+        if meta.get("load_average_after"):
+            print(f"load average at the end: {' '.join(map(str, meta['load_average_after']))}")
+    for reason in skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    if args.markdown or args.readme:
+        text = format_markdown_report(meta, results, summary)
+        if markdown_only:
+            print(text)
+        elif args.markdown:
+            Path(args.markdown).write_text(text + "\n")
+        if args.readme:
+            try:
+                update_readme(args.readme, text, args.section)
+            except (OSError, ValueError) as exc:
+                print(f"fastconv bench: --readme: {exc}", file=sys.stderr)
+                return 2
+    if args.json and not args.from_json:
+        Path(args.json).write_text(json.dumps(
+            {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
+            indent=2, default=float))
+    if args.plot:
+        if results and not plot_results(results, args.plot, meta):
+            print("fastconv bench: --plot needs matplotlib (pip install matplotlib)",
+                  file=sys.stderr)
+    failed = [f"{r['case']} {r['direction']} {name}" for r in results
+              for name, i in r["impls"].items() if i["ok"] is False]
+    if failed:
+        print(f"fastconv bench: results outside the error tolerance: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """``fastconv bench``: returns the exit status (2 on bad arguments, 1 when a result
     fails its correctness check)."""
+    if args.from_json:
+        try:
+            saved = json.loads(Path(args.from_json).read_text())
+            meta, results = saved["meta"], saved["results"]
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"fastconv bench: --from-json: {exc}", file=sys.stderr)
+            return 2
+        if args.markdown != "-":
+            print(format_header(meta))
+        return report(meta, results, summarize(results), saved.get("skipped", []), args)
     ops_arg = _split(args.op) or ["all"]
     ops = list(OPS) if "all" in ops_arg else ops_arg
     bad = [o for o in ops if o not in OPS]
@@ -1515,37 +1601,4 @@ def run(args: argparse.Namespace) -> int:
                                     settle_s=settle, peaks=peaks,
                                     progress=not args.no_progress)
     meta["load_average_after"] = load_average()
-    summary = summarize(results)
-    if not markdown_only:
-        for op in OPS:
-            rows = [r for r in results if r["op"] == op]
-            if rows:
-                print(f"\n== {op} ({rows[0]['unit']}, best of {rounds}; x_peer = peer best "
-                      f"/ this best){' -- ' + rows[0]['note'] if rows[0]['note'] else ''}")
-                print(terminal_table(rows))
-        if summary:
-            print()
-            print(format_summary(summary))
-    for reason in skipped:
-        print(f"skipped {reason}", file=sys.stderr)
-    if args.markdown:
-        text = format_markdown_report(meta, results, summary)
-        if markdown_only:
-            print(text)
-        else:
-            Path(args.markdown).write_text(text + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
-            indent=2, default=float))
-    if args.plot:
-        if results and not plot_results(results, args.plot):
-            print("fastconv bench: --plot needs matplotlib (pip install matplotlib)",
-                  file=sys.stderr)
-    failed = [f"{r['case']} {r['direction']} {name}" for r in results
-              for name, i in r["impls"].items() if i["ok"] is False]
-    if failed:
-        print(f"fastconv bench: results outside the error tolerance: {', '.join(failed)}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return report(meta, results, summarize(results), skipped, args)

@@ -52,6 +52,7 @@ __all__ = [
     "avg_pool2d",
     "avg_pool2d_backward",
     "broadcast_rows",
+    "channel_sums",
     "conv2d",
     "conv2d_input",
     "conv2d_weight",
@@ -122,6 +123,7 @@ def kernel_variants(dtypes=(np.float32, np.float64), tiles=None):
             ("conv2d_fwd_direct", _conv.conv2d_fwd_direct_kernel),
             ("conv2d_dgrad_direct", _conv.conv2d_dgrad_direct_kernel),
             ("conv2d_wgrad_direct", _conv.conv2d_wgrad_direct_kernel),
+            ("channel_sums", _conv.channel_sums_kernel),
             ("max_pool2d_fwd", _pool.max_pool2d_fwd_kernel),
             ("max_pool2d_bwd", _pool.max_pool2d_bwd_kernel),
             ("avg_pool2d_fwd", _pool.avg_pool2d_fwd_kernel),
@@ -290,6 +292,34 @@ def conv2d_weight(x, weight_size, grad_output, geometry):
     if splits > 1:
         rt.sum_splits(ws, gw, splits, stream)
     return gw
+
+
+def channel_sums(grad_output):
+    """Gradient of conv2d wrt its bias: (N, K, OH, OW) summed over N, OH, OW -> (K,).
+
+    Deterministic: per-(channel, split) block partial sums, then a fixed-order sum of
+    the splits (no atomics).
+    """
+    stream, (g,) = _prepare(grad_output)
+    n, k, oh, ow = g.shape
+    out = rt.empty((k,), g.dtype, stream)
+    if k == 0:
+        return out
+    total = n * oh * ow
+    if total == 0:
+        rt.fill(out, 0, stream)
+        return out
+    threads = _conv.REDUCE_THREADS
+    splits = max(1, min(rt.cdiv(4 * rt.sm_count(), k), rt.cdiv(total, threads * 16),
+                        _MAX_GRID_Y))
+    chunk = rt.cdiv(total, splits)
+    splits = rt.cdiv(total, chunk)
+    part = out if splits == 1 else rt.empty((splits * k,), g.dtype, stream)
+    _conv.channel_sums_kernel(g.dtype)[(k, splits), threads, stream](
+        rt.flat(g), rt.flat(part), n, k, oh * ow, chunk)
+    if splits > 1:
+        rt.sum_splits(part, out, splits, stream)
+    return out
 
 
 # --------------------------------------------------------------------------- pooling

@@ -500,3 +500,43 @@ def conv2d_wgrad_direct_kernel(dtype):
         return conv2d_wgrad_direct
 
     return rt.kernel(("conv2d_wgrad_direct", np.dtype(dtype).str), build)
+
+
+# --------------------------------------------------------------------------- grad bias
+
+
+def channel_sums_kernel(dtype):
+    """part[split, k] = sum of grad_output[n, k, :, :] over this split's (n, pixel) range:
+    one block per (channel, split), a strided loop then a shared-memory tree."""
+
+    def build():
+        SC = np.dtype(dtype).type
+        DT = rt.nb(dtype)
+        NT = REDUCE_THREADS
+
+        @rt.source(types.void(rt.c_array(dtype), rt.c_array(dtype), I64, I64, I64, I64))
+        def channel_sums(g, part, N, K, HW, chunk):
+            acc_s = cuda.shared.array(NT, DT)
+            k = cuda.blockIdx.x
+            split = cuda.blockIdx.y
+            tid = cuda.threadIdx.x
+            lo = split * chunk
+            hi = min(lo + chunk, N * HW)
+            acc = SC(0)
+            for q in range(lo + tid, hi, NT):
+                n = q // HW
+                acc += g[(n * K + k) * HW + q - n * HW]
+            acc_s[tid] = acc
+            cuda.syncthreads()
+            half = NT // 2
+            while half > 0:
+                if tid < half:
+                    acc_s[tid] += acc_s[tid + half]
+                cuda.syncthreads()
+                half //= 2
+            if tid == 0:
+                part[split * K + k] = acc_s[0]
+
+        return channel_sums
+
+    return rt.kernel(("channel_sums", np.dtype(dtype).str), build)
