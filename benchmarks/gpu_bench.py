@@ -28,6 +28,7 @@ This file is a plain script: pytest does not collect it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -59,8 +60,15 @@ SMOKE_LAYERS = [
 ]
 
 # (M, N, K)
-GEMMS = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
-         (25088, 64, 576), (64, 576, 25088), (4096, 1024, 4096)]
+GEMMS = [
+    (512, 512, 512),
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (4096, 4096, 4096),
+    (25088, 64, 576),
+    (64, 576, 25088),
+    (4096, 1024, 4096),
+]
 SMOKE_GEMMS = [(33, 20, 17)]
 
 # (name, N, C, H=W, kernel, stride, pad)
@@ -77,15 +85,19 @@ def _setup(args):
     """(numba.cuda, torch or None): exits with a clear message when no GPU is usable."""
     simulator = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
     if simulator and not args.smoke:
-        _fail("NUMBA_ENABLE_CUDASIM is set: simulator timings mean nothing. Unset it on a "
-              "GPU machine, or pass --smoke to only check that this script runs.")
+        _fail(
+            "NUMBA_ENABLE_CUDASIM is set: simulator timings mean nothing. Unset it on a "
+            "GPU machine, or pass --smoke to only check that this script runs."
+        )
     try:
         from numba import cuda
     except ImportError:
         _fail("numba-cuda is not installed: pip install 'fastconv[cuda]' (numba-cuda)")
     if not simulator and not cuda.is_available():
-        _fail("no CUDA GPU is available (numba.cuda.is_available() is False): run this on a "
-              "machine with an NVIDIA GPU and driver. Nothing was measured.")
+        _fail(
+            "no CUDA GPU is available (numba.cuda.is_available() is False): run this on a "
+            "machine with an NVIDIA GPU and driver. Nothing was measured."
+        )
     torch = None
     if not args.no_torch and not simulator:
         try:
@@ -132,7 +144,7 @@ class Timer:
 def alternate(timer, fns: dict, repeat: int) -> dict:
     """A B A B ...: the best time of each callable over ``repeat`` rounds."""
     best = {name: math.inf for name in fns}
-    for name, fn in fns.items():  # warm-up: compile, cuDNN autotune, caches
+    for fn in fns.values():  # warm-up: compile, cuDNN autotune, caches
         fn()
     for _ in range(repeat):
         for name, fn in fns.items():
@@ -164,53 +176,68 @@ def conv_cases(args, cuda, torch):
             continue
         n = args.batch or n
         x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
-        w = (rng.standard_normal((k, c // groups, rs, rs)) / math.sqrt(c // groups * rs * rs)
-             ).astype(np.float32)
+        w = (
+            rng.standard_normal((k, c // groups, rs, rs)) / math.sqrt(c // groups * rs * rs)
+        ).astype(np.float32)
         oh = (hw + 2 * pad - rs) // stride + 1
         g = rng.standard_normal((n, k, oh, oh)).astype(np.float32)
         kw = dict(stride=stride, padding=pad, groups=groups)
         dx, dw_, dg = cuda.to_device(x), cuda.to_device(w), cuda.to_device(g)
         flops = 2.0 * n * k * oh * oh * (c // groups) * rs * rs
         geometry = ConvGeometry((stride, stride), (pad,) * 4, (1, 1), groups)
+        partial = functools.partial
         ops = {
-            "forward": (lambda: fastconv.conv2d(dx, dw_, **kw), (c // groups) * rs * rs),
-            "input": (lambda: fastconv.conv2d_input(x.shape, dw_, dg, **kw),
-                      (k // groups) * rs * rs),
-            "weight": (lambda: fastconv.conv2d_weight(dx, w.shape, dg, **kw), n * oh * oh),
+            "forward": (partial(fastconv.conv2d, dx, dw_, **kw), (c // groups) * rs * rs),
+            "input": (
+                partial(fastconv.conv2d_input, x.shape, dw_, dg, **kw),
+                (k // groups) * rs * rs,
+            ),
+            "weight": (partial(fastconv.conv2d_weight, dx, w.shape, dg, **kw), n * oh * oh),
         }
         if torch is not None:
             tx, tw, tg = (torch.from_numpy(a).cuda() for a in (x, w, g))
             tops = {
-                "forward": lambda: torch.nn.functional.conv2d(tx, tw, **kw),
-                "input": lambda: torch.nn.grad.conv2d_input(x.shape, tw, tg, **kw),
-                "weight": lambda: torch.nn.grad.conv2d_weight(tx, w.shape, tg, **kw),
+                "forward": partial(torch.nn.functional.conv2d, tx, tw, **kw),
+                "input": partial(torch.nn.grad.conv2d_input, x.shape, tw, tg, **kw),
+                "weight": partial(torch.nn.grad.conv2d_weight, tx, w.shape, tg, **kw),
             }
         for op, (fn, red) in ops.items():
             if args.conv_ops and op not in args.conv_ops:
                 continue
             choice = fcuda.conv_algorithm(op, x.shape, w.shape, (oh, oh), geometry)
-            algo = choice.algorithm if choice.tile is None else \
-                f"{choice.algorithm}/{choice.tile.name}" + \
-                (f"/split{choice.splits}" if op == "weight" else "")
+            algo = (
+                choice.algorithm
+                if choice.tile is None
+                else f"{choice.algorithm}/{choice.tile.name}"
+                + (f"/split{choice.splits}" if op == "weight" else "")
+            )
             if torch is not None:
                 expected = tops[op]().cpu().numpy()
             else:  # the NumPy reference on a batch of one
                 x1, g1 = x[:1], g[:1]
                 expected = {
-                    "forward": lambda: ref.conv2d(x1, w, **kw),
-                    "input": lambda: ref.conv2d_input(x1.shape, w, g1, **kw),
-                    "weight": lambda: ref.conv2d_weight(x1, w.shape, g1, **kw),
+                    "forward": partial(ref.conv2d, x1, w, **kw),
+                    "input": partial(ref.conv2d_input, x1.shape, w, g1, **kw),
+                    "weight": partial(ref.conv2d_weight, x1, w.shape, g1, **kw),
                 }[op]()
             got = fn().copy_to_host()
             if torch is None and op != "weight":
                 got = got[:1]
             elif torch is None:
-                got = fastconv.conv2d_weight(cuda.to_device(x[:1]), w.shape,
-                                             cuda.to_device(g[:1]), **kw).copy_to_host()
+                got = fastconv.conv2d_weight(
+                    cuda.to_device(x[:1]), w.shape, cuda.to_device(g[:1]), **kw
+                ).copy_to_host()
             err = max_scaled_error(got, expected, red)
-            yield dict(kind="conv", case=name, op=op, work=flops, unit="GFLOP/s", algo=algo,
-                       fns={"fastconv": fn, **({"torch": tops[op]} if torch else {})},
-                       err=err)
+            yield dict(
+                kind="conv",
+                case=name,
+                op=op,
+                work=flops,
+                unit="GFLOP/s",
+                algo=algo,
+                fns={"fastconv": fn, **({"torch": tops[op]} if torch else {})},
+                err=err,
+            )
 
 
 def gemm_cases(args, cuda, torch):
@@ -223,19 +250,27 @@ def gemm_cases(args, cuda, torch):
         b = rng.standard_normal((k, n)).astype(np.float32)
         da, db = cuda.to_device(a), cuda.to_device(b)
         dc = cuda.device_array((m, n), np.float32)
-        fn = lambda: fastconv.gemm(da, db, dc)  # noqa: E731
+        fn = functools.partial(fastconv.gemm, da, db, dc)
         fns = {"fastconv": fn}
         tile = fcuda._tiles.pick_tile(m, n, fcuda._runtime.sm_count())
         if torch is not None:
             ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
             tc = torch.empty((m, n), device="cuda")
-            fns["torch"] = lambda: torch.mm(ta, tb, out=tc)
+            fns["torch"] = functools.partial(torch.mm, ta, tb, out=tc)
             expected = torch.mm(ta.double(), tb.double()).cpu().numpy()
         else:
             expected = a.astype(np.float64) @ b
         err = max_scaled_error(fn().copy_to_host(), expected.astype(np.float32), k)
-        yield dict(kind="gemm", case=f"sgemm_{m}x{n}x{k}", op="nn", work=2.0 * m * n * k,
-                   unit="GFLOP/s", algo=tile.name, fns=fns, err=err)
+        yield dict(
+            kind="gemm",
+            case=f"sgemm_{m}x{n}x{k}",
+            op="nn",
+            work=2.0 * m * n * k,
+            unit="GFLOP/s",
+            algo=tile.name,
+            fns=fns,
+            err=err,
+        )
 
 
 def pool_cases(args, cuda, torch):
@@ -251,22 +286,33 @@ def pool_cases(args, cuda, torch):
         out_bytes = n * c * oh * oh * (4 + (8 if is_max else 0))
         work = float(x.nbytes + out_bytes)
         if is_max:
-            fn = lambda: fastconv.max_pool2d(dx, ks, stride, pad, return_indices=True)  # noqa
+            fn = functools.partial(fastconv.max_pool2d, dx, ks, stride, pad, return_indices=True)
             host = ref.max_pool2d(x[:1], ks, stride, pad)
             got = fn()[0].copy_to_host()[:1]
         else:
-            fn = lambda: fastconv.avg_pool2d(dx, ks, stride, pad)  # noqa: E731
+            fn = functools.partial(fastconv.avg_pool2d, dx, ks, stride, pad)
             host = ref.avg_pool2d(x[:1], ks, stride, pad)
             got = fn().copy_to_host()[:1]
         fns = {"fastconv": fn}
         if torch is not None:
             tx = torch.from_numpy(x).cuda()
             fns["torch"] = (
-                (lambda: torch.nn.functional.max_pool2d(tx, ks, stride, pad,
-                                                        return_indices=True))
-                if is_max else (lambda: torch.nn.functional.avg_pool2d(tx, ks, stride, pad)))
-        yield dict(kind="pool", case=name, op="forward", work=work, unit="GB/s", algo="direct",
-                   fns=fns, err=max_scaled_error(got, host, ks * ks))
+                functools.partial(
+                    torch.nn.functional.max_pool2d, tx, ks, stride, pad, return_indices=True
+                )
+                if is_max
+                else functools.partial(torch.nn.functional.avg_pool2d, tx, ks, stride, pad)
+            )
+        yield dict(
+            kind="pool",
+            case=name,
+            op="forward",
+            work=work,
+            unit="GB/s",
+            algo="direct",
+            fns=fns,
+            err=max_scaled_error(got, host, ks * ks),
+        )
 
 
 # --------------------------------------------------------------------------- main
@@ -274,8 +320,9 @@ def pool_cases(args, cuda, torch):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ops", nargs="*", default=["conv", "gemm", "pool"],
-                        choices=["conv", "gemm", "pool"])
+    parser.add_argument(
+        "--ops", nargs="*", default=["conv", "gemm", "pool"], choices=["conv", "gemm", "pool"]
+    )
     parser.add_argument("--conv-ops", nargs="*", choices=["forward", "input", "weight"])
     parser.add_argument("--layers", nargs="*", help="only these layers of the layer set")
     parser.add_argument("--batch", type=int, help="override every layer's batch size")
@@ -283,11 +330,18 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds (best kept)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--tf32", action="store_true", help="let torch use TF32")
-    parser.add_argument("--tolerance", type=float, default=4.0,
-                        help="max scaled error before a case counts as wrong")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=4.0,
+        help="max scaled error before a case counts as wrong",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes, 1 call: checks the script (simulator allowed)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes, 1 call: checks the script (simulator allowed)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.iters, args.repeat = 1, 1
@@ -302,13 +356,17 @@ def main(argv=None) -> int:
         sms = dev.MULTIPROCESSOR_COUNT
         print(f"device: {name}, {sms} SMs, compute capability {dev.compute_capability}")
         if torch is not None:
-            print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
-                  f"TF32 {'on' if args.tf32 else 'off'}")
+            print(
+                f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
+                f"TF32 {'on' if args.tf32 else 'off'}"
+            )
     timer = Timer(cuda, args.iters, simulator)
     generators = {"conv": conv_cases, "gemm": gemm_cases, "pool": pool_cases}
     rows, wrong = [], 0
-    header = (f"{'case':22s} {'op':8s} {'fastconv':>10s} {'torch':>10s} {'ratio':>6s} "
-              f"{'unit':8s} {'err':>6s}  kernel")
+    header = (
+        f"{'case':22s} {'op':8s} {'fastconv':>10s} {'torch':>10s} {'ratio':>6s} "
+        f"{'unit':8s} {'err':>6s}  kernel"
+    )
     print(header)
     print("-" * len(header))
     for kind in args.ops:
@@ -316,8 +374,10 @@ def main(argv=None) -> int:
             ok = case["err"] <= args.tolerance
             if not ok:
                 wrong += 1
-                print(f"{case['case']:22s} {case['op']:8s} WRONG: scaled error "
-                      f"{case['err']:.1f} > {args.tolerance}; not timed  {case['algo']}")
+                print(
+                    f"{case['case']:22s} {case['op']:8s} WRONG: scaled error "
+                    f"{case['err']:.1f} > {args.tolerance}; not timed  {case['algo']}"
+                )
                 rows.append({k: v for k, v in case.items() if k != "fns"} | {"wrong": True})
                 continue
             best = alternate(timer, case["fns"], args.repeat)
@@ -327,11 +387,16 @@ def main(argv=None) -> int:
             theirs = rate.get("torch")
             ratio = f"{ours / theirs:6.2f}" if theirs else "     -"
             theirs_s = f"{theirs:10.1f}" if theirs else "         -"
-            print(f"{case['case']:22s} {case['op']:8s} {ours:10.1f} {theirs_s} {ratio} "
-                  f"{case['unit']:8s} {case['err']:6.2f}  {case['algo']}", flush=True)
-            rows.append({k: v for k, v in case.items() if k != "fns"}
-                        | {f"{who}_s": t for who, t in best.items()}
-                        | {f"{who}_rate": r for who, r in rate.items()})
+            print(
+                f"{case['case']:22s} {case['op']:8s} {ours:10.1f} {theirs_s} {ratio} "
+                f"{case['unit']:8s} {case['err']:6.2f}  {case['algo']}",
+                flush=True,
+            )
+            rows.append(
+                {k: v for k, v in case.items() if k != "fns"}
+                | {f"{who}_s": t for who, t in best.items()}
+                | {f"{who}_rate": r for who, r in rate.items()}
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

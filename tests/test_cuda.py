@@ -43,14 +43,11 @@ from fastconv.cuda import _runtime as rt  # noqa: E402
 from fastconv.functional import ConvGeometry, PoolWindow  # noqa: E402
 
 SIM = rt.SIMULATOR
-if SIM and not hasattr(cuda, "is_cuda_array"):
-    # The simulator's numba.cuda lacks is_cuda_array, which fastconv._checks calls for
-    # every array (NumPy ones too) once numba.cuda is imported: without this, importing
-    # this module would break the CPU tests collected with it. numba-cuda's definition.
-    cuda.is_cuda_array = lambda obj: hasattr(obj, "__cuda_array_interface__")
 if not SIM and not cuda.is_available():
-    pytest.skip("numba was imported without the CUDA simulator and no GPU is usable",
-                allow_module_level=True)
+    pytest.skip(
+        "numba was imported without the CUDA simulator and no GPU is usable",
+        allow_module_level=True,
+    )
 
 
 def _performance_warning_filters():
@@ -159,30 +156,6 @@ def _is_device(a) -> bool:
     return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
 
 
-def _blocked(call) -> bool:
-    """Whether a public call fails on fastconv.functional's shape indexing (see below)."""
-    try:
-        call()
-    except (AttributeError, IndexError):
-        return True
-    return False
-
-
-def _blocked_by_functional(call):
-    """fastconv.functional indexes shapes from the end (``shape[-1]``), which the
-    simulator's FakeShape refuses: the public-API tests that reach such a line xfail
-    (strictly: once functional is fixed, they must pass)."""
-    return pytest.mark.xfail(
-        _blocked(call), raises=(AttributeError, IndexError), strict=True,
-        reason="fastconv.functional indexes simulated device-array shapes with negative ints",
-    )
-
-
-_tiny = np.zeros((1, 1, 2, 2), np.float32)
-pooling_api = _blocked_by_functional(lambda: fastconv.max_pool2d(D(_tiny), 2))
-linear_api = _blocked_by_functional(lambda: fastconv.linear(D(_tiny[0, 0]), D(_tiny[0, 0])))
-
-
 # ======================================================================================
 # Convolution
 # ======================================================================================
@@ -190,16 +163,40 @@ linear_api = _blocked_by_functional(lambda: fastconv.linear(D(_tiny[0, 0]), D(_t
 # (id, N, C, H, W, K, (R, S), stride, padding, dilation, groups, algorithms)
 CONV_CASES = [
     ("partial_tiles", 2, 5, 7, 6, 7, (3, 2), 1, 1, 1, 1, ("implicit_gemm",)),
-    ("strided_dilated", 1, 4, 9, 8, 6, (3, 3), (2, 1), (1, 2), (2, 1), 1,
-     ("implicit_gemm", "direct")),
+    (
+        "strided_dilated",
+        1,
+        4,
+        9,
+        8,
+        6,
+        (3, 3),
+        (2, 1),
+        (1, 2),
+        (2, 1),
+        1,
+        ("implicit_gemm", "direct"),
+    ),
     ("same_even_kernel", 1, 3, 6, 7, 4, (2, 4), 1, "same", (1, 2), 1, ("implicit_gemm",)),
     ("groups", 2, 6, 5, 5, 4, (3, 3), 1, 1, 1, 2, ("implicit_gemm", "direct")),
     ("depthwise", 2, 4, 6, 6, 4, (3, 3), 2, 1, 1, 4, ("implicit_gemm", "direct")),
     ("pointwise_stride2", 2, 8, 6, 5, 6, (1, 1), 2, 0, 1, 1, ("implicit_gemm",)),
     ("stride_over_kernel", 1, 2, 8, 7, 3, (2, 2), 3, 0, 1, 1, ("implicit_gemm", "direct")),
     # tap steps of the stride phases > 1: r = r0, r0 + 3, ... (stride 3, dilation 2)
-    ("stride_dilation_coprime", 1, 3, 11, 10, 4, (3, 3), (3, 2), (2, 1), (2, 3), 1,
-     ("implicit_gemm",)),
+    (
+        "stride_dilation_coprime",
+        1,
+        3,
+        11,
+        10,
+        4,
+        (3, 3),
+        (3, 2),
+        (2, 1),
+        (2, 3),
+        1,
+        ("implicit_gemm",),
+    ),
 ]
 CONV_PARAMS = [
     pytest.param(case, alg, id=f"{case[0]}-{alg}") for case in CONV_CASES for alg in case[-1]
@@ -301,32 +298,61 @@ def test_conv2d_zero_batch():
     x = cuda.device_array((0, 2, 4, 4), np.float32)
     weight = D(np.ones((3, 2, 2, 2), np.float32))
     assert fc.conv2d(x, weight, None, geometry).shape == (0, 3, 3, 3)
-    assert fc.conv2d_input((0, 2, 4, 4), weight, cuda.device_array((0, 3, 3, 3), np.float32),
-                           geometry).shape == (0, 2, 4, 4)
-    gw = fc.conv2d_weight(x, (3, 2, 2, 2), cuda.device_array((0, 3, 3, 3), np.float32),
-                          geometry)
+    assert fc.conv2d_input(
+        (0, 2, 4, 4), weight, cuda.device_array((0, 3, 3, 3), np.float32), geometry
+    ).shape == (0, 2, 4, 4)
+    gw = fc.conv2d_weight(x, (3, 2, 2, 2), cuda.device_array((0, 3, 3, 3), np.float32), geometry)
     np.testing.assert_array_equal(H(gw), 0)
 
 
 # (name, x shape, w shape, out_hw, stride, groups) -> expected (algorithm, tile name)
 ALGORITHM_TABLE = [
-    ("forward", (8, 64, 56, 56), (64, 64, 3, 3), (56, 56), 1, 1, "implicit_gemm",
-     "64x128x8-r8x8"),
-    ("forward", (2, 64, 112, 112), (128, 64, 3, 3), (112, 112), 1, 1, "implicit_gemm",
-     "128x128x8-r8x8"),
-    ("forward", (8, 256, 56, 56), (128, 256, 1, 1), (28, 28), 2, 1, "implicit_gemm",
-     "64x64x8-r4x4"),  # 49 blocks of 128x128 would leave most of 132 SMs idle
-    ("forward", (8, 512, 7, 7), (512, 512, 3, 3), (7, 7), 1, 1, "implicit_gemm",
-     "64x64x8-r4x4"),  # 392 pixels: the 128-wide tiles would leave SMs idle
+    ("forward", (8, 64, 56, 56), (64, 64, 3, 3), (56, 56), 1, 1, "implicit_gemm", "64x128x8-r8x8"),
+    (
+        "forward",
+        (2, 64, 112, 112),
+        (128, 64, 3, 3),
+        (112, 112),
+        1,
+        1,
+        "implicit_gemm",
+        "128x128x8-r8x8",
+    ),
+    (
+        "forward",
+        (8, 256, 56, 56),
+        (128, 256, 1, 1),
+        (28, 28),
+        2,
+        1,
+        "implicit_gemm",
+        "64x64x8-r4x4",
+    ),  # 49 blocks of 128x128 would leave most of 132 SMs idle
+    (
+        "forward",
+        (8, 512, 7, 7),
+        (512, 512, 3, 3),
+        (7, 7),
+        1,
+        1,
+        "implicit_gemm",
+        "64x64x8-r4x4",
+    ),  # 392 pixels: the 128-wide tiles would leave SMs idle
     ("forward", (8, 144, 56, 56), (144, 1, 3, 3), (56, 56), 1, 144, "direct", None),
     ("forward", (64, 1, 28, 28), (6, 1, 5, 5), (24, 24), 1, 1, "direct", None),
     ("input", (8, 3, 224, 224), (64, 3, 7, 7), (112, 112), 2, 1, "direct", None),
-    ("input", (8, 64, 56, 56), (64, 64, 3, 3), (56, 56), 1, 1, "implicit_gemm",
-     "64x128x8-r8x8"),
-    ("weight", (8, 256, 14, 14), (256, 256, 3, 3), (14, 14), 1, 1, "implicit_gemm",
-     "128x128x16-r8x8"),
-    ("weight", (64, 3, 32, 32), (32, 3, 3, 3), (32, 32), 1, 1, "implicit_gemm",
-     "64x64x16-r4x4"),
+    ("input", (8, 64, 56, 56), (64, 64, 3, 3), (56, 56), 1, 1, "implicit_gemm", "64x128x8-r8x8"),
+    (
+        "weight",
+        (8, 256, 14, 14),
+        (256, 256, 3, 3),
+        (14, 14),
+        1,
+        1,
+        "implicit_gemm",
+        "128x128x16-r8x8",
+    ),
+    ("weight", (64, 3, 32, 32), (32, 3, 3, 3), (32, 32), 1, 1, "implicit_gemm", "64x64x16-r4x4"),
     ("weight", (8, 144, 56, 56), (144, 1, 3, 3), (56, 56), 1, 144, "direct", None),
 ]
 
@@ -376,8 +402,13 @@ MAX_POOL_CASES = [
 
 def _window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     kernel = ref.pair(kernel_size)
-    return PoolWindow(kernel, ref.pair(stride) if stride is not None else kernel,
-                      ref.pair(padding), ref.pair(dilation), ceil_mode)
+    return PoolWindow(
+        kernel,
+        ref.pair(stride) if stride is not None else kernel,
+        ref.pair(padding),
+        ref.pair(dilation),
+        ceil_mode,
+    )
 
 
 @pytest.mark.parametrize("kw", MAX_POOL_CASES, ids=str)
@@ -440,8 +471,9 @@ AVG_POOL_CASES = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_avg_pool2d_and_backward(kw, dtype, rng):
     x = rng.standard_normal((2, 3, 7, 8)).astype(dtype)
-    window = _window(kw["kernel_size"], kw["stride"], kw.get("padding", 0), 1,
-                     kw.get("ceil_mode", False))
+    window = _window(
+        kw["kernel_size"], kw["stride"], kw.get("padding", 0), 1, kw.get("ceil_mode", False)
+    )
     cip, divisor = kw.get("count_include_pad", True), kw.get("divisor_override") or 0
     out = fc.avg_pool2d(D(x), window, window.output_size(7, 8), cip, divisor)
     assert_close_scaled(H(out), ref.avg_pool2d(x, **kw), k=9)
@@ -504,8 +536,15 @@ def test_gemm_new_result_and_empty_reduction(rng, test_tile):
     out = fc.gemm(D(a), D(b), None, 1.0, 0.0, False, False)
     assert out.dtype == np.float64 and out.shape == (5, 4)
     assert_close_scaled(H(out), a @ b, k=3)
-    empty = fc.gemm(cuda.device_array((5, 0), np.float32), cuda.device_array((0, 4), np.float32),
-                    None, 1.0, 0.0, False, False)
+    empty = fc.gemm(
+        cuda.device_array((5, 0), np.float32),
+        cuda.device_array((0, 4), np.float32),
+        None,
+        1.0,
+        0.0,
+        False,
+        False,
+    )
     np.testing.assert_array_equal(H(empty), np.zeros((5, 4), np.float32))
 
 
@@ -574,7 +613,6 @@ def test_public_non_contiguous_input(rng):
     assert_close_scaled(H(out), ref.conv2d(x[..., ::2], w, padding=1), k=27)
 
 
-@pooling_api
 def test_public_pooling(rng):
     x = _pool_input(rng)
     out, idx = fastconv.max_pool2d(D(x), 3, 2, 1, ceil_mode=True, return_indices=True)
@@ -588,8 +626,9 @@ def test_public_pooling(rng):
     avg = fastconv.avg_pool2d(D(y), 2, count_include_pad=False)  # 3-D
     assert_close_scaled(H(avg), ref.avg_pool2d(y, 2, count_include_pad=False), k=4)
     ga = fastconv.avg_pool2d_backward(D(g[1]), x[1].shape, 3, 2, 1, ceil_mode=True)
-    assert_close_scaled(H(ga), ref.avg_pool2d_backward(g[1], x[1].shape, 3, 2, 1,
-                                                       ceil_mode=True), k=9)
+    assert_close_scaled(
+        H(ga), ref.avg_pool2d_backward(g[1], x[1].shape, 3, 2, 1, ceil_mode=True), k=9
+    )
 
 
 def test_public_max_pool2d_backward_bad_indices():
@@ -599,7 +638,6 @@ def test_public_max_pool2d_backward_bad_indices():
         fastconv.max_pool2d_backward(g, bad, (1, 1, 2, 2))
 
 
-@linear_api
 def test_public_gemm_and_linear(rng):
     a = rng.standard_normal((6, 4)).astype(np.float32)
     b = rng.standard_normal((4, 5)).astype(np.float32)

@@ -23,7 +23,7 @@ import textwrap
 import pytest
 
 SCRIPT = textwrap.dedent(
-    r'''
+    r"""
     import json, os, re, sys
     try:
         import numba.cuda.dispatcher as disp
@@ -89,15 +89,16 @@ SCRIPT = textwrap.dedent(
             if nvjitlink is not None:
                 row["regs"], row["spill"] = ptxas(ptx)
             print("ROW", json.dumps(row), flush=True)
-    '''
+    """
 )
 
 
 @pytest.fixture(scope="module")
 def compiled():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=1800
+    )
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip() or "NVVM not available")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -124,6 +125,7 @@ def test_register_tiles_stay_in_registers(compiled):
     and, where ptxas ran, no spills for float32."""
     bad = [r for r in compiled if r["local"]]
     assert not bad, bad
-    spilled = [r for r in compiled
-               if r["name"].endswith("float32") and r.get("spill") not in (None, 0)]
+    spilled = [
+        r for r in compiled if r["name"].endswith("float32") and r.get("spill") not in (None, 0)
+    ]
     assert not spilled, spilled

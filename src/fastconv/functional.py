@@ -67,6 +67,9 @@ def _on_device(*arrays: Any) -> bool:
 def _batched(x: Any) -> tuple[Any, bool]:
     """A 4-D view of an NCHW or CHW array, and whether it was unbatched."""
     if x.ndim == 3:
+        if chk.is_device_array(x):
+            # a strided Numba device array cannot be reshaped in place
+            return _cuda_backend().add_batch_dim(x), True
         return x.reshape((1, *x.shape)), True
     return x, False
 
@@ -133,6 +136,7 @@ def _pool_input(input: Any, name: str = "input") -> tuple[Any, bool, bool]:
 
 
 def _pool_output_hw(window: PoolWindow, shape: tuple[int, ...], name: str) -> tuple[int, int]:
+    shape = tuple(shape)  # the CUDA simulator's shapes refuse negative indices
     out_h, out_w = window.output_size(shape[-2], shape[-1])
     if out_h < 1 or out_w < 1:
         raise ValueError(
@@ -669,12 +673,13 @@ def linear(input, weight, bias=None):
                 f"got shape {tuple(bias.shape)}"
             )
     chk.check_same_dtype(input=input, weight=weight, bias=bias)
-    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+    features = tuple(input.shape)[-1] if input.ndim else 0
+    if input.ndim == 0 or features != weight.shape[1]:
         raise ValueError(
-            f"input has {input.shape[-1] if input.ndim else 0} features in its last dim, "
+            f"input has {features} features in its last dim, "
             f"weight expects {weight.shape[1]} (weight is (out_features, in_features))"
         )
-    rows = input.reshape(-1, input.shape[-1])
+    rows = input if input.ndim == 2 else input.reshape(-1, features)
     if bias is None:
         out = gemm(rows, weight, trans_b=True)
     else:

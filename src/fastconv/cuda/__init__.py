@@ -110,15 +110,28 @@ def kernel_variants(dtypes=(np.float32, np.float64), tiles=None):
         for t in gemm_tiles:
             for ta in (False, True):
                 for tb in (False, True):
-                    out.append((f"gemm-{t.name}-{'nt'[ta]}{'nt'[tb]}-{sfx}",
-                                lambda t=t, ta=ta, tb=tb, dt=dt: _gemm.gemm_kernel(t, dt, ta, tb)))
-            out.append((f"conv2d_fwd-{t.name}-{sfx}",
-                        lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt)))
-            out.append((f"conv2d_dgrad-{t.name}-{sfx}",
-                        lambda t=t, dt=dt: _conv.conv2d_dgrad_kernel(t, dt)))
+                    out.append(
+                        (
+                            f"gemm-{t.name}-{'nt'[ta]}{'nt'[tb]}-{sfx}",
+                            lambda t=t, ta=ta, tb=tb, dt=dt: _gemm.gemm_kernel(t, dt, ta, tb),
+                        )
+                    )
+            out.append(
+                (f"conv2d_fwd-{t.name}-{sfx}", lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt))
+            )
+            out.append(
+                (
+                    f"conv2d_dgrad-{t.name}-{sfx}",
+                    lambda t=t, dt=dt: _conv.conv2d_dgrad_kernel(t, dt),
+                )
+            )
         for t in wgrad_tiles:
-            out.append((f"conv2d_wgrad-{t.name}-{sfx}",
-                        lambda t=t, dt=dt: _conv.conv2d_wgrad_kernel(t, dt)))
+            out.append(
+                (
+                    f"conv2d_wgrad-{t.name}-{sfx}",
+                    lambda t=t, dt=dt: _conv.conv2d_wgrad_kernel(t, dt),
+                )
+            )
         for name, factory in (
             ("conv2d_fwd_direct", _conv.conv2d_fwd_direct_kernel),
             ("conv2d_dgrad_direct", _conv.conv2d_dgrad_direct_kernel),
@@ -150,8 +163,7 @@ class ConvChoice(NamedTuple):
     splits: int = 1  # conv2d_weight only
 
 
-def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry, itemsize: int = 4
-                   ) -> ConvChoice:
+def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry, itemsize: int = 4) -> ConvChoice:
     """The kernel a convolution runs with, apart from running it (tested by table).
 
     ``op`` is "forward", "input" or "weight"; shapes are NCHW / KCRS 4-tuples;
@@ -201,8 +213,7 @@ def _conv_ints(n, c, h, w, k, oh, ow, r, s, geometry):
 
 def _out_hw(h, w, r, s, geometry):
     (sh, sw), (pt, pb, pl, pr), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    return ((h + pt + pb - dh * (r - 1) - 1) // sh + 1,
-            (w + pl + pr - dw * (s - 1) - 1) // sw + 1)
+    return ((h + pt + pb - dh * (r - 1) - 1) // sh + 1, (w + pl + pr - dw * (s - 1) - 1) // sw + 1)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -221,8 +232,7 @@ def conv2d(x, weight, bias, geometry):
     ints = (*_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry), int(bias is not None))
     b = rt.flat(bias) if bias is not None else rt.flat(out)  # never read without a bias
     args = (rt.flat(x), rt.flat(weight), b, rt.flat(out), *ints)
-    choice = conv_algorithm("forward", x.shape, weight.shape, (oh, ow), geometry,
-                            x.dtype.itemsize)
+    choice = conv_algorithm("forward", x.shape, weight.shape, (oh, ow), geometry, x.dtype.itemsize)
     if choice.algorithm == "direct":
         grid, block = rt.launch_1d(out.size)
         _conv.conv2d_fwd_direct_kernel(x.dtype)[grid, block, stream](*args)
@@ -244,10 +254,15 @@ def conv2d_input(input_size, weight, grad_output, geometry):
     if gin.size == 0:
         return gin
     g = geometry.groups
-    args = (rt.flat(grad_output), rt.flat(weight), rt.flat(gin),
-            *_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry))
-    choice = conv_algorithm("input", (n, c, h, w), weight.shape, (oh, ow), geometry,
-                            gin.dtype.itemsize)
+    args = (
+        rt.flat(grad_output),
+        rt.flat(weight),
+        rt.flat(gin),
+        *_conv_ints(n, c, h, w, k, oh, ow, r, s, geometry),
+    )
+    choice = conv_algorithm(
+        "input", (n, c, h, w), weight.shape, (oh, ow), geometry, gin.dtype.itemsize
+    )
     if choice.algorithm == "direct":
         grid, block = rt.launch_1d(gin.size)
         _conv.conv2d_dgrad_direct_kernel(gin.dtype)[grid, block, stream](*args)
@@ -275,11 +290,11 @@ def conv2d_weight(x, weight_size, grad_output, geometry):
         return gw
     g = geometry.groups
     ints = _conv_ints(n, c, h, w, k, oh, ow, r, s, geometry)
-    choice = conv_algorithm("weight", x.shape, (k, cg, r, s), (oh, ow), geometry,
-                            x.dtype.itemsize)
+    choice = conv_algorithm("weight", x.shape, (k, cg, r, s), (oh, ow), geometry, x.dtype.itemsize)
     if choice.algorithm == "direct":
         _conv.conv2d_wgrad_direct_kernel(x.dtype)[gw.size, _conv.REDUCE_THREADS, stream](
-            rt.flat(x), rt.flat(grad_output), rt.flat(gw), *ints)
+            rt.flat(x), rt.flat(grad_output), rt.flat(gw), *ints
+        )
         return gw
     t, splits = choice.tile, choice.splits
     nq = n * oh * ow
@@ -288,7 +303,8 @@ def conv2d_weight(x, weight_size, grad_output, geometry):
     ws = rt.flat(gw) if splits == 1 else rt.empty((splits * gw.size,), x.dtype, stream)
     blocks = rt.cdiv(k // g, t.bm) * rt.cdiv(cg * r * s, t.bn)
     _conv.conv2d_wgrad_kernel(t, x.dtype)[(blocks, g * splits), t.threads, stream](
-        rt.flat(x), rt.flat(grad_output), ws, *ints, splits, chunk)
+        rt.flat(x), rt.flat(grad_output), ws, *ints, splits, chunk
+    )
     if splits > 1:
         rt.sum_splits(ws, gw, splits, stream)
     return gw
@@ -310,13 +326,13 @@ def channel_sums(grad_output):
         rt.fill(out, 0, stream)
         return out
     threads = _conv.REDUCE_THREADS
-    splits = max(1, min(rt.cdiv(4 * rt.sm_count(), k), rt.cdiv(total, threads * 16),
-                        _MAX_GRID_Y))
+    splits = max(1, min(rt.cdiv(4 * rt.sm_count(), k), rt.cdiv(total, threads * 16), _MAX_GRID_Y))
     chunk = rt.cdiv(total, splits)
     splits = rt.cdiv(total, chunk)
     part = out if splits == 1 else rt.empty((splits * k,), g.dtype, stream)
     _conv.channel_sums_kernel(g.dtype)[(k, splits), threads, stream](
-        rt.flat(g), rt.flat(part), n, k, oh * ow, chunk)
+        rt.flat(g), rt.flat(part), n, k, oh * ow, chunk
+    )
     if splits > 1:
         rt.sum_splits(part, out, splits, stream)
     return out
@@ -340,8 +356,17 @@ def max_pool2d(x, window, out_hw):
     if out.size:
         grid, block = rt.launch_1d(out.size)
         _pool.max_pool2d_fwd_kernel(x.dtype)[grid, block, stream](
-            rt.flat(x), rt.flat(out), rt.flat(idx), n * c, h, w, oh, ow, *_pool_ints(window),
-            *window.dilation)
+            rt.flat(x),
+            rt.flat(out),
+            rt.flat(idx),
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            *_pool_ints(window),
+            *window.dilation,
+        )
     return out, idx
 
 
@@ -355,8 +380,7 @@ def max_pool2d_backward(grad_output, indices, input_size):
     if count:
         lohi = rt.to_device(np.array([_INT64_MAX, _INT64_MIN], dtype=np.int64), stream)
         grid, block = rt.launch_1d(count)
-        _pool.max_pool2d_check_kernel()[grid, block, stream](rt.flat(indices), lohi, count,
-                                                             plane)
+        _pool.max_pool2d_check_kernel()[grid, block, stream](rt.flat(indices), lohi, count, plane)
         low, high = (int(v) for v in rt.sync_to_host(lohi, stream))
         if high != _INT64_MIN:
             raise ValueError(
@@ -368,7 +392,8 @@ def max_pool2d_backward(grad_output, indices, input_size):
         out_plane = grad_output.shape[2] * grad_output.shape[3]
         grid, block = rt.launch_1d(count)
         _pool.max_pool2d_bwd_kernel(gin.dtype)[grid, block, stream](
-            rt.flat(grad_output), rt.flat(indices), rt.flat(gin), count, out_plane, plane)
+            rt.flat(grad_output), rt.flat(indices), rt.flat(gin), count, out_plane, plane
+        )
     return gin
 
 
@@ -381,8 +406,17 @@ def avg_pool2d(x, window, out_hw, count_include_pad, divisor_override):
     if out.size:
         grid, block = rt.launch_1d(out.size)
         _pool.avg_pool2d_fwd_kernel(x.dtype)[grid, block, stream](
-            rt.flat(x), rt.flat(out), n * c, h, w, oh, ow, *_pool_ints(window),
-            int(bool(count_include_pad)), int(divisor_override))
+            rt.flat(x),
+            rt.flat(out),
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            *_pool_ints(window),
+            int(bool(count_include_pad)),
+            int(divisor_override),
+        )
     return out
 
 
@@ -398,8 +432,17 @@ def avg_pool2d_backward(grad_output, input_size, window, count_include_pad, divi
             return gin
         grid, block = rt.launch_1d(gin.size)
         _pool.avg_pool2d_bwd_kernel(gin.dtype)[grid, block, stream](
-            rt.flat(grad_output), rt.flat(gin), n * c, h, w, oh, ow, *_pool_ints(window),
-            int(bool(count_include_pad)), int(divisor_override))
+            rt.flat(grad_output),
+            rt.flat(gin),
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            *_pool_ints(window),
+            int(bool(count_include_pad)),
+            int(divisor_override),
+        )
     return gin
 
 
@@ -436,8 +479,7 @@ def gemm(a, b, c, alpha, beta, trans_a, trans_b):
         if rt.is_contiguous(dc):
             target, write_back = dc, False
         else:
-            target = rt.contiguous_copy(dc, stream) if beta else rt.empty((m, n), da.dtype,
-                                                                         stream)
+            target = rt.contiguous_copy(dc, stream) if beta else rt.empty((m, n), da.dtype, stream)
             write_back = True
     elif beta:
         target, write_back = rt.contiguous_copy(dc, stream), False  # read-only c: a new array

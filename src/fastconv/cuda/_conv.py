@@ -59,8 +59,9 @@ def conv2d_fwd_kernel(cfg: TileConfig, dtype):
         mma = mma_step(cfg)
 
         @rt.source(_geometry_sig(4, dtype, 17))
-        def conv2d_fwd(x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
-                       groups, has_bias):
+        def conv2d_fwd(
+            x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, has_bias
+        ):
             As = cuda.shared.array(A_SHAPE, DT)
             Bs = cuda.shared.array(B_SHAPE, DT)
             acc = cuda.local.array(TMN, DT)
@@ -148,8 +149,9 @@ def conv2d_fwd_direct_kernel(dtype):
         SC = np.dtype(dtype).type
 
         @rt.source(_geometry_sig(4, dtype, 17))
-        def conv2d_fwd_direct(x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl,
-                              dh, dw, groups, has_bias):
+        def conv2d_fwd_direct(
+            x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, has_bias
+        ):
             i = cuda.grid(1)
             OHW = OH * OW
             if i < N * K * OHW:
@@ -172,7 +174,9 @@ def conv2d_fwd_direct_kernel(dtype):
                             for s in range(S):
                                 iw = iw0 + s * dw
                                 if iw >= 0 and iw < W:
-                                    acc += x[xb + (c * H + ih) * W + iw] * w[wb + (c * R + r) * S + s]
+                                    acc += (
+                                        x[xb + (c * H + ih) * W + iw] * w[wb + (c * R + r) * S + s]
+                                    )
                 if has_bias:
                     acc += bias[k]
                 out[i] = acc
@@ -199,8 +203,7 @@ def conv2d_dgrad_kernel(cfg: TileConfig, dtype):
         mma = mma_step(cfg)
 
         @rt.source(_geometry_sig(3, dtype, 16))
-        def conv2d_dgrad(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
-                         groups):
+        def conv2d_dgrad(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups):
             As = cuda.shared.array(A_SHAPE, DT)
             Bs = cuda.shared.array(B_SHAPE, DT)
             acc = cuda.local.array(TMN, DT)
@@ -208,7 +211,6 @@ def conv2d_dgrad_kernel(cfg: TileConfig, dtype):
             rb = cuda.local.array(TN, DT)
             Cg = C // groups
             Kg = K // groups
-            RS = R * S
             OHW = OH * OW
             HW = H * W
             n_phases = sh * sw
@@ -317,8 +319,9 @@ def conv2d_dgrad_direct_kernel(dtype):
         SC = np.dtype(dtype).type
 
         @rt.source(_geometry_sig(3, dtype, 16))
-        def conv2d_dgrad_direct(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh,
-                                dw, groups):
+        def conv2d_dgrad_direct(
+            gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups
+        ):
             idx = cuda.grid(1)
             HW = H * W
             if idx < N * C * HW:
@@ -342,8 +345,10 @@ def conv2d_dgrad_direct_kernel(dtype):
                             if tj >= 0 and tj % sw == 0 and tj // sw < OW:
                                 oj = tj // sw
                                 for k in range(g * Kg, (g + 1) * Kg):
-                                    acc += gout[((n * K + k) * OH + oi) * OW + oj] * \
-                                        w[((k * Cg + cl) * R + r) * S + s]
+                                    acc += (
+                                        gout[((n * K + k) * OH + oi) * OW + oj]
+                                        * w[((k * Cg + cl) * R + r) * S + s]
+                                    )
                 gin[idx] = acc
 
         return conv2d_dgrad_direct
@@ -368,8 +373,9 @@ def conv2d_wgrad_kernel(cfg: TileConfig, dtype):
         mma = mma_step(cfg)
 
         @rt.source(_geometry_sig(3, dtype, 18))
-        def conv2d_wgrad(x, gout, ws, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw,
-                         groups, splits, chunk):
+        def conv2d_wgrad(
+            x, gout, ws, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, splits, chunk
+        ):
             As = cuda.shared.array(A_SHAPE, DT)
             Bs = cuda.shared.array(B_SHAPE, DT)
             acc = cuda.local.array(TMN, DT)
@@ -460,8 +466,9 @@ def conv2d_wgrad_direct_kernel(dtype):
         NT = REDUCE_THREADS
 
         @rt.source(_geometry_sig(3, dtype, 16))
-        def conv2d_wgrad_direct(x, gout, gw, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh,
-                                dw, groups):
+        def conv2d_wgrad_direct(
+            x, gout, gw, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups
+        ):
             part = cuda.shared.array(NT, DT)
             widx = cuda.blockIdx.x  # one block per weight element (k, c, r, s)
             Cg = C // groups

@@ -99,14 +99,26 @@ def gemm_kernel(cfg: TileConfig, dtype, trans_a: bool, trans_b: bool):
 
         return gemm
 
-    key = ("gemm", cfg.name, "t" if trans_a else "n", "t" if trans_b else "n",
-           np.dtype(dtype).str)
+    key = ("gemm", cfg.name, "t" if trans_a else "n", "t" if trans_b else "n", np.dtype(dtype).str)
     return rt.kernel(key, build)
 
 
-def launch_gemm(cfg: TileConfig, a, b, c, m: int, n: int, k: int, alpha: float, beta: float,
-                trans_a: bool, trans_b: bool, stream) -> None:
+def launch_gemm(
+    cfg: TileConfig,
+    a,
+    b,
+    c,
+    m: int,
+    n: int,
+    k: int,
+    alpha: float,
+    beta: float,
+    trans_a: bool,
+    trans_b: bool,
+    stream,
+) -> None:
     """C (contiguous, M x N) = alpha op(a) op(b) + beta C, with contiguous a and b."""
     blocks = rt.cdiv(m, cfg.bm) * rt.cdiv(n, cfg.bn)
     gemm_kernel(cfg, c.dtype, trans_a, trans_b)[blocks, cfg.threads, stream](
-        a, b, c, m, n, k, alpha, beta)
+        a, b, c, m, n, k, alpha, beta
+    )

@@ -29,8 +29,7 @@ NEG_INF = -math.inf
 def max_pool2d_fwd_kernel(dtype):
     def build():
         SC = np.dtype(dtype).type
-        sig = types.void(rt.c_array(dtype), rt.c_array(dtype), rt.c_array(np.int64),
-                         *([I64] * 13))
+        sig = types.void(rt.c_array(dtype), rt.c_array(dtype), rt.c_array(np.int64), *([I64] * 13))
 
         @rt.source(sig)
         def max_pool2d_fwd(x, out, idx, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw):
@@ -87,8 +86,7 @@ def max_pool2d_check_kernel():
 
 def max_pool2d_bwd_kernel(dtype):
     def build():
-        sig = types.void(rt.c_array(dtype), rt.c_array(np.int64), rt.c_array(dtype), I64, I64,
-                         I64)
+        sig = types.void(rt.c_array(dtype), rt.c_array(np.int64), rt.c_array(dtype), I64, I64, I64)
 
         @rt.source(sig)
         def max_pool2d_bwd(gout, idx, gin, n, out_plane, in_plane):
@@ -109,8 +107,9 @@ def avg_pool2d_fwd_kernel(dtype):
         sig = types.void(rt.c_array(dtype), rt.c_array(dtype), *([I64] * 13))
 
         @rt.source(sig)
-        def avg_pool2d_fwd(x, out, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
-                           count_include_pad, divisor):
+        def avg_pool2d_fwd(
+            x, out, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
+        ):
             i = cuda.grid(1)
             OHW = OH * OW
             if i < planes * OHW:
@@ -151,8 +150,9 @@ def avg_pool2d_bwd_kernel(dtype):
         sig = types.void(rt.c_array(dtype), rt.c_array(dtype), *([I64] * 13))
 
         @rt.source(sig)
-        def avg_pool2d_bwd(gout, gin, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
-                           count_include_pad, divisor):
+        def avg_pool2d_bwd(
+            gout, gin, planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
+        ):
             i = cuda.grid(1)
             HW = H * W
             if i < planes * HW:

@@ -34,8 +34,13 @@ ELEMENTWISE_THREADS = 256
 #: Streaming multiprocessors assumed when the device does not say (the simulator).
 DEFAULT_SM_COUNT = 80
 
-NUMBA_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64,
-               np.dtype(np.int64): types.int64, np.dtype(np.int32): types.int32}
+NUMBA_TYPES = {
+    np.dtype(np.float32): types.float32,
+    np.dtype(np.float64): types.float64,
+    np.dtype(np.int64): types.int64,
+    np.dtype(np.int32): types.int32,
+}
+
 
 class KernelSource(NamedTuple):
     """A kernel before compilation: its Python function and explicit signature."""
@@ -107,7 +112,7 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sm_count() -> int:
     if SIMULATOR:
         return DEFAULT_SM_COUNT

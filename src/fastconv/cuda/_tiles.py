@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from numba import cuda
 
 #: Force NVVM-level inlining of small device functions where this numba-cuda has it.
-INLINE = {"forceinline": True} if "forceinline" in inspect.signature(cuda.jit).parameters \
-    else {}
+INLINE = {"forceinline": True} if "forceinline" in inspect.signature(cuda.jit).parameters else {}
 
 #: Padding (in elements) of each shared-memory row: breaks the bank conflicts of the
 #: transposing stores into the A tile.
@@ -92,8 +91,9 @@ THRESHOLDS = {
 }
 
 
-def pick_tile(m: int, n: int, sms: int, k16: bool = False, fill: bool = True,
-              itemsize: int = 4) -> TileConfig:
+def pick_tile(
+    m: int, n: int, sms: int, k16: bool = False, fill: bool = True, itemsize: int = 4
+) -> TileConfig:
     """The largest tile that the C matrix (m x n) fills and, with ``fill``, that still
     gives ``min_blocks_per_sm`` blocks per SM; the small tile otherwise.
 
@@ -107,8 +107,11 @@ def pick_tile(m: int, n: int, sms: int, k16: bool = False, fill: bool = True,
         return candidates[-1]
     for tile in candidates[:-1]:
         blocks = -(-m // tile.bm) * -(-n // tile.bn)
-        if m >= tile.bm and n >= tile.bn and \
-                (not fill or blocks >= THRESHOLDS["min_blocks_per_sm"] * sms):
+        if (
+            m >= tile.bm
+            and n >= tile.bn
+            and (not fill or blocks >= THRESHOLDS["min_blocks_per_sm"] * sms)
+        ):
             return tile
     return candidates[-1]
 
