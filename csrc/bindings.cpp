@@ -219,6 +219,19 @@ fastconv::ConvParams conv_params(py::ssize_t n, py::ssize_t c, py::ssize_t h, py
   return p;
 }
 
+// The same, from shape tuples (for the selector queries, which have no arrays).
+fastconv::ConvParams conv_params_from_shapes(py::tuple input_shape, py::tuple weight_shape,
+                                             py::tuple output_hw, py::tuple geometry,
+                                             bool single_precision) {
+  const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
+  fastconv::ConvParams p = conv_params(
+      dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
+      dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2), dim(weight_shape, 3),
+      dim(output_hw, 0), dim(output_hw, 1), geometry);
+  p.single_precision = single_precision;
+  return p;
+}
+
 fastconv::ConvAlgorithm algorithm_from_index(int index, const fastconv::ConvParams& p) {
   if (index < 0) return fastconv::select_conv_algorithm(p);
   require(index <= static_cast<int>(fastconv::ConvAlgorithm::kWinograd),
@@ -331,12 +344,8 @@ PYBIND11_MODULE(_C, m) {
       "conv2d_algorithm",
       [](py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw, py::tuple geometry,
          bool single_precision) {
-        const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
-        fastconv::ConvParams p = conv_params(
-            dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
-            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2), dim(weight_shape, 3),
-            dim(output_hw, 0), dim(output_hw, 1), geometry);
-        p.single_precision = single_precision;
+        const fastconv::ConvParams p = conv_params_from_shapes(input_shape, weight_shape, output_hw,
+                                                               geometry, single_precision);
         return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(p)));
       },
       py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"), py::arg("geometry"),
@@ -345,12 +354,8 @@ PYBIND11_MODULE(_C, m) {
       "conv2d_algorithm_supports",
       [](int algorithm_index, py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw,
          py::tuple geometry, bool single_precision) {
-        const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
-        fastconv::ConvParams p = conv_params(
-            dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
-            dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2), dim(weight_shape, 3),
-            dim(output_hw, 0), dim(output_hw, 1), geometry);
-        p.single_precision = single_precision;
+        const fastconv::ConvParams p = conv_params_from_shapes(input_shape, weight_shape, output_hw,
+                                                               geometry, single_precision);
         return fastconv::conv_algorithm_supports(algorithm_from_index(algorithm_index, p), p);
       },
       py::arg("algorithm"), py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"),

@@ -397,6 +397,16 @@ def _check_conv_shapes(
     return out_h, out_w
 
 
+def _check_bias(bias, size: int, what: str, device: bool) -> None:
+    if bias is None:
+        return
+    chk.check_array(bias, "bias", device=device)
+    if bias.ndim != 1 or bias.shape[0] != size:
+        raise ValueError(
+            f"bias must be 1-D with {size} entries ({what}), got shape {tuple(bias.shape)}"
+        )
+
+
 def _check_weight(weight, name="weight", device=False):
     chk.check_array(weight, name, device=device)
     chk.check_ndim(weight, name, (4,), "(out_channels, in_channels/groups, kH, kW)")
@@ -417,13 +427,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     chk.check_array(input, "input", device=device)
     chk.check_ndim(input, "input", (3, 4), "(N, C, H, W) or (C, H, W)")
     _check_weight(weight, device=device)
-    if bias is not None:
-        chk.check_array(bias, "bias", device=device)
-        if bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(
-                f"bias must be 1-D with {weight.shape[0]} entries (out_channels), "
-                f"got shape {tuple(bias.shape)}"
-            )
+    _check_bias(bias, weight.shape[0], "out_channels", device)
     chk.check_same_dtype(input=input, weight=weight, bias=bias)
     geometry = _conv_geometry(weight.shape, stride, padding, dilation, groups)
     out_h, out_w = _check_conv_shapes(input.shape, weight.shape, geometry, "input", "weight")
@@ -665,13 +669,7 @@ def linear(input, weight, bias=None):
     device = _on_device(input, weight, bias)
     chk.check_array(input, "input", device=device)
     _check_matrix(weight, "weight", device)
-    if bias is not None:
-        chk.check_array(bias, "bias", device=device)
-        if bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(
-                f"bias must be 1-D with {weight.shape[0]} entries (out_features), "
-                f"got shape {tuple(bias.shape)}"
-            )
+    _check_bias(bias, weight.shape[0], "out_features", device)
     chk.check_same_dtype(input=input, weight=weight, bias=bias)
     features = tuple(input.shape)[-1] if input.ndim else 0
     if input.ndim == 0 or features != weight.shape[1]:
