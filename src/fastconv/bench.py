@@ -322,6 +322,48 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+def _proc_stat() -> tuple[int, int] | None:
+    """(total, busy) jiffies of all CPUs from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    return sum(fields), sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
+class OtherLoad:
+    """How much CPU other processes used between ``start()`` and ``stop()``: all CPUs'
+    busy time (/proc/stat) minus this process's own CPU time, as a fraction of all
+    CPUs' time. A disturbed run shows here even when the load average looked quiet."""
+
+    def start(self) -> OtherLoad:
+        self.stat, self.own = _proc_stat(), sum(os.times()[:4])
+        return self
+
+    def stop(self) -> float | None:
+        end, own = _proc_stat(), sum(os.times()[:4])
+        if self.stat is None or end is None:
+            return None
+        total = end[0] - self.stat[0]
+        if total <= 0:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        others = (end[1] - self.stat[1]) - (own - self.own) * hz
+        return round(min(1.0, max(0.0, others / total)), 3)
+
+
+def cpu_busy_fraction(interval: float = 0.5) -> float | None:
+    """Fraction of all CPUs' time spent busy during ``interval`` seconds while this
+    process sleeps (from /proc/stat; None elsewhere): what other processes use right now.
+    Unlike the load average it does not remember a run that just finished."""
+    load = OtherLoad().start()
+    time.sleep(interval)
+    return load.stop()
+
+
 def probe_fma_gflops(threads: int, *, tries: int = 7, iterations: int = 20_000_000) -> float:
     """Best of ``tries`` runs of the C++ FMA-throughput loop on ``threads`` threads."""
     return max(_C.fma_peak_gflops(threads, iterations) for _ in range(tries))
@@ -1203,6 +1245,7 @@ def describe_machine(peaks: dict, threads: int) -> dict:
         "peaks_measured": peaks.get("measured"),
         "peaks_load_average": peaks.get("load_average"),
         "load_average": load_average(),
+        "cpu_busy_before": cpu_busy_fraction(),
         "fastconv": fastconv.__version__,
         "numpy": np.__version__,
         "blas": blas_info(),
@@ -1217,9 +1260,16 @@ def describe_machine(peaks: dict, threads: int) -> dict:
 def busy_warning(meta: dict) -> str | None:
     """A warning when the machine was busy (1-minute load average above half the cores)."""
     la, cores = meta.get("load_average"), meta.get("cores") or 1
-    if not la or la[0] <= 0.5 * cores:
+    busy = meta.get("cpu_busy_before")
+    if busy is not None:
+        if busy <= 0.25:
+            return None
+        what = f"other processes kept {100 * busy:.0f}% of the {cores} cores busy just before"
+    elif not la or la[0] <= 0.5 * cores:
         return None
-    return (f"warning: the machine is busy (load average {la[0]} on {cores} cores): timings "
+    else:
+        what = f"load average {la[0]} on {cores} cores"
+    return (f"warning: the machine is busy ({what}): timings "
             "are noisy, and spinning OpenMP workers (fastconv's and PyTorch's) lose their "
             "cores to other processes, which can slow small calls tenfold; re-run on a quiet "
             "machine, or run both sides with OMP_WAIT_POLICY=PASSIVE.")
@@ -1235,6 +1285,8 @@ def format_header(meta: dict) -> str:
         f"peers: numpy {meta['numpy']} [{meta['blas']}], torch {meta['torch'] or 'not installed'}"
         f" | {meta['date']} | load average {la[0] if la else '?'}"
         + (f" {la[1]} {la[2]}" if la else "")
+        + (f" | CPUs {100 * meta['cpu_busy_before']:.0f}% busy before the start"
+           if meta.get("cpu_busy_before") is not None else "")
         + (f" | {meta['mode']}" if meta.get("mode") else "")
         + "".join(f" | {k}={v}" for k, v in meta.get("env", {}).items())
         + (f"\n{busy_warning(meta)}" if busy_warning(meta) else "")
@@ -1254,6 +1306,10 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
         f"load average {' '.join(map(str, la)) if la else 'unknown'}"
         + (f" at the start, {' '.join(map(str, meta['load_average_after']))} at the end"
            if meta.get("load_average_after") else "")
+        + (f", CPUs {100 * meta['cpu_busy_before']:.0f}% busy just before the start"
+           if meta.get("cpu_busy_before") is not None else "")
+        + (f", other processes used {100 * meta['cpu_others_during']:.0f}% of the CPUs "
+           "during the run" if meta.get("cpu_others_during") is not None else "")
         + (f"; {meta['mode']}" if meta.get("mode") else "")
         + "".join(f"; `{k}={v}`" for k, v in meta.get("env", {}).items()) + ".",
         "",
@@ -1509,9 +1565,29 @@ def update_readme(path: str, text: str, section: str = "table") -> None:
 
 def report(meta: dict, results: list[dict], summary: list[dict], skipped: list[str],
            args: argparse.Namespace) -> int:
-    """Print and write everything the options ask for; the exit status."""
-    markdown_only = args.markdown == "-"
-    if not markdown_only:
+    """Write the files the options ask for (first: a closed stdout must not lose them),
+    then print the tables; returns the exit status."""
+    status = 0
+    if args.json and not args.from_json:
+        Path(args.json).write_text(json.dumps(
+            {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
+            indent=2, default=float))
+    text = format_markdown_report(meta, results, summary) if (args.markdown or args.readme) \
+        else ""
+    if args.markdown and args.markdown != "-":
+        Path(args.markdown).write_text(text + "\n")
+    if args.readme:
+        try:
+            update_readme(args.readme, text, args.section)
+        except (OSError, ValueError) as exc:
+            print(f"fastconv bench: --readme: {exc}", file=sys.stderr)
+            status = 2
+    if args.plot and results and not plot_results(results, args.plot, meta):
+        print("fastconv bench: --plot needs matplotlib (pip install matplotlib)",
+              file=sys.stderr)
+    if args.markdown == "-":
+        print(text)
+    else:
         for op in OPS:
             rows = [r for r in results if r["op"] == op]
             if rows:
@@ -1524,35 +1600,19 @@ def report(meta: dict, results: list[dict], summary: list[dict], skipped: list[s
             print(format_summary(summary))
         if meta.get("load_average_after"):
             print(f"load average at the end: {' '.join(map(str, meta['load_average_after']))}")
+        if meta.get("cpu_others_during") is not None:
+            print(f"other processes used {100 * meta['cpu_others_during']:.0f}% of the CPUs "
+                  "during the run" + (" -- a disturbed run: re-run on a quiet machine"
+                                      if meta["cpu_others_during"] > 0.1 else ""))
     for reason in skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    if args.markdown or args.readme:
-        text = format_markdown_report(meta, results, summary)
-        if markdown_only:
-            print(text)
-        elif args.markdown:
-            Path(args.markdown).write_text(text + "\n")
-        if args.readme:
-            try:
-                update_readme(args.readme, text, args.section)
-            except (OSError, ValueError) as exc:
-                print(f"fastconv bench: --readme: {exc}", file=sys.stderr)
-                return 2
-    if args.json and not args.from_json:
-        Path(args.json).write_text(json.dumps(
-            {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
-            indent=2, default=float))
-    if args.plot:
-        if results and not plot_results(results, args.plot, meta):
-            print("fastconv bench: --plot needs matplotlib (pip install matplotlib)",
-                  file=sys.stderr)
     failed = [f"{r['case']} {r['direction']} {name}" for r in results
               for name, i in r["impls"].items() if i["ok"] is False]
     if failed:
         print(f"fastconv bench: results outside the error tolerance: {', '.join(failed)}",
               file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1617,8 +1677,10 @@ def run(args: argparse.Namespace) -> int:
                     argv=_command_line(args))
         if not markdown_only:
             print(format_header(meta), flush=True)
+        others = OtherLoad().start()
         results, skipped = run_plan(plan, rounds=rounds, min_sample_s=min_time,
                                     settle_s=settle, peaks=peaks,
                                     progress=not args.no_progress)
     meta["load_average_after"] = load_average()
+    meta["cpu_others_during"] = others.stop()
     return report(meta, results, summarize(results), skipped, args)
