@@ -26,16 +26,37 @@ T dot_portable(int64_t n, const T* x, const T* y) {
 }
 
 template <typename T>
+void weighted_rows_portable(int64_t n, int64_t taps, const T* const* rows, const T* w, T init,
+                            T* out) {
+  constexpr int64_t kBlock = 16;  // accumulators the compiler keeps in registers
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    T acc[kBlock];
+    for (int64_t j = 0; j < kBlock; ++j) acc[j] = init;
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* row = rows[t] + i;
+      for (int64_t j = 0; j < kBlock; ++j) acc[j] += w[t] * row[j];
+    }
+    for (int64_t j = 0; j < kBlock; ++j) out[i + j] = acc[j];
+  }
+  for (; i < n; ++i) {
+    T acc = init;
+    for (int64_t t = 0; t < taps; ++t) acc += w[t] * rows[t][i];
+    out[i] = acc;
+  }
+}
+
+template <typename T>
 VectorOps<T> choose();
 template <>
 VectorOps<float> choose<float>() {
   if (active_isa() == Isa::kAvx2Fma) return vector_ops_f32_avx2();
-  return {axpy_portable<float>, dot_portable<float>};
+  return {axpy_portable<float>, dot_portable<float>, weighted_rows_portable<float>};
 }
 template <>
 VectorOps<double> choose<double>() {
   if (active_isa() == Isa::kAvx2Fma) return vector_ops_f64_avx2();
-  return {axpy_portable<double>, dot_portable<double>};
+  return {axpy_portable<double>, dot_portable<double>, weighted_rows_portable<double>};
 }
 
 }  // namespace

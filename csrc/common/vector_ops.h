@@ -10,6 +10,9 @@ template <typename T>
 struct VectorOps {
   void (*axpy)(int64_t n, T alpha, const T* x, T* y);  // y += alpha * x
   T (*dot)(int64_t n, const T* x, const T* y);         // sum x * y (fixed order per ISA)
+  // out[i] = init + sum_t w[t] * rows[t][i] for i < n: a weighted sum of rows,
+  // accumulated in registers (taps in order t = 0, 1, ...).
+  void (*weighted_rows)(int64_t n, int64_t taps, const T* const* rows, const T* w, T init, T* out);
 };
 
 template <typename T>

@@ -1,6 +1,8 @@
 // AVX2+FMA row primitives (entered only after the CPUID check).
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "common/vector_ops.h"
 
 // clang-format off
@@ -60,10 +62,56 @@ double dot_f64(int64_t n, const double* x, const double* y) {
   return s;
 }
 
+void weighted_rows_f32(int64_t n, int64_t taps, const float* const* rows, const float* w,
+                       float init, float* out) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 a0 = _mm256_set1_ps(init), a1 = a0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const __m256 wt = _mm256_set1_ps(w[t]);
+      a0 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(rows[t] + i), a0);
+      a1 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(rows[t] + i + 8), a1);
+    }
+    _mm256_storeu_ps(out + i, a0);
+    _mm256_storeu_ps(out + i + 8, a1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 a0 = _mm256_set1_ps(init);
+    for (int64_t t = 0; t < taps; ++t)
+      a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), _mm256_loadu_ps(rows[t] + i), a0);
+    _mm256_storeu_ps(out + i, a0);
+  }
+  for (; i < n; ++i) {
+    float acc = init;
+    for (int64_t t = 0; t < taps; ++t) acc = std::fma(w[t], rows[t][i], acc);
+    out[i] = acc;
+  }
+}
+
+void weighted_rows_f64(int64_t n, int64_t taps, const double* const* rows, const double* w,
+                       double init, double* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256d a0 = _mm256_set1_pd(init), a1 = a0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const __m256d wt = _mm256_set1_pd(w[t]);
+      a0 = _mm256_fmadd_pd(wt, _mm256_loadu_pd(rows[t] + i), a0);
+      a1 = _mm256_fmadd_pd(wt, _mm256_loadu_pd(rows[t] + i + 4), a1);
+    }
+    _mm256_storeu_pd(out + i, a0);
+    _mm256_storeu_pd(out + i + 4, a1);
+  }
+  for (; i < n; ++i) {
+    double acc = init;
+    for (int64_t t = 0; t < taps; ++t) acc = std::fma(w[t], rows[t][i], acc);
+    out[i] = acc;
+  }
+}
+
 }  // namespace
 
-VectorOps<float> vector_ops_f32_avx2() { return {axpy_f32, dot_f32}; }
-VectorOps<double> vector_ops_f64_avx2() { return {axpy_f64, dot_f64}; }
+VectorOps<float> vector_ops_f32_avx2() { return {axpy_f32, dot_f32, weighted_rows_f32}; }
+VectorOps<double> vector_ops_f64_avx2() { return {axpy_f64, dot_f64, weighted_rows_f64}; }
 
 }  // namespace fastconv
 

@@ -135,6 +135,14 @@ template <typename T>
 void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
                            const ConvParams& p) {
   if (p.is_pointwise()) return conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
+  const bool transposable = p.is_unit_stride();
+  if (transposable && p.is_depthwise() && p.out_per_group() == 1) {
+    // The transposed problem is depthwise too: the register-blocked kernel.
+    const ConvParams t = transposed_stride1_params(p);
+    const std::vector<T> w = flipped_transposed_weight(weight, p);
+    return conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr),
+                                    grad_input, t);
+  }
   if (p.out_per_group() <= kTuning.direct_max_out_per_group)
     return conv2d_direct_backward_input(grad_output, weight, grad_input, p);
   if (p.is_unit_stride()) {

@@ -67,38 +67,49 @@ void add_phase_row(const T* src, const PhaseLayout& layout, int64_t width, T* ro
 
 }  // namespace
 
+// Depthwise (one input channel per group; forced elsewhere it sums the group's
+// channels): per image and group, every input row is phase-split once; each
+// output row is then a weighted sum of Cg * R * S shifted rows, accumulated in
+// registers 16 columns at a time.
 template <typename T>
 void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p) {
   const VectorOps<T>& ops = vector_ops<T>();
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
-  const int64_t rows = p.batch * p.groups * p.out_h;
+  const int64_t taps = p.reduction();  // cg * R * S: one group's weights for one output channel
+  const int64_t plane_rows = p.in_h * layout.size();
+  const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
+  const int64_t tasks = p.batch * p.groups;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> phase(static_cast<size_t>(layout.size()));
+    std::vector<T> phase(static_cast<size_t>(cg * plane_rows));
+    std::vector<const T*> rows(static_cast<size_t>(taps));
 #pragma omp for schedule(static)
-    for (int64_t task = 0; task < rows; ++task) {
-      const int64_t oh = task % p.out_h, ng = task / p.out_h;
-      const int64_t n = ng / p.groups, g = ng % p.groups;
-      T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
-      for (int64_t k = 0; k < kg; ++k)
-        std::fill(out + k * p.out_plane(), out + k * p.out_plane() + p.out_w,
-                  bias ? bias[g * kg + k] : T(0));
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t n = task / p.groups, g = task % p.groups;
       for (int64_t c = 0; c < cg; ++c) {
         const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
-        for (int64_t r = 0; r < p.kernel_h; ++r) {
-          const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
-          if (ih < 0 || ih >= p.in_h) continue;
-          fill_phase_row(plane + ih * p.in_w, p.in_w, layout, phase.data());
-          for (int64_t s = 0; s < p.kernel_w; ++s) {
-            const T* x = phase.data() + layout.tap_offset(s, p.dilation_w);
-            const T* w = weight + ((g * kg) * cg + c) * p.taps() + r * p.kernel_w + s;
-            for (int64_t k = 0; k < kg; ++k)
-              ops.axpy(p.out_w, w[k * cg * p.taps()], x, out + k * p.out_plane());
+        for (int64_t ih = 0; ih < p.in_h; ++ih)
+          fill_phase_row(plane + ih * p.in_w, p.in_w, layout,
+                         phase.data() + c * plane_rows + ih * layout.size());
+      }
+      for (int64_t oh = 0; oh < p.out_h; ++oh) {
+        for (int64_t c = 0; c < cg; ++c)
+          for (int64_t r = 0; r < p.kernel_h; ++r) {
+            const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
+            const T* row = (ih >= 0 && ih < p.in_h)
+                               ? phase.data() + c * plane_rows + ih * layout.size()
+                               : zeros.data();
+            for (int64_t s = 0; s < p.kernel_w; ++s)
+              rows[(c * p.kernel_h + r) * p.kernel_w + s] =
+                  row + layout.tap_offset(s, p.dilation_w);
           }
-        }
+        for (int64_t k = g * kg; k < (g + 1) * kg; ++k)
+          ops.weighted_rows(p.out_w, taps, rows.data(), weight + k * taps,
+                            bias != nullptr ? bias[k] : T(0),
+                            output + (n * p.out_channels + k) * p.out_plane() + oh * p.out_w);
       }
     }
   }
