@@ -18,8 +18,11 @@
 namespace fastconv {
 namespace {
 
-// Column tiles of the backward passes hold at most this many elements.
+// Column tiles of the backward passes hold about this many elements...
 constexpr int64_t kTileElements = 1 << 18;
+// ...but the weight gradient's tiles span at least this many pixels: they are
+// the reduction length of its GEMMs, each of which reads and writes all of dW.
+constexpr int64_t kWeightGradTilePixels = 256;
 
 struct TapGeometry {
   int64_t c, row_offset, col_offset;  // channel within the group, ih = oh*sh + row_offset, ...
@@ -242,8 +245,9 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
   const int64_t weight_size = p.out_channels * red;
   // Pixel tiles run across image boundaries: the GEMM's reduction is as long
   // as the tile whatever the plane size (a 7x7 plane alone would give K = 49).
-  const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / std::max(red, kg), 16,
-                                                  std::max<int64_t>(16, p.batch * pixels));
+  const int64_t tile_pixels = std::clamp<int64_t>(
+      std::max<int64_t>(kWeightGradTilePixels, kTileElements / std::max(red, kg)), 16,
+      std::max<int64_t>(16, p.batch * pixels));
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   // With enough images, each thread sums a fixed range of them into its own
   // partial dW, reduced in thread order: deterministic for a thread count.
