@@ -40,11 +40,18 @@ inline void im2col_segment(const T* plane, int64_t in_h, int64_t in_w, int64_t i
     return;
   }
   const T* row = plane + ih * in_w;
-  // In-bounds outputs: 0 <= ow * stride + offset < in_w.
-  int64_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
-  int64_t hi = in_w - 1 - offset < 0 ? 0 : (in_w - 1 - offset) / stride + 1;
-  lo = std::clamp<int64_t>(lo - ow0, 0, count);
-  hi = std::clamp<int64_t>(hi - ow0, lo, count);
+  // In-bounds outputs: 0 <= ow * stride + offset < in_w (no division for stride 1:
+  // this runs once per tap and row segment of every im2col panel).
+  int64_t lo, hi;
+  if (stride == 1) {
+    lo = std::clamp<int64_t>(-offset - ow0, 0, count);
+    hi = std::clamp<int64_t>(in_w - offset - ow0, lo, count);
+  } else {
+    lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    hi = in_w - 1 - offset < 0 ? 0 : (in_w - 1 - offset) / stride + 1;
+    lo = std::clamp<int64_t>(lo - ow0, 0, count);
+    hi = std::clamp<int64_t>(hi - ow0, lo, count);
+  }
   std::fill(dst, dst + lo, T(0));
   const T* src = row + ow0 * stride + offset;
   if (stride == 1) {

@@ -112,6 +112,17 @@ template <typename T>
 void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolParams& p) {
   if (p.is_empty()) return;
   const RowKernels<T> kernels = row_kernels<T>();
+  // Flat offset of tap r * kernel_w + s from the window origin: a table for
+  // ordinary kernels (no division per output), arithmetic for huge ones.
+  constexpr int64_t kTableTaps = 4096;
+  const int64_t taps = p.kernel_h * p.kernel_w;
+  std::vector<int64_t> offsets(static_cast<size_t>(taps <= kTableTaps ? taps : 0));
+  for (int64_t t = 0; t < static_cast<int64_t>(offsets.size()); ++t)
+    offsets[t] = (t / p.kernel_w) * p.dilation_h * p.in_w + (t % p.kernel_w) * p.dilation_w;
+  const auto tap_offset = [&](int64_t t) {
+    if (!offsets.empty()) return offsets[t];
+    return (t / p.kernel_w) * p.dilation_h * p.in_w + (t % p.kernel_w) * p.dilation_w;
+  };
   for_each_output_row(p, [&](int64_t plane, int64_t oh, RowScratch& scratch) {
     const T* in = input + plane * p.in_plane();
     T* best = output + plane * p.out_plane() + oh * p.out_w;
@@ -139,8 +150,7 @@ void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolP
     for (int64_t ow = 0; ow < p.out_w; ++ow) {
       const int64_t w0 = ow * p.stride_w - p.pad_w;
       if (tap[ow] >= 0) {
-        const int64_t r = tap[ow] / p.kernel_w, s = tap[ow] % p.kernel_w;
-        index[ow] = (h0 + r * p.dilation_h) * p.in_w + w0 + s * p.dilation_w;
+        index[ow] = h0 * p.in_w + w0 + tap_offset(tap[ow]);
         continue;
       }
       // Nothing beat -inf: PyTorch reports the window's first in-bounds element.

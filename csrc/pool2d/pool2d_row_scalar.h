@@ -4,12 +4,29 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 
 #include "pool2d/pool2d.h"
 
 namespace fastconv {
 namespace {
+
+// take ? a : b, computed on the bits (GCC turns the ternary into a branch).
+template <typename T>
+inline T select_if(bool take, T a, T b) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits ab, bb;
+  std::memcpy(&ab, &a, sizeof(T));
+  std::memcpy(&bb, &b, sizeof(T));
+  const Bits mask = Bits(0) - static_cast<Bits>(take);
+  const Bits r = (ab & mask) | (bb & ~mask);
+  T out;
+  std::memcpy(&out, &r, sizeof(T));
+  return out;
+}
 
 template <typename T>
 inline void max_pool_column(const PoolRow& row, T* best, int32_t* tap, int64_t ow) {
@@ -22,10 +39,11 @@ inline void max_pool_column(const PoolRow& row, T* best, int32_t* tap, int64_t o
       const int64_t iw = w0 + s * row.dilation_w;
       if (iw < 0 || iw >= row.in_w) continue;
       const T x = in[iw];
-      if (x > m || std::isnan(x)) {
-        m = x;
-        t = row.row_taps[i] + static_cast<int32_t>(s);
-      }
+      // Branch-free select: on real data the comparison is unpredictable.
+      const bool take = (x > m) | (x != x);
+      m = select_if(take, x, m);
+      const int32_t cand = row.row_taps[i] + static_cast<int32_t>(s);
+      t += (cand - t) * static_cast<int32_t>(take);
     }
   }
   best[ow] = m;

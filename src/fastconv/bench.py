@@ -1258,10 +1258,13 @@ def describe_machine(peaks: dict, threads: int) -> dict:
 
 
 def busy_warning(meta: dict) -> str | None:
-    """A warning when the machine was busy (1-minute load average above half the cores)."""
+    """A warning when other processes used the CPUs: > 10% during the run, > 25% just
+    before it, or (without /proc/stat) a 1-minute load average above half the cores."""
     la, cores = meta.get("load_average"), meta.get("cores") or 1
-    busy = meta.get("cpu_busy_before")
-    if busy is not None:
+    busy, during = meta.get("cpu_busy_before"), meta.get("cpu_others_during")
+    if during is not None and during > 0.1:
+        what = f"other processes used {100 * during:.0f}% of the {cores} cores during the run"
+    elif busy is not None:
         if busy <= 0.25:
             return None
         what = f"other processes kept {100 * busy:.0f}% of the {cores} cores busy just before"
@@ -1353,7 +1356,7 @@ def plot_results(results: list[dict], path: str, meta: dict | None = None) -> bo
             vals = [r["impls"][name]["rate"] if name in r["impls"] else 0.0 for r in rows]
             ax.bar(xs + (j - (len(impls) - 1) / 2) * width, vals, width, label=name,
                    color=colors.get(name))
-        ax.set_xticks(xs, [r["case"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(xs, [r["case"] for r in rows], rotation=90, fontsize=8)
         ax.set_ylabel(rows[0]["unit"])
         ax.set_title(f"{op} {direction}".strip())
         ax.legend(fontsize=8)
