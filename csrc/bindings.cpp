@@ -360,6 +360,18 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("algorithm"), py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"),
       py::arg("geometry"), py::arg("single_precision"));
+  m.def(
+      "conv2d_backward_algorithm",
+      [](const std::string& direction, py::tuple input_shape, py::tuple weight_shape,
+         py::tuple output_hw, py::tuple geometry, bool single_precision) {
+        const fastconv::ConvParams p = conv_params_from_shapes(input_shape, weight_shape, output_hw,
+                                                               geometry, single_precision);
+        if (direction == "input") return fastconv::conv_backward_input_algorithm(p);
+        require(direction == "weight", "direction must be 'input' or 'weight'");
+        return fastconv::conv_backward_weight_algorithm(p);
+      },
+      py::arg("direction"), py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"),
+      py::arg("geometry"), py::arg("single_precision"));
   m.attr("conv2d_algorithms") =
       py::make_tuple("pointwise_gemm", "depthwise", "direct", "implicit_gemm", "winograd");
   bind_gemm<double>(m);

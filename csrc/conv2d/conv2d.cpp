@@ -131,32 +131,76 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
   }
 }
 
+namespace {
+
+// How the input gradient runs, chosen in one place for both dispatch and the
+// name reported to Python.
+enum class InputGradPlan {
+  kPointwiseGemm,        // dX = W^T @ dY per image
+  kDepthwiseTransposed,  // stride 1, multiplier 1: the depthwise forward kernel
+  kDirect,               // few output channels per group: direct scatter
+  kTransposed,           // stride 1: forward conv of dY with the flipped kernel
+  kCol2im,               // GEMM into column tiles, then col2im
+};
+
+InputGradPlan select_input_grad_plan(const ConvParams& p) {
+  if (p.is_pointwise()) return InputGradPlan::kPointwiseGemm;
+  if (p.is_unit_stride() && p.is_depthwise() && p.out_per_group() == 1)
+    return InputGradPlan::kDepthwiseTransposed;
+  if (p.out_per_group() <= kTuning.direct_max_out_per_group) return InputGradPlan::kDirect;
+  if (p.is_unit_stride()) return InputGradPlan::kTransposed;
+  return InputGradPlan::kCol2im;
+}
+
+}  // namespace
+
+std::string conv_backward_input_algorithm(const ConvParams& p) {
+  switch (select_input_grad_plan(p)) {
+    case InputGradPlan::kPointwiseGemm:
+      return "pointwise_gemm";
+    case InputGradPlan::kDepthwiseTransposed:
+      return "depthwise (transposed)";
+    case InputGradPlan::kDirect:
+      return "direct";
+    case InputGradPlan::kTransposed:
+      return std::string(conv_algorithm_name(select_conv_algorithm(transposed_stride1_params(p)))) +
+             " (transposed)";
+    case InputGradPlan::kCol2im:
+      break;
+  }
+  return "implicit_gemm (col2im)";
+}
+
+std::string conv_backward_weight_algorithm(const ConvParams& p) {
+  return p.is_depthwise() ? "depthwise" : "implicit_gemm";
+}
+
 template <typename T>
 void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
                            const ConvParams& p) {
-  if (p.is_pointwise()) return conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
-  const bool transposable = p.is_unit_stride();
-  if (transposable && p.is_depthwise() && p.out_per_group() == 1) {
-    // The transposed problem is depthwise too: the register-blocked kernel.
-    const ConvParams t = transposed_stride1_params(p);
-    const std::vector<T> w = flipped_transposed_weight(weight, p);
-    return conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr),
-                                    grad_input, t);
+  switch (select_input_grad_plan(p)) {
+    case InputGradPlan::kPointwiseGemm:
+    case InputGradPlan::kCol2im:
+      return conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
+    case InputGradPlan::kDirect:
+      return conv2d_direct_backward_input(grad_output, weight, grad_input, p);
+    case InputGradPlan::kDepthwiseTransposed:
+    case InputGradPlan::kTransposed: {
+      const ConvParams t = transposed_stride1_params(p);
+      const std::vector<T> w = flipped_transposed_weight(weight, p);
+      if (select_input_grad_plan(p) == InputGradPlan::kDepthwiseTransposed)
+        return conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr),
+                                        grad_input, t);
+      return conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t,
+                            select_conv_algorithm(t));
+    }
   }
-  if (p.out_per_group() <= kTuning.direct_max_out_per_group)
-    return conv2d_direct_backward_input(grad_output, weight, grad_input, p);
-  if (p.is_unit_stride()) {
-    const ConvParams t = transposed_stride1_params(p);
-    const std::vector<T> w = flipped_transposed_weight(weight, p);
-    return conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t,
-                          select_conv_algorithm(t));
-  }
-  conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
 }
 
 template <typename T>
 void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                             const ConvParams& p) {
+  // Keep in step with conv_backward_weight_algorithm.
   if (p.is_depthwise()) return conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
   conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
 }

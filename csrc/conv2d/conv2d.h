@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace fastconv {
 
@@ -55,6 +56,9 @@ const char* conv_algorithm_name(ConvAlgorithm a);
 bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p);
 // Pure: the algorithm the forward pass runs for p.
 ConvAlgorithm select_conv_algorithm(const ConvParams& p);
+// What the backward passes run for p, as reported to Python.
+std::string conv_backward_input_algorithm(const ConvParams& p);
+std::string conv_backward_weight_algorithm(const ConvParams& p);
 
 template <typename T>
 void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const ConvParams& p,

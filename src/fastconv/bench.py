@@ -397,8 +397,9 @@ def probe_copy_gbps(threads: int, *, nbytes: int = 256 << 20, tries: int = 7) ->
     return 2 * src.nbytes / best / 1e9
 
 
-def machine_peaks(threads: int, *, reprobe: bool = False, quick: bool = False,
-                  refresh: bool = True) -> dict:
+def machine_peaks(
+    threads: int, *, reprobe: bool = False, quick: bool = False, refresh: bool = True
+) -> dict:
     """This machine's measured fp32 FMA peak (GFLOP/s) and copy bandwidth (GB/s) on
     ``threads`` threads, cached in ``cache_file()`` keyed by CPU model, ISA and threads.
 
@@ -411,11 +412,14 @@ def machine_peaks(threads: int, *, reprobe: bool = False, quick: bool = False,
     now = datetime.datetime.now().isoformat(timespec="seconds")
     base = {"cpu": cpu_model(), "isa": _C.isa(), "threads": threads}
     if quick:
-        return {**base, "fma_gflops": round(probe_fma_gflops(threads, tries=3,
-                                                             iterations=2_000_000), 1),
-                "copy_gbps": round(probe_copy_gbps(threads, nbytes=32 << 20, tries=3), 2),
-                "measured": now, "load_average": load_average(),
-                "source": "quick probe, not cached"}
+        return {
+            **base,
+            "fma_gflops": round(probe_fma_gflops(threads, tries=3, iterations=2_000_000), 1),
+            "copy_gbps": round(probe_copy_gbps(threads, nbytes=32 << 20, tries=3), 2),
+            "measured": now,
+            "load_average": load_average(),
+            "source": "quick probe, not cached",
+        }
     key = f"{base['cpu']} | {base['isa']} | threads={threads}"
     path = cache_file()
     try:
@@ -432,14 +436,22 @@ def machine_peaks(threads: int, *, reprobe: bool = False, quick: bool = False,
         copy = probe_copy_gbps(threads, nbytes=64 << 20, tries=3)
         if fma <= entry["fma_gflops"] and copy <= entry["copy_gbps"]:
             return {**entry, "source": f"cached in {path}"}
-        entry = {**entry, "fma_gflops": round(max(fma, entry["fma_gflops"]), 1),
-                 "copy_gbps": round(max(copy, entry["copy_gbps"]), 2),
-                 "measured": now, "load_average": load_average()}
+        entry = {
+            **entry,
+            "fma_gflops": round(max(fma, entry["fma_gflops"]), 1),
+            "copy_gbps": round(max(copy, entry["copy_gbps"]), 2),
+            "measured": now,
+            "load_average": load_average(),
+        }
         how = "cached, raised by this run's probe"
     else:
-        entry = {**base, "fma_gflops": round(probe_fma_gflops(threads), 1),
-                 "copy_gbps": round(probe_copy_gbps(threads), 2),
-                 "measured": now, "load_average": load_average()}
+        entry = {
+            **base,
+            "fma_gflops": round(probe_fma_gflops(threads), 1),
+            "copy_gbps": round(probe_copy_gbps(threads), 2),
+            "measured": now,
+            "load_average": load_average(),
+        }
         how = "measured now"
     cache[key] = entry
     try:
@@ -500,8 +512,10 @@ class ConvLayer:
 
     def describe(self) -> str:
         g = f" g{self.groups}" if self.groups > 1 else ""
-        return (f"N{self.n} C{self.c} {self.h}x{self.h} K{self.k} {self.r}x{self.r} "
-                f"s{self.stride} p{self.pad}{g}")
+        return (
+            f"N{self.n} C{self.c} {self.h}x{self.h} K{self.k} {self.r}x{self.r} "
+            f"s{self.stride} p{self.pad}{g}"
+        )
 
     def reduced(self, batch: int | None = None, max_hw: int | None = None) -> ConvLayer:
         """The same layer on at most ``batch`` images of at most ``max_hw`` pixels a side."""
@@ -528,8 +542,14 @@ CONV_LAYERS: tuple[ConvLayer, ...] = (
 )
 CONV_BY_NAME = {layer.name: layer for layer in CONV_LAYERS}
 # The dense 3x3 stride-1 layers issue 5 judges Winograd on.
-THREE_BY_THREE_S1 = ("resnet_3x3_56", "resnet_3x3_28", "resnet_3x3_14", "resnet_3x3_7",
-                     "vgg_3x3_112", "alexnet_3x3_13")
+THREE_BY_THREE_S1 = (
+    "resnet_3x3_56",
+    "resnet_3x3_28",
+    "resnet_3x3_14",
+    "resnet_3x3_7",
+    "vgg_3x3_112",
+    "alexnet_3x3_13",
+)
 CONV_DIRECTIONS = ("fwd", "dx", "dw")
 
 
@@ -547,8 +567,7 @@ class GemmCase:
         return 2 * self.m * self.n * self.k
 
     def reduced(self, max_dim: int) -> GemmCase:
-        return replace(self, m=min(self.m, max_dim), n=min(self.n, max_dim),
-                       k=min(self.k, max_dim))
+        return replace(self, m=min(self.m, max_dim), n=min(self.n, max_dim), k=min(self.k, max_dim))
 
 
 GEMM_CASES: tuple[GemmCase, ...] = (
@@ -623,8 +642,11 @@ def _im2col(x: np.ndarray, r: int, s: int, stride: int, pad: int, dilation: int 
     ow = (w + 2 * pad - dilation * (s - 1) - 1) // stride + 1
     sn, sc, sh, sw = x.strides
     view = np.lib.stride_tricks.as_strided(
-        x, (n, c, r, s, oh, ow),
-        (sn, sc, sh * dilation, sw * dilation, sh * stride, sw * stride), writeable=False)
+        x,
+        (n, c, r, s, oh, ow),
+        (sn, sc, sh * dilation, sw * dilation, sh * stride, sw * stride),
+        writeable=False,
+    )
     return view.reshape(n, c * r * s, oh * ow), (oh, ow)
 
 
@@ -650,9 +672,13 @@ def numpy_conv2d_input(input_shape, w, gy, stride=1, pad=0, groups=1, dilation=1
     for i in range(r):
         for j in range(s):
             hi, wj = i * dilation, j * dilation
-            gx[:, :, hi:hi + stride * (oh - 1) + 1:stride,
-               wj:wj + stride * (ow - 1) + 1:stride] += gcols[:, :, i, j]
-    return gx[:, :, pad:pad + h, pad:pad + wd]
+            gx[
+                :,
+                :,
+                hi : hi + stride * (oh - 1) + 1 : stride,
+                wj : wj + stride * (ow - 1) + 1 : stride,
+            ] += gcols[:, :, i, j]
+    return gx[:, :, pad : pad + h, pad : pad + wd]
 
 
 def numpy_conv2d_weight(x, weight_shape, gy, stride=1, pad=0, groups=1, dilation=1):
@@ -721,40 +747,26 @@ def _select_impls(wanted: Sequence[str] | None, available: Iterable[str]) -> lis
 
 
 def conv_backward_algorithm(layer: ConvLayer, direction: str) -> str:
-    """Which kernel fastconv's CPU backward runs for ``layer`` (``direction`` dx or dw).
-
-    Uses ``fastconv.conv2d_input_algorithm`` / ``conv2d_weight_algorithm`` when the
-    library exposes them; until then it mirrors the dispatch in
-    csrc/conv2d/conv2d.cpp (conv2d_backward_input / conv2d_backward_weight).
-    """
+    """Which kernel fastconv's CPU backward runs for ``layer`` (``direction`` dx or dw),
+    as the library's own backward dispatch reports it."""
     import fastconv
 
-    exposed = getattr(fastconv, f"conv2d_{'input' if direction == 'dx' else 'weight'}_algorithm",
-                      None)
-    args = (layer.input_shape, layer.weight_shape, layer.stride, layer.pad, 1, layer.groups)
-    if exposed is not None:
-        return str(exposed(*args))
-    depthwise = layer.groups > 1 and layer.groups == layer.c
-    pointwise = layer.r == 1 and layer.stride == 1 and layer.pad == 0
-    if direction == "dw":
-        return "depthwise" if depthwise else "implicit_gemm"
-    if pointwise:
-        return "pointwise_gemm"
-    if layer.k // layer.groups <= 4:
-        return "direct"
-    if layer.stride == 1:
-        tpad = layer.r - 1 - layer.pad
-        if tpad >= 0:
-            t = F.conv2d_algorithm(layer.output_shape, (layer.c, layer.k // layer.groups,
-                                                        layer.r, layer.r),
-                                   1, tpad, 1, layer.groups)
-            return f"{t} (transposed)"
-        return "transposed conv"
-    return "implicit_gemm (col2im)"
+    query = (
+        fastconv.conv2d_input_algorithm if direction == "dx" else fastconv.conv2d_weight_algorithm
+    )
+    return str(
+        query(layer.input_shape, layer.weight_shape, layer.stride, layer.pad, 1, layer.groups)
+    )
 
 
-def conv_case(layer: ConvLayer, direction: str, *, impls: Sequence[str] | None = None,
-              check_batch: int = 2, seed: int = 0) -> Case:
+def conv_case(
+    layer: ConvLayer,
+    direction: str,
+    *,
+    impls: Sequence[str] | None = None,
+    check_batch: int = 2,
+    seed: int = 0,
+) -> Case:
     """``layer``'s ``direction`` (fwd | dx | dw) for each implementation present.
 
     The check runs every implementation on the first ``check_batch`` images against
@@ -798,7 +810,8 @@ def conv_case(layer: ConvLayer, direction: str, *, impls: Sequence[str] | None =
             mask = [direction == "dx", direction == "dw", False]
             pick = 0 if direction == "dx" else 1
             return lambda: aten.convolution_backward(
-                gyt, xt, wt, None, [st, st], [pd, pd], [1, 1], False, [0, 0], g, mask)[pick]
+                gyt, xt, wt, None, [st, st], [pd, pd], [1, 1], False, [0, 0], g, mask
+            )[pick]
 
         makers["torch"] = torch_fn
     names = _select_impls(impls, makers)
@@ -820,9 +833,14 @@ def conv_case(layer: ConvLayer, direction: str, *, impls: Sequence[str] | None =
     else:
         algorithm = conv_backward_algorithm(layer, direction)
     return Case(
-        op="conv", name=layer.name, direction=direction, shape=layer.describe(),
-        impls={name: makers[name](x, w, gy) for name in names}, check=check,
-        work=layer.flops, algorithm=algorithm,
+        op="conv",
+        name=layer.name,
+        direction=direction,
+        shape=layer.describe(),
+        impls={name: makers[name](x, w, gy) for name in names},
+        check=check,
+        work=layer.flops,
+        algorithm=algorithm,
         tolerance=32 * layer.reduced(check_batch).reduction_length(direction) * EPS32,
         extra={"layer": dataclasses.asdict(layer)},
     )
@@ -856,13 +874,27 @@ def gemm_case(case: GemmCase, *, impls: Sequence[str] | None = None, seed: int =
         ref = a.astype(np.float64) @ b.astype(np.float64)
         return {name: max_error(makers[name](), ref) for name in names}
 
-    return Case(op="gemm", name=case.name, direction="", shape=f"{case.m}x{case.n}x{case.k}",
-                impls={name: makers[name] for name in names}, check=check, work=case.flops,
-                tolerance=32 * case.k * EPS32, extra={"m": case.m, "n": case.n, "k": case.k})
+    return Case(
+        op="gemm",
+        name=case.name,
+        direction="",
+        shape=f"{case.m}x{case.n}x{case.k}",
+        impls={name: makers[name] for name in names},
+        check=check,
+        work=case.flops,
+        tolerance=32 * case.k * EPS32,
+        extra={"m": case.m, "n": case.n, "k": case.k},
+    )
 
 
-def pool_case(case: PoolCase, direction: str = "fwd", *, impls: Sequence[str] | None = None,
-              check_batch: int = 2, seed: int = 0) -> Case:
+def pool_case(
+    case: PoolCase,
+    direction: str = "fwd",
+    *,
+    impls: Sequence[str] | None = None,
+    check_batch: int = 2,
+    seed: int = 0,
+) -> Case:
     """Pooling forward or backward (``dx``); ``work`` is the bytes read and written."""
     if direction not in POOL_DIRECTIONS:
         raise ValueError(f"direction must be one of {POOL_DIRECTIONS}, got {direction!r}")
@@ -889,6 +921,7 @@ def pool_case(case: PoolCase, direction: str = "fwd", *, impls: Sequence[str] | 
             if is_max:
                 return lambda: lib.max_pool2d_backward(gy, idx, x.shape)
             return lambda: lib.avg_pool2d_backward(gy, x.shape, **kw)
+
         return make
 
     makers: dict[str, Callable] = {"fastconv": lib_fn(fastconv), "numpy": lib_fn(reference)}
@@ -905,7 +938,8 @@ def pool_case(case: PoolCase, direction: str = "fwd", *, impls: Sequence[str] | 
             if is_max:
                 it = torch.from_numpy(idx)
                 return lambda: aten.max_pool2d_with_indices_backward(
-                    gyt, xt, k2, s2, p2, [1, 1], False, it)
+                    gyt, xt, k2, s2, p2, [1, 1], False, it
+                )
             return lambda: aten.avg_pool2d_backward(gyt, xt, k2, s2, p2, False, True, None)
 
         makers["torch"] = torch_fn
@@ -918,14 +952,20 @@ def pool_case(case: PoolCase, direction: str = "fwd", *, impls: Sequence[str] | 
         ref = _as_numpy(lib_fn(reference)(xc.astype(np.float64), gyc.astype(np.float64), ic)())
         return {name: max_error(makers[name](xc, gyc, ic)(), ref) for name in names}
 
-    return Case(op="pool", name=case.name, direction=direction,
-                shape="x".join(map(str, case.shape)),
-                impls={name: makers[name](x, gy, idx) for name in names}, check=check,
-                work=nbytes, unit="GB/s",
-                # max_pool2d forward is exact; sums (avg, overlapping windows' gradients)
-                # round differently in float32 than in the float64 reference
-                tolerance=0.0 if is_max and direction == "fwd" else 1e-6,
-                note="numpy = fastconv.reference")
+    return Case(
+        op="pool",
+        name=case.name,
+        direction=direction,
+        shape="x".join(map(str, case.shape)),
+        impls={name: makers[name](x, gy, idx) for name in names},
+        check=check,
+        work=nbytes,
+        unit="GB/s",
+        # max_pool2d forward is exact; sums (avg, overlapping windows' gradients)
+        # round differently in float32 than in the float64 reference
+        tolerance=0.0 if is_max and direction == "fwd" else 1e-6,
+        note="numpy = fastconv.reference",
+    )
 
 
 def _model_flops(model: Any, x: np.ndarray) -> float:
@@ -937,14 +977,20 @@ def _model_flops(model: Any, x: np.ndarray) -> float:
 
     def hook(module, inputs, output):
         if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size if isinstance(module.kernel_size, tuple) else (
-                module.kernel_size,) * 2
+            kh, kw = (
+                module.kernel_size
+                if isinstance(module.kernel_size, tuple)
+                else (module.kernel_size,) * 2
+            )
             total[0] += 2.0 * output.size * (module.in_channels // module.groups) * kh * kw
         elif isinstance(module, nn.Linear):
             total[0] += 2.0 * output.size * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     try:
         with nn.no_grad():
             model(x)
@@ -954,8 +1000,14 @@ def _model_flops(model: Any, x: np.ndarray) -> float:
     return total[0]
 
 
-def train_case(case: TrainCase, *, impls: Sequence[str] | None = None, seed: int = 0,
-               lr: float = 0.01, momentum: float = 0.9) -> Case:
+def train_case(
+    case: TrainCase,
+    *,
+    impls: Sequence[str] | None = None,
+    seed: int = 0,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+) -> Case:
     """One training step (forward, cross-entropy, backward, SGD with momentum, zero_grad)
     of the demo CNN, fastconv vs the same model (same weights) in PyTorch eager.
 
@@ -976,8 +1028,9 @@ def train_case(case: TrainCase, *, impls: Sequence[str] | None = None, seed: int
     model = build(in_channels=case.in_channels, image_size=(case.image, case.image))
     model.train()
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((case.batch, case.in_channels, case.image, case.image),
-                            dtype=np.float32)
+    x = rng.standard_normal(
+        (case.batch, case.in_channels, case.image, case.image), dtype=np.float32
+    )
     y = rng.integers(0, 10, size=case.batch)
     criterion = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -1035,8 +1088,9 @@ def train_case(case: TrainCase, *, impls: Sequence[str] | None = None, seed: int
         if torch is not None:
             t64 = nn.to_torch(fc64)
             t64.zero_grad()
-            tout = ce(t64(torch.from_numpy(xc.astype(np.float64))),
-                      torch.from_numpy(yc.astype(np.int64)))
+            tout = ce(
+                t64(torch.from_numpy(xc.astype(np.float64))), torch.from_numpy(yc.astype(np.int64))
+            )
             tout.backward()
             ref = {n: p.grad.numpy() for n, p in t64.named_parameters()}
             if "torch" in names:
@@ -1046,21 +1100,36 @@ def train_case(case: TrainCase, *, impls: Sequence[str] | None = None, seed: int
                 got["torch"] = {n: p.grad for n, p in t32.named_parameters()}
         else:
             ref = fc_grads(fc64, xc.astype(np.float64))
-        return {name: max(max_error(got[name][k], np.asarray(ref[k], np.float64))
-                          for k in ref) for name in names}
+        return {
+            name: max(max_error(got[name][k], np.asarray(ref[k], np.float64)) for k in ref)
+            for name in names
+        }
 
-    return Case(op="train", name=case.name, direction="step",
-                shape=f"N{case.batch} C{case.in_channels} {case.image}x{case.image}",
-                impls={name: makers[name] for name in names}, check=check, work=flops,
-                tolerance=1e-3, note="GFLOP/s = 3 x forward conv+linear FLOPs per step",
-                extra={"images_per_step": case.batch})
+    return Case(
+        op="train",
+        name=case.name,
+        direction="step",
+        shape=f"N{case.batch} C{case.in_channels} {case.image}x{case.image}",
+        impls={name: makers[name] for name in names},
+        check=check,
+        work=flops,
+        tolerance=1e-3,
+        note="GFLOP/s = 3 x forward conv+linear FLOPs per step",
+        extra={"images_per_step": case.batch},
+    )
 
 
 # =========================================================================== running
 
 
-def run_case(case: Case, *, rounds: int = 7, min_sample_s: float = 0.05,
-             settle_s: float | None = None, peaks: dict | None = None) -> dict:
+def run_case(
+    case: Case,
+    *,
+    rounds: int = 7,
+    min_sample_s: float = 0.05,
+    settle_s: float | None = None,
+    peaks: dict | None = None,
+) -> dict:
     """Check every implementation against the reference, then time them alternately.
 
     Returns a result dict: op, case, direction, shape, algorithm, unit, work and, per
@@ -1068,8 +1137,12 @@ def run_case(case: Case, *, rounds: int = 7, min_sample_s: float = 0.05,
     pct_peak, max_err, ok (max_err within tolerance) and speedup {peer: peer best / best}.
     """
     errors = case.check()
-    timings = time_alternating(case.impls, rounds=rounds, min_sample_s=min_sample_s,
-                               settle=settle_times(case.impls, case.op, settle_s))
+    timings = time_alternating(
+        case.impls,
+        rounds=rounds,
+        min_sample_s=min_sample_s,
+        settle=settle_times(case.impls, case.op, settle_s),
+    )
     peak = None
     if peaks is not None:
         peak = peaks.get("copy_gbps") if case.unit == "GB/s" else peaks.get("fma_gflops")
@@ -1088,9 +1161,17 @@ def run_case(case: Case, *, rounds: int = 7, min_sample_s: float = 0.05,
             "speedup": {peer: pt.best / t.best for peer, pt in timings.items() if peer != name},
         }
     return {
-        "op": case.op, "case": case.name, "direction": case.direction, "shape": case.shape,
-        "algorithm": case.algorithm, "unit": case.unit, "work": case.work,
-        "tolerance": case.tolerance, "note": case.note, "impls": impls, **case.extra,
+        "op": case.op,
+        "case": case.name,
+        "direction": case.direction,
+        "shape": case.shape,
+        "algorithm": case.algorithm,
+        "unit": case.unit,
+        "work": case.work,
+        "tolerance": case.tolerance,
+        "note": case.note,
+        "impls": impls,
+        **case.extra,
     }
 
 
@@ -1106,12 +1187,18 @@ def summarize(results: list[dict]) -> list[dict]:
     for (op, direction), rows in groups.items():
         fc_rows = [r for r in rows if "fastconv" in r["impls"]]
         for peer in ("torch", "numpy"):
-            pairs = [(r["case"], r["impls"]["fastconv"]["speedup"][peer]) for r in fc_rows
-                     if peer in r["impls"]]
+            pairs = [
+                (r["case"], r["impls"]["fastconv"]["speedup"][peer])
+                for r in fc_rows
+                if peer in r["impls"]
+            ]
             if not pairs:
                 continue
             entry: dict[str, Any] = {
-                "op": op, "direction": direction, "peer": peer, "cases": len(pairs),
+                "op": op,
+                "direction": direction,
+                "peer": peer,
+                "cases": len(pairs),
                 "geomean": geomean(v for _, v in pairs),
                 "min": min(v for _, v in pairs),
                 "min_case": min(pairs, key=lambda p: p[1])[0],
@@ -1132,8 +1219,9 @@ def summarize(results: list[dict]) -> list[dict]:
                 entry["pct_peak_2048"] = pct
                 if pct is not None:
                     entry["target"] += ", >= 80% of peak at 2048"
-                entry["meets"] = (entry["geomean"] >= 1.0 and entry["min"] >= 0.8
-                                  and (pct is None or pct >= 80.0))
+                entry["meets"] = (
+                    entry["geomean"] >= 1.0 and entry["min"] >= 0.8 and (pct is None or pct >= 80.0)
+                )
             out.append(entry)
     return out
 
@@ -1142,8 +1230,10 @@ def format_summary(summary: list[dict]) -> str:
     lines = []
     for s in summary:
         d = f" {s['direction']}" if s["direction"] else ""
-        line = (f"{s['op']}{d}: fastconv vs {s['peer']} geomean {s['geomean']:.2f}x over "
-                f"{s['cases']} cases, min {s['min']:.2f}x ({s['min_case']})")
+        line = (
+            f"{s['op']}{d}: fastconv vs {s['peer']} geomean {s['geomean']:.2f}x over "
+            f"{s['cases']} cases, min {s['min']:.2f}x ({s['min_case']})"
+        )
         if "geomean_3x3_s1" in s:
             line += f", 3x3 stride-1 geomean {s['geomean_3x3_s1']:.2f}x"
         if s.get("pct_peak_2048") is not None:
@@ -1169,10 +1259,15 @@ def long_rows(results: list[dict]) -> list[dict]:
                 continue
             i = r["impls"][name]
             row = {
-                "case": r["case"] if first else "", "dir": r["direction"] if first else "",
-                "impl": name, "algorithm": (r["algorithm"] or "") if name == "fastconv" else "",
-                "best_ms": i["best_ms"], "median_ms": i["median_ms"], "rate": i["rate"],
-                "%peak": i["pct_peak"], "max_err": i["max_err"],
+                "case": r["case"] if first else "",
+                "dir": r["direction"] if first else "",
+                "impl": name,
+                "algorithm": (r["algorithm"] or "") if name == "fastconv" else "",
+                "best_ms": i["best_ms"],
+                "median_ms": i["median_ms"],
+                "rate": i["rate"],
+                "%peak": i["pct_peak"],
+                "max_err": i["max_err"],
                 "ok": None if i["ok"] is None else ("ok" if i["ok"] else "FAIL"),
             }
             for peer, v in i["speedup"].items():
@@ -1185,8 +1280,16 @@ def long_rows(results: list[dict]) -> list[dict]:
 def terminal_table(results: list[dict]) -> str:
     unit = results[0]["unit"]
     impls = _ordered_impls(results)
-    cols = [("case", "s"), ("dir", "s"), ("impl", "s"), ("algorithm", "s"),
-            ("best_ms", ".3f"), ("median_ms", ".3f"), (unit, ".1f"), ("%peak", ".1f")]
+    cols = [
+        ("case", "s"),
+        ("dir", "s"),
+        ("impl", "s"),
+        ("algorithm", "s"),
+        ("best_ms", ".3f"),
+        ("median_ms", ".3f"),
+        (unit, ".1f"),
+        ("%peak", ".1f"),
+    ]
     cols += [(f"x_{p}", ".2f") for p in impls]
     cols += [("max_err", ".1e"), ("ok", "s")]
     rows = long_rows(results)
@@ -1212,8 +1315,11 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
     order = {d: i for i, d in enumerate(CONV_DIRECTIONS)}
     # direction-major (all fwd rows, then dx, then dw): as the summaries are
     for r in sorted(results, key=lambda r: order.get(r["direction"], 0)):
-        row: dict[str, Any] = {"case": r["case"], "dir": r["direction"],
-                               "algorithm": r["algorithm"]}
+        row: dict[str, Any] = {
+            "case": r["case"],
+            "dir": r["direction"],
+            "algorithm": r["algorithm"],
+        }
         for name, i in r["impls"].items():
             row[f"{name} ms"] = i["best_ms"]
             row[f"{name} {short}"] = i["rate"]
@@ -1251,9 +1357,17 @@ def describe_machine(peaks: dict, threads: int) -> dict:
         "blas": blas_info(),
         "torch": getattr(torch, "__version__", None),
         "python": platform.python_version(),
-        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                           "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
-                                           "FASTCONV_ISA") if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "OMP_WAIT_POLICY",
+                "GOMP_SPINCOUNT",
+                "OPENBLAS_THREAD_TIMEOUT",
+                "OMP_NUM_THREADS",
+                "FASTCONV_ISA",
+            )
+            if k in os.environ
+        },
     }
 
 
@@ -1272,10 +1386,12 @@ def busy_warning(meta: dict) -> str | None:
         return None
     else:
         what = f"load average {la[0]} on {cores} cores"
-    return (f"warning: the machine is busy ({what}): timings "
-            "are noisy, and spinning OpenMP workers (fastconv's and PyTorch's) lose their "
-            "cores to other processes, which can slow small calls tenfold; re-run on a quiet "
-            "machine, or run both sides with OMP_WAIT_POLICY=PASSIVE.")
+    return (
+        f"warning: the machine is busy ({what}): timings "
+        "are noisy, and spinning OpenMP workers (fastconv's and PyTorch's) lose their "
+        "cores to other processes, which can slow small calls tenfold; re-run on a quiet "
+        "machine, or run both sides with OMP_WAIT_POLICY=PASSIVE."
+    )
 
 
 def format_header(meta: dict) -> str:
@@ -1288,8 +1404,11 @@ def format_header(meta: dict) -> str:
         f"peers: numpy {meta['numpy']} [{meta['blas']}], torch {meta['torch'] or 'not installed'}"
         f" | {meta['date']} | load average {la[0] if la else '?'}"
         + (f" {la[1]} {la[2]}" if la else "")
-        + (f" | CPUs {100 * meta['cpu_busy_before']:.0f}% busy before the start"
-           if meta.get("cpu_busy_before") is not None else "")
+        + (
+            f" | CPUs {100 * meta['cpu_busy_before']:.0f}% busy before the start"
+            if meta.get("cpu_busy_before") is not None
+            else ""
+        )
         + (f" | {meta['mode']}" if meta.get("mode") else "")
         + "".join(f" | {k}={v}" for k, v in meta.get("env", {}).items())
         + (f"\n{busy_warning(meta)}" if busy_warning(meta) else "")
@@ -1300,21 +1419,31 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
     """The README section: header, one table per op group, the summary lines."""
     la = meta["load_average"]
     out = [
-        f"Measured {meta['date'][:10]} with `fastconv bench {meta.get('argv', '')}`".rstrip()
-        + ": "
+        f"Measured {meta['date'][:10]} with `fastconv bench {meta.get('argv', '')}`".rstrip() + ": "
         f"{meta['cpu']}, {meta['cores']} cores, ISA path `{meta['isa']}`, "
         f"{meta['threads']} threads; measured peak {meta['fma_peak_gflops']} GFLOP/s fp32 "
         f"(FMA loop) and {meta['copy_gbps']} GB/s (copy); numpy {meta['numpy']} "
         f"({meta['blas']}), torch {meta['torch'] or 'not installed'}; "
         f"load average {' '.join(map(str, la)) if la else 'unknown'}"
-        + (f" at the start, {' '.join(map(str, meta['load_average_after']))} at the end"
-           if meta.get("load_average_after") else "")
-        + (f", CPUs {100 * meta['cpu_busy_before']:.0f}% busy just before the start"
-           if meta.get("cpu_busy_before") is not None else "")
-        + (f", other processes used {100 * meta['cpu_others_during']:.0f}% of the CPUs "
-           "during the run" if meta.get("cpu_others_during") is not None else "")
+        + (
+            f" at the start, {' '.join(map(str, meta['load_average_after']))} at the end"
+            if meta.get("load_average_after")
+            else ""
+        )
+        + (
+            f", CPUs {100 * meta['cpu_busy_before']:.0f}% busy just before the start"
+            if meta.get("cpu_busy_before") is not None
+            else ""
+        )
+        + (
+            f", other processes used {100 * meta['cpu_others_during']:.0f}% of the CPUs "
+            "during the run"
+            if meta.get("cpu_others_during") is not None
+            else ""
+        )
         + (f"; {meta['mode']}" if meta.get("mode") else "")
-        + "".join(f"; `{k}={v}`" for k, v in meta.get("env", {}).items()) + ".",
+        + "".join(f"; `{k}={v}`" for k, v in meta.get("env", {}).items())
+        + ".",
         "",
     ]
     if busy_warning(meta):
@@ -1324,9 +1453,13 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
         if not rows:
             continue
         table_rows, cols = compact_rows(rows)
-        out += [f"**{op}** ({rows[0]['unit']}; best of {meta.get('rounds', '?')} alternating "
-                "rounds; `x peer` = peer time / fastconv time)", "",
-                format_markdown(table_rows, cols), ""]
+        out += [
+            f"**{op}** ({rows[0]['unit']}; best of {meta.get('rounds', '?')} alternating "
+            "rounds; `x peer` = peer time / fastconv time)",
+            "",
+            format_markdown(table_rows, cols),
+            "",
+        ]
         lines = [s for s in summary if s["op"] == op]
         if lines:
             out += ["```", format_summary(lines), "```", ""]
@@ -1354,18 +1487,26 @@ def plot_results(results: list[dict], path: str, meta: dict | None = None) -> bo
         xs = np.arange(len(rows))
         for j, name in enumerate(impls):
             vals = [r["impls"][name]["rate"] if name in r["impls"] else 0.0 for r in rows]
-            ax.bar(xs + (j - (len(impls) - 1) / 2) * width, vals, width, label=name,
-                   color=colors.get(name))
+            ax.bar(
+                xs + (j - (len(impls) - 1) / 2) * width,
+                vals,
+                width,
+                label=name,
+                color=colors.get(name),
+            )
         ax.set_xticks(xs, [r["case"] for r in rows], rotation=90, fontsize=8)
         ax.set_ylabel(rows[0]["unit"])
         ax.set_title(f"{op} {direction}".strip())
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     if meta:
-        fig.suptitle(f"fastconv {meta.get('fastconv')} | {meta.get('cpu')}, "
-                     f"{meta.get('threads')} threads, {meta.get('isa')} | peak "
-                     f"{meta.get('fma_peak_gflops')} GFLOP/s, {meta.get('copy_gbps')} GB/s | "
-                     f"{str(meta.get('date', ''))[:10]}", fontsize=10)
+        fig.suptitle(
+            f"fastconv {meta.get('fastconv')} | {meta.get('cpu')}, "
+            f"{meta.get('threads')} threads, {meta.get('isa')} | peak "
+            f"{meta.get('fma_peak_gflops')} GFLOP/s, {meta.get('copy_gbps')} GB/s | "
+            f"{str(meta.get('date', ''))[:10]}",
+            fontsize=10,
+        )
     fig.savefig(path, dpi=100)
     return True
 
@@ -1393,22 +1534,25 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
 
 
-def build_plan(ops: Sequence[str], *, layers: list[str] | None = None,
-               directions: list[str] | None = None, impls: list[str] | None = None,
-               mode: str = "full") -> Plan:
+def build_plan(
+    ops: Sequence[str],
+    *,
+    layers: list[str] | None = None,
+    directions: list[str] | None = None,
+    impls: list[str] | None = None,
+    mode: str = "full",
+) -> Plan:
     """The cases of ``ops`` filtered by case name patterns (``layers``) and directions.
 
     ``mode``: 'full' (design.md shapes), 'quick' (conv batch <= 2, pool batch <= 4) or
     'smoke' (tiny shapes, for tests).
     """
     plan = Plan()
-    all_names = (list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME)
-                 + list(TRAIN_BY_NAME))
+    all_names = list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME) + list(TRAIN_BY_NAME)
     if layers:
         unknown = [p for p in layers if not _match(all_names, [p])]
         if unknown:
-            raise ValueError(f"no case matches {', '.join(unknown)}; cases: "
-                             f"{', '.join(all_names)}")
+            raise ValueError(f"no case matches {', '.join(unknown)}; cases: {', '.join(all_names)}")
     for op in ops:
         if op == "gemm":
             for name in _match(list(GEMM_BY_NAME), layers):
@@ -1425,8 +1569,9 @@ def build_plan(ops: Sequence[str], *, layers: list[str] | None = None,
                 elif mode == "smoke":
                     layer = layer.reduced(batch=1, max_hw=12)
                 for d in dirs:
-                    plan.items.append((f"conv {name} {d}",
-                                       lambda ly=layer, d=d: conv_case(ly, d, impls=impls)))
+                    plan.items.append(
+                        (f"conv {name} {d}", lambda ly=layer, d=d: conv_case(ly, d, impls=impls))
+                    )
         elif op == "pool":
             dirs = [d for d in POOL_DIRECTIONS if directions is None or d in directions]
             for name in _match(list(POOL_BY_NAME), layers):
@@ -1436,8 +1581,9 @@ def build_plan(ops: Sequence[str], *, layers: list[str] | None = None,
                 elif mode == "smoke":
                     case = case.reduced(batch=2, max_hw=16)
                 for d in dirs:
-                    plan.items.append((f"pool {name} {d}",
-                                       lambda c=case, d=d: pool_case(c, d, impls=impls)))
+                    plan.items.append(
+                        (f"pool {name} {d}", lambda c=case, d=d: pool_case(c, d, impls=impls))
+                    )
         elif op == "train":
             for name in _match(list(TRAIN_BY_NAME), layers):
                 case = TRAIN_BY_NAME[name]
@@ -1460,8 +1606,14 @@ class _Progress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total, file=sys.stderr, unit="case", disable=None,
-                                dynamic_ncols=True, leave=False)
+                self.bar = tqdm(
+                    total=total,
+                    file=sys.stderr,
+                    unit="case",
+                    disable=None,
+                    dynamic_ncols=True,
+                    leave=False,
+                )
 
     def describe(self, label: str) -> None:
         if self.bar is not None:
@@ -1476,8 +1628,15 @@ class _Progress:
             self.bar.close()
 
 
-def run_plan(plan: Plan, *, rounds: int, min_sample_s: float, settle_s: float | None,
-             peaks: dict, progress: bool = True) -> tuple[list[dict], list[str]]:
+def run_plan(
+    plan: Plan,
+    *,
+    rounds: int,
+    min_sample_s: float,
+    settle_s: float | None,
+    peaks: dict,
+    progress: bool = True,
+) -> tuple[list[dict], list[str]]:
     """Build and run every case of ``plan`` in turn; returns (results, skipped reasons)."""
     results, skipped = [], list(plan.skipped)
     bar = _Progress(len(plan.items), progress)
@@ -1490,8 +1649,11 @@ def run_plan(plan: Plan, *, rounds: int, min_sample_s: float, settle_s: float | 
                 skipped.append(f"{label}: {exc}")
                 bar.step()
                 continue
-            results.append(run_case(case, rounds=rounds, min_sample_s=min_sample_s,
-                                    settle_s=settle_s, peaks=peaks))
+            results.append(
+                run_case(
+                    case, rounds=rounds, min_sample_s=min_sample_s, settle_s=settle_s, peaks=peaks
+                )
+            )
             del case
             bar.step()
     finally:
@@ -1504,43 +1666,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Time fastconv against a vectorised NumPy peer and PyTorch (when installed), "
         "alternating in one process; report best/median time, GFLOP/s or GB/s, % of the "
-        "measured peak, speedups, fastconv's algorithm and the max error vs the reference.")
-    parser.add_argument("--op", default="all", help="conv, gemm, pool, train or all "
-                        "(comma-separated list allowed; default all)")
-    parser.add_argument("--layers", metavar="NAMES", help="comma-separated case names or "
-                        "shell patterns, e.g. 'resnet_3x3_*,vgg_3x3_112' or 'square_2048'")
-    parser.add_argument("--direction", metavar="DIRS", help="conv: fwd,dx,dw; pool: fwd,dx "
-                        "(default all)")
-    parser.add_argument("--impls", metavar="NAMES", help="implementations to run, of "
-                        f"{','.join(IMPLS)} (default all present)")
-    parser.add_argument("--quick", action="store_true", help="3 rounds, conv batch <= 2, "
-                        "pool batch <= 4: a rough picture in a fraction of the time")
+        "measured peak, speedups, fastconv's algorithm and the max error vs the reference."
+    )
+    parser.add_argument(
+        "--op",
+        default="all",
+        help="conv, gemm, pool, train or all (comma-separated list allowed; default all)",
+    )
+    parser.add_argument(
+        "--layers",
+        metavar="NAMES",
+        help="comma-separated case names or "
+        "shell patterns, e.g. 'resnet_3x3_*,vgg_3x3_112' or 'square_2048'",
+    )
+    parser.add_argument(
+        "--direction", metavar="DIRS", help="conv: fwd,dx,dw; pool: fwd,dx (default all)"
+    )
+    parser.add_argument(
+        "--impls",
+        metavar="NAMES",
+        help=f"implementations to run, of {','.join(IMPLS)} (default all present)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds, conv batch <= 2, "
+        "pool batch <= 4: a rough picture in a fraction of the time",
+    )
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=None, help="threads for fastconv, "
-                        "torch and numpy's BLAS (default: fastconv's current count)")
-    parser.add_argument("--repeat", type=int, default=None, metavar="N",
-                        help="alternating rounds per case (default 7; --quick 3)")
-    parser.add_argument("--min-time", type=float, default=None, metavar="S",
-                        help="repeat short calls so one sample lasts >= S seconds "
-                        "(default 0.05; --quick 0.02)")
-    parser.add_argument("--settle", type=float, default=None, metavar="S",
-                        help="sleep S seconds after every sample so the implementation's "
-                        "spinning worker threads go idle before the next one runs (default "
-                        "0.02, and 0.12 after numpy's OpenBLAS unless OPENBLAS_THREAD_TIMEOUT "
-                        "is set)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for fastconv, torch and numpy's BLAS (default: fastconv's current count)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="alternating rounds per case (default 7; --quick 3)",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        metavar="S",
+        help="repeat short calls so one sample lasts >= S seconds (default 0.05; --quick 0.02)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="sleep S seconds after every sample so the implementation's "
+        "spinning worker threads go idle before the next one runs (default "
+        "0.02, and 0.12 after numpy's OpenBLAS unless OPENBLAS_THREAD_TIMEOUT "
+        "is set)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (matplotlib)")
-    parser.add_argument("--markdown", metavar="PATH", nargs="?", const="-",
-                        help="print (or write to PATH) the markdown report for README")
-    parser.add_argument("--readme", metavar="PATH", help="replace the text between "
-                        "'<!-- bench-SECTION:start -->' and '<!-- bench-SECTION:end -->' in "
-                        "PATH with the markdown report (e.g. benchmarks/README.md)")
-    parser.add_argument("--section", default="table", help="the SECTION of --readme "
-                        "(default: table)")
-    parser.add_argument("--from-json", metavar="PATH", help="measure nothing: print the "
-                        "report (and write --markdown/--readme/--plot) from a saved --json")
-    parser.add_argument("--reprobe", action="store_true", help="measure the machine's peak "
-                        "FMA throughput and copy bandwidth again and update the cache")
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        nargs="?",
+        const="-",
+        help="print (or write to PATH) the markdown report for README",
+    )
+    parser.add_argument(
+        "--readme",
+        metavar="PATH",
+        help="replace the text between "
+        "'<!-- bench-SECTION:start -->' and '<!-- bench-SECTION:end -->' in "
+        "PATH with the markdown report (e.g. benchmarks/README.md)",
+    )
+    parser.add_argument(
+        "--section", default="table", help="the SECTION of --readme (default: table)"
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="measure nothing: print the "
+        "report (and write --markdown/--readme/--plot) from a saved --json",
+    )
+    parser.add_argument(
+        "--reprobe",
+        action="store_true",
+        help="measure the machine's peak "
+        "FMA throughput and copy bandwidth again and update the cache",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -1566,17 +1780,25 @@ def update_readme(path: str, text: str, section: str = "table") -> None:
     Path(path).write_text(doc[: i + len(start)] + "\n" + text.strip() + "\n" + doc[j:])
 
 
-def report(meta: dict, results: list[dict], summary: list[dict], skipped: list[str],
-           args: argparse.Namespace) -> int:
+def report(
+    meta: dict,
+    results: list[dict],
+    summary: list[dict],
+    skipped: list[str],
+    args: argparse.Namespace,
+) -> int:
     """Write the files the options ask for (first: a closed stdout must not lose them),
     then print the tables; returns the exit status."""
     status = 0
     if args.json and not args.from_json:
-        Path(args.json).write_text(json.dumps(
-            {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
-            indent=2, default=float))
-    text = format_markdown_report(meta, results, summary) if (args.markdown or args.readme) \
-        else ""
+        Path(args.json).write_text(
+            json.dumps(
+                {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
+                indent=2,
+                default=float,
+            )
+        )
+    text = format_markdown_report(meta, results, summary) if (args.markdown or args.readme) else ""
     if args.markdown and args.markdown != "-":
         Path(args.markdown).write_text(text + "\n")
     if args.readme:
@@ -1586,17 +1808,18 @@ def report(meta: dict, results: list[dict], summary: list[dict], skipped: list[s
             print(f"fastconv bench: --readme: {exc}", file=sys.stderr)
             status = 2
     if args.plot and results and not plot_results(results, args.plot, meta):
-        print("fastconv bench: --plot needs matplotlib (pip install matplotlib)",
-              file=sys.stderr)
+        print("fastconv bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
     if args.markdown == "-":
         print(text)
     else:
         for op in OPS:
             rows = [r for r in results if r["op"] == op]
             if rows:
-                print(f"\n== {op} ({rows[0]['unit']}, best of {meta.get('rounds')}; x_peer = "
-                      f"peer best / this best)"
-                      f"{' -- ' + rows[0]['note'] if rows[0]['note'] else ''}")
+                print(
+                    f"\n== {op} ({rows[0]['unit']}, best of {meta.get('rounds')}; x_peer = "
+                    f"peer best / this best)"
+                    f"{' -- ' + rows[0]['note'] if rows[0]['note'] else ''}"
+                )
                 print(terminal_table(rows))
         if summary:
             print()
@@ -1604,16 +1827,28 @@ def report(meta: dict, results: list[dict], summary: list[dict], skipped: list[s
         if meta.get("load_average_after"):
             print(f"load average at the end: {' '.join(map(str, meta['load_average_after']))}")
         if meta.get("cpu_others_during") is not None:
-            print(f"other processes used {100 * meta['cpu_others_during']:.0f}% of the CPUs "
-                  "during the run" + (" -- a disturbed run: re-run on a quiet machine"
-                                      if meta["cpu_others_during"] > 0.1 else ""))
+            print(
+                f"other processes used {100 * meta['cpu_others_during']:.0f}% of the CPUs "
+                "during the run"
+                + (
+                    " -- a disturbed run: re-run on a quiet machine"
+                    if meta["cpu_others_during"] > 0.1
+                    else ""
+                )
+            )
     for reason in skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    failed = [f"{r['case']} {r['direction']} {name}" for r in results
-              for name, i in r["impls"].items() if i["ok"] is False]
+    failed = [
+        f"{r['case']} {r['direction']} {name}"
+        for r in results
+        for name, i in r["impls"].items()
+        if i["ok"] is False
+    ]
     if failed:
-        print(f"fastconv bench: results outside the error tolerance: {', '.join(failed)}",
-              file=sys.stderr)
+        print(
+            f"fastconv bench: results outside the error tolerance: {', '.join(failed)}",
+            file=sys.stderr,
+        )
         return 1
     return status
 
@@ -1651,8 +1886,9 @@ def run(args: argparse.Namespace) -> int:
     plan = None
     if not errors:
         try:
-            plan = build_plan(ops, layers=_split(args.layers), directions=directions,
-                              impls=impls, mode=mode)
+            plan = build_plan(
+                ops, layers=_split(args.layers), directions=directions, impls=impls, mode=mode
+            )
         except ValueError as exc:
             errors.append(str(exc))
     if errors or plan is None:
@@ -1663,27 +1899,41 @@ def run(args: argparse.Namespace) -> int:
         print("fastconv bench: no case matches these options", file=sys.stderr)
         return 2
     rounds = args.repeat or {"full": 7, "quick": 3, "smoke": 1}[mode]
-    min_time = args.min_time if args.min_time is not None else {
-        "full": 0.05, "quick": 0.02, "smoke": 0.0}[mode]
+    min_time = (
+        args.min_time
+        if args.min_time is not None
+        else {"full": 0.05, "quick": 0.02, "smoke": 0.0}[mode]
+    )
     settle = args.settle if args.settle is not None else (0.0 if mode == "smoke" else None)
     threads = args.threads or F.get_num_threads()
     markdown_only = args.markdown == "-"
     with thread_count(threads):
         peaks = machine_peaks(threads, reprobe=args.reprobe, quick=mode == "smoke")
         meta = describe_machine(peaks, threads)
-        meta.update(rounds=rounds, min_sample_s=min_time,
-                    settle_s=(settle if settle is not None else
-                              {"numpy (gemm, conv)": default_settle_s(),
-                               "others": OMP_SETTLE_S}),
-                    mode={"full": "", "quick": "--quick: reduced batches",
-                          "smoke": "--smoke: tiny shapes"}[mode],
-                    argv=_command_line(args))
+        meta.update(
+            rounds=rounds,
+            min_sample_s=min_time,
+            settle_s=(
+                settle
+                if settle is not None
+                else {"numpy (gemm, conv)": default_settle_s(), "others": OMP_SETTLE_S}
+            ),
+            mode={"full": "", "quick": "--quick: reduced batches", "smoke": "--smoke: tiny shapes"}[
+                mode
+            ],
+            argv=_command_line(args),
+        )
         if not markdown_only:
             print(format_header(meta), flush=True)
         others = OtherLoad().start()
-        results, skipped = run_plan(plan, rounds=rounds, min_sample_s=min_time,
-                                    settle_s=settle, peaks=peaks,
-                                    progress=not args.no_progress)
+        results, skipped = run_plan(
+            plan,
+            rounds=rounds,
+            min_sample_s=min_time,
+            settle_s=settle,
+            peaks=peaks,
+            progress=not args.no_progress,
+        )
     meta["load_average_after"] = load_average()
     meta["cpu_others_during"] = others.stop()
     return report(meta, results, summarize(results), skipped, args)

@@ -29,6 +29,8 @@ __all__ = [
     "conv2d",
     "conv2d_algorithm",
     "conv2d_bias_grad",
+    "conv2d_input_algorithm",
+    "conv2d_weight_algorithm",
     "conv2d_input",
     "conv2d_weight",
     "gemm",
@@ -585,6 +587,43 @@ def conv2d_algorithm(
     out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
     return _C.conv2d_algorithm(
         in_shape, w_shape, out_hw, _native_geometry(geometry), np.dtype(dtype) == np.float32
+    )
+
+
+def _backward_algorithm(
+    direction, input_shape, weight_shape, stride, padding, dilation, groups, dtype
+):
+    in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
+    w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))
+    if len(in_shape) == 3:
+        in_shape = (1, *in_shape)
+    geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
+    out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
+    return _C.conv2d_backward_algorithm(
+        direction,
+        in_shape,
+        w_shape,
+        out_hw,
+        _native_geometry(geometry),
+        np.dtype(dtype) == np.float32,
+    )
+
+
+def conv2d_input_algorithm(
+    input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
+) -> str:
+    """What conv2d_input runs on the CPU for these shapes, e.g. 'winograd (transposed)'."""
+    return _backward_algorithm(
+        "input", input_shape, weight_shape, stride, padding, dilation, groups, dtype
+    )
+
+
+def conv2d_weight_algorithm(
+    input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
+) -> str:
+    """What conv2d_weight runs on the CPU for these shapes."""
+    return _backward_algorithm(
+        "weight", input_shape, weight_shape, stride, padding, dilation, groups, dtype
     )
 
 
