@@ -30,7 +30,13 @@ SCRIPT = textwrap.dedent(
         from numba import cuda
         from numba.cuda.cudadrv.nvvm import NVVM
         NVVM()
-    except Exception as exc:  # no numba-cuda / no libnvvm
+
+        def _probe(out):
+            out[0] = 1.0
+
+        # the whole pipeline, not just NVVM: compiling also loads NVRTC
+        cuda.compile_ptx(_probe, "void(float32[:])", cc=(9, 0))
+    except Exception as exc:  # no numba-cuda / no libnvvm / no NVRTC
         print("SKIP", type(exc).__name__, exc)
         sys.exit(77)
     if not hasattr(disp, "get_current_device"):
