@@ -263,6 +263,30 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
 
   // dW[g] += dY[n0:n1, g] @ im2col(x[n0:n1, g])^T over the images' pixels.
   auto accumulate = [&](int64_t n0, int64_t n1, int inner_threads, T* dw, T* col, T* dy_tile) {
+    if (p.is_pointwise() && pixels >= kWeightGradTilePixels) {
+      // 1x1 layers with planes that hold whole tiles: GEMM reads dY and the input
+      // in place (measured: gathering them first costs 1.5x on resnet_1x1_56).
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t g = 0; g < p.groups; ++g) {
+          const T* x = input + (n * p.in_channels + g * cg) * p.in_plane();
+          const T* dy = grad_output + (n * p.out_channels + g * kg) * pixels;
+          for (int64_t j0 = 0; j0 < pixels; j0 += tile_pixels) {
+            const int64_t count = std::min(tile_pixels, pixels - j0);
+            GemmProblem<T> pr;  // dW[g] (kg x red) += dY[:, j0:j0+count] @ columns^T
+            pr.m = kg;
+            pr.n = red;
+            pr.k = count;
+            pr.a = {dy + j0, pixels, 1};
+            pr.b = {x + j0, 1, pixels};
+            pr.c = {dw + g * kg * red, red, 1};
+            pr.beta = T(1);
+            gemm(pr, inner_threads);
+          }
+        }
+      return;
+    }
+    // Otherwise tiles may span images and are gathered into contiguous buffers
+    // (measured faster than reading dY in place for the stem and 5x5 layers).
     const int64_t total = (n1 - n0) * pixels;
     for (int64_t g = 0; g < p.groups; ++g) {
       for (int64_t j0 = 0; j0 < total; j0 += tile_pixels) {
