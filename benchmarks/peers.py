@@ -59,12 +59,20 @@ def record(benchmark, case, impl: str, errors: dict) -> None:
     err = errors[impl]
     assert err <= case.tolerance, (
         f"{case.label} {impl}: max error {err:.3g} (relative to max |reference|) exceeds "
-        f"{case.tolerance:.3g}")
+        f"{case.tolerance:.3g}"
+    )
     benchmark.group = case.label
     benchmark.extra_info.update(
-        op=case.op, case=case.name, direction=case.direction, impl=impl, shape=case.shape,
-        algorithm=case.algorithm if impl == "fastconv" else None, max_err=err,
-        work=case.work, unit=case.unit)
+        op=case.op,
+        case=case.name,
+        direction=case.direction,
+        impl=impl,
+        shape=case.shape,
+        algorithm=case.algorithm if impl == "fastconv" else None,
+        max_err=err,
+        work=case.work,
+        unit=case.unit,
+    )
     benchmark(case.impls[impl])
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None under --benchmark-disable

@@ -18,12 +18,15 @@ from peers import cached_case, record
 
 from fastconv import bench
 
-CASES = [(layer.name, d, impl) for layer in bench.CONV_LAYERS
-         for d in bench.CONV_DIRECTIONS for impl in bench.IMPLS]
+CASES = [
+    (layer.name, d, impl)
+    for layer in bench.CONV_LAYERS
+    for d in bench.CONV_DIRECTIONS
+    for impl in bench.IMPLS
+]
 
 
-@pytest.mark.parametrize(("layer", "direction", "impl"), CASES,
-                         ids=["-".join(c) for c in CASES])
+@pytest.mark.parametrize(("layer", "direction", "impl"), CASES, ids=["-".join(c) for c in CASES])
 def test_conv(benchmark, case_cache, smoke, layer, direction, impl):
     def build():
         spec = bench.CONV_BY_NAME[layer]
@@ -44,22 +47,34 @@ def test_numpy_peer_matches_reference():
     w = rng.standard_normal((4, 3, 3, 2))
     for stride, pad, dil in ((1, 0, 1), (2, 1, 1), (3, 2, 2)):
         y = reference.conv2d(x, w, None, stride, pad, dil, 2)
-        np.testing.assert_allclose(bench.numpy_conv2d(x, w, stride, pad, 2, dil), y,
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            bench.numpy_conv2d(x, w, stride, pad, 2, dil), y, rtol=1e-12, atol=1e-12
+        )
         g = rng.standard_normal(y.shape)
         np.testing.assert_allclose(
             bench.numpy_conv2d_input(x.shape, w, g, stride, pad, 2, dil),
-            reference.conv2d_input(x.shape, w, g, stride, pad, dil, 2), rtol=1e-12, atol=1e-12)
+            reference.conv2d_input(x.shape, w, g, stride, pad, dil, 2),
+            rtol=1e-12,
+            atol=1e-12,
+        )
         np.testing.assert_allclose(
             bench.numpy_conv2d_weight(x, w.shape, g, stride, pad, 2, dil),
-            reference.conv2d_weight(x, w.shape, g, stride, pad, dil, 2), rtol=1e-12, atol=1e-12)
+            reference.conv2d_weight(x, w.shape, g, stride, pad, dil, 2),
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 def test_summary_targets():
     """The geomean summary that issues 4 and 5 are judged on."""
+
     def result(name, direction, ratio):
-        return {"op": "conv", "case": name, "direction": direction,
-                "impls": {"fastconv": {"speedup": {"torch": ratio}}, "torch": {}}}
+        return {
+            "op": "conv",
+            "case": name,
+            "direction": direction,
+            "impls": {"fastconv": {"speedup": {"torch": ratio}}, "torch": {}},
+        }
 
     rows = [result(n, "fwd", 1.5) for n in bench.THREE_BY_THREE_S1]
     rows.append(result("lenet_5x5", "fwd", 0.5))

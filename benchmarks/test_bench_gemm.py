@@ -39,11 +39,23 @@ def test_bench_command_smoke(tmp_path, capsys):
     from fastconv import cli
 
     out_json, out_md, out_png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
-    status = cli.main([
-        "bench", "--smoke", "--op", "gemm,conv,pool", "--no-progress",
-        "--layers", "square_512,conv_512x49x4608,resnet_3x3_56,mobilenet_*,max_pool2d_*",
-        "--json", str(out_json), "--markdown", str(out_md), "--plot", str(out_png),
-    ])
+    status = cli.main(
+        [
+            "bench",
+            "--smoke",
+            "--op",
+            "gemm,conv,pool",
+            "--no-progress",
+            "--layers",
+            "square_512,conv_512x49x4608,resnet_3x3_56,mobilenet_*,max_pool2d_*",
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+            "--plot",
+            str(out_png),
+        ]
+    )
     text = capsys.readouterr().out
     assert status == 0
     assert "ISA path" in text and "threads" in text and "GFLOP/s fp32 FMA" in text

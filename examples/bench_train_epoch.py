@@ -50,8 +50,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     splits = data.load_dataset("digits", seed=0)
     x = data.Normalizer().fit_transform(splits.train.x)
-    loader = data.DataLoader(x, splits.train.y, batch_size=args.batch_size, shuffle=True,
-                             seed=0)
+    loader = data.DataLoader(x, splits.train.y, batch_size=args.batch_size, shuffle=True, seed=0)
     batches = list(loader)
     tbatches = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in batches]
 
@@ -75,13 +74,17 @@ def main() -> None:
         torch_epoch(torch, tmodel, topt, tcrit, tbatches)
         best["torch"] = min(best["torch"], time.perf_counter() - t0)
     n = len(splits.train.y)
-    print(f"demo CNN ({model.num_parameters():,} parameters), digits epoch of {n} samples, "
-          f"batch {args.batch_size}, fastconv threads {fastconv.get_num_threads()}, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"demo CNN ({model.num_parameters():,} parameters), digits epoch of {n} samples, "
+        f"batch {args.batch_size}, fastconv threads {fastconv.get_num_threads()}, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     for name, seconds in best.items():
         print(f"  {name:>8}: {seconds * 1e3:8.1f} ms/epoch  ({n / seconds:8.0f} samples/s)")
-    print(f"  fastconv / torch time ratio: {best['fastconv'] / best['torch']:.2f} "
-          f"(< 1 means fastconv is faster)")
+    print(
+        f"  fastconv / torch time ratio: {best['fastconv'] / best['torch']:.2f} "
+        f"(< 1 means fastconv is faster)"
+    )
 
 
 if __name__ == "__main__":

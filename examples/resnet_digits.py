@@ -14,11 +14,14 @@ from fastconv import data, nn, optim
 
 def resnet(num_classes: int = 10, width: int = 16) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.BasicBlock.make(width, width),                      # 8x8
-        nn.BasicBlock.make(width, 2 * width, stride=2),        # 4x4, 1x1 conv shortcut
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.BasicBlock.make(width, width),  # 8x8
+        nn.BasicBlock.make(width, 2 * width, stride=2),  # 4x4, 1x1 conv shortcut
         nn.BasicBlock.make(2 * width, 2 * width),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(2 * width, num_classes),
     )
 
@@ -31,8 +34,9 @@ def main() -> None:
     model = resnet()
     model.summary((1, 8, 8))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.05)
-    optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
+    optimizer = optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     epochs = 8
     scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     loader = data.DataLoader(x_train, splits.train.y, batch_size=32, shuffle=True, seed=0)
@@ -60,8 +64,10 @@ def main() -> None:
     with torch.no_grad():
         torch_logits = torch_model(torch.from_numpy(x_test)).numpy()
     same = (torch_logits.argmax(1) == logits.argmax(1)).mean()
-    print(f"PyTorch predicts the same class for {same:.1%} of the test set "
-          f"(max |logit difference| {np.abs(torch_logits - logits).max():.2e})")
+    print(
+        f"PyTorch predicts the same class for {same:.1%} of the test set "
+        f"(max |logit difference| {np.abs(torch_logits - logits).max():.2e})"
+    )
 
 
 if __name__ == "__main__":

@@ -19,14 +19,23 @@ def main() -> None:
 
     nn.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.MaxPool2d(2),                                            # 8x8 -> 4x4
-        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.MaxPool2d(2),                                            # 4x4 -> 2x2
+        nn.Conv2d(1, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 8x8 -> 4x4
+        nn.Conv2d(32, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 4x4 -> 2x2
         nn.Flatten(),
-        nn.Dropout(0.25), nn.Linear(64 * 2 * 2, 128), nn.ReLU(),
-        nn.Dropout(0.25), nn.Linear(128, 10),
+        nn.Dropout(0.25),
+        nn.Linear(64 * 2 * 2, 128),
+        nn.ReLU(),
+        nn.Dropout(0.25),
+        nn.Linear(128, 10),
     )
     model.summary((1, 8, 8))
     criterion = nn.CrossEntropyLoss()
@@ -39,24 +48,28 @@ def main() -> None:
         model.train()
         start = time.perf_counter()
         for xb, yb in loader:
-            logits = model(xb)                      # forward, saves what backward needs
-            loss = criterion(logits, yb)            # a Python float
-            model.backward(criterion.backward())    # accumulates every param.grad
+            logits = model(xb)  # forward, saves what backward needs
+            loss = criterion(logits, yb)  # a Python float
+            model.backward(criterion.backward())  # accumulates every param.grad
             optimizer.step()
             optimizer.zero_grad()
         scheduler.step()
         model.eval()
-        with nn.no_grad():                          # evaluation saves nothing
+        with nn.no_grad():  # evaluation saves nothing
             val_acc = (model(x_val).argmax(1) == splits.val.y).mean()
-        print(f"epoch {epoch:2d}  last loss {loss:.4f}  val acc {val_acc:.4f}  "
-              f"{time.perf_counter() - start:.2f} s")
+        print(
+            f"epoch {epoch:2d}  last loss {loss:.4f}  val acc {val_acc:.4f}  "
+            f"{time.perf_counter() - start:.2f} s"
+        )
 
     with nn.no_grad():
         test_acc = (model(x_test).argmax(1) == splits.test.y).mean()
     print(f"test accuracy {test_acc:.4f}")
     nn.save_weights(model, "digits_cnn.npz")  # PyTorch state_dict keys and shapes
-    print("weights saved to digits_cnn.npz; load them into torch with "
-          "torch_model.load_state_dict(nn.to_torch_state_dict(nn.load_weights(path)))")
+    print(
+        "weights saved to digits_cnn.npz; load them into torch with "
+        "torch_model.load_state_dict(nn.to_torch_state_dict(nn.load_weights(path)))"
+    )
 
 
 if __name__ == "__main__":

@@ -35,23 +35,32 @@ def accuracy(model, x, y):
 def main() -> None:
     splits = data.load_dataset("digits", seed=0)
     norm = data.Normalizer().fit(splits.train.x)
-    (x_train, y_train), (x_test, y_test) = ((norm.transform(s.x), s.y)
-                                            for s in (splits.train, splits.test))
+    (x_train, y_train), (x_test, y_test) = (
+        (norm.transform(s.x), s.y) for s in (splits.train, splits.test)
+    )
     low_train, low_test = y_train < 5, y_test < 5
 
     nn.manual_seed(0)
     features = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
     model = nn.Sequential(features, nn.Linear(32 * 2 * 2, 5))
     fit(model, x_train[low_train], y_train[low_train], epochs=6, lr=2e-3)
     print(f"digits 0-4: test accuracy {accuracy(model, x_test[low_test], y_test[low_test]):.4f}")
 
-    features.requires_grad_(False)                  # freeze the feature extractor
+    features.requires_grad_(False)  # freeze the feature extractor
     model = nn.Sequential(features, nn.Linear(32 * 2 * 2, 5))  # a new head
     model[1].needs_input_grad = False  # nothing to back-propagate into the frozen part
-    print(f"trainable parameters: {model.num_parameters(trainable_only=True):,} of "
-          f"{model.num_parameters():,}")
+    print(
+        f"trainable parameters: {model.num_parameters(trainable_only=True):,} of "
+        f"{model.num_parameters():,}"
+    )
     before = features.state_dict()
     fit(model, x_train[~low_train], y_train[~low_train] - 5, epochs=6, lr=5e-3)
     acc = accuracy(model, x_test[~low_test], y_test[~low_test] - 5)

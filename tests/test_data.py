@@ -118,8 +118,11 @@ def test_loader_validation():
 
 def test_normalizer_fits_on_train_per_channel():
     rng = np.random.default_rng(0)
-    train = (rng.normal([1.0, -2.0, 5.0], [2.0, 0.5, 3.0], (400, 4, 4, 3))
-             .transpose(0, 3, 1, 2).astype(np.float32))
+    train = (
+        rng.normal([1.0, -2.0, 5.0], [2.0, 0.5, 3.0], (400, 4, 4, 3))
+        .transpose(0, 3, 1, 2)
+        .astype(np.float32)
+    )
     test = train[:10] + np.float32(1.0)
     norm = data.Normalizer()
     out = norm.fit_transform(train)
@@ -127,8 +130,7 @@ def test_normalizer_fits_on_train_per_channel():
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, atol=1e-4)
     # the test set uses the training statistics
-    np.testing.assert_allclose(norm.transform(test), out[:10] + 1 / norm.std, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(norm.transform(test), out[:10] + 1 / norm.std, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(norm.inverse_transform(out), train, rtol=1e-5, atol=1e-4)
     scalar = data.Normalizer(per_channel=False).fit(train)
     assert scalar.mean.size == 1
@@ -164,7 +166,8 @@ def idx_bytes(array, code=0x08):
     array = np.asarray(array)
     dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
     header = bytes([0, 0, code, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     return header + array.astype(dtype).tobytes()
 
 
@@ -220,8 +223,13 @@ def test_load_mnist_missing_files_name_the_path(tmp_path):
 
 def test_read_idx_types_and_corruption(tmp_path):
     values = np.arange(-6, 6).reshape(3, 4)
-    for code, dtype in ((0x09, np.int8), (0x0B, np.int16), (0x0C, np.int32),
-                        (0x0D, np.float32), (0x0E, np.float64)):
+    for code, dtype in (
+        (0x09, np.int8),
+        (0x0B, np.int16),
+        (0x0C, np.int32),
+        (0x0D, np.float32),
+        (0x0E, np.float64),
+    ):
         path = tmp_path / f"a{code}"
         path.write_bytes(idx_bytes(values, code))
         out = data.read_idx(path)
@@ -239,7 +247,8 @@ def test_read_idx_types_and_corruption(tmp_path):
         data.read_idx(tmp_path / "absent")
     write_mnist(tmp_path / "mismatch")
     (tmp_path / "mismatch" / "train-labels-idx1-ubyte").write_bytes(
-        idx_bytes(np.zeros(3, np.uint8)))
+        idx_bytes(np.zeros(3, np.uint8))
+    )
     with pytest.raises(ValueError, match="12 images but 3 labels"):
         data.load_mnist(tmp_path / "mismatch")
 
@@ -255,10 +264,12 @@ def cifar_batches(n=3):
     rng = np.random.default_rng(0)
     out = {}
     for i, name in enumerate(CIFAR_NAMES):
-        out[name] = {b"batch_label": name.encode(),
-                     b"labels": [int(v) for v in rng.integers(0, 10, n + i % 2)],
-                     b"data": rng.integers(0, 256, (n + i % 2, 3072), dtype=np.uint8),
-                     b"filenames": [b"x.png"] * (n + i % 2)}
+        out[name] = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n + i % 2)],
+            b"data": rng.integers(0, 256, (n + i % 2, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * (n + i % 2),
+        }
     return out
 
 
@@ -273,12 +284,14 @@ def check_cifar(train, test, batches):
     assert train.x.shape == (len(expected), 3, 32, 32) and train.x.dtype == np.float32
     np.testing.assert_allclose(train.x.reshape(len(expected), -1), expected / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(
-        train.y, np.concatenate([batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)]))
+        train.y, np.concatenate([batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)])
+    )
     n_test = len(batches["test_batch"][b"labels"])
     assert test.x.shape == (n_test, 3, 32, 32) and test.y.dtype == np.int64
     # channel-major layout: the first 1024 bytes are the red plane
-    np.testing.assert_allclose(test.x[0, 0].ravel(), batches["test_batch"][b"data"][0, :1024]
-                               / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        test.x[0, 0].ravel(), batches["test_batch"][b"data"][0, :1024] / 255.0, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("layout", ["flat", "subdir", "tar"])
@@ -317,8 +330,9 @@ def test_load_cifar10_missing_and_unsafe_files(tmp_path):
     (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
     with pytest.raises(ValueError, match="refusing to load global"):
         data.load_cifar10(tmp_path)
-    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8),
-                                                        b"labels": [0, 1]}))
+    (tmp_path / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]})
+    )
     with pytest.raises(ValueError, match="3072"):
         data.load_cifar10(tmp_path)
 

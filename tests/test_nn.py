@@ -23,36 +23,69 @@ from fastconv import nn, optim
 LAYER_CASES = [
     ("conv_basic", lambda: nn.Conv2d(3, 4, 3), (2, 3, 6, 6), "smooth"),
     ("conv_stride_pad", lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 6), "smooth"),
-    ("conv_rect_dil_groups",
-     lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
-     (2, 4, 7, 7), "smooth"),
+    (
+        "conv_rect_dil_groups",
+        lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
+        (2, 4, 7, 7),
+        "smooth",
+    ),
     ("conv_same_even", lambda: nn.Conv2d(3, 4, 4, padding="same"), (2, 3, 5, 6), "smooth"),
-    ("conv_valid_nobias", lambda: nn.Conv2d(3, 4, 3, padding="valid", bias=False),
-     (2, 3, 5, 5), "smooth"),
+    (
+        "conv_valid_nobias",
+        lambda: nn.Conv2d(3, 4, 3, padding="valid", bias=False),
+        (2, 3, 5, 5),
+        "smooth",
+    ),
     ("conv_depthwise", lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (2, 4, 5, 5), "smooth"),
     ("conv_1x1", lambda: nn.Conv2d(3, 5, 1), (2, 3, 4, 4), "smooth"),
     ("conv_unbatched", lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5), "smooth"),
-    ("conv_reflect", lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
-     (2, 3, 5, 6), "smooth"),
-    ("conv_replicate", lambda: nn.Conv2d(3, 4, 3, padding=(2, 1), padding_mode="replicate"),
-     (2, 3, 5, 6), "smooth"),
-    ("conv_circular", lambda: nn.Conv2d(3, 4, 3, stride=2, padding=2, padding_mode="circular"),
-     (2, 3, 5, 6), "smooth"),
-    ("conv_same_reflect_dil",
-     lambda: nn.Conv2d(2, 3, 2, padding="same", dilation=2, padding_mode="reflect"),
-     (2, 2, 5, 5), "smooth"),
+    (
+        "conv_reflect",
+        lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+        (2, 3, 5, 6),
+        "smooth",
+    ),
+    (
+        "conv_replicate",
+        lambda: nn.Conv2d(3, 4, 3, padding=(2, 1), padding_mode="replicate"),
+        (2, 3, 5, 6),
+        "smooth",
+    ),
+    (
+        "conv_circular",
+        lambda: nn.Conv2d(3, 4, 3, stride=2, padding=2, padding_mode="circular"),
+        (2, 3, 5, 6),
+        "smooth",
+    ),
+    (
+        "conv_same_reflect_dil",
+        lambda: nn.Conv2d(2, 3, 2, padding="same", dilation=2, padding_mode="reflect"),
+        (2, 2, 5, 5),
+        "smooth",
+    ),
     ("linear", lambda: nn.Linear(5, 3), (4, 5), "smooth"),
     ("linear_3d_nobias", lambda: nn.Linear(5, 3, bias=False), (2, 3, 5), "smooth"),
     ("maxpool", lambda: nn.MaxPool2d(2), (2, 3, 6, 6), "distinct"),
-    ("maxpool_pad_ceil", lambda: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
-     (2, 2, 7, 7), "distinct"),
+    (
+        "maxpool_pad_ceil",
+        lambda: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        (2, 2, 7, 7),
+        "distinct",
+    ),
     ("maxpool_dilated", lambda: nn.MaxPool2d(2, stride=1, dilation=2), (1, 2, 5, 6), "distinct"),
     ("avgpool", lambda: nn.AvgPool2d(2), (2, 3, 6, 6), "smooth"),
-    ("avgpool_pad_ceil",
-     lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
-     (2, 2, 7, 6), "smooth"),
-    ("avgpool_divisor", lambda: nn.AvgPool2d(2, stride=1, divisor_override=3), (1, 2, 4, 5),
-     "smooth"),
+    (
+        "avgpool_pad_ceil",
+        lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+        (2, 2, 7, 6),
+        "smooth",
+    ),
+    (
+        "avgpool_divisor",
+        lambda: nn.AvgPool2d(2, stride=1, divisor_override=3),
+        (1, 2, 4, 5),
+        "smooth",
+    ),
     ("adaptive_global", lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 4), "smooth"),
     ("adaptive_divisible", lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 3, 6, 6), "smooth"),
     ("adaptive_general", lambda: nn.AdaptiveAvgPool2d((4, 3)), (2, 2, 7, 5), "smooth"),
@@ -67,22 +100,49 @@ LAYER_CASES = [
     ("batchnorm_train", lambda: nn.BatchNorm2d(3), (4, 3, 3, 3), "smooth"),
     ("batchnorm_noaffine", lambda: nn.BatchNorm2d(3, affine=False), (4, 3, 3, 3), "smooth"),
     ("batchnorm_nobias", lambda: nn.BatchNorm2d(3, bias=False), (4, 3, 3, 3), "smooth"),
-    ("batchnorm_untracked", lambda: nn.BatchNorm2d(3, track_running_stats=False).eval(),
-     (4, 3, 3, 3), "smooth"),
+    (
+        "batchnorm_untracked",
+        lambda: nn.BatchNorm2d(3, track_running_stats=False).eval(),
+        (4, 3, 3, 3),
+        "smooth",
+    ),
     ("batchnorm_eval", lambda: _trained_bn().eval(), (4, 3, 3, 3), "smooth"),
     ("dropout_eval", lambda: nn.Dropout(0.4).eval(), (2, 3, 4, 4), "smooth"),
-    ("sequential",
-     lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(),
-                           nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)),
-     (3, 2, 4, 4), "smooth"),
-    ("residual_identity",
-     lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3),
-                                       nn.Tanh(), nn.Conv2d(3, 3, 3, padding=1))),
-     (2, 3, 4, 4), "smooth"),
-    ("residual_shortcut",
-     lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Sigmoid()),
-                         nn.Conv2d(3, 4, 1, stride=2)),
-     (2, 3, 5, 5), "smooth"),
+    (
+        "sequential",
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16, 3),
+        ),
+        (3, 2, 4, 4),
+        "smooth",
+    ),
+    (
+        "residual_identity",
+        lambda: nn.Residual(
+            nn.Sequential(
+                nn.Conv2d(3, 3, 3, padding=1),
+                nn.BatchNorm2d(3),
+                nn.Tanh(),
+                nn.Conv2d(3, 3, 3, padding=1),
+            )
+        ),
+        (2, 3, 4, 4),
+        "smooth",
+    ),
+    (
+        "residual_shortcut",
+        lambda: nn.Residual(
+            nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Sigmoid()),
+            nn.Conv2d(3, 4, 1, stride=2),
+        ),
+        (2, 3, 5, 5),
+        "smooth",
+    ),
     ("basic_block", lambda: nn.BasicBlock.make(3, 3), (2, 3, 4, 4), "smooth"),
     ("basic_block_down", lambda: nn.BasicBlock.make(3, 4, stride=2), (2, 3, 5, 5), "smooth"),
 ]
@@ -139,8 +199,11 @@ def numeric_grad(f, arr, max_checks=150, h=1e-6, seed=0):
     """Central differences of the scalar f() wrt entries of arr (a sample if large)."""
     flat = arr.reshape(-1)
     n = flat.size
-    idx = np.arange(n) if n <= max_checks else \
-        np.random.default_rng(seed).choice(n, max_checks, replace=False)
+    idx = (
+        np.arange(n)
+        if n <= max_checks
+        else np.random.default_rng(seed).choice(n, max_checks, replace=False)
+    )
     out = {}
     for i in idx:
         old = flat[i]
@@ -176,8 +239,9 @@ def check_grads(module, x, *, reset=None, rtol=1e-6, atol=1e-8, seed=1):
         numeric = numeric_grad(f, arr)
         flat = analytic.reshape(-1)
         for i, value in numeric.items():
-            assert abs(flat[i] - value) <= atol + rtol * max(abs(value), 1.0), \
+            assert abs(flat[i] - value) <= atol + rtol * max(abs(value), 1.0), (
                 f"{name}[{i}]: backward {flat[i]!r} vs finite difference {value!r}"
+            )
 
 
 @pytest.mark.parametrize("case", LAYER_CASES, ids=CASE_IDS)
@@ -217,8 +281,9 @@ def torch_forward_backward(torch_module, x, g):
         yt = torch_module(xt)
         yt = yt[0] if isinstance(yt, tuple) else yt
         yt.backward(torch.tensor(g))
-    grads = {name: p.grad.numpy() for name, p in torch_module.named_parameters()
-             if p.grad is not None}
+    grads = {
+        name: p.grad.numpy() for name, p in torch_module.named_parameters() if p.grad is not None
+    }
     return yt.detach().numpy(), xt.grad.numpy(), grads
 
 
@@ -242,21 +307,26 @@ def test_forward_backward_match_torch(case, dtype):
         tol = dict(rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(ty).max())))
     assert y.dtype == dtype and grad_x.dtype == dtype
     np.testing.assert_allclose(y, ty, **tol, err_msg="forward")
-    gtol = tol if dtype == np.float64 else dict(rtol=2e-4,
-                                                atol=2e-5 * max(1.0, float(np.abs(tgx).max())))
+    gtol = (
+        tol
+        if dtype == np.float64
+        else dict(rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(tgx).max())))
+    )
     np.testing.assert_allclose(grad_x, tgx, **gtol, err_msg="grad input")
     params = dict(module.named_parameters())
     assert set(params) == set(tgrads)
     for name, p in params.items():
         assert p.grad.dtype == dtype, name
-        ptol = tol if dtype == np.float64 else dict(
-            rtol=5e-4, atol=5e-5 * max(1.0, float(np.abs(tgrads[name]).max())))
+        ptol = (
+            tol
+            if dtype == np.float64
+            else dict(rtol=5e-4, atol=5e-5 * max(1.0, float(np.abs(tgrads[name]).max())))
+        )
         np.testing.assert_allclose(p.grad, tgrads[name], **ptol, err_msg=name)
     # state (running statistics included) matches too after the forward
     tstate = torch_module.state_dict()
     for key, value in module.state_dict().items():
-        np.testing.assert_allclose(value, tstate[key].numpy(), rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(value, tstate[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("case", LAYER_CASES, ids=CASE_IDS)
@@ -271,8 +341,9 @@ def test_repr_and_state_dict_keys_match_torch(case):
     assert list(state) == list(tstate)
     for key in state:
         assert state[key].shape == tuple(tstate[key].shape), key
-    assert [n for n, _ in module.named_parameters()] == \
-        [n for n, _ in torch_module.named_parameters()]
+    assert [n for n, _ in module.named_parameters()] == [
+        n for n, _ in torch_module.named_parameters()
+    ]
     assert tstate.get("num_batches_tracked", torch.tensor(0)).dtype == torch.int64
 
 
@@ -372,8 +443,7 @@ def test_constructor_validation_matches_torch():
     with pytest.raises(ValueError):
         nn.CrossEntropyLoss(label_smoothing=2.0)
     with pytest.raises(ValueError):
-        nn.Conv2d(1, 1, 3, padding=3, padding_mode="reflect")(np.zeros((1, 1, 3, 3),
-                                                                         np.float32))
+        nn.Conv2d(1, 1, 3, padding=3, padding_mode="reflect")(np.zeros((1, 1, 3, 3), np.float32))
 
 
 # ======================================================================================
@@ -389,8 +459,9 @@ def test_batchnorm_running_stats_match_torch(momentum):
     rng = np.random.default_rng(0)
     for step in range(4):
         x = rng.normal(step, 1 + step, (5, 3, 4, 4))
-        np.testing.assert_allclose(bn(x), tbn(torch.tensor(x)).detach().numpy(), rtol=1e-10,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            bn(x), tbn(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12
+        )
     for key, value in tbn.state_dict().items():
         np.testing.assert_allclose(bn.state_dict()[key], value.numpy(), rtol=1e-12, err_msg=key)
     assert int(bn.num_batches_tracked) == 4
@@ -477,9 +548,12 @@ def _ce_inputs(kind, rng):
 
 
 # ignore_index applies to class-index targets only
-CE_PARAMS = [(kwargs, kind) for kwargs in CE_CASES
-             for kind in ("index", "prob", "spatial", "unbatched")
-             if not (kind == "prob" and "ignore_index" in kwargs)]
+CE_PARAMS = [
+    (kwargs, kind)
+    for kwargs in CE_CASES
+    for kind in ("index", "prob", "spatial", "unbatched")
+    if not (kind == "prob" and "ignore_index" in kwargs)
+]
 
 
 @pytest.mark.parametrize("kwargs,kind", CE_PARAMS, ids=[f"{k}-{c}" for c, k in CE_PARAMS])
@@ -575,8 +649,15 @@ def test_mse_matches_torch(reduction):
 def small_model(dtype=np.float32):
     nn.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 8),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(8, 3),
     )
     return model.to(dtype)
 
@@ -584,12 +665,23 @@ def small_model(dtype=np.float32):
 def test_parameters_and_named_parameters():
     model = small_model()
     names = [n for n, _ in model.named_parameters()]
-    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "5.weight", "5.bias",
-                     "8.weight", "8.bias"]
+    assert names == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "5.weight",
+        "5.bias",
+        "8.weight",
+        "8.bias",
+    ]
     assert len(list(model.parameters())) == 8
     assert model.num_parameters() == 4 * 9 + 4 + 8 + 64 * 8 + 8 + 8 * 3 + 3
     assert [n for n, _ in model.named_buffers()] == [
-        "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
     assert [n for n, _ in model.named_modules()][:3] == ["", "0", "1"]
     assert model.get_submodule("1") is model[1]
 
@@ -601,9 +693,15 @@ def test_sequential_indexing():
     head = model[:4]
     assert isinstance(head, nn.Sequential) and len(head) == 4
     assert head[0] is model[0]
-    assert list(head.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias",
-                                       "1.running_mean", "1.running_var",
-                                       "1.num_batches_tracked"]
+    assert list(head.state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
     with pytest.raises(IndexError):
         model[9]
     seq = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3), act=nn.ReLU()))
@@ -620,16 +718,22 @@ def test_state_dict_round_trip_with_torch():
     torch = pytest.importorskip("torch")
     model = small_model()
     tmodel = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.ReLU(),
-        torch.nn.Dropout(0.2), torch.nn.Linear(8, 3))
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 8),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(8, 3),
+    )
     tmodel(torch.randn(4, 1, 8, 8))  # non-trivial running stats
     result = model.load_state_dict(tmodel.state_dict())
     assert result.missing_keys == [] and result.unexpected_keys == []
     for key, value in tmodel.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key], value.numpy())
-        assert model.state_dict()[key].dtype == (np.int64 if "num_batches" in key
-                                                 else np.float32)
+        assert model.state_dict()[key].dtype == (np.int64 if "num_batches" in key else np.float32)
     # and back
     rng = np.random.default_rng(0)
     for p in model.parameters():
@@ -638,8 +742,9 @@ def test_state_dict_round_trip_with_torch():
     model.eval()
     tmodel.eval()
     x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(model(x), tmodel(torch.tensor(x)).detach().numpy(), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model(x), tmodel(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_load_state_dict_errors():
@@ -650,7 +755,7 @@ def test_load_state_dict_errors():
     bad["extra"] = np.zeros(1)
     with pytest.raises(RuntimeError, match='Missing key.*"0.weight"') as info:
         model.load_state_dict(bad)
-    assert "Unexpected key(s) in state_dict: \"extra\"" in str(info.value)
+    assert 'Unexpected key(s) in state_dict: "extra"' in str(info.value)
     result = model.load_state_dict(bad, strict=False)
     assert result.missing_keys == ["0.weight"] and result.unexpected_keys == ["extra"]
     wrong = dict(state)
@@ -664,8 +769,9 @@ def test_state_dict_is_a_copy_and_casts_on_load():
     state = model.state_dict()
     state["0.weight"][...] = 0
     assert model[0].weight.data.any()
-    model.load_state_dict({k: v.astype(np.float64) if v.dtype == np.float32 else v
-                           for k, v in state.items()})
+    model.load_state_dict(
+        {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in state.items()}
+    )
     assert model[0].weight.data.dtype == np.float32
     assert not model[0].weight.data.any()
 
@@ -719,8 +825,7 @@ def test_freezing_skips_weight_gradients(monkeypatch):
             np.testing.assert_array_equal(p.data, before[name], err_msg=name)
         else:
             assert not np.array_equal(p.data, before[name]), name
-    assert model.num_parameters(trainable_only=True) == \
-        model.num_parameters() - 40 - 64 * 8
+    assert model.num_parameters(trainable_only=True) == model.num_parameters() - 40 - 64 * 8
     model.requires_grad_(True)
     assert all(p.requires_grad for p in model.parameters())
 
@@ -789,9 +894,20 @@ def test_custom_module_registration_and_repr():
 
     net = Net()
     assert [n for n, _ in net.named_parameters()] == [
-        "scale", "features.0.weight", "features.0.bias", "head.weight", "head.bias"]
-    assert list(net.state_dict()) == ["scale", "steps", "features.0.weight",
-                                      "features.0.bias", "head.weight", "head.bias"]
+        "scale",
+        "features.0.weight",
+        "features.0.bias",
+        "head.weight",
+        "head.bias",
+    ]
+    assert list(net.state_dict()) == [
+        "scale",
+        "steps",
+        "features.0.weight",
+        "features.0.bias",
+        "head.weight",
+        "head.bias",
+    ]
     assert net.note == "plain attribute"
     assert repr(net) == (
         "Net(\n"
@@ -800,7 +916,8 @@ def test_custom_module_registration_and_repr():
         "    (1): ReLU()\n"
         "  )\n"
         "  (head): Linear(in_features=2, out_features=2, bias=True)\n"
-        ")")
+        ")"
+    )
     with pytest.raises(TypeError):
         net.head = 3  # a registered module can only be replaced by a Module or None
     with pytest.raises(NotImplementedError):
@@ -818,15 +935,20 @@ def test_summary_lecture_example(capsys):
     assert "0 (Conv2d)" in printed and "10x32x32" in printed and "760" in printed
     assert "Total params: 760" in printed
     # a single layer summarises itself
-    single = nn.Conv2d(3, 10, 5, stride=1, padding=2).summary((3, 32, 32),
-                                                              print_summary=False)
+    single = nn.Conv2d(3, 10, 5, stride=1, padding=2).summary((3, 32, 32), print_summary=False)
     assert single.rows == [("", "Conv2d", (10, 32, 32), 760)]
 
 
 def test_summary_nested_model_keeps_state(capsys):
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.BasicBlock.make(4, 8, stride=2), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.BasicBlock.make(4, 8, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
     model[0].requires_grad_(False)
     state = model.state_dict()
     summary = model.summary((1, 8, 8))
@@ -876,8 +998,7 @@ def test_clip_grad_norm_and_weight_files(tmp_path):
     model.backward(np.full((2, 3), 10.0, np.float32))
     total = nn.clip_grad_norm_(model.parameters(), 1.0)
     assert total > 1.0
-    norm = np.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum())
-                       for p in model.parameters()))
+    norm = np.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters()))
     assert norm == pytest.approx(1.0, rel=1e-4)
     path = tmp_path / "w.npz"
     nn.save_weights(model, path)
@@ -892,16 +1013,24 @@ def test_clip_grad_norm_and_weight_files(tmp_path):
 def test_from_torch_round_trip():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    tmodel = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
-        torch.nn.LeakyReLU(0.1), torch.nn.AvgPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(16, 5), torch.nn.Sigmoid()).double().eval()
+    tmodel = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.LeakyReLU(0.1),
+            torch.nn.AvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16, 5),
+            torch.nn.Sigmoid(),
+        )
+        .double()
+        .eval()
+    )
     model = nn.from_torch(tmodel)
     assert repr(model) == repr(tmodel)
     assert not model.training
     x = np.random.default_rng(0).standard_normal((2, 1, 4, 4))
-    np.testing.assert_allclose(model(x), tmodel(torch.tensor(x)).detach().numpy(),
-                               rtol=1e-12)
+    np.testing.assert_allclose(model(x), tmodel(torch.tensor(x)).detach().numpy(), rtol=1e-12)
 
 
 # ======================================================================================
@@ -912,9 +1041,14 @@ def test_from_torch_round_trip():
 def small_resnet(dtype=np.float32):
     nn.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.BasicBlock.make(8, 8), nn.BasicBlock.make(8, 16, stride=2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.BasicBlock.make(8, 8),
+        nn.BasicBlock.make(8, 16, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     ).to(dtype)
 
 
@@ -932,9 +1066,9 @@ def torch_resnet():
             self.bn2 = tnn.BatchNorm2d(planes)
             self.downsample = None
             if stride != 1 or inplanes != planes:
-                self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes, 1, stride,
-                                                            bias=False),
-                                                 tnn.BatchNorm2d(planes))
+                self.downsample = tnn.Sequential(
+                    tnn.Conv2d(inplanes, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes)
+                )
 
         def forward(self, x):
             out = self.relu(self.bn1(self.conv1(x)))
@@ -943,9 +1077,15 @@ def torch_resnet():
             return self.relu(out + identity)
 
     return tnn.Sequential(
-        tnn.Conv2d(1, 8, 3, padding=1, bias=False), tnn.BatchNorm2d(8), tnn.ReLU(),
-        Block(8, 8), Block(8, 16, 2), tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
-        tnn.Linear(16, 10)).double(), torch
+        tnn.Conv2d(1, 8, 3, padding=1, bias=False),
+        tnn.BatchNorm2d(8),
+        tnn.ReLU(),
+        Block(8, 8),
+        Block(8, 16, 2),
+        tnn.AdaptiveAvgPool2d(1),
+        tnn.Flatten(),
+        tnn.Linear(16, 10),
+    ).double(), torch
 
 
 def test_resnet_trains_like_torch():
@@ -970,8 +1110,9 @@ def test_resnet_trains_like_torch():
         topt.step()
         assert loss == pytest.approx(float(tloss.detach()), rel=1e-10)
     for key, value in tmodel.state_dict().items():
-        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-8,
-                                   atol=1e-10, err_msg=key)
+        np.testing.assert_allclose(
+            model.state_dict()[key], value.numpy(), rtol=1e-8, atol=1e-10, err_msg=key
+        )
 
 
 def test_resnet_learns_separable_data():

@@ -38,33 +38,47 @@ OPTIMIZER_CASES = [
     ("AdamW", dict(lr=0.01)),
     ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
 ]
-CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"
-            for name, kw in OPTIMIZER_CASES]
+CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for name, kw in OPTIMIZER_CASES]
 
 
 def fc_model(dtype):
     nn.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 2 * 2, 5),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 5),
     ).to(dtype)
 
 
 def torch_model(torch, dtype):
     tnn = torch.nn
     return tnn.Sequential(
-        tnn.Conv2d(2, 4, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2), tnn.BatchNorm2d(4),
+        tnn.Conv2d(2, 4, 3, padding=1),
         tnn.ReLU(),
-        tnn.Conv2d(4, 6, 3, bias=False), tnn.BatchNorm2d(6), tnn.ReLU(),
-        tnn.Flatten(), tnn.Linear(6 * 2 * 2, 5),
+        tnn.MaxPool2d(2),
+        tnn.BatchNorm2d(4),
+        tnn.ReLU(),
+        tnn.Conv2d(4, 6, 3, bias=False),
+        tnn.BatchNorm2d(6),
+        tnn.ReLU(),
+        tnn.Flatten(),
+        tnn.Linear(6 * 2 * 2, 5),
     ).to(dtype)
 
 
 def batches(dtype, steps=STEPS):
     rng = np.random.default_rng(42)
-    return [(rng.standard_normal((6, 2, 8, 8)).astype(dtype), rng.integers(0, 5, 6))
-            for _ in range(steps)]
+    return [
+        (rng.standard_normal((6, 2, 8, 8)).astype(dtype), rng.integers(0, 5, 6))
+        for _ in range(steps)
+    ]
 
 
 def run_both(name, kwargs, dtype, steps=STEPS, check=None):
@@ -87,8 +101,13 @@ def run_both(name, kwargs, dtype, steps=STEPS, check=None):
         tloss = tcrit(tmodel(torch.tensor(x)), torch.tensor(y))
         tloss.backward()
         topt.step()
-        check(step, loss, float(tloss.detach()), model.state_dict(),
-              {k: v.numpy() for k, v in tmodel.state_dict().items()})
+        check(
+            step,
+            loss,
+            float(tloss.detach()),
+            model.state_dict(),
+            {k: v.numpy() for k, v in tmodel.state_dict().items()},
+        )
     return model, tmodel, opt, topt
 
 
@@ -98,48 +117,59 @@ def test_float64_trajectory_matches_torch(name, kwargs):
         assert loss == pytest.approx(tloss, rel=1e-10), f"loss at step {step}"
         assert list(state) == list(tstate)
         for key, value in tstate.items():
-            np.testing.assert_allclose(state[key], value, rtol=1e-9, atol=1e-12,
-                                       err_msg=f"{key} after step {step}")
+            np.testing.assert_allclose(
+                state[key], value, rtol=1e-9, atol=1e-12, err_msg=f"{key} after step {step}"
+            )
 
     run_both(name, kwargs, np.float64, check=check)
 
 
-@pytest.mark.parametrize("name,kwargs", [OPTIMIZER_CASES[i] for i in (1, 8, 13, 18)],
-                         ids=[CASE_IDS[i] for i in (1, 8, 13, 18)])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [OPTIMIZER_CASES[i] for i in (1, 8, 13, 18)],
+    ids=[CASE_IDS[i] for i in (1, 8, 13, 18)],
+)
 def test_float32_trajectory_matches_torch(name, kwargs):
     def check(step, loss, tloss, state, tstate):
         assert loss == pytest.approx(tloss, rel=1e-4), f"loss at step {step}"
         for key, value in tstate.items():
             assert state[key].dtype == value.dtype, key
             scale = max(1.0, float(np.abs(value).max()))
-            np.testing.assert_allclose(state[key], value, rtol=1e-3, atol=1e-4 * scale,
-                                       err_msg=f"{key} after step {step}")
+            np.testing.assert_allclose(
+                state[key], value, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{key} after step {step}"
+            )
 
     run_both(name, kwargs, np.float32, check=check)
 
 
-@pytest.mark.parametrize("name,kwargs", [OPTIMIZER_CASES[i] for i in (2, 7, 13, 18)],
-                         ids=[CASE_IDS[i] for i in (2, 7, 13, 18)])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [OPTIMIZER_CASES[i] for i in (2, 7, 13, 18)],
+    ids=[CASE_IDS[i] for i in (2, 7, 13, 18)],
+)
 def test_optimizer_state_matches_torch(name, kwargs):
     torch = pytest.importorskip("torch")
-    model, tmodel, opt, topt = run_both(name, kwargs, np.float64, steps=3,
-                                        check=lambda *a: None)
+    model, tmodel, opt, topt = run_both(name, kwargs, np.float64, steps=3, check=lambda *a: None)
     state, tstate = opt.state_dict(), topt.state_dict()
     assert set(state["state"]) == set(tstate["state"])
     for idx, entry in tstate["state"].items():
         assert set(state["state"][idx]) == set(entry)
         for key, value in entry.items():
             value = value.numpy() if isinstance(value, torch.Tensor) else value
-            np.testing.assert_allclose(state["state"][idx][key], value, rtol=1e-9, atol=1e-12,
-                                       err_msg=f"{idx}.{key}")
+            np.testing.assert_allclose(
+                state["state"][idx][key], value, rtol=1e-9, atol=1e-12, err_msg=f"{idx}.{key}"
+            )
     for group, tgroup in zip(state["param_groups"], tstate["param_groups"]):
         assert group["params"] == tgroup["params"]
         for key in kwargs:
             assert group[key] == tgroup[key]
 
 
-@pytest.mark.parametrize("name,kwargs", [OPTIMIZER_CASES[i] for i in (1, 8, 14, 18)],
-                         ids=[CASE_IDS[i] for i in (1, 8, 14, 18)])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [OPTIMIZER_CASES[i] for i in (1, 8, 14, 18)],
+    ids=[CASE_IDS[i] for i in (1, 8, 14, 18)],
+)
 def test_state_dict_resume_gives_same_trajectory(name, kwargs):
     data = batches(np.float64, 4)
     crit = nn.CrossEntropyLoss()
@@ -188,10 +218,14 @@ def test_param_groups_and_zero_grad():
     model = fc_model(np.float64)
     tmodel = torch_model(torch, torch.float64)
     tmodel.load_state_dict(model.state_dict() and nn.to_torch_state_dict(model.state_dict()))
-    groups = [{"params": list(model[0].parameters()), "lr": 0.5},
-              {"params": [p for i, m in enumerate(model) if i > 0 for p in m.parameters()]}]
-    tgroups = [{"params": list(tmodel[0].parameters()), "lr": 0.5},
-               {"params": [p for i, m in enumerate(tmodel) if i > 0 for p in m.parameters()]}]
+    groups = [
+        {"params": list(model[0].parameters()), "lr": 0.5},
+        {"params": [p for i, m in enumerate(model) if i > 0 for p in m.parameters()]},
+    ]
+    tgroups = [
+        {"params": list(tmodel[0].parameters()), "lr": 0.5},
+        {"params": [p for i, m in enumerate(tmodel) if i > 0 for p in m.parameters()]},
+    ]
     opt = optim.SGD(groups, lr=0.01, momentum=0.9)
     topt = torch.optim.SGD(tgroups, lr=0.01, momentum=0.9, foreach=False)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.01]
@@ -206,13 +240,15 @@ def test_param_groups_and_zero_grad():
         tcrit(tmodel(torch.tensor(x)), torch.tensor(y)).backward()
         topt.step()
     for key, value in tmodel.state_dict().items():
-        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-9,
-                                   atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(
+            model.state_dict()[key], value.numpy(), rtol=1e-9, atol=1e-12, err_msg=key
+        )
     opt.zero_grad(set_to_none=False)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="more than one"):
-        optim.SGD([{"params": list(model.parameters())},
-                   {"params": list(model[0].parameters())}], lr=0.1)
+        optim.SGD(
+            [{"params": list(model.parameters())}, {"params": list(model[0].parameters())}], lr=0.1
+        )
     assert "Parameter Group 1" in repr(opt)
 
 
@@ -240,7 +276,7 @@ def test_closure_and_lr_change():
 
     def closure():
         w.grad = 2 * w.data  # d/dw |w|^2
-        return float((w.data ** 2).sum())
+        return float((w.data**2).sum())
 
     assert opt.step(closure) == 5.0
     np.testing.assert_allclose(w.data, [0.0, 0.0])
@@ -266,8 +302,11 @@ def test_lr_schedulers_match_torch(kind):
         tsched.step()
 
 
-@pytest.mark.parametrize("name,kwargs", [OPTIMIZER_CASES[i] for i in (2, 8, 13, 18)],
-                         ids=[CASE_IDS[i] for i in (2, 8, 13, 18)])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [OPTIMIZER_CASES[i] for i in (2, 8, 13, 18)],
+    ids=[CASE_IDS[i] for i in (2, 8, 13, 18)],
+)
 def test_resume_from_a_torch_checkpoint(name, kwargs):
     """Model and optimizer state saved by torch continue identically in fastconv."""
     torch = pytest.importorskip("torch")
@@ -295,5 +334,6 @@ def test_resume_from_a_torch_checkpoint(name, kwargs):
         topt.step()
         assert loss == pytest.approx(float(tloss.detach()), rel=1e-10)
     for key, value in tmodel.state_dict().items():
-        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-9,
-                                   atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(
+            model.state_dict()[key], value.numpy(), rtol=1e-9, atol=1e-12, err_msg=key
+        )

@@ -24,8 +24,17 @@ def digits_run(tmp_path_factory):
     """One short digits run shared by several tests (the expensive part)."""
     pytest.importorskip("sklearn")
     out = tmp_path_factory.mktemp("run")
-    argv = ["--epochs", "3", "--seed", "1", "--json", str(out / "m.json"),
-            "--out", str(out / "w.npz"), "--no-progress"]
+    argv = [
+        "--epochs",
+        "3",
+        "--seed",
+        "1",
+        "--json",
+        str(out / "m.json"),
+        "--out",
+        str(out / "w.npz"),
+        "--no-progress",
+    ]
     has_plot = True
     try:
         import matplotlib  # noqa: F401
@@ -80,13 +89,23 @@ def test_trained_model_predicts_identically_in_torch(digits_run):
     tnn = torch.nn
     # the demo CNN written directly in torch.nn
     tmodel = tnn.Sequential(
-        tnn.Conv2d(1, 32, 3, padding=1, bias=False), tnn.BatchNorm2d(32), tnn.ReLU(),
-        tnn.Conv2d(32, 32, 3, padding=1, bias=False), tnn.BatchNorm2d(32), tnn.ReLU(),
+        tnn.Conv2d(1, 32, 3, padding=1, bias=False),
+        tnn.BatchNorm2d(32),
+        tnn.ReLU(),
+        tnn.Conv2d(32, 32, 3, padding=1, bias=False),
+        tnn.BatchNorm2d(32),
+        tnn.ReLU(),
         tnn.MaxPool2d(2),
-        tnn.Conv2d(32, 64, 3, padding=1, bias=False), tnn.BatchNorm2d(64), tnn.ReLU(),
-        tnn.MaxPool2d(2), tnn.Flatten(),
-        tnn.Dropout(0.25), tnn.Linear(256, 128), tnn.ReLU(),
-        tnn.Dropout(0.25), tnn.Linear(128, 10),
+        tnn.Conv2d(32, 64, 3, padding=1, bias=False),
+        tnn.BatchNorm2d(64),
+        tnn.ReLU(),
+        tnn.MaxPool2d(2),
+        tnn.Flatten(),
+        tnn.Dropout(0.25),
+        tnn.Linear(256, 128),
+        tnn.ReLU(),
+        tnn.Dropout(0.25),
+        tnn.Linear(128, 10),
     )
     weights = nn.load_weights(out / "w.npz")
     tmodel.load_state_dict(nn.to_torch_state_dict(weights))
@@ -106,16 +125,55 @@ def test_trained_model_predicts_identically_in_torch(digits_run):
 
 def test_train_mnist_and_cifar10_from_local_files(tmp_path, capsys):
     write_mnist(tmp_path / "mnist", n_train=40, n_test=8)
-    assert run_cli(["--dataset", "mnist", "--data-dir", str(tmp_path / "mnist"), "--epochs",
-                    "1", "--batch-size", "16", "--width", "4", "--optimizer", "sgd",
-                    "--json", str(tmp_path / "mnist.json"), "--no-progress"]) == 0
+    assert (
+        run_cli(
+            [
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(tmp_path / "mnist"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--width",
+                "4",
+                "--optimizer",
+                "sgd",
+                "--json",
+                str(tmp_path / "mnist.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "mnist.json").read_text())
     assert metrics["samples"] == {"train": 36, "val": 4, "test": 8}
     write_cifar(tmp_path / "cifar", cifar_batches(n=6))
-    assert run_cli(["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"),
-                    "--epochs", "1", "--width", "4", "--optimizer", "rmsprop",
-                    "--weight-decay", "1e-4", "--val-fraction", "0", "--json",
-                    str(tmp_path / "cifar.json"), "--quiet"]) == 0
+    assert (
+        run_cli(
+            [
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path / "cifar"),
+                "--epochs",
+                "1",
+                "--width",
+                "4",
+                "--optimizer",
+                "rmsprop",
+                "--weight-decay",
+                "1e-4",
+                "--val-fraction",
+                "0",
+                "--json",
+                str(tmp_path / "cifar.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "cifar.json").read_text())  # strict JSON: no NaN
     assert metrics["val_accuracy"] == [None] and metrics["samples"]["val"] == 0
     lines = capsys.readouterr().out.splitlines()
@@ -123,8 +181,10 @@ def test_train_mnist_and_cifar10_from_local_files(tmp_path, capsys):
 
 
 def test_missing_data_gives_a_clear_error(tmp_path, capsys):
-    assert run_cli(["--dataset", "mnist", "--data-dir", str(tmp_path / "absent"),
-                    "--no-progress"]) == 2
+    assert (
+        run_cli(["--dataset", "mnist", "--data-dir", str(tmp_path / "absent"), "--no-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "error" in err and str(tmp_path / "absent") in err
     assert run_cli(["--dataset", "cifar10", "--quiet"]) == 2
@@ -138,8 +198,14 @@ def test_progress_output(tmp_path, monkeypatch, capsys, tqdm_installed):
         pytest.importorskip("tqdm")
     else:
         monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails
-    config = training.TrainConfig(dataset="mnist", data_dir=str(tmp_path), epochs=1, width=4,
-                                  optimizer="adagrad", batch_size=8)
+    config = training.TrainConfig(
+        dataset="mnist",
+        data_dir=str(tmp_path),
+        epochs=1,
+        width=4,
+        optimizer="adagrad",
+        batch_size=8,
+    )
     metrics = training.train(config)
     captured = capsys.readouterr()
     assert "epoch   1/1" in captured.out and "test accuracy" in captured.out

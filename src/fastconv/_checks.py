@@ -29,8 +29,9 @@ def is_device_array(x: Any) -> bool:
     numba_cuda = sys.modules.get("numba.cuda")
     if numba_cuda is not None:
         is_cuda_array = getattr(numba_cuda, "is_cuda_array", None)  # not in the simulator
-        return bool((is_cuda_array is not None and is_cuda_array(x))
-                    or _is_simulated_device_array(x))
+        return bool(
+            (is_cuda_array is not None and is_cuda_array(x)) or _is_simulated_device_array(x)
+        )
     return False
 
 

@@ -89,9 +89,14 @@ def _allocate(counts: np.ndarray, fraction: float) -> np.ndarray:
     return np.minimum(sizes, counts)
 
 
-def train_val_test_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1,
-                         test_fraction: float = 0.2, seed: int | None = 0,
-                         stratify: bool = True) -> tuple[Dataset, Dataset, Dataset]:
+def train_val_test_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int | None = 0,
+    stratify: bool = True,
+) -> tuple[Dataset, Dataset, Dataset]:
     """Seeded split into (train, val, test) :class:`Dataset` s.
 
     With ``stratify`` every class is split in the same proportions (largest-remainder
@@ -103,8 +108,10 @@ def train_val_test_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1, "
-                         f"got {val_fraction} and {test_fraction}")
+        raise ValueError(
+            "val_fraction and test_fraction must be >= 0 and sum to less than 1, "
+            f"got {val_fraction} and {test_fraction}"
+        )
     rng = np.random.default_rng(seed)
     if stratify:
         labels, counts = np.unique(y, return_counts=True)
@@ -115,14 +122,14 @@ def train_val_test_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1
             members = np.flatnonzero(y == label)
             members = members[rng.permutation(len(members))]
             parts[2].append(members[:nt])
-            parts[1].append(members[nt:nt + nv])
-            parts[0].append(members[nt + nv:])
+            parts[1].append(members[nt : nt + nv])
+            parts[0].append(members[nt + nv :])
         chosen = [np.concatenate(p) if p else np.empty(0, np.int64) for p in parts]
         chosen = [idx[rng.permutation(len(idx))] for idx in chosen]
     else:
         order = rng.permutation(len(x))
         n_val, n_test = _split_counts(len(x), val_fraction, test_fraction)
-        chosen = [order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]]
+        chosen = [order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]]
     train, val, test = (Dataset(x[idx], y[idx]) for idx in chosen)
     return train, val, test
 
@@ -139,8 +146,14 @@ class DataLoader:
     indexing), unshuffled ones are views of the arrays.
     """
 
-    def __init__(self, *arrays: np.ndarray, batch_size: int = 64, shuffle: bool = False,
-                 seed: int | None = None, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        *arrays: np.ndarray,
+        batch_size: int = 64,
+        shuffle: bool = False,
+        seed: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
         if not arrays:
             raise ValueError("DataLoader needs at least one array")
         if len(arrays) == 1 and isinstance(arrays[0], Dataset):
@@ -198,8 +211,9 @@ class Normalizer:
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"Normalizer needs floating-point data, got {x.dtype}")
-        axes = tuple(i for i in range(x.ndim) if i != 1) if (self.per_channel and x.ndim > 1) \
-            else None
+        axes = (
+            tuple(i for i in range(x.ndim) if i != 1) if (self.per_channel and x.ndim > 1) else None
+        )
         mean = x.mean(axis=axes, dtype=np.float64, keepdims=True)
         std = x.std(axis=axes, dtype=np.float64, keepdims=True)
         self.mean = mean.astype(x.dtype)
@@ -236,8 +250,10 @@ def load_digits() -> Dataset:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the digits dataset ships with scikit-learn: "
-                          "pip install 'fastconv[examples]' (or scikit-learn)") from exc
+        raise ImportError(
+            "the digits dataset ships with scikit-learn: "
+            "pip install 'fastconv[examples]' (or scikit-learn)"
+        ) from exc
     bunch = sk_load_digits()
     x = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None, :, :]
     return Dataset(np.ascontiguousarray(x), bunch.target.astype(np.int64))
@@ -245,8 +261,14 @@ def load_digits() -> Dataset:
 
 # --------------------------------------------------------------------------- MNIST (idx)
 
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -276,8 +298,10 @@ def read_idx(path: PathLike) -> np.ndarray:
     shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: idx header announces shape {shape} ({expected} bytes of "
-                         f"data) but the file holds {len(raw) - header} bytes")
+        raise ValueError(
+            f"{path}: idx header announces shape {shape} ({expected} bytes of "
+            f"data) but the file holds {len(raw) - header} bytes"
+        )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 
@@ -327,8 +351,10 @@ def load_mnist(data_dir: PathLike) -> tuple[Dataset, Dataset]:
         images = read_idx(paths[f"{split}_images"])
         labels = read_idx(paths[f"{split}_labels"])
         if images.ndim != 3 or labels.ndim != 1:
-            raise ValueError(f"{paths[f'{split}_images']}: expected (N, H, W) images and (N,) "
-                             f"labels, got {images.shape} and {labels.shape}")
+            raise ValueError(
+                f"{paths[f'{split}_images']}: expected (N, H, W) images and (N,) "
+                f"labels, got {images.shape} and {labels.shape}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
         x = (images.astype(np.float32) / np.float32(255.0))[:, None]
@@ -338,8 +364,18 @@ def load_mnist(data_dir: PathLike) -> tuple[Dataset, Dataset]:
 
 # --------------------------------------------------------------------------- CIFAR-10
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 _SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -360,8 +396,9 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a "
-                                     "CIFAR-10 batch file")
+        raise pickle.UnpicklingError(
+            f"refusing to load global {module}.{name} from a CIFAR-10 batch file"
+        )
 
 
 def _unpickle(data: bytes, source: str) -> dict:
@@ -376,14 +413,17 @@ def _unpickle(data: bytes, source: str) -> dict:
 
 def _cifar_batch(entry: dict, source: str) -> Dataset:
     if "data" not in entry or "labels" not in entry:
-        raise ValueError(f"{source}: a CIFAR-10 batch needs 'data' and 'labels' entries, got "
-                         f"{sorted(entry)}")
+        raise ValueError(
+            f"{source}: a CIFAR-10 batch needs 'data' and 'labels' entries, got {sorted(entry)}"
+        )
     data = np.asarray(entry["data"], dtype=np.uint8)
     labels = np.asarray(entry["labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(f"{source}: expected (N, 3072) uint8 data and N labels, got "
-                         f"{data.shape} and {labels.shape}")
-    x = (data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0))
+        raise ValueError(
+            f"{source}: expected (N, 3072) uint8 data and N labels, got "
+            f"{data.shape} and {labels.shape}"
+        )
+    x = data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0)
     return Dataset(np.ascontiguousarray(x), labels)
 
 
@@ -403,8 +443,10 @@ def load_cifar10(data_dir: PathLike) -> tuple[Dataset, Dataset]:
     names = (*_CIFAR_TRAIN, _CIFAR_TEST)
     for directory in (data_dir, data_dir / "cifar-10-batches-py"):
         if all((directory / name).is_file() for name in names):
-            batches = {name: _unpickle((directory / name).read_bytes(), str(directory / name))
-                       for name in names}
+            batches = {
+                name: _unpickle((directory / name).read_bytes(), str(directory / name))
+                for name in names
+            }
             break
     else:
         archive = data_dir / "cifar-10-python.tar.gz"
@@ -439,8 +481,14 @@ def load_cifar10(data_dir: PathLike) -> tuple[Dataset, Dataset]:
 # --------------------------------------------------------------------------- one entry point
 
 
-def load_dataset(name: str, data_dir: PathLike | None = None, *, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, seed: int | None = 0) -> DatasetSplits:
+def load_dataset(
+    name: str,
+    data_dir: PathLike | None = None,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int | None = 0,
+) -> DatasetSplits:
     """Train/val/test splits of ``'digits'``, ``'mnist'`` or ``'cifar10'``.
 
     Digits has no official test set: it is split (stratified) into train/val/test
@@ -450,8 +498,9 @@ def load_dataset(name: str, data_dir: PathLike | None = None, *, val_fraction: f
     name = name.lower()
     if name == "digits":
         data = load_digits()
-        train, val, test = train_val_test_split(data.x, data.y, val_fraction, test_fraction,
-                                                seed=seed)
+        train, val, test = train_val_test_split(
+            data.x, data.y, val_fraction, test_fraction, seed=seed
+        )
         return DatasetSplits(train, val, test, 10, tuple(str(i) for i in range(10)))
     if name not in ("mnist", "cifar10"):
         raise ValueError(f"unknown dataset {name!r}: choose digits, mnist or cifar10")

@@ -64,9 +64,15 @@ class TrainConfig:
     verbose: bool = True
 
 
-def build_model(in_channels: int = 1, image_size: tuple[int, int] = (8, 8),
-                num_classes: int = 10, width: int = 32, hidden: int = 128,
-                batch_norm: bool = True, dropout: float = 0.25) -> nn.Sequential:
+def build_model(
+    in_channels: int = 1,
+    image_size: tuple[int, int] = (8, 8),
+    num_classes: int = 10,
+    width: int = 32,
+    hidden: int = 128,
+    batch_norm: bool = True,
+    dropout: float = 0.25,
+) -> nn.Sequential:
     """The demo CNN: conv-relu-conv-relu-pool-conv-relu-pool-linear-relu-linear.
 
     3x3 convolutions with padding 1 keep the spatial size, each 2x2 max-pool halves it.
@@ -92,15 +98,19 @@ def build_model(in_channels: int = 1, image_size: tuple[int, int] = (8, 8),
         *conv(width, 2 * width),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        *drop(), nn.Linear(flat, hidden), nn.ReLU(),
-        *drop(), nn.Linear(hidden, num_classes),
+        *drop(),
+        nn.Linear(flat, hidden),
+        nn.ReLU(),
+        *drop(),
+        nn.Linear(hidden, num_classes),
     )
     model[0].needs_input_grad = False  # the images need no gradient (PyTorch skips it too)
     return model
 
 
-def make_optimizer(name: str, params: Any, lr: float | None, weight_decay: float = 0.0,
-                   momentum: float = 0.9) -> optim.Optimizer:
+def make_optimizer(
+    name: str, params: Any, lr: float | None, weight_decay: float = 0.0, momentum: float = 0.9
+) -> optim.Optimizer:
     name = name.lower()
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
@@ -114,8 +124,9 @@ def make_optimizer(name: str, params: Any, lr: float | None, weight_decay: float
     return optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray,
-             batch_size: int = 256) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256
+) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) in eval mode, without saving for backward."""
     if len(y) == 0:
         return float("nan"), float("nan")
@@ -146,8 +157,14 @@ class _Progress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False,
-                                file=sys.stderr, dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=total,
+                    desc=desc,
+                    unit="batch",
+                    leave=False,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
 
     def update(self, loss: float) -> None:
         if self.bar is not None:
@@ -171,9 +188,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.threads is not None:
         set_num_threads(config.threads)
     start = time.perf_counter()
-    splits = fdata.load_dataset(config.dataset, config.data_dir,
-                                val_fraction=config.val_fraction,
-                                test_fraction=config.test_fraction, seed=config.seed)
+    splits = fdata.load_dataset(
+        config.dataset,
+        config.data_dir,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
     normalizer = fdata.Normalizer().fit(splits.train.x)
     x_train = normalizer.transform(splits.train.x)
     x_val = normalizer.transform(splits.val.x)
@@ -182,20 +203,34 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     nn.manual_seed(config.seed)
     channels, height, width = x_train.shape[1:]
-    model = build_model(channels, (height, width), splits.num_classes, config.width,
-                        batch_norm=config.batch_norm, dropout=config.dropout)
+    model = build_model(
+        channels,
+        (height, width),
+        splits.num_classes,
+        config.width,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+    )
     criterion = nn.CrossEntropyLoss()
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr,
-                               config.weight_decay, config.momentum)
-    scheduler = (optim.CosineAnnealingLR(optimizer, T_max=config.epochs)
-                 if config.schedule == "cosine" else None)
-    loader = fdata.DataLoader(x_train, splits.train.y, batch_size=config.batch_size,
-                              shuffle=True, seed=config.seed)
+    optimizer = make_optimizer(
+        config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum
+    )
+    scheduler = (
+        optim.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        if config.schedule == "cosine"
+        else None
+    )
+    loader = fdata.DataLoader(
+        x_train, splits.train.y, batch_size=config.batch_size, shuffle=True, seed=config.seed
+    )
     lr = optimizer.param_groups[0]["lr"]
-    _log(config, f"fastconv train: {config.dataset} train/val/test = {len(splits.train.y)}/"
-                 f"{len(splits.val.y)}/{len(splits.test.y)}, {model.num_parameters():,} "
-                 f"parameters, {config.optimizer} lr={lr:g}, batch {config.batch_size}, "
-                 f"{config.epochs} epochs, {get_num_threads()} threads")
+    _log(
+        config,
+        f"fastconv train: {config.dataset} train/val/test = {len(splits.train.y)}/"
+        f"{len(splits.val.y)}/{len(splits.test.y)}, {model.num_parameters():,} "
+        f"parameters, {config.optimizer} lr={lr:g}, batch {config.batch_size}, "
+        f"{config.epochs} epochs, {get_num_threads()} threads",
+    )
 
     history: list[dict[str, float]] = []
     for epoch in range(1, config.epochs + 1):
@@ -220,17 +255,29 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if scheduler is not None:
             scheduler.step()
         val_loss, val_acc = evaluate(model, x_val, splits.val.y)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                  "val_loss": val_loss, "val_accuracy": val_acc, "time_s": epoch_time}
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "time_s": epoch_time,
+        }
         history.append(record)
-        _log(config, f"epoch {epoch:>3}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                     f"train acc {record['train_accuracy']:.4f}  val loss {val_loss:.4f}  "
-                     f"val acc {val_acc:.4f}  {epoch_time:.2f} s")
+        _log(
+            config,
+            f"epoch {epoch:>3}/{config.epochs}  loss {record['train_loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.4f}  val loss {val_loss:.4f}  "
+            f"val acc {val_acc:.4f}  {epoch_time:.2f} s",
+        )
 
     test_loss, test_acc = evaluate(model, x_test, splits.test.y)
     total_time = time.perf_counter() - start
-    _log(config, f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}); training "
-                 f"{sum(r['time_s'] for r in history):.1f} s, total {total_time:.1f} s")
+    _log(
+        config,
+        f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}); training "
+        f"{sum(r['time_s'] for r in history):.1f} s, total {total_time:.1f} s",
+    )
     metrics: dict[str, Any] = {
         "dataset": config.dataset,
         "test_accuracy": test_acc,
@@ -245,13 +292,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "load_time_s": load_time,
         "history": history,
         "num_parameters": model.num_parameters(),
-        "samples": {"train": len(splits.train.y), "val": len(splits.val.y),
-                    "test": len(splits.test.y)},
+        "samples": {
+            "train": len(splits.train.y),
+            "val": len(splits.val.y),
+            "test": len(splits.test.y),
+        },
         "threads": get_num_threads(),
-        "normalization": {"mean": normalizer.mean.ravel().tolist(),
-                          "std": normalizer.std.ravel().tolist()},
-        "config": {k: v for k, v in dataclasses.asdict(config).items()
-                   if k not in ("progress", "verbose")} | {"lr": lr},
+        "normalization": {
+            "mean": normalizer.mean.ravel().tolist(),
+            "std": normalizer.std.ravel().tolist(),
+        },
+        "config": {
+            k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "verbose")
+        }
+        | {"lr": lr},
     }
     if config.out:
         nn.save_weights(model, config.out)
@@ -260,11 +314,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if _plot(history, config.plot, test_acc):
             _log(config, f"training curves saved to {config.plot}")
         else:
-            _log(config, "--plot ignored: matplotlib is not installed "
-                         "(pip install 'fastconv[examples]')")
+            _log(
+                config,
+                "--plot ignored: matplotlib is not installed (pip install 'fastconv[examples]')",
+            )
     if config.json:
-        Path(config.json).write_text(json.dumps(_json_safe(metrics), indent=2,
-                                                allow_nan=False) + "\n")
+        Path(config.json).write_text(
+            json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n"
+        )
         _log(config, f"metrics written to {config.json}")
     metrics["model"] = model
     return metrics
@@ -311,50 +368,89 @@ def _plot(history: list[dict[str, float]], path: str, test_acc: float) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fastconv train``."""
     d = TrainConfig()
-    parser.add_argument("--dataset", choices=("digits", "mnist", "cifar10"), default=d.dataset,
-                        help="digits ships with scikit-learn; mnist/cifar10 read --data-dir")
-    parser.add_argument("--data-dir", default=None,
-                        help="directory with MNIST idx files or CIFAR-10 python batches "
-                             "(never downloaded)")
+    parser.add_argument(
+        "--dataset",
+        choices=("digits", "mnist", "cifar10"),
+        default=d.dataset,
+        help="digits ships with scikit-learn; mnist/cifar10 read --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with MNIST idx files or CIFAR-10 python batches (never downloaded)",
+    )
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default: " + ", ".join(
-                            f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + ")",
+    )
     parser.add_argument("--momentum", type=float, default=d.momentum, help="for sgd")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--schedule", choices=("cosine", "none"), default=d.schedule,
-                        help="learning-rate schedule over the epochs")
-    parser.add_argument("--seed", type=int, default=d.seed,
-                        help="seeds the split, the initialisation and the shuffling")
-    parser.add_argument("--width", type=int, default=d.width,
-                        help="channels of the first conv layers")
+    parser.add_argument(
+        "--schedule",
+        choices=("cosine", "none"),
+        default=d.schedule,
+        help="learning-rate schedule over the epochs",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seeds the split, the initialisation and the shuffling",
+    )
+    parser.add_argument(
+        "--width", type=int, default=d.width, help="channels of the first conv layers"
+    )
     parser.add_argument("--dropout", type=float, default=d.dropout)
-    parser.add_argument("--no-batch-norm", action="store_true",
-                        help="plain conv-relu layers (no BatchNorm2d)")
+    parser.add_argument(
+        "--no-batch-norm", action="store_true", help="plain conv-relu layers (no BatchNorm2d)"
+    )
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
-                        help="digits only (mnist and cifar10 have a test set)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=d.test_fraction,
+        help="digits only (mnist and cifar10 have a test set)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads")
     parser.add_argument("--json", metavar="PATH", default=None, help="write metrics as JSON")
     parser.add_argument("--out", metavar="NPZ", default=None, help="save the weights (.npz)")
-    parser.add_argument("--plot", metavar="PNG", default=None,
-                        help="save training curves (needs matplotlib)")
+    parser.add_argument(
+        "--plot", metavar="PNG", default=None, help="save training curves (needs matplotlib)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
 
 
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
         seed=args.seed,
-        width=args.width, batch_norm=not args.no_batch_norm, dropout=args.dropout,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        threads=args.threads, json=args.json, out=args.out, plot=args.plot,
-        progress=not (args.no_progress or args.quiet), verbose=not args.quiet,
+        width=args.width,
+        batch_norm=not args.no_batch_norm,
+        dropout=args.dropout,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        threads=args.threads,
+        json=args.json,
+        out=args.out,
+        plot=args.plot,
+        progress=not (args.no_progress or args.quiet),
+        verbose=not args.quiet,
     )
     try:
         train(config)

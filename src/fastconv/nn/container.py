@@ -90,7 +90,8 @@ class Sequential(Module):
                         raise RuntimeError(
                             f"{type(modules[i]).__name__} (needs_input_grad=False) returned no "
                             f"input gradient, but the earlier {type(earlier).__name__} has "
-                            f"trainable parameters ({', '.join(trainable)})")
+                            f"trainable parameters ({', '.join(trainable)})"
+                        )
                     earlier.clear_saved()
                 return None
         return grad_output
@@ -142,8 +143,10 @@ class Residual(Module):
         out = self.block(input)
         skip = input if self.shortcut is None else self.shortcut(input)
         if out.shape != skip.shape:
-            raise ValueError(f"Residual: block output {out.shape} and shortcut output "
-                             f"{skip.shape} differ; give a shortcut that matches them")
+            raise ValueError(
+                f"Residual: block output {out.shape} and shortcut output "
+                f"{skip.shape} differ; give a shortcut that matches them"
+            )
         return out + skip
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
@@ -164,11 +167,16 @@ class BasicBlock(Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Module | None = None, dtype: Any = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Module | None = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
-        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False,
-                            dtype=dtype)
+        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False, dtype=dtype)
         self.bn1 = BatchNorm2d(planes, dtype=dtype)
         self.relu = ReLU(inplace=True)
         self.conv2 = Conv2d(planes, planes, 3, stride=1, padding=1, bias=False, dtype=dtype)
@@ -182,8 +190,7 @@ class BasicBlock(Module):
         downsample = None
         if stride != 1 or inplanes != planes * cls.expansion:
             downsample = Sequential(
-                Conv2d(inplanes, planes * cls.expansion, 1, stride=stride, bias=False,
-                       dtype=dtype),
+                Conv2d(inplanes, planes * cls.expansion, 1, stride=stride, bias=False, dtype=dtype),
                 BatchNorm2d(planes * cls.expansion, dtype=dtype),
             )
         return cls(inplanes, planes, stride, downsample, dtype=dtype)

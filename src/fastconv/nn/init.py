@@ -51,22 +51,30 @@ def _rng(generator: np.random.Generator | None) -> np.random.Generator:
 
 
 def _array(tensor: Any) -> np.ndarray:
-    return tensor.data if hasattr(tensor, "data") and not isinstance(tensor, np.ndarray) \
-        else tensor
+    return tensor.data if hasattr(tensor, "data") and not isinstance(tensor, np.ndarray) else tensor
 
 
 def calculate_fan_in_and_fan_out(tensor: Any) -> tuple[int, int]:
     shape = _array(tensor).shape
     if len(shape) < 2:
-        raise ValueError("fan in and fan out can not be computed for a tensor with fewer "
-                         "than 2 dimensions")
+        raise ValueError(
+            "fan in and fan out can not be computed for a tensor with fewer than 2 dimensions"
+        )
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     return shape[1] * receptive, shape[0] * receptive
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
-    linear = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-              "conv_transpose2d", "conv_transpose3d", "sigmoid")
+    linear = (
+        "linear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "sigmoid",
+    )
     if nonlinearity in linear:
         return 1.0
     if nonlinearity == "tanh":
@@ -81,15 +89,17 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     raise ValueError(f"unsupported nonlinearity {nonlinearity}")
 
 
-def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0,
-             generator: np.random.Generator | None = None) -> Any:
+def uniform_(
+    tensor: Any, a: float = 0.0, b: float = 1.0, generator: np.random.Generator | None = None
+) -> Any:
     arr = _array(tensor)
     arr[...] = _rng(generator).uniform(a, b, size=arr.shape)
     return tensor
 
 
-def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0,
-            generator: np.random.Generator | None = None) -> Any:
+def normal_(
+    tensor: Any, mean: float = 0.0, std: float = 1.0, generator: np.random.Generator | None = None
+) -> Any:
     arr = _array(tensor)
     arr[...] = _rng(generator).normal(mean, std, size=arr.shape)
     return tensor
@@ -115,9 +125,13 @@ def _fan(tensor: Any, mode: str) -> int:
     return fan_in if mode == "fan_in" else fan_out
 
 
-def kaiming_uniform_(tensor: Any, a: float = 0.0, mode: str = "fan_in",
-                     nonlinearity: str = "leaky_relu",
-                     generator: np.random.Generator | None = None) -> Any:
+def kaiming_uniform_(
+    tensor: Any,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    generator: np.random.Generator | None = None,
+) -> Any:
     fan = _fan(tensor, mode)
     if fan == 0:
         return tensor
@@ -126,9 +140,13 @@ def kaiming_uniform_(tensor: Any, a: float = 0.0, mode: str = "fan_in",
     return uniform_(tensor, -bound, bound, generator)
 
 
-def kaiming_normal_(tensor: Any, a: float = 0.0, mode: str = "fan_in",
-                    nonlinearity: str = "leaky_relu",
-                    generator: np.random.Generator | None = None) -> Any:
+def kaiming_normal_(
+    tensor: Any,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    generator: np.random.Generator | None = None,
+) -> Any:
     fan = _fan(tensor, mode)
     if fan == 0:
         return tensor
@@ -136,15 +154,17 @@ def kaiming_normal_(tensor: Any, a: float = 0.0, mode: str = "fan_in",
     return normal_(tensor, 0.0, std, generator)
 
 
-def xavier_uniform_(tensor: Any, gain: float = 1.0,
-                    generator: np.random.Generator | None = None) -> Any:
+def xavier_uniform_(
+    tensor: Any, gain: float = 1.0, generator: np.random.Generator | None = None
+) -> Any:
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     bound = gain * math.sqrt(6.0 / float(fan_in + fan_out))
     return uniform_(tensor, -bound, bound, generator)
 
 
-def xavier_normal_(tensor: Any, gain: float = 1.0,
-                   generator: np.random.Generator | None = None) -> Any:
+def xavier_normal_(
+    tensor: Any, gain: float = 1.0, generator: np.random.Generator | None = None
+) -> Any:
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
     return normal_(tensor, 0.0, std, generator)

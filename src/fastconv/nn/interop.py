@@ -28,8 +28,7 @@ def to_torch_state_dict(state_dict: dict[str, np.ndarray]) -> OrderedDict:
     """NumPy state dict -> torch tensors (for ``torch_module.load_state_dict``)."""
     import torch
 
-    return OrderedDict((k, torch.from_numpy(np.array(v, copy=True)))
-                       for k, v in state_dict.items())
+    return OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in state_dict.items())
 
 
 def _torch_residual_classes():
@@ -77,19 +76,36 @@ def _convert_to_torch(m: Module) -> Any:
 
     tnn = torch.nn
     if isinstance(m, layers.Conv2d):
-        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                          m.dilation, m.groups, m.bias is not None, m.padding_mode)
+        return tnn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+        )
     if isinstance(m, layers.Linear):
         return tnn.Linear(m.in_features, m.out_features, m.bias is not None)
     if isinstance(m, layers.BatchNorm2d):
-        return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine,
-                               m.track_running_stats, bias=m.bias is not None)
+        return tnn.BatchNorm2d(
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            bias=m.bias is not None,
+        )
     if isinstance(m, layers.MaxPool2d):
-        return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
-                             m.ceil_mode)
+        return tnn.MaxPool2d(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode
+        )
     if isinstance(m, layers.AvgPool2d):
-        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                             m.count_include_pad, m.divisor_override)
+        return tnn.AvgPool2d(
+            m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
+        )
     if isinstance(m, layers.AdaptiveAvgPool2d):
         return tnn.AdaptiveAvgPool2d(m.output_size)
     if isinstance(m, layers.ReLU):
@@ -107,14 +123,15 @@ def _convert_to_torch(m: Module) -> Any:
     if isinstance(m, layers.Identity):
         return tnn.Identity()
     if isinstance(m, container.Sequential):
-        return tnn.Sequential(OrderedDict((k, _convert_to_torch(v))
-                                          for k, v in m.named_children()))
+        return tnn.Sequential(OrderedDict((k, _convert_to_torch(v)) for k, v in m.named_children()))
     if isinstance(m, container.ModuleList):
         return tnn.ModuleList([_convert_to_torch(v) for v in m])
     if isinstance(m, container.Residual):
         residual, _ = _torch_residual_classes()
-        return residual(_convert_to_torch(m.block),
-                        None if m.shortcut is None else _convert_to_torch(m.shortcut))
+        return residual(
+            _convert_to_torch(m.block),
+            None if m.shortcut is None else _convert_to_torch(m.shortcut),
+        )
     if isinstance(m, container.BasicBlock):
         _, basic = _torch_residual_classes()
         down = None if m.downsample is None else _convert_to_torch(m.downsample)
@@ -127,8 +144,9 @@ def to_torch(module: Module) -> Any:
     import torch
 
     converted = _convert_to_torch(module)
-    floats = [p.data.dtype for p in module.parameters()] + \
-        [b.dtype for b in module.buffers() if b.dtype.kind == "f"]
+    floats = [p.data.dtype for p in module.parameters()] + [
+        b.dtype for b in module.buffers() if b.dtype.kind == "f"
+    ]
     dtype = floats[0] if floats else np.dtype(np.float32)
     converted = converted.to(torch.float64 if dtype == np.float64 else torch.float32)
     converted.load_state_dict(to_torch_state_dict(module.state_dict()))
@@ -149,47 +167,71 @@ def _convert_from_torch(m: Any) -> Module:
     if params and params[0].dtype == torch.float64:
         dtype = np.float64
     if isinstance(m, tnn.Conv2d):
-        return layers.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                             m.dilation, m.groups, m.bias is not None, m.padding_mode,
-                             dtype=dtype)
+        return layers.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+            dtype=dtype,
+        )
     if isinstance(m, tnn.Linear):
         return layers.Linear(m.in_features, m.out_features, m.bias is not None, dtype=dtype)
     if isinstance(m, tnn.BatchNorm2d):
         ref = m.running_mean if m.running_mean is not None else (params[0] if params else None)
         if ref is not None and ref.dtype == torch.float64:
             dtype = np.float64
-        return layers.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine,
-                                  m.track_running_stats, dtype=dtype,
-                                  bias=getattr(m, "bias", None) is not None)
+        return layers.BatchNorm2d(
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            dtype=dtype,
+            bias=getattr(m, "bias", None) is not None,
+        )
     if isinstance(m, tnn.MaxPool2d):
-        return layers.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation,
-                                m.return_indices, m.ceil_mode)
+        return layers.MaxPool2d(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode
+        )
     if isinstance(m, tnn.AvgPool2d):
-        return layers.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                m.count_include_pad, m.divisor_override)
+        return layers.AvgPool2d(
+            m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
+        )
     if isinstance(m, tnn.AdaptiveAvgPool2d):
         return layers.AdaptiveAvgPool2d(m.output_size)
-    simple = {tnn.ReLU: lambda: layers.ReLU(m.inplace),
-              tnn.LeakyReLU: lambda: layers.LeakyReLU(m.negative_slope, m.inplace),
-              tnn.Sigmoid: layers.Sigmoid, tnn.Tanh: layers.Tanh,
-              tnn.Flatten: lambda: layers.Flatten(m.start_dim, m.end_dim),
-              tnn.Dropout: lambda: layers.Dropout(m.p, m.inplace),
-              tnn.Identity: layers.Identity}
+    simple = {
+        tnn.ReLU: lambda: layers.ReLU(m.inplace),
+        tnn.LeakyReLU: lambda: layers.LeakyReLU(m.negative_slope, m.inplace),
+        tnn.Sigmoid: layers.Sigmoid,
+        tnn.Tanh: layers.Tanh,
+        tnn.Flatten: lambda: layers.Flatten(m.start_dim, m.end_dim),
+        tnn.Dropout: lambda: layers.Dropout(m.p, m.inplace),
+        tnn.Identity: layers.Identity,
+    }
     for kind, make in simple.items():
         if type(m) is kind:
             return make()
     if isinstance(m, tnn.Sequential):
-        return container.Sequential(OrderedDict((k, _convert_from_torch(v))
-                                                for k, v in m.named_children()))
+        return container.Sequential(
+            OrderedDict((k, _convert_from_torch(v)) for k, v in m.named_children())
+        )
     if isinstance(m, tnn.ModuleList):
         return container.ModuleList([_convert_from_torch(v) for v in m])
     names = {n for n, _ in m.named_children()}
     if names >= {"conv1", "bn1", "relu", "conv2", "bn2"} and hasattr(m, "downsample"):
         down = None if m.downsample is None else _convert_from_torch(m.downsample)
-        return container.BasicBlock(m.conv1.in_channels, m.conv1.out_channels,
-                                    m.conv1.stride[0], down,
-                                    dtype=np.float64 if m.conv1.weight.dtype == torch.float64
-                                    else None)
+        return container.BasicBlock(
+            m.conv1.in_channels,
+            m.conv1.out_channels,
+            m.conv1.stride[0],
+            down,
+            dtype=np.float64 if m.conv1.weight.dtype == torch.float64 else None,
+        )
     if names and names <= {"block", "shortcut"} and hasattr(m, "block"):
         short = None if getattr(m, "shortcut", None) is None else _convert_from_torch(m.shortcut)
         return container.Residual(_convert_from_torch(m.block), short)

@@ -60,8 +60,9 @@ def _as_batch(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     if x.ndim == 3:
         return x[None], True
     if x.ndim != 4:
-        raise ValueError(f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, "
-                         f"got shape {x.shape}")
+        raise ValueError(
+            f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {x.shape}"
+        )
     return x, False
 
 
@@ -90,9 +91,20 @@ class Conv2d(Module):
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch does.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         _check_device(device)
         dtype = _dtype(dtype)
@@ -103,8 +115,10 @@ class Conv2d(Module):
         if out_channels % groups != 0:
             raise ValueError("out_channels must be divisible by groups")
         if padding_mode not in ("zeros", *_PAD_MODES):
-            raise ValueError(f"padding_mode must be one of 'zeros', 'reflect', 'replicate' or "
-                             f"'circular', but got padding_mode='{padding_mode}'")
+            raise ValueError(
+                f"padding_mode must be one of 'zeros', 'reflect', 'replicate' or "
+                f"'circular', but got padding_mode='{padding_mode}'"
+            )
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = _pair(kernel_size, "kernel_size")
@@ -112,8 +126,9 @@ class Conv2d(Module):
         self.dilation = _pair(dilation, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(f"Invalid padding string {padding!r}, should be one of "
-                                 "{'valid', 'same'}")
+                raise ValueError(
+                    f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}"
+                )
             if padding == "same" and self.stride != (1, 1):
                 raise ValueError("padding='same' is not supported for strided convolutions")
             self.padding: Any = padding
@@ -123,8 +138,9 @@ class Conv2d(Module):
         self.transposed = False
         self.groups = int(groups)
         self.padding_mode = padding_mode
-        self.weight = Parameter(np.empty((out_channels, in_channels // groups,
-                                          *self.kernel_size), dtype=dtype))
+        self.weight = Parameter(
+            np.empty((out_channels, in_channels // groups, *self.kernel_size), dtype=dtype)
+        )
         if bias:
             self.bias = Parameter(np.empty(out_channels, dtype=dtype))
         else:
@@ -158,8 +174,10 @@ class Conv2d(Module):
         for size, lo, hi in ((h, top, bottom), (w, left, right)):
             limit = size - 1 if mode == "reflect" else size
             if max(lo, hi) > limit:
-                raise ValueError(f"padding ({lo}, {hi}) is too large for padding_mode="
-                                 f"'{self.padding_mode}' on a dimension of size {size}")
+                raise ValueError(
+                    f"padding ({lo}, {hi}) is too large for padding_mode="
+                    f"'{self.padding_mode}' on a dimension of size {size}"
+                )
         rows = np.pad(np.arange(h), (top, bottom), mode=mode)
         cols = np.pad(np.arange(w), (left, right), mode=mode)
         return rows, cols
@@ -200,8 +218,10 @@ class Conv2d(Module):
         return grad_x[0] if unbatched else grad_x
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}"
+        )
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
         if self.dilation != (1, 1):
@@ -218,8 +238,14 @@ class Conv2d(Module):
 class Linear(Module):
     """``y = x @ weight.T + bias`` (``torch.nn.Linear``), weight (out_features, in_features)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         _check_device(device)
         dtype = _dtype(dtype)
@@ -257,8 +283,10 @@ class Linear(Module):
         return F.gemm(g, self.weight.data).reshape(x.shape)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 # --------------------------------------------------------------------------- pooling
@@ -267,9 +295,15 @@ class Linear(Module):
 class MaxPool2d(Module):
     """``torch.nn.MaxPool2d``; with ``return_indices`` forward returns (output, indices)."""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 dilation: Any = 1, return_indices: bool = False,
-                 ceil_mode: bool = False) -> None:
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        dilation: Any = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride if (stride is not None) else kernel_size
@@ -279,8 +313,15 @@ class MaxPool2d(Module):
         self.ceil_mode = ceil_mode
 
     def forward(self, input: np.ndarray) -> Any:
-        out, indices = F.max_pool2d(input, self.kernel_size, self.stride, self.padding,
-                                    self.dilation, self.ceil_mode, return_indices=True)
+        out, indices = F.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            return_indices=True,
+        )
         self.save_for_backward(indices, input.shape)
         return (out, indices) if self.return_indices else out
 
@@ -289,16 +330,24 @@ class MaxPool2d(Module):
         return F.max_pool2d_backward(grad_output, indices, shape)
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
 
 
 class AvgPool2d(Module):
     """``torch.nn.AvgPool2d``."""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 ceil_mode: bool = False, count_include_pad: bool = True,
-                 divisor_override: int | None = None) -> None:
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride if (stride is not None) else kernel_size
@@ -308,8 +357,14 @@ class AvgPool2d(Module):
         self.divisor_override = divisor_override
 
     def _args(self) -> tuple:
-        return (self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                self.count_include_pad, self.divisor_override)
+        return (
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         self.save_for_backward(input.shape)
@@ -485,7 +540,7 @@ class Flatten(Module):
         if start > end:
             raise ValueError("flatten() has invalid args: start_dim cannot come after end_dim")
         self.save_for_backward(shape)
-        return input.reshape(*shape[:start], -1, *shape[end + 1:])
+        return input.reshape(*shape[:start], -1, *shape[end + 1 :])
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         (shape,) = self.saved_tensors()
@@ -503,8 +558,9 @@ class Dropout(Module):
     :func:`fastconv.nn.manual_seed`).
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *,
-                 generator: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, p: float = 0.5, inplace: bool = False, *, generator: np.random.Generator | None = None
+    ) -> None:
         super().__init__()
         if p < 0 or p > 1:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
@@ -545,9 +601,18 @@ class BatchNorm2d(Module):
     ``num_batches_tracked``.  Eval mode uses the running statistics.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         _check_device(device)
         dtype = _dtype(dtype)
@@ -591,8 +656,9 @@ class BatchNorm2d(Module):
         if input.ndim != 4:
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
         if input.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d({self.num_features}) got an input with "
-                             f"{input.shape[1]} channels")
+            raise ValueError(
+                f"BatchNorm2d({self.num_features}) got an input with {input.shape[1]} channels"
+            )
         x = np.ascontiguousarray(input)
         n, c = x.shape[:2]
         rows = x.reshape(n, c, -1)  # (N, C, H*W): per-channel vectors broadcast as (C, 1)
@@ -600,14 +666,17 @@ class BatchNorm2d(Module):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked += 1
-            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                      else self.momentum)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         count = x.size // max(c, 1)  # values per channel
         if use_batch:
             if self.training and count <= 1:
-                raise ValueError("Expected more than 1 value per channel when training, got "
-                                 f"input size {x.shape}")
+                raise ValueError(
+                    "Expected more than 1 value per channel when training, got "
+                    f"input size {x.shape}"
+                )
             mean = _channel_sum(rows) / dt(count)
             centred = rows - mean[:, None]
             var = _channel_sum(centred * centred) / dt(count)  # biased, for normalising
@@ -657,6 +726,8 @@ class BatchNorm2d(Module):
         return grad.reshape(shape)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, bias={self.bias is not None}, "
-                f"track_running_stats={self.track_running_stats}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )

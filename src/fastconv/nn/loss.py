@@ -45,8 +45,10 @@ class _Loss(Module):
 
     def _take(self) -> tuple:
         if self._pending is None:
-            raise RuntimeError(f"{type(self).__name__}.backward() called before the loss was "
-                               "computed (call the criterion first, once per backward)")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called before the loss was "
+                "computed (call the criterion first, once per backward)"
+            )
         pending, self._pending = self._pending, None
         return pending
 
@@ -69,16 +71,23 @@ class CrossEntropyLoss(_Loss):
     weights for ``'mean'``).
     """
 
-    def __init__(self, weight: np.ndarray | None = None, size_average: Any = None,
-                 ignore_index: int = -100, reduce: Any = None, reduction: str = "mean",
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        weight: np.ndarray | None = None,
+        size_average: Any = None,
+        ignore_index: int = -100,
+        reduce: Any = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
         if size_average is not None or reduce is not None:
-            raise ValueError("size_average and reduce are deprecated in PyTorch and not "
-                             "supported; use reduction=")
+            raise ValueError(
+                "size_average and reduce are deprecated in PyTorch and not "
+                "supported; use reduction="
+            )
         super().__init__(reduction)
         if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: "
-                             f"{label_smoothing}")
+            raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
         self.weight = None if weight is None else np.asarray(weight)
         self.ignore_index = int(ignore_index)
         self.label_smoothing = float(label_smoothing)
@@ -105,8 +114,9 @@ class CrossEntropyLoss(_Loss):
         logp = log_softmax(rows, axis=1)
         if target.dtype.kind == "f":  # class probabilities
             if target.shape != x.shape:
-                raise ValueError(f"probability targets must have the input's shape {x.shape}, "
-                                 f"got {target.shape}")
+                raise ValueError(
+                    f"probability targets must have the input's shape {x.shape}, got {target.shape}"
+                )
             q = np.moveaxis(target, 1, -1).reshape(-1, n_classes).astype(x.dtype, copy=False)
             if eps > 0:
                 q = q * dt(1 - eps) + dt(eps / n_classes)
@@ -115,18 +125,23 @@ class CrossEntropyLoss(_Loss):
             denom = float(rows.shape[0])
         else:
             if target.dtype.kind not in "iu":
-                raise TypeError(f"target must hold integer class indices or float "
-                                f"probabilities, got {target.dtype}")
+                raise TypeError(
+                    f"target must hold integer class indices or float "
+                    f"probabilities, got {target.dtype}"
+                )
             expected = (x.shape[0], *x.shape[2:])
             if target.shape != expected:
-                raise ValueError(f"target has shape {target.shape}, expected {expected} for "
-                                 f"input of shape {x.shape}")
+                raise ValueError(
+                    f"target has shape {target.shape}, expected {expected} for "
+                    f"input of shape {x.shape}"
+                )
             labels = target.reshape(-1).astype(np.int64)
             valid = labels != self.ignore_index
             bad = valid & ((labels < 0) | (labels >= n_classes))
             if bad.any():
-                raise IndexError(f"Target {int(labels[bad][0])} is out of bounds "
-                                 f"(classes 0..{n_classes - 1})")
+                raise IndexError(
+                    f"Target {int(labels[bad][0])} is out of bounds (classes 0..{n_classes - 1})"
+                )
             safe = np.where(valid, labels, 0)
             m = rows.shape[0]
             q = np.zeros((m, n_classes), dtype=x.dtype)
@@ -150,8 +165,7 @@ class CrossEntropyLoss(_Loss):
     def backward(self, grad_output: Any = None) -> np.ndarray:
         logp, q, denom, shape, unbatched, out_shape = self._take()
         dt = logp.dtype.type
-        g = self._upstream(grad_output, out_shape if self.reduction == "none" else (),
-                           logp.dtype)
+        g = self._upstream(grad_output, out_shape if self.reduction == "none" else (), logp.dtype)
         grad = np.exp(logp) * q.sum(axis=1, keepdims=True) - q  # d(-sum q logp)/d logits
         if self.reduction == "mean":
             # nothing counted (all targets ignored): PyTorch's gradient is zero
@@ -173,11 +187,14 @@ class CrossEntropyLoss(_Loss):
 class MSELoss(_Loss):
     """Mean squared error ``mean((input - target)**2)`` (``torch.nn.MSELoss``)."""
 
-    def __init__(self, size_average: Any = None, reduce: Any = None,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, size_average: Any = None, reduce: Any = None, reduction: str = "mean"
+    ) -> None:
         if size_average is not None or reduce is not None:
-            raise ValueError("size_average and reduce are deprecated in PyTorch and not "
-                             "supported; use reduction=")
+            raise ValueError(
+                "size_average and reduce are deprecated in PyTorch and not "
+                "supported; use reduction="
+            )
         super().__init__(reduction)
 
     def forward(self, input: np.ndarray, target: np.ndarray) -> Any:
@@ -198,8 +215,7 @@ class MSELoss(_Loss):
     def backward(self, grad_output: Any = None) -> np.ndarray:
         (diff,) = self._take()
         dt = diff.dtype.type
-        g = self._upstream(grad_output, diff.shape if self.reduction == "none" else (),
-                           diff.dtype)
+        g = self._upstream(grad_output, diff.shape if self.reduction == "none" else (), diff.dtype)
         grad = diff * dt(2)
         if self.reduction == "mean":
             grad = grad * dt(1.0 / max(diff.size, 1))

@@ -152,8 +152,9 @@ class Parameter:
     def accumulate_grad(self, grad: np.ndarray) -> None:
         """``grad`` is added to ``.grad`` (which is set if it was None)."""
         if grad.shape != self.data.shape:
-            raise ValueError(f"gradient of shape {grad.shape} for a parameter of shape "
-                             f"{self.data.shape}")
+            raise ValueError(
+                f"gradient of shape {grad.shape} for a parameter of shape {self.data.shape}"
+            )
         if grad.dtype != self.data.dtype:
             grad = grad.astype(self.data.dtype)
         if self.grad is None:
@@ -162,8 +163,9 @@ class Parameter:
             self.grad = self.grad + grad
 
     def __repr__(self) -> str:
-        body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2,
-                               prefix="Parameter(")
+        body = np.array2string(
+            self.data, precision=4, threshold=20, edgeitems=2, prefix="Parameter("
+        )
         suffix = "" if self.requires_grad else ", requires_grad=False"
         return f"Parameter({body}, dtype={self.data.dtype}{suffix})"
 
@@ -242,18 +244,24 @@ class Module:
             self._modules[name] = value
         elif name in params:
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter "
-                                f"'{name}' (a Parameter or None is expected)")
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as parameter "
+                    f"'{name}' (a Parameter or None is expected)"
+                )
             params[name] = None
         elif name in self._modules:
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as child module "
-                                f"'{name}' (a Module or None is expected)")
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as child module "
+                    f"'{name}' (a Module or None is expected)"
+                )
             self._modules[name] = None
         elif name in self._buffers:
             if value is not None and not isinstance(value, np.ndarray):
-                raise TypeError(f"cannot assign {type(value).__name__} as buffer '{name}' "
-                                "(a numpy.ndarray or None is expected)")
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as buffer '{name}' "
+                    "(a numpy.ndarray or None is expected)"
+                )
             self._buffers[name] = value
         else:
             object.__setattr__(self, name, value)
@@ -285,8 +293,9 @@ class Module:
         self._remove_name(name)
         self._parameters[name] = param
 
-    def register_buffer(self, name: str, tensor: np.ndarray | None,
-                        persistent: bool = True) -> None:
+    def register_buffer(
+        self, name: str, tensor: np.ndarray | None, persistent: bool = True
+    ) -> None:
         """A state array that is not trained (``running_mean``...), saved in state_dict."""
         if tensor is not None and not isinstance(tensor, np.ndarray):
             raise TypeError(f"cannot register {type(tensor).__name__} as buffer '{name}'")
@@ -316,8 +325,9 @@ class Module:
         for _, module in self.named_children():
             yield module
 
-    def named_modules(self, memo: set | None = None,
-                      prefix: str = "") -> Iterator[tuple[str, Module]]:
+    def named_modules(
+        self, memo: set | None = None, prefix: str = ""
+    ) -> Iterator[tuple[str, Module]]:
         memo = set() if memo is None else memo
         if id(self) in memo:
             return
@@ -330,8 +340,9 @@ class Module:
         for _, module in self.named_modules():
             yield module
 
-    def named_parameters(self, prefix: str = "",
-                         recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
         modules = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         seen: set[int] = set()
         for mod_prefix, module in modules:
@@ -345,8 +356,9 @@ class Module:
         for _, param in self.named_parameters(recurse=recurse):
             yield param
 
-    def named_buffers(self, prefix: str = "",
-                      recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, np.ndarray]]:
         modules = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for mod_prefix, module in modules:
             for name, buf in module._buffers.items():
@@ -421,8 +433,7 @@ class Module:
         return self.to(np.float64)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.data.size for p in self.parameters()
-                   if p.requires_grad or not trainable_only)
+        return sum(p.data.size for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ----------------------------------------------------------------- state dict
 
@@ -461,11 +472,15 @@ class Module:
         errors = []
         if strict and (missing or unexpected):
             if unexpected:
-                errors.append("Unexpected key(s) in state_dict: "
-                              + ", ".join(f'"{k}"' for k in unexpected) + ".")
+                errors.append(
+                    "Unexpected key(s) in state_dict: "
+                    + ", ".join(f'"{k}"' for k in unexpected)
+                    + "."
+                )
             if missing:
-                errors.append("Missing key(s) in state_dict: "
-                              + ", ".join(f'"{k}"' for k in missing) + ".")
+                errors.append(
+                    "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + "."
+                )
         values = {}
         for key, (module, name, is_param) in targets.items():
             if key not in state_dict:
@@ -473,14 +488,18 @@ class Module:
             value = _to_numpy(state_dict[key])
             current = module._parameters[name].data if is_param else module._buffers[name]
             if value.shape != current.shape:
-                errors.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{value.shape} from checkpoint, the shape in current model "
-                              f"is {current.shape}.")
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape "
+                    f"{value.shape} from checkpoint, the shape in current model "
+                    f"is {current.shape}."
+                )
                 continue
             values[key] = value
         if errors:
-            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
-                               + "\n\t".join(errors))
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                + "\n\t".join(errors)
+            )
         for key, value in values.items():
             module, name, is_param = targets[key]
             if is_param:
@@ -556,8 +575,9 @@ class Module:
     def __repr__(self) -> str:
         extra = self.extra_repr()
         extra_lines = extra.split("\n") if extra else []
-        child_lines = [f"({name}): {_addindent(repr(module), 2)}"
-                       for name, module in self._modules.items()]
+        child_lines = [
+            f"({name}): {_addindent(repr(module), 2)}" for name, module in self._modules.items()
+        ]
         lines = extra_lines + child_lines
         main = self._get_name() + "("
         if lines:
@@ -568,11 +588,18 @@ class Module:
         return main + ")"
 
     def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
-                      | set(self._modules))
+        return sorted(
+            set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules)
+        )
 
-    def summary(self, input_shape: tuple[int, ...], *, dtype: Any = None,
-                file: Any = None, print_summary: bool = True) -> Summary:
+    def summary(
+        self,
+        input_shape: tuple[int, ...],
+        *,
+        dtype: Any = None,
+        file: Any = None,
+        print_summary: bool = True,
+    ) -> Summary:
         """Print each layer's output shape and parameter count for one input.
 
         ``input_shape`` is the shape of one sample, without the batch dimension (for
@@ -597,8 +624,9 @@ class Module:
             own = sum(p.data.size for p in module.parameters(recurse=False))
             has_children = any(True for _ in module.children())
             count = None if (has_children and own == 0) else own
-            rows.append((name_of[id(module)], type(module).__name__, shape, count,
-                         depth_of[id(module)]))
+            rows.append(
+                (name_of[id(module)], type(module).__name__, shape, count, depth_of[id(module)])
+            )
 
         handles = [m.register_forward_hook(hook) for m in self.modules()]
         was_training = self.training
@@ -646,24 +674,38 @@ class Summary:
             indent = "  " * max(depth - 1, 0)
             labels.append(f"{indent}{name} ({kind})" if name else kind)
         width = max([len("Layer (type)"), *map(len, labels)]) + 2
-        shape_w = max([len("Output shape"),
-                       *(len(fmt_shape(r[2])) for r in self.rows),
-                       len(fmt_shape(self.input_shape))]) + 2
+        shape_w = (
+            max(
+                [
+                    len("Output shape"),
+                    *(len(fmt_shape(r[2])) for r in self.rows),
+                    len(fmt_shape(self.input_shape)),
+                ]
+            )
+            + 2
+        )
         rule = "=" * (width + shape_w + 12)
-        lines = [f"{'Layer (type)':<{width}}{'Output shape':<{shape_w}}{'Param #':>12}", rule,
-                 f"{'Input':<{width}}{fmt_shape(self.input_shape):<{shape_w}}{'':>12}"]
+        lines = [
+            f"{'Layer (type)':<{width}}{'Output shape':<{shape_w}}{'Param #':>12}",
+            rule,
+            f"{'Input':<{width}}{fmt_shape(self.input_shape):<{shape_w}}{'':>12}",
+        ]
         for label, (_, _, shape, count) in zip(labels, self.rows):
             shown = "--" if count is None else f"{count:,}"
             lines.append(f"{label:<{width}}{fmt_shape(shape):<{shape_w}}{shown:>12}")
-        lines += [rule,
-                  f"Total params: {self.total_params:,}",
-                  f"Trainable params: {self.trainable_params:,}",
-                  f"Non-trainable params: {self.non_trainable_params:,}"]
+        lines += [
+            rule,
+            f"Total params: {self.total_params:,}",
+            f"Trainable params: {self.trainable_params:,}",
+            f"Non-trainable params: {self.non_trainable_params:,}",
+        ]
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
 
     def __repr__(self) -> str:
-        return (f"Summary(input_shape={self.input_shape}, output_shape={self.output_shape}, "
-                f"total_params={self.total_params}, trainable_params={self.trainable_params})")
+        return (
+            f"Summary(input_shape={self.input_shape}, output_shape={self.output_shape}, "
+            f"total_params={self.total_params}, trainable_params={self.trainable_params})"
+        )

@@ -14,8 +14,9 @@ from .module import Module, Parameter
 __all__ = ["clip_grad_norm_", "load_weights", "save_weights"]
 
 
-def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float,
-                    norm_type: float = 2.0) -> float:
+def clip_grad_norm_(
+    parameters: Iterable[Parameter] | Parameter, max_norm: float, norm_type: float = 2.0
+) -> float:
     """Scale gradients so their global norm is at most ``max_norm``; returns the norm.
 
     As ``torch.nn.utils.clip_grad_norm_``: the coefficient is
@@ -29,8 +30,10 @@ def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float
     if norm_type == float("inf"):
         total = max(float(np.abs(g).max(initial=0.0)) for g in grads)
     else:
-        total = float(sum(float((np.abs(g.astype(np.float64)) ** norm_type).sum())
-                          for g in grads) ** (1.0 / norm_type))
+        total = float(
+            sum(float((np.abs(g.astype(np.float64)) ** norm_type).sum()) for g in grads)
+            ** (1.0 / norm_type)
+        )
     coef = max_norm / (total + 1e-6)
     if coef < 1:
         for p in params:
@@ -41,13 +44,13 @@ def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float
 
 def save_weights(module_or_state: Module | dict, path: str | os.PathLike) -> None:
     """Save a module's ``state_dict()`` (or a state dict) to an ``.npz`` file."""
-    state = module_or_state.state_dict() if isinstance(module_or_state, Module) \
-        else module_or_state
+    state = module_or_state.state_dict() if isinstance(module_or_state, Module) else module_or_state
     np.savez(path, **{k: np.asarray(v) for k, v in state.items()})
 
 
-def load_weights(path: str | os.PathLike, module: Module | None = None,
-                 strict: bool = True) -> OrderedDict[str, Any]:
+def load_weights(
+    path: str | os.PathLike, module: Module | None = None, strict: bool = True
+) -> OrderedDict[str, Any]:
     """Read an ``.npz`` state dict; with ``module``, load it into the module too."""
     with np.load(path, allow_pickle=False) as data:
         state = OrderedDict((k, data[k]) for k in data.files)
