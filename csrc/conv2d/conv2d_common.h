@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "common/parallel.h"
 #include "conv2d/conv2d.h"
@@ -29,6 +30,21 @@ void run_tasks(int64_t count, double flops, Fn&& fn) {
     for (int64_t task = 0; task < count; ++task) fn(task, threads);
   }
 }
+
+// Scratch vectors for every thread of a parallel region, allocated before the
+// region is entered: an allocation failure then raises (MemoryError in Python)
+// instead of escaping an OpenMP region, which would terminate the process.
+template <typename T>
+class PerThread {
+ public:
+  PerThread(int threads, size_t size) : buffers_(static_cast<size_t>(threads)) {
+    for (auto& b : buffers_) b.resize(size);
+  }
+  std::vector<T>& mine() { return buffers_[static_cast<size_t>(omp_get_thread_num())]; }
+
+ private:
+  std::vector<std::vector<T>> buffers_;
+};
 
 // One im2col row segment: dst[i] = x[ih][(ow0 + i) * stride + offset] for
 // i < count, zero where the tap falls into padding.

@@ -82,10 +82,12 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
   const int64_t tasks = p.batch * p.groups;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+  PerThread<T> phases(threads, static_cast<size_t>(cg * plane_rows));
+  PerThread<const T*> row_lists(threads, static_cast<size_t>(taps));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> phase(static_cast<size_t>(cg * plane_rows));
-    std::vector<const T*> rows(static_cast<size_t>(taps));
+    std::vector<T>& phase = phases.mine();
+    std::vector<const T*>& rows = row_lists.mine();
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t n = task / p.groups, g = task % p.groups;
@@ -150,11 +152,14 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t span = (block - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
   const int64_t tasks = p.batch * p.groups * row_blocks;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+  PerThread<T> phases(threads, static_cast<size_t>(cg * span * layout.size()));
+  PerThread<const T*> tap_lists(threads, static_cast<size_t>(taps));
+  PerThread<T> tiles(threads, static_cast<size_t>(mr * nr));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> phase(static_cast<size_t>(cg * span * layout.size()));
-    std::vector<const T*> tap_rows(static_cast<size_t>(taps));
-    std::vector<T> tile(static_cast<size_t>(mr * nr));
+    std::vector<T>& phase = phases.mine();
+    std::vector<const T*>& tap_rows = tap_lists.mine();
+    std::vector<T>& tile = tiles.mine();
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t rb = task % row_blocks, ng = task / row_blocks;
@@ -228,9 +233,10 @@ void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
   const int64_t planes = p.batch * p.in_channels;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+  PerThread<T> accumulators(threads, static_cast<size_t>(p.in_h * layout.size()));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> acc(static_cast<size_t>(p.in_h * layout.size()));
+    std::vector<T>& acc = accumulators.mine();
 #pragma omp for schedule(static)
     for (int64_t plane = 0; plane < planes; ++plane) {
       const int64_t n = plane / p.in_channels, ci = plane % p.in_channels;
@@ -267,10 +273,12 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   // One thread owns each output channel: no partial sums, fixed order.
+  PerThread<T> phases(threads, static_cast<size_t>(layout.size()));
+  PerThread<T> sum_lists(threads, static_cast<size_t>(p.taps()));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> phase(static_cast<size_t>(layout.size()));
-    std::vector<T> sums(static_cast<size_t>(p.taps()));
+    std::vector<T>& phase = phases.mine();
+    std::vector<T>& sums = sum_lists.mine();
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < p.out_channels; ++k) {
       const int64_t g = k / kg;

@@ -1,4 +1,6 @@
 // the same source, with the transforms vectorised 8 tiles wide.
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 

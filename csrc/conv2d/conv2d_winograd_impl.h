@@ -14,6 +14,8 @@
 // anonymous namespace so the two builds never share a symbol.
 #pragma once
 
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -244,10 +246,28 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   const int64_t tasks = p.batch * blocks_per_image;
   const int threads = static_cast<int>(
       std::min<int64_t>(threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21), tasks));
+  // Per-thread buffers at their largest sizes, allocated before the parallel
+  // region (an allocation failure must not escape it).
+  const int64_t max_tiles = plan.block_rows * plan.tiles_w;
+  std::vector<AlignedBuffer<float>> v_bufs(static_cast<size_t>(threads)),
+      m_bufs(static_cast<size_t>(threads));
+  std::vector<std::vector<float>> rows_bufs(static_cast<size_t>(threads)),
+      row_t_bufs(static_cast<size_t>(threads)), out_t_bufs(static_cast<size_t>(threads));
+  for (int t = 0; t < threads; ++t) {
+    v_bufs[t].resize(static_cast<size_t>(kPositions * C * max_tiles));
+    m_bufs[t].resize(static_cast<size_t>(kPositions * K * max_tiles));
+    rows_bufs[t].resize(static_cast<size_t>(kInTile * kTile * plan.phase_len));
+    row_t_bufs[t].resize(static_cast<size_t>(kInTile * kInTile * plan.tiles_w));
+    out_t_bufs[t].resize(static_cast<size_t>(28 * plan.tiles_w));
+  }
 #pragma omp parallel num_threads(threads)
   {
-    AlignedBuffer<float> v_buf, m_buf;
-    std::vector<float> rows, row_t, out_t;
+    const size_t me = static_cast<size_t>(omp_get_thread_num());
+    AlignedBuffer<float>& v_buf = v_bufs[me];
+    AlignedBuffer<float>& m_buf = m_bufs[me];
+    std::vector<float>& rows = rows_bufs[me];
+    std::vector<float>& row_t = row_t_bufs[me];
+    std::vector<float>& out_t = out_t_bufs[me];
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t n = task / blocks_per_image, b = task % blocks_per_image;
