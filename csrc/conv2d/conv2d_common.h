@@ -31,6 +31,46 @@ void run_tasks(int64_t count, double flops, Fn&& fn) {
   }
 }
 
+// A row in padded coordinates j = iw + pad_left, split by j % stride:
+// phase q holds j = q, q + stride, q + 2 * stride, ...
+struct PhaseLayout {
+  int64_t stride, pad_left, length;  // length of one phase
+  PhaseLayout(int64_t stride_, int64_t pad_left_, int64_t length_)
+      : stride(stride_), pad_left(pad_left_), length(length_) {}
+  // Long enough for out_w outputs of every tap of p's kernel row.
+  PhaseLayout(const ConvParams& p, int64_t out_w)
+      : stride(p.stride_w),
+        pad_left(p.pad_left),
+        length(out_w + ((p.kernel_w - 1) * p.dilation_w) / p.stride_w + 1) {}
+  int64_t size() const { return stride * length; }
+  // Offset of tap s's contiguous run of out_w inputs.
+  int64_t tap_offset(int64_t s, int64_t dilation) const {
+    const int64_t o = s * dilation;
+    return (o % stride) * length + o / stride;
+  }
+};
+
+template <typename T>
+inline void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layout, T* dst) {
+  for (int64_t q = 0; q < layout.stride; ++q) {
+    T* phase = dst + q * layout.length;
+    // In-bounds entries: 0 <= i * stride + q - pad_left < width.
+    const int64_t first = q - layout.pad_left;  // iw of entry 0
+    int64_t lo = first >= 0 ? 0 : (-first + layout.stride - 1) / layout.stride;
+    int64_t hi = width - 1 - first < 0 ? 0 : (width - 1 - first) / layout.stride + 1;
+    lo = std::min(lo, layout.length);
+    hi = std::clamp(hi, lo, layout.length);
+    std::fill(phase, phase + lo, T(0));
+    const T* src = row + first;
+    if (layout.stride == 1) {
+      std::copy(src + lo, src + hi, phase + lo);
+    } else {
+      for (int64_t i = lo; i < hi; ++i) phase[i] = src[i * layout.stride];
+    }
+    std::fill(phase + hi, phase + layout.length, T(0));
+  }
+}
+
 // Scratch vectors for every thread of a parallel region, allocated before the
 // region is entered: an allocation failure then raises (MemoryError in Python)
 // instead of escaping an OpenMP region, which would terminate the process.

@@ -22,6 +22,7 @@
 #include "common/aligned_buffer.h"
 #include "common/parallel.h"
 #include "conv2d/conv2d.h"
+#include "conv2d/conv2d_common.h"
 #include "gemm/gemm.h"
 
 namespace fastconv {
@@ -67,28 +68,6 @@ std::vector<float> winograd_filter_transform(const float* weight, int64_t k_coun
   return u;
 }
 
-// Row `ih` of a plane split by column phase: phase q holds iw = j * 4 + q - pad,
-// zero outside the image.
-inline void fill_phase4_row(const float* plane, int64_t in_h, int64_t in_w, int64_t ih, int64_t pad,
-                            int64_t length, float* dst) {
-  for (int q = 0; q < kTile; ++q) {
-    float* phase = dst + q * length;
-    if (ih < 0 || ih >= in_h) {
-      std::fill(phase, phase + length, 0.0f);
-      continue;
-    }
-    const int64_t first = q - pad;  // iw of entry 0
-    int64_t lo = first >= 0 ? 0 : (-first + kTile - 1) / kTile;
-    int64_t hi = in_w - 1 - first < 0 ? 0 : (in_w - 1 - first) / kTile + 1;
-    lo = std::min(lo, length);
-    hi = std::clamp(hi, lo, length);
-    std::fill(phase, phase + lo, 0.0f);
-    const float* src = plane + ih * in_w + first;
-    for (int64_t j = lo; j < hi; ++j) phase[j] = src[j * kTile];
-    std::fill(phase + hi, phase + length, 0.0f);
-  }
-}
-
 // B^T of F(4, 3) applied to six vectors d0..d5 of n lanes: t_a = sum_i B^T[a][i] d_i.
 inline void input_transform_1d(int64_t n, const float* d0, const float* d1, const float* d2,
                                const float* d3, const float* d4, const float* d5, float* t0,
@@ -122,6 +101,7 @@ void winograd_block(const float* input, const float* packed_u, const float* bias
   const int64_t C = p.in_channels, K = p.out_channels, tw = plan.tiles_w;
   const int64_t tiles = (ty1 - ty0) * tw;
   const int64_t L = plan.phase_len;
+  const PhaseLayout phase4(kTile, p.pad_left, L);  // input rows split by iw mod 4
   v_buf.resize(static_cast<size_t>(kPositions * C * tiles));
   m_buf.resize(static_cast<size_t>(kPositions * K * tiles));
   float* V = v_buf.data();
@@ -135,9 +115,15 @@ void winograd_block(const float* input, const float* packed_u, const float* bias
     const float* plane = input + (n * C + c) * p.in_plane();
     for (int64_t ty = ty0; ty < ty1; ++ty) {
       // Six input rows of this tile row, each split by column phase iw mod 4.
-      for (int i = 0; i < kInTile; ++i)
-        fill_phase4_row(plane, p.in_h, p.in_w, ty * kTile - p.pad_top + i, p.pad_left, L,
-                        rows.data() + i * kTile * L);
+      for (int i = 0; i < kInTile; ++i) {
+        const int64_t ih = ty * kTile - p.pad_top + i;
+        float* dst = rows.data() + i * kTile * L;
+        if (ih < 0 || ih >= p.in_h) {
+          std::fill(dst, dst + kTile * L, 0.0f);
+        } else {
+          fill_phase_row(plane + ih * p.in_w, p.in_w, phase4, dst);
+        }
+      }
       // Row transforms (along the width): row i's six outputs go to
       // row_t[(i * 6 + b) * tw + j].
       float* rowt = row_t.data();

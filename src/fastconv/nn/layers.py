@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .._checks import int_pair
 from . import init
 from .module import Module, Parameter
 
@@ -31,16 +32,6 @@ __all__ = [
     "Sigmoid",
     "Tanh",
 ]
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) == 1:
-            value = (value[0], value[0])
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 def _dtype(dtype: Any) -> np.dtype:
@@ -121,9 +112,9 @@ class Conv2d(Module):
             )
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.stride = int_pair(stride, "stride")
+        self.dilation = int_pair(dilation, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(
@@ -133,7 +124,7 @@ class Conv2d(Module):
                 raise ValueError("padding='same' is not supported for strided convolutions")
             self.padding: Any = padding
         else:
-            self.padding = _pair(padding, "padding")
+            self.padding = int_pair(padding, "padding")
         self.output_padding = (0, 0)
         self.transposed = False
         self.groups = int(groups)
