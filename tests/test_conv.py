@@ -18,7 +18,8 @@ algorithms.
 
 Gradients are also checked by finite differences in float64 (random projections), the
 weight gradient is bit-identical across repeated calls at a fixed thread count, and a
-subprocess with FASTCONV_ISA=baseline (portable kernels only) agrees with the default path.
+subprocess with FASTCONV_ISA=baseline (portable kernels only) or FASTCONV_ISA=avx2 (no AVX-512)
+agrees with the default path.
 """
 
 from __future__ import annotations
@@ -1007,13 +1008,13 @@ def compute_isa_cases() -> dict[str, np.ndarray]:
     return out
 
 
-_BASELINE_CHILD = textwrap.dedent("""
+_ISA_CHILD = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import numpy as np
     import fastconv
-    assert fastconv._C.isa() == "baseline", fastconv._C.isa()
-    assert all("portable" in k for k in fastconv._C.gemm_kernels("float32")), "registry"
+    assert fastconv._C.isa() == {isa!r}, fastconv._C.isa()
+    assert all({kernel!r} in k for k in fastconv._C.gemm_kernels("float32")[-1:]), "registry"
     import test_conv
     results = test_conv.compute_isa_cases()
     np.savez({out!r}, **results)
@@ -1021,16 +1022,27 @@ _BASELINE_CHILD = textwrap.dedent("""
 """)
 
 
-def test_baseline_isa_agrees_with_default(tmp_path):
-    out = tmp_path / "baseline.npz"
-    env = {**os.environ, "FASTCONV_ISA": "baseline"}
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_lower_isa_agrees_with_default(tmp_path, isa):
+    """FASTCONV_ISA caps the tier: every lower tier's kernels agree with the default's."""
+    tiers = ["baseline", "avx2+fma", "avx512f"]
+    name = {"baseline": "baseline", "avx2": "avx2+fma"}[isa]
+    if tiers.index(fastconv._C.isa()) <= tiers.index(name):
+        pytest.skip(f"this CPU's default tier is {fastconv._C.isa()}: nothing above {name}")
+    out = tmp_path / f"{isa}.npz"
+    env = {**os.environ, "FASTCONV_ISA": isa}
     src = str(Path(fastconv.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     child = subprocess.run(
         [
             sys.executable,
             "-c",
-            _BASELINE_CHILD.format(tests=str(Path(__file__).parent), out=str(out)),
+            _ISA_CHILD.format(
+                tests=str(Path(__file__).parent),
+                out=str(out),
+                isa=name,
+                kernel={"baseline": "portable", "avx2": "avx2"}[isa],
+            ),
         ],
         env=env,
         capture_output=True,
@@ -1038,7 +1050,7 @@ def test_baseline_isa_agrees_with_default(tmp_path):
         timeout=120,
     )
     assert child.returncode == 0, child.stderr[-3000:]
-    assert child.stdout.startswith("isa baseline")
+    assert child.stdout.startswith(f"isa {name}")
     mine = compute_isa_cases()
     with np.load(out) as theirs:
         assert sorted(theirs.files) == sorted(mine)
@@ -1047,7 +1059,7 @@ def test_baseline_isa_agrees_with_default(tmp_path):
             k = {"gx": case.k_input(), "gw": case.k_weight()}.get(
                 key.split("_")[1], case.k_forward()
             )
-            assert_matches(value, theirs[key], k, case, f"{key}: default vs baseline ISA")
+            assert_matches(value, theirs[key], k, case, f"{key}: default vs {isa} ISA")
 
 
 # --------------------------------------------------------------------------- hypothesis

@@ -627,7 +627,8 @@ _BASELINE_CHILD = textwrap.dedent("""
 """)
 
 
-def _cpu_has_avx2_fma() -> bool | None:
+def _cpu_isa() -> str | None:
+    """The ISA tier /proc/cpuinfo's flags allow, named as fastconv._C.isa() names it."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -636,14 +637,16 @@ def _cpu_has_avx2_fma() -> bool | None:
         (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
         [],
     )
-    return "avx2" in flags and "fma" in flags
+    if not ("avx2" in flags and "fma" in flags):
+        return "baseline"
+    return "avx512f" if "avx512f" in flags else "avx2+fma"
 
 
 def test_default_isa_matches_the_cpu():
-    has = _cpu_has_avx2_fma()
-    if has is None or os.environ.get("FASTCONV_ISA"):
+    expected = _cpu_isa()
+    if expected is None or os.environ.get("FASTCONV_ISA"):
         pytest.skip("CPU flags unknown, or the ISA is forced by FASTCONV_ISA")
-    assert fastconv._C.isa() == ("avx2+fma" if has else "baseline")
+    assert fastconv._C.isa() == expected
 
 
 def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):

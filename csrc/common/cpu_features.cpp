@@ -1,5 +1,6 @@
 #include "common/cpu_features.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -9,11 +10,15 @@ namespace {
 Isa detect_isa() {
   const char* forced = std::getenv("FASTCONV_ISA");
   if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return Isa::kBaseline;
+  Isa best = Isa::kBaseline;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2Fma;
+  // libgcc also checks that the OS saves the ymm/zmm state (XCR0).
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2Fma;
+  if (best == Isa::kAvx2Fma && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
 #endif
-  return Isa::kBaseline;
+  if (forced != nullptr && std::strcmp(forced, "avx2") == 0) return std::min(best, Isa::kAvx2Fma);
+  return best;
 }
 }  // namespace
 
@@ -24,6 +29,8 @@ Isa active_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512:
+      return "avx512f";
     case Isa::kAvx2Fma:
       return "avx2+fma";
     case Isa::kBaseline:

@@ -10,5 +10,6 @@ namespace fastconv {
 // independent FMA chains (enough of them to cover FMA latency).
 double fma_peak_gflops(int threads, int64_t iterations);
 double fma_peak_gflops_avx2(int threads, int64_t iterations);
+double fma_peak_gflops_avx512(int threads, int64_t iterations);
 
 }  // namespace fastconv

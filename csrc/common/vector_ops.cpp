@@ -50,12 +50,12 @@ template <typename T>
 VectorOps<T> choose();
 template <>
 VectorOps<float> choose<float>() {
-  if (active_isa() == Isa::kAvx2Fma) return vector_ops_f32_avx2();
+  if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f32_avx2();
   return {axpy_portable<float>, dot_portable<float>, weighted_rows_portable<float>};
 }
 template <>
 VectorOps<double> choose<double>() {
-  if (active_isa() == Isa::kAvx2Fma) return vector_ops_f64_avx2();
+  if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f64_avx2();
   return {axpy_portable<double>, dot_portable<double>, weighted_rows_portable<double>};
 }
 

@@ -97,7 +97,7 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
   if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
-  if (p.is_winograd_shape() && active_isa() == Isa::kAvx2Fma &&
+  if (p.is_winograd_shape() && active_isa() >= Isa::kAvx2Fma &&
       std::min(p.in_channels, p.out_channels) >= kTuning.winograd_min_channels &&
       p.out_w >= kTuning.winograd_min_out_w && p.out_h >= kTuning.winograd_min_out_h)
     return ConvAlgorithm::kWinograd;
@@ -123,7 +123,9 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
       return conv2d_gemm_forward(input, weight, bias, output, p);
     case ConvAlgorithm::kWinograd:
       if constexpr (std::is_same_v<T, float>) {
-        if (active_isa() == Isa::kAvx2Fma)
+        if (active_isa() >= Isa::kAvx512)
+          return conv2d_winograd_forward_f32_avx512(input, weight, bias, output, p);
+        if (active_isa() >= Isa::kAvx2Fma)
           return conv2d_winograd_forward_f32_avx2(input, weight, bias, output, p);
         return conv2d_winograd_forward_f32_portable(input, weight, bias, output, p);
       }

@@ -87,6 +87,8 @@ void conv2d_winograd_forward_f32_portable(const float* input, const float* weigh
                                           const float* bias, float* output, const ConvParams& p);
 void conv2d_winograd_forward_f32_avx2(const float* input, const float* weight, const float* bias,
                                       float* output, const ConvParams& p);
+void conv2d_winograd_forward_f32_avx512(const float* input, const float* weight, const float* bias,
+                                      float* output, const ConvParams& p);
 template <typename T>
 void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                 const ConvParams& p);

@@ -1,4 +1,5 @@
-// the same source, with the transforms vectorised 8 tiles wide.
+// AVX2+FMA build of the Winograd kernel: the same source as the portable one,
+// with the transforms vectorised 8 tiles wide.
 #include <omp.h>
 
 #include <algorithm>

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdio>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -14,20 +16,6 @@
 
 namespace fastconv {
 namespace {
-
-// Cache blocking. KC x NR of B (16 KB for f32) stays in L1 while A slivers
-// stream from the MC x KC block in L2 (144 KB of a 512 KB L2 for f32); the
-// KC x NC panel of B (3 MB) lives in the shared L3.
-template <typename T>
-struct Blocking;
-template <>
-struct Blocking<float> {
-  static constexpr int64_t kc = 256, mc = 144, nc = 3072;
-};
-template <>
-struct Blocking<double> {
-  static constexpr int64_t kc = 256, mc = 72, nc = 1536;
-};
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -113,14 +101,14 @@ void merge_tile(const T* tile, int nr, int64_t rows, int64_t cols, T* c, int64_t
 template <typename T>
 void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_t m0, int64_t m1,
                 int64_t n0, int64_t n1) {
-  using B = Blocking<T>;
+  const GemmBlocking& blk = kinfo.blocking;
   const int mr = kinfo.mr, nr = kinfo.nr;
   Workspace<T>& ws = thread_workspace<T>();
   // Equal-sized blocks (never one full block and a sliver): K = 576 runs as
   // 2 x 288, not 256 + 256 + 64.
-  const int64_t kc_max = balanced_block(pr.k, B::kc, 1);
-  const int64_t mc_max = balanced_block(m1 - m0, B::mc, mr);
-  const int64_t nc_max = balanced_block(n1 - n0, B::nc, nr);
+  const int64_t kc_max = balanced_block(pr.k, blk.kc, 1);
+  const int64_t mc_max = balanced_block(m1 - m0, blk.mc, mr);
+  const int64_t nc_max = balanced_block(n1 - n0, blk.nc, nr);
   ws.a.resize(static_cast<size_t>(mc_max * kc_max));
   ws.b.resize(static_cast<size_t>(nc_max * kc_max));
   ws.tile.resize(static_cast<size_t>(mr * nr));
@@ -178,14 +166,14 @@ void scale_c(const GemmProblem<T>& pr) {
 
 // Splits C into a grid of independent rectangles, one per thread, so that no
 // thread waits on another. The grid minimises the slowest thread's cycles:
-// micro-tiles (mr * nr * k FMAs at 16 a cycle) plus packing its own copy of A
+// micro-tiles (mr * nr * k FMAs at fma_lanes a cycle) plus packing its own copy of A
 // (once per NC panel) and of B (~1 cycle per element). Tall-skinny, short-wide
 // and square shapes each get their best cut; cuts fall on micro-tile edges.
 struct Grid {
   int rows, cols;
 };
-template <typename T>
-Grid thread_grid(int64_t m, int64_t n, int64_t k, int mr, int nr, int threads) {
+Grid thread_grid(int64_t m, int64_t n, int64_t k, int mr, int nr, const GemmBlocking& blk,
+                 int threads) {
   const int64_t mt = (m + mr - 1) / mr, nt = (n + nr - 1) / nr;
   Grid best{1, threads};
   double best_cost = 1e300;
@@ -194,8 +182,8 @@ Grid thread_grid(int64_t m, int64_t n, int64_t k, int mr, int nr, int threads) {
     const int cc = threads / r;
     const double rows = static_cast<double>((mt + r - 1) / r) * mr;
     const double cols = static_cast<double>((nt + cc - 1) / cc) * nr;
-    const double panels = std::ceil(cols / Blocking<T>::nc);
-    const double compute = rows * cols * static_cast<double>(k) / 16.0;
+    const double panels = std::ceil(cols / static_cast<double>(blk.nc));
+    const double compute = rows * cols * static_cast<double>(k) / blk.fma_lanes;
     const double packing = rows * static_cast<double>(k) * panels + cols * static_cast<double>(k);
     const double cost = compute + packing;
     if (cost < best_cost) {
@@ -223,6 +211,17 @@ GemmKernelInfo<double> portable_kernel<double>() {
 }
 
 template <typename T>
+GemmKernelInfo<T> avx512_kernel();
+template <>
+GemmKernelInfo<float> avx512_kernel<float>() {
+  return gemm_f32_12x32_avx512();
+}
+template <>
+GemmKernelInfo<double> avx512_kernel<double>() {
+  return gemm_f64_12x16_avx512();
+}
+
+template <typename T>
 GemmKernelInfo<T> avx2_kernel();
 template <>
 GemmKernelInfo<float> avx2_kernel<float>() {
@@ -235,14 +234,26 @@ GemmKernelInfo<double> avx2_kernel<double>() {
 
 }  // namespace
 
+// The registry, in dispatch order: portable, then one kernel per ISA tier the
+// CPU has.
 template <typename T>
 int gemm_kernel_count() {
-  return active_isa() == Isa::kAvx2Fma ? 2 : 1;
+  return 1 + static_cast<int>(active_isa());
 }
 
 template <typename T>
 GemmKernelInfo<T> gemm_kernel_at(int index) {
-  return index == 1 && active_isa() == Isa::kAvx2Fma ? avx2_kernel<T>() : portable_kernel<T>();
+  if (index == 2 && active_isa() >= Isa::kAvx512) {
+    auto k = avx512_kernel<T>();
+    if (const char* e = std::getenv("TUNE_BLK")) {  // TEMP
+      long kc, mc, nc;
+      std::sscanf(e, "%ld,%ld,%ld", &kc, &mc, &nc);
+      k.blocking.kc = kc; k.blocking.mc = mc; k.blocking.nc = nc;
+    }
+    return k;
+  }
+  if (index == 1 && active_isa() >= Isa::kAvx2Fma) return avx2_kernel<T>();
+  return portable_kernel<T>();
 }
 
 template <typename T>
@@ -258,8 +269,9 @@ int64_t gemm_packed_a_size(int64_t m, int64_t k) {
 
 template <typename T>
 void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
-  const int mr = gemm_kernel<T>().mr;
-  const int64_t kc_max = balanced_block(k, Blocking<T>::kc, 1);
+  const GemmKernelInfo<T> kinfo = gemm_kernel<T>();
+  const int mr = kinfo.mr;
+  const int64_t kc_max = balanced_block(k, kinfo.blocking.kc, 1);
   for (int64_t pc = 0; pc < k; pc += kc_max) {
     const int64_t kc = std::min(kc_max, k - pc);
     pack_a(a, m, 0, round_up(m, mr), pc, kc, mr, dst + pc * round_up(m, mr));
@@ -269,7 +281,13 @@ void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
 template <typename T>
 IgemmKernelInfo<T> igemm_kernel() {
   static const IgemmKernelInfo<T> chosen = [] {
-    if (active_isa() == Isa::kAvx2Fma) {
+    if (active_isa() >= Isa::kAvx512) {
+      if constexpr (std::is_same_v<T, float>)
+        return igemm_f32_12x32_avx512();
+      else
+        return igemm_f64_12x16_avx512();
+    }
+    if (active_isa() >= Isa::kAvx2Fma) {
       if constexpr (std::is_same_v<T, float>)
         return igemm_f32_6x16_avx2_fma();
       else
@@ -294,7 +312,7 @@ void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInf
   // saves (and far more when the machine is oversubscribed).
   const int64_t work = pr.m * pr.n * pr.k;
   threads = std::max(1, std::min<int>(threads, static_cast<int>(work / (64 * 64 * 64) + 1)));
-  const Grid grid = thread_grid<T>(pr.m, pr.n, pr.k, kinfo.mr, kinfo.nr, threads);
+  const Grid grid = thread_grid(pr.m, pr.n, pr.k, kinfo.mr, kinfo.nr, kinfo.blocking, threads);
   const int used = grid.rows * grid.cols;
   if (used == 1) {
     gemm_block(pr, kinfo, 0, pr.m, 0, pr.n);

@@ -69,12 +69,24 @@ using GemmMicroKernel = void (*)(int64_t kc, const T* a, const T* b, T* c, int64
 
 // kernels[r - 1] writes only the first r rows of C (r = mr is the full tile);
 // the partial ones serve the bottom edge of C.
-constexpr int kMaxMR = 6;
+constexpr int kMaxMR = 12;
+
+// Cache blocking that goes with a micro-kernel (BLIS keeps block sizes in the
+// kernel's context too): a kc x nr sliver of B stays in L1 while mr x kc
+// slivers of A stream from an mc x kc block in L2; the kc x nc panel of B lives
+// in L3. fma_lanes: scalar FMAs a core retires per cycle with this kernel (the
+// thread-grid cost model weighs compute against packing with it).
+struct GemmBlocking {
+  int64_t kc, mc, nc;
+  int fma_lanes;
+};
+
 template <typename T>
 struct GemmKernelInfo {
   GemmMicroKernel<T> kernels[kMaxMR];
   int mr, nr;
   const char* name;
+  GemmBlocking blocking;
 };
 
 // The micro-kernel the dispatch chose for this CPU (portable one first, ISA
@@ -112,6 +124,10 @@ IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma();
 IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma();
 IgemmKernelInfo<float> igemm_f32_6x16_portable();
 IgemmKernelInfo<double> igemm_f64_4x8_portable();
+IgemmKernelInfo<float> igemm_f32_12x32_avx512();
+IgemmKernelInfo<double> igemm_f64_12x16_avx512();
+GemmKernelInfo<float> gemm_f32_12x32_avx512();
+GemmKernelInfo<double> gemm_f64_12x16_avx512();
 GemmKernelInfo<float> gemm_f32_6x16_avx2_fma();
 GemmKernelInfo<double> gemm_f64_6x8_avx2_fma();
 GemmKernelInfo<float> gemm_f32_6x16_portable();

@@ -160,7 +160,8 @@ GemmKernelInfo<float> gemm_f32_6x16_avx2_fma() {
            kernel_6x2v<F32, 5>, kernel_6x2v<F32, 6>},
           6,
           16,
-          "f32-gemm-6x16-avx2-fma"};
+          "f32-gemm-6x16-avx2-fma",
+          {256, 144, 3072, 16}};
 }
 
 GemmKernelInfo<double> gemm_f64_6x8_avx2_fma() {
@@ -168,7 +169,8 @@ GemmKernelInfo<double> gemm_f64_6x8_avx2_fma() {
            kernel_6x2v<F64, 5>, kernel_6x2v<F64, 6>},
           6,
           8,
-          "f64-gemm-6x8-avx2-fma"};
+          "f64-gemm-6x8-avx2-fma",
+          {256, 72, 1536, 8}};
 }
 
 }  // namespace fastconv

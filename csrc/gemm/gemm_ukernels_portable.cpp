@@ -66,7 +66,8 @@ GemmKernelInfo<float> gemm_f32_6x16_portable() {
            portable_kernel<float, 6, 16, 5>, portable_kernel<float, 6, 16, 6>},
           6,
           16,
-          "f32-gemm-6x16-portable"};
+          "f32-gemm-6x16-portable",
+          {256, 144, 3072, 8}};
 }
 
 GemmKernelInfo<double> gemm_f64_4x8_portable() {
@@ -74,7 +75,8 @@ GemmKernelInfo<double> gemm_f64_4x8_portable() {
            portable_kernel<double, 4, 8, 3>, portable_kernel<double, 4, 8, 4>},
           4,
           8,
-          "f64-gemm-4x8-portable"};
+          "f64-gemm-4x8-portable",
+          {256, 72, 1536, 4}};
 }
 
 }  // namespace fastconv

@@ -38,7 +38,7 @@ RowKernels<T> row_kernels() {
 
 template <>
 RowKernels<float> row_kernels<float>() {
-  if (active_isa() == Isa::kAvx2Fma) {
+  if (active_isa() >= Isa::kAvx2Fma) {
     const PoolRowKernelsF32 k = pool_row_kernels_f32_avx2();
     return {k.max_row, k.sum_row};
   }

@@ -166,7 +166,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     where ``(pt, pb), (pl, pr) = conv_padding(padding, (R, S), dilation)``.
     """
     x, unbatched = _batched(input)
-    weight = np.asarray(weight)
+    # A canonical layout: BLAS rounds differently for transposed operands, and
+    # the spec must not depend on how the caller's arrays are strided.
+    weight = np.ascontiguousarray(weight)
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     stride, dilation = pair(stride), pair(dilation)
