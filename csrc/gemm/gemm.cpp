@@ -110,7 +110,7 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
   const int64_t mc_max = balanced_block(m1 - m0, blk.mc, mr);
   const int64_t nc_max = balanced_block(n1 - n0, blk.nc, nr);
   ws.a.resize(static_cast<size_t>(mc_max * kc_max));
-  ws.b.resize(static_cast<size_t>(nc_max * kc_max));
+  if (pr.packed_b == nullptr) ws.b.resize(static_cast<size_t>(nc_max * kc_max));
   ws.tile.resize(static_cast<size_t>(mr * nr));
   T* abuf = ws.a.data();
   T* bbuf = ws.b.data();
@@ -122,7 +122,10 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
     const int64_t nc = std::min<int64_t>(nc_max, n1 - jc);
     for (int64_t pc = 0; pc < pr.k; pc += kc_max) {
       const int64_t kc = std::min<int64_t>(kc_max, pr.k - pc);
-      if (pr.pack_b) {
+      const T* bpanel = bbuf;
+      if (pr.packed_b != nullptr) {  // whole-matrix layout: K block, then slivers
+        bpanel = pr.packed_b + pc * round_up(pr.n, nr) + jc * kc;
+      } else if (pr.pack_b) {
         pr.pack_b(pc, kc, jc, nc, nr, bbuf);
       } else {
         pack_b_view(pr.b, pr.n, pc, kc, jc, nc, nr, bbuf);
@@ -136,7 +139,7 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
         if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
-          const T* bs = bbuf + jr * kc;
+          const T* bs = bpanel + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += mr) {
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             const T* as = apanel + ir * kc;
@@ -279,6 +282,12 @@ void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
 }
 
 template <typename T>
+PackedBLayout gemm_packed_b_layout(int64_t k, int64_t n) {
+  const GemmKernelInfo<T> kinfo = gemm_kernel<T>();
+  return {k, round_up(n, kinfo.nr), balanced_block(k, kinfo.blocking.kc, 1), kinfo.nr};
+}
+
+template <typename T>
 IgemmKernelInfo<T> igemm_kernel() {
   static const IgemmKernelInfo<T> chosen = [] {
     if (active_isa() >= Isa::kAvx512) {
@@ -342,6 +351,7 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   template IgemmKernelInfo<T> igemm_kernel<T>();                                           \
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                \
   template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);                \
+  template PackedBLayout gemm_packed_b_layout<T>(int64_t, int64_t);                        \
   template int gemm_kernel_count<T>();                                                     \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);
 FASTCONV_INSTANTIATE_GEMM(float)

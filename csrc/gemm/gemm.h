@@ -8,6 +8,7 @@
 // buffer.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 
@@ -43,6 +44,7 @@ struct GemmProblem {
   MatrixView<T> b;              // k x n; ignored when pack_b is set
   PackB<T> pack_b;              // optional producer of packed B panels
   const T* packed_a = nullptr;  // optional: A already packed by gemm_pack_a (then `a` is unused)
+  const T* packed_b = nullptr;  // optional: B already in gemm_packed_b_layout (then `b` is unused)
   MutableMatrixView<T> c;       // m x n
 };
 
@@ -59,6 +61,21 @@ template <typename T>
 int64_t gemm_packed_a_size(int64_t m, int64_t k);
 template <typename T>
 void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst);
+
+// Pre-packed B for callers that produce B themselves (Winograd's transformed
+// filters): element (p, j) of the k x n matrix lives at index(p, j); columns
+// n .. n_padded - 1 must be zero. The layout is the default kernel's packing
+// of the whole matrix: per K block, nr-column slivers, each kc x nr, k-major.
+struct PackedBLayout {
+  int64_t k, n_padded, kc, nr;
+  int64_t size() const { return k * n_padded; }
+  int64_t index(int64_t p, int64_t j) const {
+    const int64_t p0 = p / kc * kc, depth = std::min(kc, k - p0);
+    return p0 * n_padded + (j / nr) * nr * depth + (p - p0) * nr + j % nr;
+  }
+};
+template <typename T>
+PackedBLayout gemm_packed_b_layout(int64_t k, int64_t n);
 
 // Micro-kernel: C[0:mr, 0:nr] = alpha * (A_panel @ B_panel) + beta * C, for a
 // kc-deep packed A sliver (kc x mr, k-major) and B sliver (kc x nr, k-major).
