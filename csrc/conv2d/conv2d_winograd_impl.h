@@ -41,10 +41,11 @@ constexpr int kTile = 4, kInTile = 6, kPositions = 36;
 // Output channels per step of the filter and output transforms.
 constexpr int64_t kLanes = 16;
 
-// U[xi] (C x K) = (G g G^T)[xi] for the 6x3 G of F(4, 3), for the channels c
-// of [c0, c1), written straight into the GEMM's pre-packed B layout (position
-// xi at u + xi * layout.size()); vectorised over k. `scratch` holds 27 * K floats.
-void winograd_filter_transform(const float* weight, int64_t K, int64_t C, int64_t c0, int64_t c1,
+// U[xi] (C x kn) = (G g G^T)[xi] for the 6x3 G of F(4, 3) and the output
+// channels [k0, k0 + kn), written straight into the GEMM's pre-packed B layout
+// (position xi at u + xi * layout.size()); vectorised over k. The weights come
+// tap-major, wt[(c * 9 + tap) * K + k]. `scratch` holds 18 * kn floats.
+void winograd_filter_transform(const float* wt, int64_t C, int64_t K, int64_t k0, int64_t kn,
                                const PackedBLayout& layout, float* u, float* scratch) {
   static const float G[6][3] = {{1.0f / 4, 0, 0},
                                 {-1.0f / 6, -1.0f / 6, -1.0f / 6},
@@ -52,30 +53,28 @@ void winograd_filter_transform(const float* weight, int64_t K, int64_t C, int64_
                                 {1.0f / 24, 1.0f / 12, 1.0f / 6},
                                 {1.0f / 24, -1.0f / 12, 1.0f / 6},
                                 {0, 0, 1}};
-  float* g = scratch;           // g[tap][k]
-  float* gg = scratch + 9 * K;  // gg[a][j][k] = (G g)[a][j]
-  for (int64_t c = c0; c < c1; ++c) {
-    for (int64_t k = 0; k < K; ++k)
-      for (int t = 0; t < 9; ++t) g[t * K + k] = weight[(k * C + c) * 9 + t];
+  float* gg = scratch;  // gg[a][j][k] = (G g)[a][j]
+  for (int64_t c = 0; c < C; ++c) {
+    const float* g = wt + c * 9 * K + k0;  // g[tap * K + k]
     for (int a = 0; a < 6; ++a)
       for (int j = 0; j < 3; ++j) {
-        float* dst = gg + (a * 3 + j) * K;
+        float* dst = gg + (a * 3 + j) * kn;
         const float *g0 = g + j * K, *g1 = g0 + 3 * K, *g2 = g0 + 6 * K;
 #pragma GCC ivdep
-        for (int64_t k = 0; k < K; ++k)
+        for (int64_t k = 0; k < kn; ++k)
           dst[k] = G[a][0] * g0[k] + G[a][1] * g1[k] + G[a][2] * g2[k];
       }
     for (int a = 0; a < 6; ++a)
       for (int b = 0; b < 6; ++b) {
         float* dst = u + (a * 6 + b) * layout.size();
-        const float *h0 = gg + (a * 3) * K, *h1 = h0 + K, *h2 = h0 + 2 * K;
+        const float *h0 = gg + (a * 3) * kn, *h1 = h0 + kn, *h2 = h0 + 2 * kn;
         // One contiguous run per nr-column sliver; padding columns zero.
-        for (int64_t k0 = 0; k0 < layout.n_padded; k0 += layout.nr) {
-          float* run = dst + layout.index(c, k0);
-          const int64_t n = std::max<int64_t>(0, std::min(layout.nr, K - k0));
+        for (int64_t j0 = 0; j0 < layout.n_padded; j0 += layout.nr) {
+          float* run = dst + layout.index(c, j0);
+          const int64_t n = std::max<int64_t>(0, std::min(layout.nr, kn - j0));
 #pragma GCC ivdep
           for (int64_t k = 0; k < n; ++k)
-            run[k] = h0[k0 + k] * G[b][0] + h1[k0 + k] * G[b][1] + h2[k0 + k] * G[b][2];
+            run[k] = h0[j0 + k] * G[b][0] + h1[j0 + k] * G[b][1] + h2[j0 + k] * G[b][2];
           std::fill(run + n, run + layout.nr, 0.0f);
         }
       }
@@ -188,24 +187,31 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
   }
 }
 
-// Output transform of global tile row r for channels [k0, k0 + lanes): the
-// chunk's tile row starts at M column `tile0`.
-void winograd_output_row(const float* M, const float* bias, float* output,
-                         const WinogradPlan& plan, int64_t r, int64_t tile0, int64_t tiles,
-                         int64_t k0, int64_t lanes) {
+// Output transform of the chunk's tiles [t0, t1) (chunk tile t is tile column
+// t % tiles_w of global tile row row0 + t / tiles_w) for output channels
+// [k0, k0 + kn): M[xi][t - t0][k - k0], `ldm` apart per tile.
+void winograd_output_tiles(const float* M, int64_t ldm, const float* bias, float* output,
+                           const WinogradPlan& plan, int64_t row0, int64_t t0, int64_t t1,
+                           int64_t k0, int64_t kn) {
   const ConvParams& p = plan.p;
-  const int64_t K = p.out_channels;
-  const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
+  const int64_t K = p.out_channels, tw = plan.tiles_w;
   alignas(64) float y[kTile * kTile * kLanes];
-  for (int64_t tx = 0; tx < plan.tiles_w; ++tx) {
-    output_transform_tile(M + (tile0 + tx) * K + k0, tiles * K, lanes, y);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t r = row0 + t / tw, tx = t % tw;
+    const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
     const int64_t rows = std::min<int64_t>(kTile, p.out_h - ty * kTile);
     const int64_t cols = std::min<int64_t>(kTile, p.out_w - tx * kTile);
-    for (int64_t l = 0; l < lanes; ++l) {
-      const float b0 = bias != nullptr ? bias[k0 + l] : 0.0f;
-      float* out = output + (n * K + k0 + l) * p.out_plane() + (ty * kTile) * p.out_w + tx * kTile;
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) out[i * p.out_w + j] = y[(i * kTile + j) * kLanes + l] + b0;
+    for (int64_t l0 = 0; l0 < kn; l0 += kLanes) {
+      const int64_t lanes = std::min(kLanes, kn - l0);
+      output_transform_tile(M + (t - t0) * ldm + l0, (t1 - t0) * ldm, lanes, y);
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t k = k0 + l0 + l;
+        const float b0 = bias != nullptr ? bias[k] : 0.0f;
+        float* out = output + (n * K + k) * p.out_plane() + (ty * kTile) * p.out_w + tx * kTile;
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < cols; ++j)
+            out[i * p.out_w + j] = y[(i * kTile + j) * kLanes + l] + b0;
+      }
     }
   }
 }
@@ -216,61 +222,107 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
   plan.phase_len = plan.tiles_w + 2;
   const int64_t total_rows = p.batch * plan.tiles_h;
-  // Tile rows per chunk: the transformed tiles V and products M of a chunk
-  // within ~8 MB, and at least ~96 tiles (8 micro-tile rows of the GEMM).
-  const int64_t per_tile_bytes = kPositions * (C + K) * 4;
-  const int64_t chunk_tiles = std::max<int64_t>((int64_t(8) << 20) / per_tile_bytes, 96);
-  const int64_t chunk_rows = std::clamp<int64_t>(chunk_tiles / plan.tiles_w, 1, total_rows);
-  const int64_t max_tiles = chunk_rows * plan.tiles_w;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);
-  // Every buffer is allocated before the parallel region (an allocation
-  // failure must not escape it).
-  const PackedBLayout layout = gemm_packed_b_layout<float>(C, K);
-  // The calling thread's workspace, kept for its next call: these buffers run
-  // to tens of MB, and fresh pages for them would cost more than the GEMMs.
-  static thread_local AlignedBuffer<float> u_buf, v_buf, m_buf;
-  u_buf.resize(static_cast<size_t>(kPositions * layout.size()));
-  v_buf.resize(static_cast<size_t>(kPositions * C * max_tiles));
-  m_buf.resize(static_cast<size_t>(kPositions * K * max_tiles));
-  PerThread<float> filter_scratch(threads, static_cast<size_t>(27 * K));
-  PerThread<float> rows_scratch(threads, static_cast<size_t>(kInTile * kTile * plan.phase_len));
-  PerThread<float> row_t_scratch(threads, static_cast<size_t>(kInTile * kInTile * plan.tiles_w));
-  const int64_t k_blocks = (K + kLanes - 1) / kLanes;
-  float* U = u_buf.data();
-  float* V = v_buf.data();
-  float* M = m_buf.data();
+  // Output channels per job: one or two micro-kernel column slivers. A job
+  // transforms its block of filters (36 x C x kb, within L2), runs the 36
+  // GEMMs of the block and its output transform, so the transformed filters
+  // never travel through memory.
+  const int64_t nr = gemm_kernel<float>().nr;
+  const int64_t kb = std::min(K, std::max<int64_t>(nr, 32));
+  const int64_t k_blocks = (K + kb - 1) / kb;
+  // Tile parts per chunk: enough jobs for every thread when K is narrow.
+  const int64_t parts = std::max<int64_t>(1, (threads + k_blocks - 1) / k_blocks);
+  // Tile rows per chunk: transformed tiles V (plain and packed) within ~8 MB,
+  // and at least ~96 tiles (8 micro-tile rows of the GEMM) per part.
+  const int64_t per_tile_bytes = 2 * kPositions * C * 4;
+  const int64_t chunk_tiles = std::max<int64_t>((int64_t(8) << 20) / per_tile_bytes, 96 * parts);
+  // Equal chunks (never a full one and a sliver: each chunk transforms the filters anew).
+  const int64_t chunks =
+      std::max<int64_t>(1, total_rows / std::max<int64_t>(1, chunk_tiles / plan.tiles_w));
+  const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
+  const int64_t max_tiles = chunk_rows * plan.tiles_w;
+  const int64_t max_part = (max_tiles + parts - 1) / parts;
+  const PackedBLayout layout = gemm_packed_b_layout<float>(C, kb);
+  // One workspace, carved into the shared buffers and each thread's scratch.
+  // It is allocated before the parallel region (an allocation failure must not
+  // escape it) and kept by the calling thread for its next call: fresh pages
+  // for these tens of MB would cost more than the transforms.
+  const int64_t wt_size = 9 * C * K;  // weights tap-major: [c][tap][k]
+  const int64_t v_size = kPositions * C * max_tiles;
+  const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + 12 * parts, C);
+  const int64_t u_size = kPositions * layout.size() + 18 * kb;
+  const int64_t m_size = kPositions * max_part * kb;
+  const int64_t rows_size = kInTile * kTile * plan.phase_len;
+  const int64_t row_t_size = kInTile * kInTile * plan.tiles_w;
+  // Per-thread slices start on cache lines.
+  const int64_t per_thread = (u_size + m_size + rows_size + row_t_size + 64) / 16 * 16;
+  static thread_local AlignedBuffer<float> workspace;
+  workspace.resize(static_cast<size_t>(wt_size + v_size + vp_size + threads * per_thread + 16));
+  float* const wt = workspace.data();
+  float* const V = wt + (wt_size + 15) / 16 * 16;
+  float* const Vp = V + (v_size + 15) / 16 * 16;
+  float* const scratch = Vp + (vp_size + 15) / 16 * 16;
 #pragma omp parallel num_threads(threads)
   {
-    // Filter transform, split by input channel.
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      winograd_filter_transform(weight, K, C, C * t / nt, C * (t + 1) / nt, layout, U,
-                                filter_scratch.mine().data());
-    }
-#pragma omp barrier
+    // Transposed in blocks of 16 output channels: 16 sequential read streams,
+    // 64-byte write runs.
+#pragma omp for schedule(static)
+    for (int64_t k0 = 0; k0 < K; k0 += 16)
+      for (int64_t c = 0; c < C; ++c)
+        for (int t = 0; t < 9; ++t)
+          for (int64_t k = k0; k < std::min(K, k0 + 16); ++k)
+            wt[(c * 9 + t) * K + k] = weight[(k * C + c) * 9 + t];
     for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
       const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
       const int64_t tiles = (row1 - row0) * plan.tiles_w;
+      // Part q holds tiles [bound(q), bound(q + 1)), cut on whole micro-tiles.
+      const auto bound = [&](int64_t q) {
+        return std::min(tiles, (tiles * q / parts + 11) / 12 * 12);
+      };
+      const auto packed_offset = [&](int64_t q, int xi) {
+        return kPositions * gemm_packed_a_size<float>(bound(q), C) +
+               xi * gemm_packed_a_size<float>(bound(q + 1) - bound(q), C);
+      };
+      // 1. Input transform, split by channel: V[xi][c][tile].
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c)
-        winograd_input_transform(input, plan, c, row0, row1, tiles, V,
-                                 rows_scratch.mine().data(), row_t_scratch.mine().data());
+        {
+          float* rows = scratch + omp_get_thread_num() * per_thread + (u_size + 15) / 16 * 16 +
+                        (m_size + 15) / 16 * 16;
+          winograd_input_transform(input, plan, c, row0, row1, tiles, V, rows,
+                                   rows + (rows_size + 15) / 16 * 16);
+        }
+      // 2. Pack V[xi]^T (tiles x C) per part as the GEMMs' A operand.
 #pragma omp for schedule(static)
-      for (int xi = 0; xi < kPositions; ++xi) {
-        GemmProblem<float> pr;
-        pr.m = tiles;
-        pr.n = K;
-        pr.k = C;
-        pr.a = {V + xi * C * tiles, 1, tiles};  // V[xi]^T: tile-major view of c-major data
-        pr.packed_b = U + xi * layout.size();
-        pr.c = {M + xi * tiles * K, K, 1};
-        gemm(pr, 1);
+      for (int64_t job = 0; job < parts * kPositions; ++job) {
+        const int64_t q = job / kPositions;
+        const int xi = static_cast<int>(job % kPositions);
+        const int64_t t0 = bound(q), t1 = bound(q + 1);
+        if (t0 < t1)
+          gemm_pack_a<float>({V + xi * C * tiles + t0, 1, tiles}, t1 - t0, C,
+                             Vp + packed_offset(q, xi));
       }
-#pragma omp for schedule(static)
-      for (int64_t job = 0; job < (row1 - row0) * k_blocks; ++job) {
-        const int64_t r = row0 + job / k_blocks, k0 = (job % k_blocks) * kLanes;
-        winograd_output_row(M, bias, output, plan, r, (r - row0) * plan.tiles_w, tiles, k0,
-                            std::min(kLanes, K - k0));
+      // 3. Per (block of output channels, part): filter transform, 36 GEMMs
+      //    M[xi] (part tiles x kb) = V[xi]^T @ U[xi], output transform.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t job = 0; job < k_blocks * parts; ++job) {
+        const int64_t k0 = (job / parts) * kb, kn = std::min(kb, K - k0);
+        const int64_t q = job % parts, t0 = bound(q), t1 = bound(q + 1);
+        if (t0 >= t1) continue;
+        float* U = scratch + omp_get_thread_num() * per_thread;
+        float* M = U + (u_size + 15) / 16 * 16;
+        winograd_filter_transform(wt, C, K, k0, kn, layout, U, U + kPositions * layout.size());
+        for (int xi = 0; xi < kPositions; ++xi) {
+          GemmProblem<float> pr;
+          pr.m = t1 - t0;
+          pr.n = kn;
+          pr.k = C;
+          pr.packed_a = Vp + packed_offset(q, xi);
+          pr.packed_b = U + xi * layout.size();
+          pr.c = {M + xi * (t1 - t0) * kb, kb, 1};
+          gemm(pr, 1);
+        }
+        winograd_output_tiles(M, kb, bias, output, plan, row0, t0, t1, k0, kn);
       }
     }
   }
