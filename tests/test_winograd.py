@@ -82,7 +82,9 @@ def test_selector_uses_winograd_only_where_it_wins():
     assert choose((8, 64, 56, 56), (64, 64, 3, 3), 1, 1) == "winograd"
     assert choose((2, 64, 112, 112), (128, 64, 3, 3), 1, 1) == "winograd"
     # narrow outputs, strided, dilated, grouped, few channels, float64: not Winograd
-    assert choose((8, 256, 14, 14), (256, 256, 3, 3), 1, 1) != "winograd"
+    assert choose((8, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "winograd"
+    assert choose((8, 256, 6, 6), (256, 256, 3, 3), 1, 1) != "winograd"
+    assert choose((8, 256, 14, 6), (256, 256, 3, 3), 1, 1) != "winograd"
     assert choose((8, 64, 56, 56), (64, 64, 3, 3), 2, 1) != "winograd"
     assert choose((8, 64, 56, 56), (64, 64, 3, 3), 1, 2, 2) != "winograd"
     assert choose((8, 64, 56, 56), (64, 32, 3, 3), 1, 1, 1, 2) != "winograd"

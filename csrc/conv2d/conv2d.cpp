@@ -20,12 +20,13 @@ struct ConvTuning {
   // Output rows at least this wide also run direct: its nr-wide tiles are then
   // mostly full and it skips GEMM's per-image im2col packing.
   int64_t direct_min_out_w = 16;
-  // Winograd F(4x4, 3x3) where it wins: its transforms run along rows of
-  // tiles, so they need wide outputs (measured: 56 and 112 wide win, 28 and
-  // narrower lose to direct / implicit GEMM), and the 36 GEMMs need channels.
+  // Winograd F(4x4, 3x3) where it wins: its GEMMs put the tiles of several
+  // images on the M side, so planes down to 7x7 (2 x 2 tiles) win against
+  // implicit GEMM and direct (measured on the layer set with the AVX2 and
+  // AVX-512 kernels); the 36 GEMMs need channels.
   int64_t winograd_min_channels = 32;  // both in and out
-  int64_t winograd_min_out_w = 48;
-  int64_t winograd_min_out_h = 8;
+  int64_t winograd_min_out_w = 7;
+  int64_t winograd_min_out_h = 7;
   // ...and at most this many output channels per group for the input gradient
   // to run directly (it is a convolution with channel roles swapped).
   int64_t direct_max_out_per_group = 4;

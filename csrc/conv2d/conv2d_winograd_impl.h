@@ -41,25 +41,39 @@ constexpr int kTile = 4, kInTile = 6, kPositions = 36;
 // Output channels per step of the filter and output transforms.
 constexpr int64_t kLanes = 16;
 
-// U[xi] (C x kn) = (G g G^T)[xi] for the 6x3 G of F(4, 3) and the output
-// channels [k0, k0 + kn), written straight into the GEMM's pre-packed B layout
-// (position xi at u + xi * layout.size()); vectorised over k. The weights come
-// tap-major, wt[(c * 9 + tap) * K + k]. `scratch` holds 18 * kn floats.
-void winograd_filter_transform(const float* wt, int64_t C, int64_t K, int64_t k0, int64_t kn,
-                               const PackedBLayout& layout, float* u, float* scratch) {
+// U[xi] ((c1 - c0) x kn) = (G g G^T)[xi] for the 6x3 G of F(4, 3), input
+// channels [c0, c1) and output channels [k0, k0 + kn), written straight into
+// the GEMM's pre-packed B layout (position xi at u + xi * layout.size());
+// vectorised over k. `scratch` holds (9 * (c1 - c0) + 18) * kn floats.
+void winograd_filter_transform(const float* weight, int64_t C, int64_t c0, int64_t c1, int64_t k0,
+                               int64_t kn, const PackedBLayout& layout, float* u, float* scratch) {
   static const float G[6][3] = {{1.0f / 4, 0, 0},
                                 {-1.0f / 6, -1.0f / 6, -1.0f / 6},
                                 {-1.0f / 6, 1.0f / 6, -1.0f / 6},
                                 {1.0f / 24, 1.0f / 12, 1.0f / 6},
                                 {1.0f / 24, -1.0f / 12, 1.0f / 6},
                                 {0, 0, 1}};
-  float* gg = scratch;  // gg[a][j][k] = (G g)[a][j]
-  for (int64_t c = 0; c < C; ++c) {
-    const float* g = wt + c * 9 * K + k0;  // g[tap * K + k]
+  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k].
+  // Transposed from the kn x 9C slab in 8 x 32 blocks: 8 rows of 128 bytes
+  // read, 32 runs of 32 bytes written (few enough lines for L1's sets, which
+  // the 9C and kn strides would otherwise crowd).
+  float* gt = scratch;
+  const int64_t width = 9 * (c1 - c0);
+  for (int64_t kk0 = 0; kk0 < kn; kk0 += 8) {
+    const int64_t kk1 = std::min(kn, kk0 + 8);
+    for (int64_t j0 = 0; j0 < width; j0 += 32) {
+      const int64_t j1 = std::min(width, j0 + 32);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t k = kk0; k < kk1; ++k) gt[j * kn + k] = weight[(k0 + k) * 9 * C + 9 * c0 + j];
+    }
+  }
+  float* gg = gt + width * kn;  // gg[a][j][k] = (G g)[a][j]
+  for (int64_t c = c0; c < c1; ++c) {
+    const float* g = gt + (c - c0) * 9 * kn;  // g[tap * kn + k]
     for (int a = 0; a < 6; ++a)
       for (int j = 0; j < 3; ++j) {
         float* dst = gg + (a * 3 + j) * kn;
-        const float *g0 = g + j * K, *g1 = g0 + 3 * K, *g2 = g0 + 6 * K;
+        const float *g0 = g + j * kn, *g1 = g0 + 3 * kn, *g2 = g0 + 6 * kn;
 #pragma GCC ivdep
         for (int64_t k = 0; k < kn; ++k)
           dst[k] = G[a][0] * g0[k] + G[a][1] * g1[k] + G[a][2] * g2[k];
@@ -70,7 +84,7 @@ void winograd_filter_transform(const float* wt, int64_t C, int64_t K, int64_t k0
         const float *h0 = gg + (a * 3) * kn, *h1 = h0 + kn, *h2 = h0 + 2 * kn;
         // One contiguous run per nr-column sliver; padding columns zero.
         for (int64_t j0 = 0; j0 < layout.n_padded; j0 += layout.nr) {
-          float* run = dst + layout.index(c, j0);
+          float* run = dst + layout.index(c - c0, j0);
           const int64_t n = std::max<int64_t>(0, std::min(layout.nr, kn - j0));
 #pragma GCC ivdep
           for (int64_t k = 0; k < n; ++k)
@@ -242,36 +256,28 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
   const int64_t max_part = (max_tiles + parts - 1) / parts;
-  const PackedBLayout layout = gemm_packed_b_layout<float>(C, kb);
+  // The K blocks gemm_pack_a cuts V's C columns into (equal, about kc deep).
+  const int64_t c_block = gemm_packed_b_layout<float>(C, kb).kc;
+  const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
   // One workspace, carved into the shared buffers and each thread's scratch.
   // It is allocated before the parallel region (an allocation failure must not
   // escape it) and kept by the calling thread for its next call: fresh pages
   // for these tens of MB would cost more than the transforms.
-  const int64_t wt_size = 9 * C * K;  // weights tap-major: [c][tap][k]
   const int64_t v_size = kPositions * C * max_tiles;
   const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + 12 * parts, C);
-  const int64_t u_size = kPositions * layout.size() + 18 * kb;
+  const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
   const int64_t m_size = kPositions * max_part * kb;
   const int64_t rows_size = kInTile * kTile * plan.phase_len;
   const int64_t row_t_size = kInTile * kInTile * plan.tiles_w;
   // Per-thread slices start on cache lines.
   const int64_t per_thread = (u_size + m_size + rows_size + row_t_size + 64) / 16 * 16;
   static thread_local AlignedBuffer<float> workspace;
-  workspace.resize(static_cast<size_t>(wt_size + v_size + vp_size + threads * per_thread + 16));
-  float* const wt = workspace.data();
-  float* const V = wt + (wt_size + 15) / 16 * 16;
+  workspace.resize(static_cast<size_t>(v_size + vp_size + threads * per_thread + 16));
+  float* const V = workspace.data();
   float* const Vp = V + (v_size + 15) / 16 * 16;
   float* const scratch = Vp + (vp_size + 15) / 16 * 16;
 #pragma omp parallel num_threads(threads)
   {
-    // Transposed in blocks of 16 output channels: 16 sequential read streams,
-    // 64-byte write runs.
-#pragma omp for schedule(static)
-    for (int64_t k0 = 0; k0 < K; k0 += 16)
-      for (int64_t c = 0; c < C; ++c)
-        for (int t = 0; t < 9; ++t)
-          for (int64_t k = k0; k < std::min(K, k0 + 16); ++k)
-            wt[(c * 9 + t) * K + k] = weight[(k * C + c) * 9 + t];
     for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
       const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
       const int64_t tiles = (row1 - row0) * plan.tiles_w;
@@ -311,16 +317,24 @@ void winograd_forward(const float* input, const float* weight, const float* bias
         if (t0 >= t1) continue;
         float* U = scratch + omp_get_thread_num() * per_thread;
         float* M = U + (u_size + 15) / 16 * 16;
-        winograd_filter_transform(wt, C, K, k0, kn, layout, U, U + kPositions * layout.size());
-        for (int xi = 0; xi < kPositions; ++xi) {
-          GemmProblem<float> pr;
-          pr.m = t1 - t0;
-          pr.n = kn;
-          pr.k = C;
-          pr.packed_a = Vp + packed_offset(q, xi);
-          pr.packed_b = U + xi * layout.size();
-          pr.c = {M + xi * (t1 - t0) * kb, kb, 1};
-          gemm(pr, 1);
+        // One K block of the GEMMs at a time (the blocks gemm_pack_a cut V
+        // into): the transformed filters of a block stay in L2 for its 36 GEMMs.
+        for (int64_t c0 = 0; c0 < C; c0 += c_block) {
+          const int64_t c1 = std::min(C, c0 + c_block);
+          const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, kb);
+          winograd_filter_transform(weight, C, c0, c1, k0, kn, layout, U,
+                                    U + kPositions * layout.size());
+          for (int xi = 0; xi < kPositions; ++xi) {
+            GemmProblem<float> pr;
+            pr.m = t1 - t0;
+            pr.n = kn;
+            pr.k = c1 - c0;
+            pr.beta = c0 == 0 ? 0.0f : 1.0f;
+            pr.packed_a = Vp + packed_offset(q, xi) + c0 * gemm_packed_a_size<float>(t1 - t0, 1);
+            pr.packed_b = U + xi * layout.size();
+            pr.c = {M + xi * (t1 - t0) * kb, kb, 1};
+            gemm(pr, 1);
+          }
         }
         winograd_output_tiles(M, kb, bias, output, plan, row0, t0, t1, k0, kn);
       }
