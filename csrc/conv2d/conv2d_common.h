@@ -50,10 +50,13 @@ struct PhaseLayout {
   }
 };
 
+// Phase q goes to dst + q * phase_stride (default: the phases back to back).
 template <typename T>
-inline void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layout, T* dst) {
+inline void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layout, T* dst,
+                           int64_t phase_stride = -1) {
+  if (phase_stride < 0) phase_stride = layout.length;
   for (int64_t q = 0; q < layout.stride; ++q) {
-    T* phase = dst + q * layout.length;
+    T* phase = dst + q * phase_stride;
     // In-bounds entries: 0 <= i * stride + q - pad_left < width.
     const int64_t first = q - layout.pad_left;  // iw of entry 0
     int64_t lo = first >= 0 ? 0 : (-first + layout.stride - 1) / layout.stride;

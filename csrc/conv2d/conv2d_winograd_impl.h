@@ -119,43 +119,58 @@ struct WinogradPlan {
 
 // Input transform of channel c for global tile rows [row0, row1) (row r is
 // tile row r % tiles_h of image r / tiles_h): V[xi][c][tile], `tiles` columns.
+// Both passes run over all rows of the chunk at once, as long vectors: the
+// six input rows of every tile row are split by column phase into
+// P[i][phase][row * L + m] (L = tiles_w + 1 entries per row, so tile m's
+// inputs are P0[m], P1[m], P2[m], P3[m], P0[m + 1], P1[m + 1]); the row pass
+// gives RT[i][b][row * L + m], the column pass VT[a * 6 + b][row * L + m],
+// which is copied to V without the last slot of each row. `scratch` holds
+// (24 + 72) * rows * L + 8 floats.
 void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c,
-                              int64_t row0, int64_t row1, int64_t tiles, float* V, float* rows,
-                              float* row_t) {
+                              int64_t row0, int64_t row1, int64_t tiles, float* V,
+                              float* scratch) {
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, tw = plan.tiles_w, L = plan.phase_len;
+  const int64_t span = (row1 - row0) * L;  // entries of one phase over the chunk
   const PhaseLayout phase4(kTile, p.pad_left, L);  // input rows split by iw mod 4
+  float* P = scratch;                   // [i][phase][span]
+  float* RT = P + kInTile * kTile * span + 8;  // [i][b][span]
+  float* VT = RT + kPositions * span;  // [a * 6 + b][span]
   for (int64_t r = row0; r < row1; ++r) {
     const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
     const float* plane = input + (n * C + c) * p.in_plane();
-    // Six input rows of this tile row, each split by column phase iw mod 4.
     for (int i = 0; i < kInTile; ++i) {
       const int64_t ih = ty * kTile - p.pad_top + i;
-      float* dst = rows + i * kTile * L;
+      float* dst = P + i * kTile * span + (r - row0) * L;
       if (ih < 0 || ih >= p.in_h) {
-        std::fill(dst, dst + kTile * L, 0.0f);
+        for (int q = 0; q < kTile; ++q) std::fill(dst + q * span, dst + q * span + L, 0.0f);
       } else {
-        fill_phase_row(plane + ih * p.in_w, p.in_w, phase4, dst);
+        fill_phase_row(plane + ih * p.in_w, p.in_w, phase4, dst, span);
       }
     }
-    // Row transforms (along the width): row i's six outputs go to
-    // row_t[(i * 6 + b) * tw + j].
-    for (int i = 0; i < kInTile; ++i) {
-      const float* in = rows + i * kTile * L;
-      float* o = row_t + i * kInTile * tw;
-      input_transform_1d(tw, in, in + L, in + 2 * L, in + 3 * L, in + 1, in + L + 1, o, o + tw,
-                         o + 2 * tw, o + 3 * tw, o + 4 * tw, o + 5 * tw);
-    }
-    // Column transforms (across the six rows) straight into V.
-    const int64_t tile0 = (r - row0) * tw;
-    for (int b = 0; b < kInTile; ++b) {
-      const float* d[6];
-      for (int i = 0; i < kInTile; ++i) d[i] = row_t + (i * kInTile + b) * tw;
-      float* out[6];
-      for (int a = 0; a < kInTile; ++a) out[a] = V + ((a * 6 + b) * C + c) * tiles + tile0;
-      input_transform_1d(tw, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2], out[3],
-                         out[4], out[5]);
-    }
+  }
+  // Row pass (along the width). The last slot of each row reads one entry
+  // past it (the next row's, or P's padding): its result is never used.
+  for (int i = 0; i < kInTile; ++i) {
+    const float* in = P + i * kTile * span;
+    float* o = RT + i * kInTile * span;
+    input_transform_1d(span, in, in + span, in + 2 * span, in + 3 * span, in + 1, in + span + 1, o,
+                       o + span, o + 2 * span, o + 3 * span, o + 4 * span, o + 5 * span);
+  }
+  // Column pass (across the six rows).
+  for (int b = 0; b < kInTile; ++b) {
+    const float* d[6];
+    for (int i = 0; i < kInTile; ++i) d[i] = RT + (i * kInTile + b) * span;
+    float* out[6];
+    for (int a = 0; a < kInTile; ++a) out[a] = VT + (a * 6 + b) * span;
+    input_transform_1d(span, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2], out[3],
+                       out[4], out[5]);
+  }
+  for (int xi = 0; xi < kPositions; ++xi) {
+    float* dst = V + (xi * C + c) * tiles;
+    const float* src = VT + xi * span;
+    for (int64_t r = 0; r < row1 - row0; ++r)
+      std::copy(src + r * L, src + r * L + tw, dst + r * tw);
   }
 }
 
@@ -234,7 +249,7 @@ void winograd_forward(const float* input, const float* weight, const float* bias
                       const ConvParams& p) {
   const int64_t C = p.in_channels, K = p.out_channels;
   WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
-  plan.phase_len = plan.tiles_w + 2;
+  plan.phase_len = plan.tiles_w + 1;
   const int64_t total_rows = p.batch * plan.tiles_h;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);
   // Output channels per job: one or two micro-kernel column slivers. A job
@@ -267,8 +282,8 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + 12 * parts, C);
   const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
   const int64_t m_size = kPositions * max_part * kb;
-  const int64_t rows_size = kInTile * kTile * plan.phase_len;
-  const int64_t row_t_size = kInTile * kInTile * plan.tiles_w;
+  const int64_t rows_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
+  const int64_t row_t_size = 0;
   // Per-thread slices start on cache lines.
   const int64_t per_thread = (u_size + m_size + rows_size + row_t_size + 64) / 16 * 16;
   static thread_local AlignedBuffer<float> workspace;
@@ -295,8 +310,7 @@ void winograd_forward(const float* input, const float* weight, const float* bias
         {
           float* rows = scratch + omp_get_thread_num() * per_thread + (u_size + 15) / 16 * 16 +
                         (m_size + 15) / 16 * 16;
-          winograd_input_transform(input, plan, c, row0, row1, tiles, V, rows,
-                                   rows + (rows_size + 15) / 16 * 16);
+          winograd_input_transform(input, plan, c, row0, row1, tiles, V, rows);
         }
       // 2. Pack V[xi]^T (tiles x C) per part as the GEMMs' A operand.
 #pragma omp for schedule(static)
