@@ -137,3 +137,36 @@ def test_deterministic_across_thread_counts():
     finally:
         fastconv.set_num_threads(previous)
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+# Shapes that take each of the kernel's two schedules (csrc/conv2d/conv2d_winograd_impl.h):
+# per-thread chunks with the filters transformed once (small filters, >= 64 tiles per
+# thread), and all threads on each chunk with per-job filter blocks (otherwise). Channel
+# counts above 256 split the GEMMs' reduction into blocks; odd K leaves partial slivers.
+SCHEDULE_CASES = [
+    # (N, C, H=W, K): the schedule at 2 threads
+    (2, 288, 32, 40),  # independent: 128 tiles, 1.7 MB of transformed filters
+    (3, 40, 9, 20),  # cooperative, one output-channel block split into two tile parts
+    (2, 300, 7, 70),  # cooperative: 8 tiles, three output-channel blocks
+]
+
+
+@pytest.mark.parametrize("case", SCHEDULE_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_both_schedules_match_reference(case, threads):
+    n, c, hw, k = case
+    rng = np.random.default_rng(n * 1000 + c)
+    x = rng.standard_normal((n, c, hw, hw))
+    w = rng.standard_normal((k, c, 3, 3))
+    b = rng.standard_normal(k)
+    expected = reference.conv2d(x, w, b, 1, 1)
+    previous = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        got = fastconv.conv2d(
+            x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), 1, 1,
+            algorithm="winograd",
+        )
+    finally:
+        fastconv.set_num_threads(previous)
+    assert relative_error(got, expected) <= WINOGRAD_ERROR_BOUND

@@ -43,10 +43,12 @@ constexpr int64_t kLanes = 16;
 
 // U[xi] ((c1 - c0) x kn) = (G g G^T)[xi] for the 6x3 G of F(4, 3), input
 // channels [c0, c1) and output channels [k0, k0 + kn), written straight into
-// the GEMM's pre-packed B layout (position xi at u + xi * layout.size());
+// columns [col0, col0 + kn) of the GEMM's pre-packed B layout (position xi at
+// u + xi * layout.size(); col0 and kn whole slivers unless the block ends B);
 // vectorised over k. `scratch` holds (9 * (c1 - c0) + 18) * kn floats.
 void winograd_filter_transform(const float* weight, int64_t C, int64_t c0, int64_t c1, int64_t k0,
-                               int64_t kn, const PackedBLayout& layout, float* u, float* scratch) {
+                               int64_t kn, const PackedBLayout& layout, int64_t col0, float* u,
+                               float* scratch) {
   static const float G[6][3] = {{1.0f / 4, 0, 0},
                                 {-1.0f / 6, -1.0f / 6, -1.0f / 6},
                                 {-1.0f / 6, 1.0f / 6, -1.0f / 6},
@@ -83,9 +85,9 @@ void winograd_filter_transform(const float* weight, int64_t C, int64_t c0, int64
         float* dst = u + (a * 6 + b) * layout.size();
         const float *h0 = gg + (a * 3) * kn, *h1 = h0 + kn, *h2 = h0 + 2 * kn;
         // One contiguous run per nr-column sliver; padding columns zero.
-        for (int64_t j0 = 0; j0 < layout.n_padded; j0 += layout.nr) {
-          float* run = dst + layout.index(c - c0, j0);
-          const int64_t n = std::max<int64_t>(0, std::min(layout.nr, kn - j0));
+        for (int64_t j0 = 0; j0 < kn; j0 += layout.nr) {
+          float* run = dst + layout.index(c - c0, col0 + j0);
+          const int64_t n = std::min(layout.nr, kn - j0);
 #pragma GCC ivdep
           for (int64_t k = 0; k < n; ++k)
             run[k] = h0[j0 + k] * G[b][0] + h1[j0 + k] * G[b][1] + h2[j0 + k] * G[b][2];
@@ -245,27 +247,111 @@ void winograd_output_tiles(const float* M, int64_t ldm, const float* bias, float
   }
 }
 
-void winograd_forward(const float* input, const float* weight, const float* bias, float* output,
-                      const ConvParams& p) {
+struct WinogradWorkspace {
+  // Kept by each calling thread for its next call: fresh pages for these tens
+  // of MB would cost more than the transforms. Grown before the parallel
+  // region (an allocation failure must not escape it).
+  static float* get(int64_t floats) {
+    static thread_local AlignedBuffer<float> buffer;
+    buffer.resize(static_cast<size_t>(floats));
+    return buffer.data();
+  }
+};
+
+int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }  // slices start on cache lines
+
+// Small filters (all 36 x C x K transformed filters within a few MB) and
+// enough tiles: the filters are transformed once, and each thread runs whole
+// chunks of tile rows on its own -- transform, GEMMs (M[xi] = V[xi]^T @ U[xi],
+// all K at once), output transform -- so a chunk's data stay in its core's L2.
+void winograd_independent(const float* input, const float* weight, const float* bias,
+                          float* output, const WinogradPlan& plan, int threads) {
+  const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, K = p.out_channels;
-  WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
-  plan.phase_len = plan.tiles_w + 1;
   const int64_t total_rows = p.batch * plan.tiles_h;
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);
-  // Output channels per job: one or two micro-kernel column slivers. A job
-  // transforms its block of filters (36 x C x kb, within L2), runs the 36
-  // GEMMs of the block and its output transform, so the transformed filters
-  // never travel through memory.
+  const int64_t c_block = gemm_packed_b_layout<float>(C, K).kc;
+  const int64_t k_pad = gemm_packed_b_layout<float>(C, K).n_padded;
+  const int64_t kb = 32;  // output channels per filter-transform job
+  // Chunks: V and M of about 2 MB, at least one per thread, all equal.
+  const int64_t per_tile_bytes = kPositions * (C + K) * 4;
+  const int64_t target_rows =
+      std::max<int64_t>(1, ((int64_t(2) << 20) / per_tile_bytes) / plan.tiles_w);
+  const int64_t chunks = std::max<int64_t>(threads, (total_rows + target_rows - 1) / target_rows);
+  const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
+  const int64_t max_tiles = chunk_rows * plan.tiles_w;
+  const int64_t u_size = kPositions * C * k_pad;
+  const int64_t filter_scratch = (9 * c_block + 18) * kb;
+  const int64_t v_size = kPositions * C * max_tiles, m_size = kPositions * max_tiles * K;
+  const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
+  const int64_t per_thread =
+      round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
+  float* const U = WinogradWorkspace::get(round16(u_size) + threads * per_thread);
+  const auto block_u = [&](int64_t c0) { return U + kPositions * c0 * k_pad; };
+#pragma omp parallel num_threads(threads)
+  {
+    float* const mine = U + round16(u_size) + omp_get_thread_num() * per_thread;
+    float* const V = mine + round16(filter_scratch);
+    float* const M = V + round16(v_size);
+    float* const in_scratch = M + round16(m_size);
+    // 1. Filters, per (input-channel block, output-channel block): U for
+    //    input-channel block c0 holds 36 pre-packed (c1 - c0) x K matrices.
+    const int64_t k_jobs = (K + kb - 1) / kb, c_jobs = (C + c_block - 1) / c_block;
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < k_jobs * c_jobs; ++job) {
+      const int64_t c0 = (job / k_jobs) * c_block, c1 = std::min(C, c0 + c_block);
+      const int64_t k0 = (job % k_jobs) * kb;
+      const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
+      winograd_filter_transform(weight, C, c0, c1, k0, std::min(kb, K - k0), layout, k0,
+                                block_u(c0), mine);
+    }
+    // 2. Chunks, each on one thread.
+#pragma omp for schedule(static)
+    for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
+      const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
+      const int64_t tiles = (row1 - row0) * plan.tiles_w;
+      for (int64_t c = 0; c < C; ++c)
+        winograd_input_transform(input, plan, c, row0, row1, tiles, V, in_scratch);
+      for (int64_t c0 = 0; c0 < C; c0 += c_block) {
+        const int64_t c1 = std::min(C, c0 + c_block);
+        const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
+        for (int xi = 0; xi < kPositions; ++xi) {
+          GemmProblem<float> pr;
+          pr.m = tiles;
+          pr.n = K;
+          pr.k = c1 - c0;
+          pr.beta = c0 == 0 ? 0.0f : 1.0f;
+          pr.a = {V + (xi * C + c0) * tiles, 1, tiles};  // V[xi]^T: tile-major view
+          pr.packed_b = block_u(c0) + xi * layout.size();
+          pr.c = {M + xi * tiles * K, K, 1};
+          gemm(pr, 1);
+        }
+      }
+      winograd_output_tiles(M, K, bias, output, plan, row0, 0, tiles, 0, K);
+    }
+  }
+}
+
+// Large filters or few tiles (narrow planes): all threads work on every chunk
+// of tile rows (which may span many images) in phases -- input transform split
+// by channel, packing split by position, then jobs of (output-channel block,
+// tile part) that each transform their block of filters into an L2-sized
+// pre-packed B and run its 36 GEMMs and output transform, so the transformed
+// filters never travel through memory.
+void winograd_cooperative(const float* input, const float* weight, const float* bias,
+                          float* output, const WinogradPlan& plan, int threads) {
+  const ConvParams& p = plan.p;
+  const int64_t C = p.in_channels, K = p.out_channels;
+  const int64_t total_rows = p.batch * plan.tiles_h;
   const int64_t nr = gemm_kernel<float>().nr;
   const int64_t kb = std::min(K, std::max<int64_t>(nr, 32));
   const int64_t k_blocks = (K + kb - 1) / kb;
   // Tile parts per chunk: enough jobs for every thread when K is narrow.
   const int64_t parts = std::max<int64_t>(1, (threads + k_blocks - 1) / k_blocks);
   // Tile rows per chunk: transformed tiles V (plain and packed) within ~8 MB,
-  // and at least ~96 tiles (8 micro-tile rows of the GEMM) per part.
+  // and at least ~96 tiles (8 micro-tile rows of the GEMM) per part. Equal
+  // chunks (never a full one and a sliver: each chunk transforms the filters anew).
   const int64_t per_tile_bytes = 2 * kPositions * C * 4;
   const int64_t chunk_tiles = std::max<int64_t>((int64_t(8) << 20) / per_tile_bytes, 96 * parts);
-  // Equal chunks (never a full one and a sliver: each chunk transforms the filters anew).
   const int64_t chunks =
       std::max<int64_t>(1, total_rows / std::max<int64_t>(1, chunk_tiles / plan.tiles_w));
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
@@ -274,25 +360,20 @@ void winograd_forward(const float* input, const float* weight, const float* bias
   // The K blocks gemm_pack_a cuts V's C columns into (equal, about kc deep).
   const int64_t c_block = gemm_packed_b_layout<float>(C, kb).kc;
   const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
-  // One workspace, carved into the shared buffers and each thread's scratch.
-  // It is allocated before the parallel region (an allocation failure must not
-  // escape it) and kept by the calling thread for its next call: fresh pages
-  // for these tens of MB would cost more than the transforms.
   const int64_t v_size = kPositions * C * max_tiles;
   const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + 12 * parts, C);
   const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
   const int64_t m_size = kPositions * max_part * kb;
-  const int64_t rows_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
-  const int64_t row_t_size = 0;
-  // Per-thread slices start on cache lines.
-  const int64_t per_thread = (u_size + m_size + rows_size + row_t_size + 64) / 16 * 16;
-  static thread_local AlignedBuffer<float> workspace;
-  workspace.resize(static_cast<size_t>(v_size + vp_size + threads * per_thread + 16));
-  float* const V = workspace.data();
-  float* const Vp = V + (v_size + 15) / 16 * 16;
-  float* const scratch = Vp + (vp_size + 15) / 16 * 16;
+  const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
+  const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
+  float* const V = WinogradWorkspace::get(round16(v_size) + round16(vp_size) + threads * per_thread);
+  float* const Vp = V + round16(v_size);
+  float* const scratch = Vp + round16(vp_size);
 #pragma omp parallel num_threads(threads)
   {
+    float* const U = scratch + omp_get_thread_num() * per_thread;
+    float* const M = U + round16(u_size);
+    float* const in_scratch = M + round16(m_size);
     for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
       const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
       const int64_t tiles = (row1 - row0) * plan.tiles_w;
@@ -307,11 +388,7 @@ void winograd_forward(const float* input, const float* weight, const float* bias
       // 1. Input transform, split by channel: V[xi][c][tile].
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c)
-        {
-          float* rows = scratch + omp_get_thread_num() * per_thread + (u_size + 15) / 16 * 16 +
-                        (m_size + 15) / 16 * 16;
-          winograd_input_transform(input, plan, c, row0, row1, tiles, V, rows);
-        }
+        winograd_input_transform(input, plan, c, row0, row1, tiles, V, in_scratch);
       // 2. Pack V[xi]^T (tiles x C) per part as the GEMMs' A operand.
 #pragma omp for schedule(static)
       for (int64_t job = 0; job < parts * kPositions; ++job) {
@@ -323,21 +400,19 @@ void winograd_forward(const float* input, const float* weight, const float* bias
                              Vp + packed_offset(q, xi));
       }
       // 3. Per (block of output channels, part): filter transform, 36 GEMMs
-      //    M[xi] (part tiles x kb) = V[xi]^T @ U[xi], output transform.
+      //    M[xi] (part tiles x kb) = V[xi]^T @ U[xi], output transform. One
+      //    K block of the GEMMs at a time (the blocks gemm_pack_a cut V into):
+      //    the transformed filters of a block stay in L2 for its 36 GEMMs.
 #pragma omp for schedule(dynamic, 1)
       for (int64_t job = 0; job < k_blocks * parts; ++job) {
         const int64_t k0 = (job / parts) * kb, kn = std::min(kb, K - k0);
         const int64_t q = job % parts, t0 = bound(q), t1 = bound(q + 1);
         if (t0 >= t1) continue;
-        float* U = scratch + omp_get_thread_num() * per_thread;
-        float* M = U + (u_size + 15) / 16 * 16;
-        // One K block of the GEMMs at a time (the blocks gemm_pack_a cut V
-        // into): the transformed filters of a block stay in L2 for its 36 GEMMs.
         for (int64_t c0 = 0; c0 < C; c0 += c_block) {
           const int64_t c1 = std::min(C, c0 + c_block);
-          const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, kb);
-          winograd_filter_transform(weight, C, c0, c1, k0, kn, layout, U,
-                                    U + kPositions * layout.size());
+          const PackedBLayout block = gemm_packed_b_layout<float>(c1 - c0, kb);
+          winograd_filter_transform(weight, C, c0, c1, k0, kn, block, 0, U,
+                                    U + kPositions * block.size());
           for (int xi = 0; xi < kPositions; ++xi) {
             GemmProblem<float> pr;
             pr.m = t1 - t0;
@@ -345,7 +420,7 @@ void winograd_forward(const float* input, const float* weight, const float* bias
             pr.k = c1 - c0;
             pr.beta = c0 == 0 ? 0.0f : 1.0f;
             pr.packed_a = Vp + packed_offset(q, xi) + c0 * gemm_packed_a_size<float>(t1 - t0, 1);
-            pr.packed_b = U + xi * layout.size();
+            pr.packed_b = U + xi * block.size();
             pr.c = {M + xi * (t1 - t0) * kb, kb, 1};
             gemm(pr, 1);
           }
@@ -354,6 +429,19 @@ void winograd_forward(const float* input, const float* weight, const float* bias
       }
     }
   }
+}
+
+void winograd_forward(const float* input, const float* weight, const float* bias, float* output,
+                      const ConvParams& p) {
+  WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
+  plan.phase_len = plan.tiles_w + 1;
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);
+  const int64_t filter_bytes = kPositions * p.in_channels * p.out_channels * 4;
+  const int64_t tiles = p.batch * plan.tiles_h * plan.tiles_w;
+  if (filter_bytes <= (int64_t(4) << 20) && tiles >= 64 * threads)
+    winograd_independent(input, weight, bias, output, plan, threads);
+  else
+    winograd_cooperative(input, weight, bias, output, plan, threads);
 }
 
 }  // namespace
