@@ -50,6 +50,15 @@ ConvParams transposed_stride1_params(const ConvParams& p) {
   return t;
 }
 
+void run_winograd(const float* input, const FilterView& weight, const float* bias, float* output,
+                  const ConvParams& p) {
+  if (active_isa() >= Isa::kAvx512)
+    return conv2d_winograd_forward_f32_avx512(input, weight, bias, output, p);
+  if (active_isa() >= Isa::kAvx2Fma)
+    return conv2d_winograd_forward_f32_avx2(input, weight, bias, output, p);
+  conv2d_winograd_forward_f32_portable(input, weight, bias, output, p);
+}
+
 template <typename T>
 std::vector<T> flipped_transposed_weight(const T* weight, const ConvParams& p) {
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.taps();
@@ -124,11 +133,8 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
       return conv2d_gemm_forward(input, weight, bias, output, p);
     case ConvAlgorithm::kWinograd:
       if constexpr (std::is_same_v<T, float>) {
-        if (active_isa() >= Isa::kAvx512)
-          return conv2d_winograd_forward_f32_avx512(input, weight, bias, output, p);
-        if (active_isa() >= Isa::kAvx2Fma)
-          return conv2d_winograd_forward_f32_avx2(input, weight, bias, output, p);
-        return conv2d_winograd_forward_f32_portable(input, weight, bias, output, p);
+        const int64_t c = p.in_channels;
+        return run_winograd(input, {weight, 9 * c, 9, 1}, bias, output, p);
       }
       throw std::invalid_argument("winograd supports float32 only");
   }
@@ -190,6 +196,14 @@ void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
     case InputGradPlan::kDepthwiseTransposed:
     case InputGradPlan::kTransposed: {
       const ConvParams t = transposed_stride1_params(p);
+      if constexpr (std::is_same_v<T, float>) {
+        // Winograd reads the forward weights flipped and transposed in place:
+        // w'[k'][c'][tap] = w[c'][k'][8 - tap] (groups == 1).
+        if (select_input_grad_plan(p) == InputGradPlan::kTransposed &&
+            select_conv_algorithm(t) == ConvAlgorithm::kWinograd)
+          return run_winograd(grad_output, {weight + 8, 9, 9 * t.out_channels, -1}, nullptr,
+                              grad_input, t);
+      }
       const std::vector<T> w = flipped_transposed_weight(weight, p);
       if (select_input_grad_plan(p) == InputGradPlan::kDepthwiseTransposed)
         return conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr),

@@ -83,12 +83,20 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
                            const ConvParams& p);
-void conv2d_winograd_forward_f32_portable(const float* input, const float* weight,
+// How the Winograd kernel reads its 3x3 filters: element (k, c, tap) of the
+// K x C x 9 filter bank at base[k * k_stride + c * c_stride + tap * tap_stride]
+// (tap = 3 * r + s), so conv2d_input can read the forward weights flipped and
+// transposed in place.
+struct FilterView {
+  const float* base;
+  int64_t k_stride, c_stride, tap_stride;
+};
+void conv2d_winograd_forward_f32_portable(const float* input, const FilterView& weight,
                                           const float* bias, float* output, const ConvParams& p);
-void conv2d_winograd_forward_f32_avx2(const float* input, const float* weight, const float* bias,
-                                      float* output, const ConvParams& p);
-void conv2d_winograd_forward_f32_avx512(const float* input, const float* weight, const float* bias,
-                                      float* output, const ConvParams& p);
+void conv2d_winograd_forward_f32_avx2(const float* input, const FilterView& weight,
+                                      const float* bias, float* output, const ConvParams& p);
+void conv2d_winograd_forward_f32_avx512(const float* input, const FilterView& weight,
+                                        const float* bias, float* output, const ConvParams& p);
 template <typename T>
 void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                 const ConvParams& p);

@@ -3,8 +3,8 @@
 
 namespace fastconv {
 
-void conv2d_winograd_forward_f32_portable(const float* input, const float* weight,
-                                          const float* bias, float* output, const ConvParams& p) {
+void conv2d_winograd_forward_f32_portable(const float* input, const FilterView& weight,
+                                     const float* bias, float* output, const ConvParams& p) {
   winograd_forward(input, weight, bias, output, p);
 }
 

@@ -46,7 +46,7 @@ constexpr int64_t kLanes = 16;
 // columns [col0, col0 + kn) of the GEMM's pre-packed B layout (position xi at
 // u + xi * layout.size(); col0 and kn whole slivers unless the block ends B);
 // vectorised over k. `scratch` holds (9 * (c1 - c0) + 18) * kn floats.
-void winograd_filter_transform(const float* weight, int64_t C, int64_t c0, int64_t c1, int64_t k0,
+void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1, int64_t k0,
                                int64_t kn, const PackedBLayout& layout, int64_t col0, float* u,
                                float* scratch) {
   static const float G[6][3] = {{1.0f / 4, 0, 0},
@@ -55,19 +55,18 @@ void winograd_filter_transform(const float* weight, int64_t C, int64_t c0, int64
                                 {1.0f / 24, 1.0f / 12, 1.0f / 6},
                                 {1.0f / 24, -1.0f / 12, 1.0f / 6},
                                 {0, 0, 1}};
-  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k].
-  // Transposed from the kn x 9C slab in 8 x 32 blocks: 8 rows of 128 bytes
-  // read, 32 runs of 32 bytes written (few enough lines for L1's sets, which
-  // the 9C and kn strides would otherwise crowd).
+  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k],
+  // gathered 8 output channels at a time (8 read streams, runs of 8 written).
   float* gt = scratch;
   const int64_t width = 9 * (c1 - c0);
   for (int64_t kk0 = 0; kk0 < kn; kk0 += 8) {
     const int64_t kk1 = std::min(kn, kk0 + 8);
-    for (int64_t j0 = 0; j0 < width; j0 += 32) {
-      const int64_t j1 = std::min(width, j0 + 32);
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t k = kk0; k < kk1; ++k) gt[j * kn + k] = weight[(k0 + k) * 9 * C + 9 * c0 + j];
-    }
+    for (int64_t c = c0; c < c1; ++c)
+      for (int t = 0; t < 9; ++t) {
+        const float* src = weight.base + c * weight.c_stride + t * weight.tap_stride;
+        float* dst = gt + ((c - c0) * 9 + t) * kn;
+        for (int64_t k = kk0; k < kk1; ++k) dst[k] = src[(k0 + k) * weight.k_stride];
+      }
   }
   float* gg = gt + width * kn;  // gg[a][j][k] = (G g)[a][j]
   for (int64_t c = c0; c < c1; ++c) {
@@ -264,7 +263,7 @@ int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }  // slices start on ca
 // enough tiles: the filters are transformed once, and each thread runs whole
 // chunks of tile rows on its own -- transform, GEMMs (M[xi] = V[xi]^T @ U[xi],
 // all K at once), output transform -- so a chunk's data stay in its core's L2.
-void winograd_independent(const float* input, const float* weight, const float* bias,
+void winograd_independent(const float* input, const FilterView& weight, const float* bias,
                           float* output, const WinogradPlan& plan, int threads) {
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, K = p.out_channels;
@@ -301,7 +300,7 @@ void winograd_independent(const float* input, const float* weight, const float* 
       const int64_t c0 = (job / k_jobs) * c_block, c1 = std::min(C, c0 + c_block);
       const int64_t k0 = (job % k_jobs) * kb;
       const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
-      winograd_filter_transform(weight, C, c0, c1, k0, std::min(kb, K - k0), layout, k0,
+      winograd_filter_transform(weight, c0, c1, k0, std::min(kb, K - k0), layout, k0,
                                 block_u(c0), mine);
     }
     // 2. Chunks, each on one thread.
@@ -337,7 +336,7 @@ void winograd_independent(const float* input, const float* weight, const float* 
 // tile part) that each transform their block of filters into an L2-sized
 // pre-packed B and run its 36 GEMMs and output transform, so the transformed
 // filters never travel through memory.
-void winograd_cooperative(const float* input, const float* weight, const float* bias,
+void winograd_cooperative(const float* input, const FilterView& weight, const float* bias,
                           float* output, const WinogradPlan& plan, int threads) {
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, K = p.out_channels;
@@ -411,7 +410,7 @@ void winograd_cooperative(const float* input, const float* weight, const float* 
         for (int64_t c0 = 0; c0 < C; c0 += c_block) {
           const int64_t c1 = std::min(C, c0 + c_block);
           const PackedBLayout block = gemm_packed_b_layout<float>(c1 - c0, kb);
-          winograd_filter_transform(weight, C, c0, c1, k0, kn, block, 0, U,
+          winograd_filter_transform(weight, c0, c1, k0, kn, block, 0, U,
                                     U + kPositions * block.size());
           for (int xi = 0; xi < kPositions; ++xi) {
             GemmProblem<float> pr;
@@ -431,7 +430,7 @@ void winograd_cooperative(const float* input, const float* weight, const float* 
   }
 }
 
-void winograd_forward(const float* input, const float* weight, const float* bias, float* output,
+void winograd_forward(const float* input, const FilterView& weight, const float* bias, float* output,
                       const ConvParams& p) {
   WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
   plan.phase_len = plan.tiles_w + 1;
