@@ -55,19 +55,15 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
                                 {1.0f / 24, 1.0f / 12, 1.0f / 6},
                                 {1.0f / 24, -1.0f / 12, 1.0f / 6},
                                 {0, 0, 1}};
-  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k],
-  // gathered 8 output channels at a time (8 read streams, runs of 8 written).
+  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k].
   float* gt = scratch;
   const int64_t width = 9 * (c1 - c0);
-  for (int64_t kk0 = 0; kk0 < kn; kk0 += 8) {
-    const int64_t kk1 = std::min(kn, kk0 + 8);
-    for (int64_t c = c0; c < c1; ++c)
-      for (int t = 0; t < 9; ++t) {
-        const float* src = weight.base + c * weight.c_stride + t * weight.tap_stride;
-        float* dst = gt + ((c - c0) * 9 + t) * kn;
-        for (int64_t k = kk0; k < kk1; ++k) dst[k] = src[(k0 + k) * weight.k_stride];
-      }
-  }
+  for (int64_t c = c0; c < c1; ++c)
+    for (int t = 0; t < 9; ++t) {
+      const float* src = weight.base + c * weight.c_stride + t * weight.tap_stride;
+      float* dst = gt + ((c - c0) * 9 + t) * kn;
+      for (int64_t k = 0; k < kn; ++k) dst[k] = src[(k0 + k) * weight.k_stride];
+    }
   float* gg = gt + width * kn;  // gg[a][j][k] = (G g)[a][j]
   for (int64_t c = c0; c < c1; ++c) {
     const float* g = gt + (c - c0) * 9 * kn;  // g[tap * kn + k]
@@ -79,13 +75,16 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
         for (int64_t k = 0; k < kn; ++k)
           dst[k] = G[a][0] * g0[k] + G[a][1] * g1[k] + G[a][2] * g2[k];
       }
+    // Where row c - c0 of column col0 lives, and the step between slivers.
+    const int64_t row = layout.index(c - c0, col0);
+    const int64_t sliver = layout.index(c - c0, col0 + layout.nr) - row;
     for (int a = 0; a < 6; ++a)
       for (int b = 0; b < 6; ++b) {
-        float* dst = u + (a * 6 + b) * layout.size();
+        float* dst = u + (a * 6 + b) * layout.size() + row;
         const float *h0 = gg + (a * 3) * kn, *h1 = h0 + kn, *h2 = h0 + 2 * kn;
         // One contiguous run per nr-column sliver; padding columns zero.
         for (int64_t j0 = 0; j0 < kn; j0 += layout.nr) {
-          float* run = dst + layout.index(c - c0, col0 + j0);
+          float* run = dst + (j0 / layout.nr) * sliver;
           const int64_t n = std::min(layout.nr, kn - j0);
 #pragma GCC ivdep
           for (int64_t k = 0; k < n; ++k)
