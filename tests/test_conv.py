@@ -583,6 +583,57 @@ def test_selector_table(name, in_shape, w_shape, stride, padding, dilation, grou
     assert got in ALGORITHMS
 
 
+# The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
+# gathered-A kernel for rows >= 8 wide and reductions >= 64, GEMM otherwise.
+WEIGHT_GRAD_TABLE = {
+    "resnet_stem_7x7s2": "direct",
+    "resnet_3x3_56": "direct",
+    "resnet_1x1_56_up": "implicit_gemm",
+    "resnet_1x1_56_down": "implicit_gemm",
+    "resnet_1x1s2_56": "implicit_gemm",
+    "resnet_3x3_28": "direct",
+    "resnet_3x3_14": "direct",
+    "resnet_3x3_7": "implicit_gemm",
+    "vgg_3x3_112": "direct",
+    "googlenet_5x5_28": "direct",
+    "alexnet_3x3_13": "direct",
+    "mobilenet_dw3x3_56": "depthwise",
+    "cifar_first_3x3": "implicit_gemm",
+    "lenet_5x5": "implicit_gemm",
+}
+
+
+@pytest.mark.parametrize("row", LAYER_SET, ids=[row[0] for row in LAYER_SET])
+def test_weight_grad_selector_table(row):
+    name, in_shape, w_shape, stride, padding, dilation, groups, _ = row
+    got = fastconv.conv2d_weight_algorithm(in_shape, w_shape, stride, padding, dilation, groups)
+    assert got == WEIGHT_GRAD_TABLE[name]
+
+
+# Each weight-gradient path on shapes it is chosen for, at 1 and 2 threads: the gathered
+# kernel with partial tap blocks, output-channel slivers, tasks spanning several images
+# (small planes) or bands of one image (large planes), stride, dilation and groups.
+WEIGHT_GRAD_CASES = [
+    (C(3, 8, 10, 9, 20, 3, 3, padding=1), "direct"),
+    (C(2, 5, 40, 37, 70, 3, 5, stride=2, padding=(1, 2)), "direct"),
+    (C(1, 16, 12, 30, 8, 3, 3, dilation=2, padding=2, groups=2), "direct"),
+    (C(2, 16, 70, 70, 40, 3, 3, padding=1), "direct"),
+    (C(3, 16, 7, 7, 20, 3, 3, padding=1), "implicit_gemm"),
+    (C(2, 3, 12, 12, 10, 3, 3, padding=1), "implicit_gemm"),
+]
+
+
+@pytest.mark.parametrize("case,path", WEIGHT_GRAD_CASES, ids=lambda v: str(v)[:60])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_weight_grad_paths_match_reference(case, path, n_threads, threads):
+    chosen = fastconv.conv2d_weight_algorithm(
+        case.input_shape, case.weight_shape, **case.args(), dtype=case.dtype
+    )
+    assert chosen == path, f"{case}: chosen {chosen}"
+    threads(n_threads)
+    check_weight_grad(case)
+
+
 def _small_layer(in_shape, w_shape, stride, padding, dilation, groups, seed):
     """A layer of the table with batch 1 and the plane cut down to at most 16x16."""
     n, c, h, w = (1, *in_shape) if len(in_shape) == 3 else in_shape

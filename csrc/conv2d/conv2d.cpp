@@ -30,6 +30,13 @@ struct ConvTuning {
   // ...and at most this many output channels per group for the input gradient
   // to run directly (it is a convolution with channel roles swapped).
   int64_t direct_max_out_per_group = 4;
+  // Weight gradient: the gathered-A kernel reads im2col in place, one output
+  // row at a time, so it wants rows at least this wide and a reduction long
+  // enough to amortise transposing dY; 1x1 kernels (and narrower rows, shorter
+  // reductions) run as GEMM (measured on the layer set: the 7x7-output,
+  // 1x1-stride-2, CIFAR and LeNet layers are faster as GEMM).
+  int64_t direct_weight_grad_min_out_w = 8;
+  int64_t direct_weight_grad_min_reduction = 64;
 };
 constexpr ConvTuning kTuning{};
 
@@ -48,6 +55,11 @@ ConvParams transposed_stride1_params(const ConvParams& p) {
   t.pad_top = (p.kernel_h - 1) * p.dilation_h - p.pad_top;
   t.pad_left = (p.kernel_w - 1) * p.dilation_w - p.pad_left;
   return t;
+}
+
+bool weight_grad_runs_direct(const ConvParams& p) {
+  return p.taps() > 1 && p.out_w >= kTuning.direct_weight_grad_min_out_w &&
+         p.reduction() >= kTuning.direct_weight_grad_min_reduction;
 }
 
 void run_winograd(const float* input, const FilterView& weight, const float* bias, float* output,
@@ -181,7 +193,8 @@ std::string conv_backward_input_algorithm(const ConvParams& p) {
 }
 
 std::string conv_backward_weight_algorithm(const ConvParams& p) {
-  return p.is_depthwise() ? "depthwise" : "implicit_gemm";
+  if (p.is_depthwise()) return "depthwise";
+  return weight_grad_runs_direct(p) ? "direct" : "implicit_gemm";
 }
 
 template <typename T>
@@ -219,6 +232,8 @@ void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight
                             const ConvParams& p) {
   // Keep in step with conv_backward_weight_algorithm.
   if (p.is_depthwise()) return conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
+  if (weight_grad_runs_direct(p))
+    return conv2d_direct_backward_weight(input, grad_output, grad_weight, p);
   conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
 }
 

@@ -84,6 +84,7 @@ class PerThread {
     for (auto& b : buffers_) b.resize(size);
   }
   std::vector<T>& mine() { return buffers_[static_cast<size_t>(omp_get_thread_num())]; }
+  const std::vector<T>& at(int thread) const { return buffers_[static_cast<size_t>(thread)]; }
 
  private:
   std::vector<std::vector<T>> buffers_;

@@ -267,7 +267,133 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
   }
 }
 
+// Weight gradient as a gathered-A GEMM: dW^T[tap][k] = sum over pixels of
+// x_tap[pixel] * dY[k][pixel]. Under output row oh, tap (c, r, s) reads a
+// contiguous run of a phase-split input row, so the micro-kernel reads the
+// im2col matrix in place: mr taps x nr output channels per call, accumulated
+// in registers over every pixel of a task. A task is a band of output rows of
+// one image, or whole planes of several images when planes are small, so each
+// call sums a few hundred pixels at least; dY is transposed once per task into
+// nr-channel slivers. Each thread sums fixed tasks into its own partial dW^T,
+// reduced in thread order (deterministic for a fixed thread count).
+template <typename T>
+void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                   const ConvParams& p) {
+  const GatherGemmKernelInfo<T> kinfo = gather_gemm_kernel<T>();
+  const int64_t mr = kinfo.mr, nr = kinfo.nr;
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.reduction();
+  const int64_t k_blocks = (kg + nr - 1) / nr, kg_pad = k_blocks * nr;
+  const int64_t tap_blocks = (taps + mr - 1) / mr, taps_pad = tap_blocks * mr;
+  const PhaseLayout layout(p, p.out_w);
+  const int threads_wanted = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+  // Pixels per task: the transposed dY within ~256 KB, and at least 256.
+  const int64_t target = std::max<int64_t>(256, (int64_t(1) << 16) / kg_pad);
+  int64_t band = p.out_h, images = 1;
+  if (p.out_plane() >= target) {
+    band = std::clamp<int64_t>(target / p.out_w, 1, p.out_h);
+  } else {  // whole planes, several images, but a share for every thread
+    const int64_t share = (p.batch + threads_wanted - 1) / threads_wanted;
+    images = std::clamp<int64_t>(target / p.out_plane(), 1, share);
+  }
+  const int64_t bands = (p.out_h + band - 1) / band;
+  const int64_t image_groups = (p.batch + images - 1) / images;
+  const int64_t span = (band - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
+  const int64_t image_stride = cg * span * layout.size();  // one image's phase rows
+  const int64_t tasks = image_groups * p.groups * bands;
+  const int threads = static_cast<int>(std::min<int64_t>(threads_wanted, tasks));
+  PerThread<T> partials(threads, static_cast<size_t>(p.groups * taps_pad * kg_pad));
+  PerThread<T> phases(threads, static_cast<size_t>(images * image_stride));
+  PerThread<T> dy_t(threads, static_cast<size_t>(images * band * p.out_w * kg_pad));
+  PerThread<const T*> row_lists(threads, static_cast<size_t>(images * band * mr));
+  // Where tap (c, r, s) reads under a task's first output row; the next
+  // output row is row_step further, the next image image_stride.
+  std::vector<int64_t> tap_base(static_cast<size_t>(taps));
+  for (int64_t t = 0; t < taps; ++t) {
+    const int64_t c = t / p.taps(), r = (t / p.kernel_w) % p.kernel_h, s = t % p.kernel_w;
+    tap_base[t] =
+        (c * span + r * p.dilation_h) * layout.size() + layout.tap_offset(s, p.dilation_w);
+  }
+  const int64_t row_step = p.stride_h * layout.size();
+#pragma omp parallel num_threads(threads)
+  {
+    T* dwt = partials.mine().data();  // [g][tap][k], zero from PerThread
+    T* phase = phases.mine().data();
+    T* b = dy_t.mine().data();
+    const T** rows = row_lists.mine().data();
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t bi = task % bands, rest = task / bands;
+      const int64_t g = rest % p.groups, n0 = (rest / p.groups) * images;
+      const int64_t n1 = std::min(p.batch, n0 + images);
+      const int64_t oh0 = bi * band, oh1 = std::min(p.out_h, oh0 + band);
+      const int64_t rows_per_image = oh1 - oh0, segments = (n1 - n0) * rows_per_image;
+      const int64_t pixels = segments * p.out_w;
+      const int64_t ih0 = oh0 * p.stride_h - p.pad_top;  // input row of phase slot 0
+      const int64_t slots = (rows_per_image - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t c = 0; c < cg; ++c) {
+          const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
+          for (int64_t slot = 0; slot < slots; ++slot) {
+            const int64_t ih = ih0 + slot;
+            T* dst = phase + (n - n0) * image_stride + (c * span + slot) * layout.size();
+            if (ih >= 0 && ih < p.in_h) {
+              fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
+            } else {
+              std::fill(dst, dst + layout.size(), T(0));  // padding rows
+            }
+          }
+        }
+      // dY of the task, transposed: b[(kb * pixels + q) * nr + j] = dY[kb * nr + j] at pixel q.
+      const int64_t run = rows_per_image * p.out_w;  // pixels of one image in the task
+      for (int64_t kb = 0; kb < k_blocks; ++kb)
+        for (int64_t j = 0; j < nr; ++j) {
+          const int64_t k = kb * nr + j;
+          T* dst = b + kb * pixels * nr + j;
+          for (int64_t n = n0; n < n1; ++n, dst += run * nr) {
+            if (k < kg) {
+              const T* src = grad_output + (n * p.out_channels + g * kg + k) * p.out_plane() +
+                             oh0 * p.out_w;
+              for (int64_t q = 0; q < run; ++q) dst[q * nr] = src[q];
+            } else {
+              for (int64_t q = 0; q < run; ++q) dst[q * nr] = T(0);
+            }
+          }
+        }
+      for (int64_t tb = 0; tb < tap_blocks; ++tb) {
+        const int64_t t0 = tb * mr, count = std::min(mr, taps - t0);
+        for (int64_t i = 0; i < count; ++i)
+          for (int64_t n = n0; n < n1; ++n) {
+            const T* row = phase + (n - n0) * image_stride + tap_base[t0 + i];
+            const T** dst = rows + (n - n0) * rows_per_image * mr + i;
+            for (int64_t oh = 0; oh < rows_per_image; ++oh, row += row_step) dst[oh * mr] = row;
+          }
+        for (int64_t kb = 0; kb < k_blocks; ++kb)
+          kinfo.kernels[count - 1](segments, p.out_w, rows, b + kb * pixels * nr,
+                                   dwt + (g * taps_pad + t0) * kg_pad + kb * nr, kg_pad, T(1));
+      }
+    }
+  }
+  // dW[g][k][tap] = sum over threads, in thread order, of dW^T[g][tap][k]:
+  // transposed in 16 x 64 blocks (both sides then touch whole cache lines).
+  const int64_t k_tiles = (kg + 15) / 16, t_tiles = (taps + 63) / 64;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < p.groups * k_tiles; ++job) {
+    const int64_t g = job / k_tiles, k0 = (job % k_tiles) * 16, k1 = std::min(kg, k0 + 16);
+    for (int64_t tt = 0; tt < t_tiles; ++tt) {
+      const int64_t t0 = tt * 64, t1 = std::min(taps, t0 + 64);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t t = t0; t < t1; ++t) {
+          T sum = T(0);
+          for (int th = 0; th < threads; ++th)
+            sum += partials.at(th)[(g * taps_pad + t) * kg_pad + k];
+          grad_weight[(g * kg + k) * taps + t] = sum;
+        }
+    }
+  }
+}
+
 #define FASTCONV_INSTANTIATE(T)                                                                   \
+  template void conv2d_direct_backward_weight<T>(const T*, const T*, T*, const ConvParams&);      \
   template void conv2d_direct_forward<T>(const T*, const T*, const T*, T*, const ConvParams&);    \
   template void conv2d_depthwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
   template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);       \

@@ -282,6 +282,22 @@ void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
 }
 
 template <typename T>
+GatherGemmKernelInfo<T> gather_gemm_kernel() {
+  static const GatherGemmKernelInfo<T> chosen = [] {
+    if constexpr (std::is_same_v<T, float>) {
+      if (active_isa() >= Isa::kAvx512) return gather_gemm_f32_8x32_avx512();
+      if (active_isa() >= Isa::kAvx2Fma) return gather_gemm_f32_6x16_avx2_fma();
+      return gather_gemm_f32_6x16_portable();
+    } else {
+      if (active_isa() >= Isa::kAvx512) return gather_gemm_f64_8x16_avx512();
+      if (active_isa() >= Isa::kAvx2Fma) return gather_gemm_f64_6x8_avx2_fma();
+      return gather_gemm_f64_4x8_portable();
+    }
+  }();
+  return chosen;
+}
+
+template <typename T>
 PackedBLayout gemm_packed_b_layout(int64_t k, int64_t n) {
   const GemmKernelInfo<T> kinfo = gemm_kernel<T>();
   return {k, round_up(n, kinfo.nr), balanced_block(k, kinfo.blocking.kc, 1), kinfo.nr};
@@ -352,6 +368,7 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                \
   template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);                \
   template PackedBLayout gemm_packed_b_layout<T>(int64_t, int64_t);                        \
+  template GatherGemmKernelInfo<T> gather_gemm_kernel<T>();                                \
   template int gemm_kernel_count<T>();                                                     \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);
 FASTCONV_INSTANTIATE_GEMM(float)

@@ -136,7 +136,32 @@ struct IgemmKernelInfo {
 template <typename T>
 IgemmKernelInfo<T> igemm_kernel();
 
+// Gathered-A micro-kernel, for weight gradients: C[0:mr, 0:nr] = sum over
+// `segments` x `width` steps of a (mr values) x b (nr values), where step
+// (s, w) reads A value i at rows[s * mr + i][w] and B at b[(s * width + w) * nr].
+// Row i of A is thus a list of contiguous runs (input rows under one tap), read
+// in place; only the first r pointers of each segment are read by kernels[r - 1].
+template <typename T>
+using GatherGemmMicroKernel = void (*)(int64_t segments, int64_t width, const T* const* rows,
+                                       const T* b, T* c, int64_t ldc, T beta);
+
+template <typename T>
+struct GatherGemmKernelInfo {
+  GatherGemmMicroKernel<T> kernels[kMaxMR];  // kernels[r - 1] writes the first r rows of C
+  int mr, nr;
+  const char* name;
+};
+
+template <typename T>
+GatherGemmKernelInfo<T> gather_gemm_kernel();
+
 // Declared per ISA file.
+GatherGemmKernelInfo<float> gather_gemm_f32_8x32_avx512();
+GatherGemmKernelInfo<double> gather_gemm_f64_8x16_avx512();
+GatherGemmKernelInfo<float> gather_gemm_f32_6x16_avx2_fma();
+GatherGemmKernelInfo<double> gather_gemm_f64_6x8_avx2_fma();
+GatherGemmKernelInfo<float> gather_gemm_f32_6x16_portable();
+GatherGemmKernelInfo<double> gather_gemm_f64_4x8_portable();
 IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma();
 IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma();
 IgemmKernelInfo<float> igemm_f32_6x16_portable();

@@ -73,6 +73,29 @@ struct Tile {
     c50 = S::fma(ai, b0, c50);
     c51 = S::fma(ai, b1, c51);
   }
+  // One k step with A value i at a[i][p] (six gathered row pointers).
+  inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p,
+                                                         const T* b) {
+    const V b0 = S::load(b), b1 = S::load(b + L);
+    V ai = S::broadcast(a[0] + p);
+    c00 = S::fma(ai, b0, c00);
+    c01 = S::fma(ai, b1, c01);
+    ai = S::broadcast(a[1] + p);
+    c10 = S::fma(ai, b0, c10);
+    c11 = S::fma(ai, b1, c11);
+    ai = S::broadcast(a[2] + p);
+    c20 = S::fma(ai, b0, c20);
+    c21 = S::fma(ai, b1, c21);
+    ai = S::broadcast(a[3] + p);
+    c30 = S::fma(ai, b0, c30);
+    c31 = S::fma(ai, b1, c31);
+    ai = S::broadcast(a[4] + p);
+    c40 = S::fma(ai, b0, c40);
+    c41 = S::fma(ai, b1, c41);
+    ai = S::broadcast(a[5] + p);
+    c50 = S::fma(ai, b0, c50);
+    c51 = S::fma(ai, b1, c51);
+  }
   // C[0:ROWS] = alpha * tile + beta * C (beta == 0: C not read).
   template <int ROWS>
   inline __attribute__((always_inline)) void store(T* out, int64_t ldc, T alpha, T beta) const {
@@ -135,7 +158,44 @@ void indirect_kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::
   tile.template store<ROWS>(c, ldc, typename S::T(1), beta);
 }
 
+// Rows past ROWS read a valid pointer (row 0) and are never stored.
+template <typename S, int ROWS>
+void gather_kernel_6x2v(int64_t segments, int64_t width, const typename S::T* const* rows,
+                        const typename S::T* b, typename S::T* c, int64_t ldc,
+                        typename S::T beta) {
+  using T = typename S::T;
+  constexpr int NR = 2 * S::kLanes;
+  prefetch_c<T, ROWS, NR>(c, ldc);
+  Tile<S> tile;
+  for (int64_t s = 0; s < segments; ++s) {
+    const T* a[6];
+    for (int i = 0; i < 6; ++i) a[i] = rows[s * 6 + (i < ROWS ? i : 0)];
+#pragma GCC unroll 4
+    for (int64_t w = 0; w < width; ++w) {
+      tile.step_gather(a, w, b);
+      b += NR;
+    }
+  }
+  tile.template store<ROWS>(c, ldc, T(1), beta);
+}
+
 }  // namespace
+
+GatherGemmKernelInfo<float> gather_gemm_f32_6x16_avx2_fma() {
+  return {{gather_kernel_6x2v<F32, 1>, gather_kernel_6x2v<F32, 2>, gather_kernel_6x2v<F32, 3>,
+           gather_kernel_6x2v<F32, 4>, gather_kernel_6x2v<F32, 5>, gather_kernel_6x2v<F32, 6>},
+          6,
+          16,
+          "f32-gather-gemm-6x16-avx2-fma"};
+}
+
+GatherGemmKernelInfo<double> gather_gemm_f64_6x8_avx2_fma() {
+  return {{gather_kernel_6x2v<F64, 1>, gather_kernel_6x2v<F64, 2>, gather_kernel_6x2v<F64, 3>,
+           gather_kernel_6x2v<F64, 4>, gather_kernel_6x2v<F64, 5>, gather_kernel_6x2v<F64, 6>},
+          6,
+          8,
+          "f64-gather-gemm-6x8-avx2-fma"};
+}
 
 IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma() {
   return {

@@ -74,6 +74,19 @@ struct Tile {
     FASTCONV_EACH_ROW(FASTCONV_STEP)
 #undef FASTCONV_STEP
   }
+  // One k step with A value i at a[i][p] (gathered from ROWS row pointers).
+  inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p,
+                                                         const T* b) {
+    const V b0 = S::load(b), b1 = S::load(b + L);
+#define FASTCONV_STEP(i)                  \
+  if constexpr (ROWS > i) {               \
+    const V ai = S::broadcast(a[i] + p);  \
+    c##i##a = S::fma(ai, b0, c##i##a);    \
+    c##i##b = S::fma(ai, b1, c##i##b);    \
+  }
+    FASTCONV_EACH_ROW(FASTCONV_STEP)
+#undef FASTCONV_STEP
+  }
   // C[0:ROWS] = alpha * tile + beta * C (beta == 0: C not read).
   inline __attribute__((always_inline)) void store(T* out, int64_t ldc, T alpha, T beta) const {
     const V va = S::set1(alpha);
@@ -142,6 +155,30 @@ void indirect_kernel_12x2v(int64_t kc, const typename S::T* a, const typename S:
   tile.store(c, ldc, typename S::T(1), beta);
 }
 
+// 8 rows, not 12: the 12 row pointers of a full tile would not fit beside
+// the loop state in the general registers, and GCC then spills vectors too.
+constexpr int kGatherMR = 8;
+
+template <typename S, int ROWS>
+void gather_kernel_8x2v(int64_t segments, int64_t width, const typename S::T* const* rows,
+                         const typename S::T* b, typename S::T* c, int64_t ldc,
+                         typename S::T beta) {
+  using T = typename S::T;
+  constexpr int NR = 2 * S::kLanes;
+  prefetch_c<T, ROWS, NR>(c, ldc);
+  Tile<S, ROWS> tile;
+  for (int64_t s = 0; s < segments; ++s) {
+    const T* a[kGatherMR];
+    for (int i = 0; i < ROWS; ++i) a[i] = rows[s * kGatherMR + i];
+#pragma GCC unroll 4
+    for (int64_t w = 0; w < width; ++w) {
+      tile.step_gather(a, w, b);
+      b += NR;
+    }
+  }
+  tile.store(c, ldc, T(1), beta);
+}
+
 }  // namespace
 
 #define FASTCONV_ROW_VARIANTS(KERNEL, S)                                                   \
@@ -165,6 +202,21 @@ IgemmKernelInfo<float> igemm_f32_12x32_avx512() {
 IgemmKernelInfo<double> igemm_f64_12x16_avx512() {
   return {FASTCONV_ROW_VARIANTS(indirect_kernel_12x2v, F64), kMR, 16, "f64-igemm-12x16-avx512"};
 }
+
+#define FASTCONV_GATHER_VARIANTS(S)                                                        \
+  {gather_kernel_8x2v<S, 1>, gather_kernel_8x2v<S, 2>, gather_kernel_8x2v<S, 3>,          \
+   gather_kernel_8x2v<S, 4>, gather_kernel_8x2v<S, 5>, gather_kernel_8x2v<S, 6>,          \
+   gather_kernel_8x2v<S, 7>, gather_kernel_8x2v<S, 8>}
+
+GatherGemmKernelInfo<float> gather_gemm_f32_8x32_avx512() {
+  return {FASTCONV_GATHER_VARIANTS(F32), kGatherMR, 32, "f32-gather-gemm-8x32-avx512"};
+}
+
+GatherGemmKernelInfo<double> gather_gemm_f64_8x16_avx512() {
+  return {FASTCONV_GATHER_VARIANTS(F64), kGatherMR, 16, "f64-gather-gemm-8x16-avx512"};
+}
+
+#undef FASTCONV_GATHER_VARIANTS
 
 #undef FASTCONV_ROW_VARIANTS
 

@@ -41,7 +41,40 @@ void portable_indirect_kernel(int64_t kc, const T* a, const T* const* rows, int6
   }
 }
 
+template <typename T, int MR, int NR, int ROWS>
+void portable_gather_kernel(int64_t segments, int64_t width, const T* const* rows, const T* b,
+                            T* c, int64_t ldc, T beta) {
+  T acc[MR][NR] = {};
+  for (int64_t s = 0; s < segments; ++s)
+    for (int64_t w = 0; w < width; ++w, b += NR)
+      for (int i = 0; i < ROWS; ++i) {
+        const T ai = rows[s * MR + i][w];
+        for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+      }
+  for (int i = 0; i < ROWS; ++i) {
+    T* row = c + i * ldc;
+    for (int j = 0; j < NR; ++j) row[j] = beta == T(0) ? acc[i][j] : acc[i][j] + beta * row[j];
+  }
+}
+
 }  // namespace
+
+GatherGemmKernelInfo<float> gather_gemm_f32_6x16_portable() {
+  return {{portable_gather_kernel<float, 6, 16, 1>, portable_gather_kernel<float, 6, 16, 2>,
+           portable_gather_kernel<float, 6, 16, 3>, portable_gather_kernel<float, 6, 16, 4>,
+           portable_gather_kernel<float, 6, 16, 5>, portable_gather_kernel<float, 6, 16, 6>},
+          6,
+          16,
+          "f32-gather-gemm-6x16-portable"};
+}
+
+GatherGemmKernelInfo<double> gather_gemm_f64_4x8_portable() {
+  return {{portable_gather_kernel<double, 4, 8, 1>, portable_gather_kernel<double, 4, 8, 2>,
+           portable_gather_kernel<double, 4, 8, 3>, portable_gather_kernel<double, 4, 8, 4>},
+          4,
+          8,
+          "f64-gather-gemm-4x8-portable"};
+}
 
 IgemmKernelInfo<float> igemm_f32_6x16_portable() {
   return {{portable_indirect_kernel<float, 6, 16, 1>, portable_indirect_kernel<float, 6, 16, 2>,
