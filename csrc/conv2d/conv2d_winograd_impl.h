@@ -354,7 +354,8 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
       std::max<int64_t>(1, total_rows / std::max<int64_t>(1, chunk_tiles / plan.tiles_w));
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
-  const int64_t max_part = (max_tiles + parts - 1) / parts;
+  // Parts are cut on multiples of 12 tiles: one may exceed an equal share by 12.
+  const int64_t max_part = (max_tiles + parts - 1) / parts + 12;
   // The K blocks gemm_pack_a cuts V's C columns into (equal, about kc deep).
   const int64_t c_block = gemm_packed_b_layout<float>(C, kb).kc;
   const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
