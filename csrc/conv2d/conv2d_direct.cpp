@@ -84,50 +84,73 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 // (6 KB for f32) stay in L1.
 constexpr int64_t kTapChunk = 256;
 
-// Few input channels: an indirect GEMM (XNNPACK's IGEMM). For one output row,
-// each tap (c, r, s) is a pointer into a phase-split input row; the micro-kernel
-// multiplies a packed block of mr output channels' weights by those rows, nr
-// output columns at a time, so the reduction over taps runs in registers.
+// Few input channels or wide rows: an indirect GEMM (XNNPACK's IGEMM). For
+// one output row, each tap (c, r, s) is a pointer into a phase-split input
+// row, so the reduction over taps runs in registers. Two orientations:
+//  - channels x pixels (IGEMM): a packed block of mr output channels' weights
+//    times nr output columns read through the tap pointers;
+//  - pixels x channels (oneDNN's blocking): mr output columns read through the
+//    tap pointers and broadcast, times nr output channels of packed weights.
+// The one that wastes fewer lanes on this layer's output width and channel
+// count runs (edge tiles of the broadcast side cost only their own rows).
 template <typename T>
 void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
                            const ConvParams& p) {
-  const IgemmKernelInfo<T> kinfo = igemm_kernel<T>();
-  const int64_t mr = kinfo.mr, nr = kinfo.nr;
+  const IgemmKernelInfo<T> channel_kernels = igemm_kernel<T>();
+  const PixelIgemmKernelInfo<T> pixel_kernels = pixel_igemm_kernel<T>();
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.reduction();
-  const int64_t k_blocks = (kg + mr - 1) / mr;
-  const int64_t ow_padded = (p.out_w + nr - 1) / nr * nr;
+  const auto waste = [](int64_t n, int64_t block) {
+    return static_cast<double>((n + block - 1) / block * block) / static_cast<double>(n);
+  };
+  const bool pixels_broadcast = waste(kg, pixel_kernels.nr) < waste(p.out_w, channel_kernels.nr);
+  // Weight blocks: mr channels (IGEMM, [tap][mr]) or nr channels (pixel
+  // kernel, [tap][nr]) per block, missing channels zero.
+  const int64_t block = pixels_broadcast ? pixel_kernels.nr : channel_kernels.mr;
+  const int64_t k_blocks = (kg + block - 1) / block;
+  // Input rows hold whole vectors past the last output: nr columns (IGEMM) or
+  // mr broadcast pixels (the AVX2 pixel kernel reads all six).
+  const int64_t cover = pixels_broadcast ? pixel_kernels.mr : channel_kernels.nr;
+  const int64_t ow_padded = (p.out_w + cover - 1) / cover * cover;
   const PhaseLayout layout(p, ow_padded);
-  // Weights per group and block of mr channels: [tap][mr], missing channels zero.
-  std::vector<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * mr), T(0));
+  std::vector<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * block), T(0));
   for (int64_t g = 0; g < p.groups; ++g)
     for (int64_t k = 0; k < kg; ++k)
       for (int64_t t = 0; t < taps; ++t)
-        packed[((g * k_blocks + k / mr) * taps + t) * mr + k % mr] =
+        packed[((g * k_blocks + k / block) * taps + t) * block + k % block] =
             weight[(g * kg + k) * taps + t];
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
+  std::vector<int64_t> tap_offsets(static_cast<size_t>(p.kernel_w));  // per kernel column
+  for (int64_t s = 0; s < p.kernel_w; ++s) tap_offsets[s] = layout.tap_offset(s, p.dilation_w);
   // Output rows per task: the phase-split copy of each input row is made once
   // per task and shared by every output row and tap that reads it; the copies
   // for one task stay within about 256 KB (L2).
   const int64_t row_bytes = cg * layout.size() * static_cast<int64_t>(sizeof(T));
-  const int64_t block =
+  const int64_t rows_per_task =
       std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, row_bytes * p.stride_h), 1, 8);
-  const int64_t row_blocks = (p.out_h + block - 1) / block;
-  const int64_t span = (block - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
+  const int64_t row_blocks = (p.out_h + rows_per_task - 1) / rows_per_task;
+  const int64_t span =
+      (rows_per_task - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
   const int64_t tasks = p.batch * p.groups * row_blocks;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+  const int64_t tile_size = std::max<int64_t>(channel_kernels.mr * channel_kernels.nr,
+                                              pixel_kernels.mr * pixel_kernels.nr);
   PerThread<T> phases(threads, static_cast<size_t>(cg * span * layout.size()));
-  PerThread<const T*> tap_lists(threads, static_cast<size_t>(taps));
-  PerThread<T> tiles(threads, static_cast<size_t>(mr * nr));
+  PerThread<const T*> tap_lists(threads,
+                                static_cast<size_t>(taps * (pixels_broadcast ? rows_per_task : 1)));
+  PerThread<T> tiles(threads, static_cast<size_t>(tile_size));
+  PerThread<T> accumulators(
+      threads, static_cast<size_t>(pixels_broadcast ? rows_per_task * p.out_w * pixel_kernels.nr : 0));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T>& phase = phases.mine();
     std::vector<const T*>& tap_rows = tap_lists.mine();
-    std::vector<T>& tile = tiles.mine();
+    T* tile = tiles.mine().data();
+    T* acc = accumulators.mine().data();
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t rb = task % row_blocks, ng = task / row_blocks;
       const int64_t n = ng / p.groups, g = ng % p.groups;
-      const int64_t oh0 = rb * block, oh1 = std::min(p.out_h, oh0 + block);
+      const int64_t oh0 = rb * rows_per_task, oh1 = std::min(p.out_h, oh0 + rows_per_task);
       const int64_t ih0 = oh0 * p.stride_h - p.pad_top;  // input row of phase slot 0
       const int64_t slots = (oh1 - 1 - oh0) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
       for (int64_t c = 0; c < cg; ++c) {
@@ -140,6 +163,9 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
         }
       }
       for (int64_t oh = oh0; oh < oh1; ++oh) {
+        // The pixel kernel keeps every row's tap list (it sweeps the task's
+        // rows per chunk of taps); IGEMM reuses one.
+        const T** row_taps = tap_rows.data() + (pixels_broadcast ? (oh - oh0) * taps : 0);
         for (int64_t c = 0; c < cg; ++c) {
           for (int64_t r = 0; r < p.kernel_h; ++r) {
             const int64_t slot = (oh - oh0) * p.stride_h + r * p.dilation_h;
@@ -147,12 +173,13 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
             const T* row = (ih >= 0 && ih < p.in_h)
                                ? phase.data() + (c * span + slot) * layout.size()
                                : zeros.data();
-            for (int64_t s = 0; s < p.kernel_w; ++s)
-              tap_rows[(c * p.kernel_h + r) * p.kernel_w + s] =
-                  row + layout.tap_offset(s, p.dilation_w);
+            const T** dst = row_taps + (c * p.kernel_h + r) * p.kernel_w;
+            for (int64_t s = 0; s < p.kernel_w; ++s) dst[s] = row + tap_offsets[s];
           }
         }
         T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
+        if (pixels_broadcast) continue;  // after the task's last tap list, below
+        const int64_t mr = channel_kernels.mr, nr = channel_kernels.nr;
         const int64_t full_cols = p.out_w / nr * nr;
         for (int64_t kb = 0; kb < k_blocks; ++kb) {
           const int64_t k0 = kb * mr, count = std::min(mr, kg - k0);
@@ -165,13 +192,14 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
             const T* const* chunk_rows = tap_rows.data() + t0;
             const T beta = t0 == 0 ? T(0) : T(1);
             for (int64_t ow = 0; ow < full_cols; ow += nr)
-              kinfo.kernels[count - 1](chunk, a, chunk_rows, ow, c + ow, p.out_plane(), beta);
+              channel_kernels.kernels[count - 1](chunk, a, chunk_rows, ow, c + ow, p.out_plane(),
+                                                 beta);
             if (full_cols < p.out_w)  // ragged end of the row: through a full tile
-              kinfo.kernels[mr - 1](chunk, a, chunk_rows, full_cols, tile.data(), nr, beta);
+              channel_kernels.kernels[mr - 1](chunk, a, chunk_rows, full_cols, tile, nr, beta);
           }
           if (full_cols < p.out_w)
             for (int64_t i = 0; i < count; ++i)
-              std::copy(tile.data() + i * nr, tile.data() + i * nr + (p.out_w - full_cols),
+              std::copy(tile + i * nr, tile + i * nr + (p.out_w - full_cols),
                         c + i * p.out_plane() + full_cols);
           if (bias != nullptr)
             for (int64_t i = 0; i < count; ++i) {
@@ -179,6 +207,30 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
               T* row = c + i * p.out_plane();
               for (int64_t ow = 0; ow < p.out_w; ++ow) row[ow] += b;
             }
+        }
+      }
+      if (!pixels_broadcast) continue;
+      // Pixel kernel: per block of nr channels, chunks of taps whose packed
+      // weights stay in L1 while the kernel sweeps every row of the task,
+      // partial sums in acc[row][ow][nr]; then acc goes to the output rows.
+      const int64_t mr = pixel_kernels.mr, nr = pixel_kernels.nr;
+      const int64_t chunk_taps = std::max<int64_t>(16, (int64_t(16) << 10) / (nr * sizeof(T)));
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const T* w = packed.data() + (g * k_blocks + kb) * taps * nr;
+        for (int64_t t0 = 0; t0 < taps; t0 += chunk_taps) {
+          const int64_t chunk = std::min(chunk_taps, taps - t0);
+          const T beta = t0 == 0 ? T(0) : T(1);
+          for (int64_t oh = oh0; oh < oh1; ++oh)
+            for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += mr)
+              pixel_kernels.kernels[std::min(mr, p.out_w - ow0) - 1](
+                  chunk, tap_rows.data() + (oh - oh0) * taps + t0, ow0, w + t0 * nr,
+                  acc + ((oh - oh0) * p.out_w + ow0) * nr, nr, beta);
+        }
+        const int64_t k0 = kb * nr, kn = std::min(nr, kg - k0);
+        for (int64_t j = 0; j < kn; ++j) {
+          const T b = bias != nullptr ? bias[g * kg + k0 + j] : T(0);
+          T* dst = output + (n * p.out_channels + g * kg + k0 + j) * p.out_plane() + oh0 * p.out_w;
+          for (int64_t q = 0; q < (oh1 - oh0) * p.out_w; ++q) dst[q] = acc[q * nr + j] + b;
         }
       }
     }

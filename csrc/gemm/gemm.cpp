@@ -282,6 +282,22 @@ void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
 }
 
 template <typename T>
+PixelIgemmKernelInfo<T> pixel_igemm_kernel() {
+  static const PixelIgemmKernelInfo<T> chosen = [] {
+    if constexpr (std::is_same_v<T, float>) {
+      if (active_isa() >= Isa::kAvx512) return pixel_igemm_f32_12x32_avx512();
+      if (active_isa() >= Isa::kAvx2Fma) return pixel_igemm_f32_6x16_avx2_fma();
+      return pixel_igemm_f32_6x16_portable();
+    } else {
+      if (active_isa() >= Isa::kAvx512) return pixel_igemm_f64_12x16_avx512();
+      if (active_isa() >= Isa::kAvx2Fma) return pixel_igemm_f64_6x8_avx2_fma();
+      return pixel_igemm_f64_4x8_portable();
+    }
+  }();
+  return chosen;
+}
+
+template <typename T>
 GatherGemmKernelInfo<T> gather_gemm_kernel() {
   static const GatherGemmKernelInfo<T> chosen = [] {
     if constexpr (std::is_same_v<T, float>) {
@@ -369,6 +385,7 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);                \
   template PackedBLayout gemm_packed_b_layout<T>(int64_t, int64_t);                        \
   template GatherGemmKernelInfo<T> gather_gemm_kernel<T>();                                \
+  template PixelIgemmKernelInfo<T> pixel_igemm_kernel<T>();                                \
   template int gemm_kernel_count<T>();                                                     \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);
 FASTCONV_INSTANTIATE_GEMM(float)

@@ -136,6 +136,25 @@ struct IgemmKernelInfo {
 template <typename T>
 IgemmKernelInfo<T> igemm_kernel();
 
+// Pixel-indirect micro-kernel (the transpose of IGEMM, as oneDNN's direct
+// convolutions block it): C[i][j] = sum_p rows[p][offset + i] * b[p * nr + j]
+// (+ beta * C; beta == 0: C not read),
+// so output pixels (mr of them, contiguous in an input row under tap p) are
+// broadcast and output channels (nr, packed weights) fill the vectors.
+template <typename T>
+using PixelIgemmMicroKernel = void (*)(int64_t kc, const T* const* rows, int64_t offset,
+                                       const T* b, T* c, int64_t ldc, T beta);
+
+template <typename T>
+struct PixelIgemmKernelInfo {
+  PixelIgemmMicroKernel<T> kernels[kMaxMR];  // kernels[r - 1] computes and writes r rows of C
+  int mr, nr;
+  const char* name;
+};
+
+template <typename T>
+PixelIgemmKernelInfo<T> pixel_igemm_kernel();
+
 // Gathered-A micro-kernel, for weight gradients: C[0:mr, 0:nr] = sum over
 // `segments` x `width` steps of a (mr values) x b (nr values), where step
 // (s, w) reads A value i at rows[s * mr + i][w] and B at b[(s * width + w) * nr].
@@ -156,6 +175,12 @@ template <typename T>
 GatherGemmKernelInfo<T> gather_gemm_kernel();
 
 // Declared per ISA file.
+PixelIgemmKernelInfo<float> pixel_igemm_f32_12x32_avx512();
+PixelIgemmKernelInfo<double> pixel_igemm_f64_12x16_avx512();
+PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_avx2_fma();
+PixelIgemmKernelInfo<double> pixel_igemm_f64_6x8_avx2_fma();
+PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_portable();
+PixelIgemmKernelInfo<double> pixel_igemm_f64_4x8_portable();
 GatherGemmKernelInfo<float> gather_gemm_f32_8x32_avx512();
 GatherGemmKernelInfo<double> gather_gemm_f64_8x16_avx512();
 GatherGemmKernelInfo<float> gather_gemm_f32_6x16_avx2_fma();

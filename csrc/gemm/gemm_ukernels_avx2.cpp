@@ -158,6 +158,22 @@ void indirect_kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::
   tile.template store<ROWS>(c, ldc, typename S::T(1), beta);
 }
 
+// Reads all six A values of every step (callers pad their rows); stores ROWS.
+template <typename S, int ROWS>
+void pixel_kernel_6x2v(int64_t kc, const typename S::T* const* rows, int64_t offset,
+                       const typename S::T* b, typename S::T* c, int64_t ldc,
+                       typename S::T beta) {
+  using T = typename S::T;
+  constexpr int NR = 2 * S::kLanes;
+  Tile<S> tile;
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    tile.step(rows[p] + offset, b);
+    b += NR;
+  }
+  tile.template store<ROWS>(c, ldc, T(1), beta);
+}
+
 // Rows past ROWS read a valid pointer (row 0) and are never stored.
 template <typename S, int ROWS>
 void gather_kernel_6x2v(int64_t segments, int64_t width, const typename S::T* const* rows,
@@ -180,6 +196,22 @@ void gather_kernel_6x2v(int64_t segments, int64_t width, const typename S::T* co
 }
 
 }  // namespace
+
+PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_avx2_fma() {
+  return {{pixel_kernel_6x2v<F32, 1>, pixel_kernel_6x2v<F32, 2>, pixel_kernel_6x2v<F32, 3>,
+           pixel_kernel_6x2v<F32, 4>, pixel_kernel_6x2v<F32, 5>, pixel_kernel_6x2v<F32, 6>},
+          6,
+          16,
+          "f32-pixel-igemm-6x16-avx2-fma"};
+}
+
+PixelIgemmKernelInfo<double> pixel_igemm_f64_6x8_avx2_fma() {
+  return {{pixel_kernel_6x2v<F64, 1>, pixel_kernel_6x2v<F64, 2>, pixel_kernel_6x2v<F64, 3>,
+           pixel_kernel_6x2v<F64, 4>, pixel_kernel_6x2v<F64, 5>, pixel_kernel_6x2v<F64, 6>},
+          6,
+          8,
+          "f64-pixel-igemm-6x8-avx2-fma"};
+}
 
 GatherGemmKernelInfo<float> gather_gemm_f32_6x16_avx2_fma() {
   return {{gather_kernel_6x2v<F32, 1>, gather_kernel_6x2v<F32, 2>, gather_kernel_6x2v<F32, 3>,

@@ -155,6 +155,21 @@ void indirect_kernel_12x2v(int64_t kc, const typename S::T* a, const typename S:
   tile.store(c, ldc, typename S::T(1), beta);
 }
 
+template <typename S, int ROWS>
+void pixel_kernel_12x2v(int64_t kc, const typename S::T* const* rows, int64_t offset,
+                        const typename S::T* b, typename S::T* c, int64_t ldc,
+                        typename S::T beta) {
+  using T = typename S::T;
+  constexpr int NR = 2 * S::kLanes;
+  Tile<S, ROWS> tile;
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    tile.step(rows[p] + offset, b);
+    b += NR;
+  }
+  tile.store(c, ldc, T(1), beta);
+}
+
 // 8 rows, not 12: the 12 row pointers of a full tile would not fit beside
 // the loop state in the general registers, and GCC then spills vectors too.
 constexpr int kGatherMR = 8;
@@ -201,6 +216,14 @@ IgemmKernelInfo<float> igemm_f32_12x32_avx512() {
 
 IgemmKernelInfo<double> igemm_f64_12x16_avx512() {
   return {FASTCONV_ROW_VARIANTS(indirect_kernel_12x2v, F64), kMR, 16, "f64-igemm-12x16-avx512"};
+}
+
+PixelIgemmKernelInfo<float> pixel_igemm_f32_12x32_avx512() {
+  return {FASTCONV_ROW_VARIANTS(pixel_kernel_12x2v, F32), kMR, 32, "f32-pixel-igemm-12x32-avx512"};
+}
+
+PixelIgemmKernelInfo<double> pixel_igemm_f64_12x16_avx512() {
+  return {FASTCONV_ROW_VARIANTS(pixel_kernel_12x2v, F64), kMR, 16, "f64-pixel-igemm-12x16-avx512"};
 }
 
 #define FASTCONV_GATHER_VARIANTS(S)                                                        \

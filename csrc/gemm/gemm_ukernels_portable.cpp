@@ -42,6 +42,20 @@ void portable_indirect_kernel(int64_t kc, const T* a, const T* const* rows, int6
 }
 
 template <typename T, int MR, int NR, int ROWS>
+void portable_pixel_kernel(int64_t kc, const T* const* rows, int64_t offset, const T* b, T* c,
+                           int64_t ldc, T beta) {
+  T acc[MR][NR] = {};
+  for (int64_t p = 0; p < kc; ++p, b += NR)
+    for (int i = 0; i < ROWS; ++i) {
+      const T ai = rows[p][offset + i];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+  for (int i = 0; i < ROWS; ++i)
+    for (int j = 0; j < NR; ++j)
+      c[i * ldc + j] = beta == T(0) ? acc[i][j] : acc[i][j] + beta * c[i * ldc + j];
+}
+
+template <typename T, int MR, int NR, int ROWS>
 void portable_gather_kernel(int64_t segments, int64_t width, const T* const* rows, const T* b,
                             T* c, int64_t ldc, T beta) {
   T acc[MR][NR] = {};
@@ -58,6 +72,23 @@ void portable_gather_kernel(int64_t segments, int64_t width, const T* const* row
 }
 
 }  // namespace
+
+PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_portable() {
+  return {{portable_pixel_kernel<float, 6, 16, 1>, portable_pixel_kernel<float, 6, 16, 2>,
+           portable_pixel_kernel<float, 6, 16, 3>, portable_pixel_kernel<float, 6, 16, 4>,
+           portable_pixel_kernel<float, 6, 16, 5>, portable_pixel_kernel<float, 6, 16, 6>},
+          6,
+          16,
+          "f32-pixel-igemm-6x16-portable"};
+}
+
+PixelIgemmKernelInfo<double> pixel_igemm_f64_4x8_portable() {
+  return {{portable_pixel_kernel<double, 4, 8, 1>, portable_pixel_kernel<double, 4, 8, 2>,
+           portable_pixel_kernel<double, 4, 8, 3>, portable_pixel_kernel<double, 4, 8, 4>},
+          4,
+          8,
+          "f64-pixel-igemm-4x8-portable"};
+}
 
 GatherGemmKernelInfo<float> gather_gemm_f32_6x16_portable() {
   return {{portable_gather_kernel<float, 6, 16, 1>, portable_gather_kernel<float, 6, 16, 2>,
