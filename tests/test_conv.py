@@ -583,6 +583,26 @@ def test_selector_table(name, in_shape, w_shape, stride, padding, dilation, grou
     assert got in ALGORITHMS
 
 
+# The direct forward kernel in both orientations (it picks the one wasting fewer lanes):
+# pixels broadcast x channels in vectors where the output channels fill the vectors
+# (32 and 64 channels, narrow rows; several tap chunks), channels x pixels otherwise.
+DIRECT_ORIENTATION_CASES = [
+    C(2, 3, 9, 17, 32, 3, 3, padding=1),
+    C(1, 8, 15, 40, 64, 5, 5, stride=2, padding=2, groups=2),
+    C(1, 4, 14, 30, 32, 7, 7, padding=3, bias=False),
+    C(2, 1, 20, 32, 6, 5, 5),
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_ORIENTATION_CASES, ids=str)
+def test_direct_forward_orientations(case):
+    assert (
+        fastconv.conv2d_algorithm(case.input_shape, case.weight_shape, **case.args()) == "direct"
+    )
+    check_forward(case)
+    check_input_grad(case)
+
+
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
 # gathered-A kernel for rows >= 8 wide and reductions >= 64, GEMM otherwise.
 WEIGHT_GRAD_TABLE = {
