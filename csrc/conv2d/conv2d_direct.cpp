@@ -226,11 +226,18 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
                   chunk, tap_rows.data() + (oh - oh0) * taps + t0, ow0, w + t0 * nr,
                   acc + ((oh - oh0) * p.out_w + ow0) * nr, nr, beta);
         }
+        // acc (pixels x nr) -> output planes, 16 pixels at a time so that the
+        // block read across channels stays in L1.
         const int64_t k0 = kb * nr, kn = std::min(nr, kg - k0);
-        for (int64_t j = 0; j < kn; ++j) {
-          const T b = bias != nullptr ? bias[g * kg + k0 + j] : T(0);
-          T* dst = output + (n * p.out_channels + g * kg + k0 + j) * p.out_plane() + oh0 * p.out_w;
-          for (int64_t q = 0; q < (oh1 - oh0) * p.out_w; ++q) dst[q] = acc[q * nr + j] + b;
+        const int64_t pixels = (oh1 - oh0) * p.out_w;
+        T* out0 = output + (n * p.out_channels + g * kg + k0) * p.out_plane() + oh0 * p.out_w;
+        for (int64_t q0 = 0; q0 < pixels; q0 += 16) {
+          const int64_t q1 = std::min(pixels, q0 + 16);
+          for (int64_t j = 0; j < kn; ++j) {
+            const T b = bias != nullptr ? bias[g * kg + k0 + j] : T(0);
+            T* dst = out0 + j * p.out_plane();
+            for (int64_t q = q0; q < q1; ++q) dst[q] = acc[q * nr + j] + b;
+          }
         }
       }
     }
