@@ -346,7 +346,7 @@ HAND_CASES = [
     ),
     C(2, 12, 16, 16, 24, 3, 3, stride=2, padding=1, groups=4, ints=True, dtype="float64", seed=32),
     # wide 3x3 stride-1 layers with many channels (Winograd territory), ragged tiles
-    C(1, 64, 12, 64, 64, 3, 3, padding=1, seed=33),
+    C(1, 64, 16, 64, 64, 3, 3, padding=1, seed=33),
     C(2, 40, 9, 50, 36, 3, 3, padding=(0, 1), bias=False, seed=34),
     C(1, 33, 14, 49, 35, 3, 3, padding=1, ints=True, seed=35),
     # more output pixels than one GEMM NC panel (3072)

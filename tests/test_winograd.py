@@ -81,7 +81,8 @@ def test_selector_uses_winograd_only_where_it_wins():
     choose = fastconv.conv2d_algorithm
     assert choose((8, 64, 56, 56), (64, 64, 3, 3), 1, 1) == "winograd"
     assert choose((2, 64, 112, 112), (128, 64, 3, 3), 1, 1) == "winograd"
-    # narrow outputs, strided, dilated, grouped, few channels, float64: not Winograd
+    # small problems, narrow outputs, strided, dilated, grouped, few channels, float64: not
+    assert choose((32, 32, 8, 8), (32, 32, 3, 3), 1, 1) == "direct"
     assert choose((8, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "winograd"
     assert choose((8, 256, 6, 6), (256, 256, 3, 3), 1, 1) != "winograd"
     assert choose((8, 256, 14, 6), (256, 256, 3, 3), 1, 1) != "winograd"
@@ -94,13 +95,15 @@ def test_selector_uses_winograd_only_where_it_wins():
 
 def test_input_gradient_through_winograd_matches_reference():
     # conv2d_input of a stride-1 3x3 layer is itself a 3x3 stride-1 convolution,
-    # wide and deep enough here for the selector to pick Winograd.
-    assert fastconv.conv2d_algorithm((1, 32, 8, 48), (40, 32, 3, 3), 1, 1) == "winograd"
+    # large enough here for the selector to pick Winograd.
+    shape = (2, 48, 24, 48)
+    assert fastconv.conv2d_algorithm(shape, (40, 48, 3, 3), 1, 1) == "winograd"
+    assert fastconv.conv2d_input_algorithm(shape, (40, 48, 3, 3), 1, 1) == "winograd (transposed)"
     rng = np.random.default_rng(7)
-    w = rng.standard_normal((40, 32, 3, 3))
-    gy = rng.standard_normal((1, 40, 8, 48))
-    expected = reference.conv2d_input((1, 32, 8, 48), w, gy, 1, 1)
-    got = fastconv.conv2d_input((1, 32, 8, 48), w.astype(np.float32), gy.astype(np.float32), 1, 1)
+    w = rng.standard_normal((40, 48, 3, 3))
+    gy = rng.standard_normal((2, 40, 24, 48))
+    expected = reference.conv2d_input(shape, w, gy, 1, 1)
+    got = fastconv.conv2d_input(shape, w.astype(np.float32), gy.astype(np.float32), 1, 1)
     assert relative_error(got, expected) <= WINOGRAD_ERROR_BOUND
 
 
