@@ -17,6 +17,7 @@
 #include "common/peak_probe.h"
 #include "conv2d/conv2d.h"
 #include "gemm/gemm.h"
+#include "norm/batch_norm.h"
 #include "pool2d/pool2d.h"
 
 namespace py = pybind11;
@@ -63,6 +64,67 @@ PoolParams pool_params(py::ssize_t planes, py::ssize_t in_h, py::ssize_t in_w, p
               p.dilation_h > 0 && p.dilation_w > 0 && p.pad_h >= 0 && p.pad_w >= 0,
           "internal: invalid pooling window");
   return p;
+}
+
+// BatchNorm2d kernels on (N, C, S) arrays; per-channel vectors are (C,).
+template <typename T>
+void bind_batch_norm(py::module_& m) {
+  const auto shape_of = [](const CArray<T>& x) {
+    require(x.ndim() == 3, "internal: batch-norm arrays must be 3-D (N, C, S)");
+    return fastconv::BatchNormShape{x.shape(0), x.shape(1), x.shape(2)};
+  };
+  m.def(
+      "batch_norm_stats",
+      [shape_of](const CArray<T>& x, CArray<T>& mean, CArray<T>& var) {
+        const fastconv::BatchNormShape s = shape_of(x);
+        require_shape(mean, {s.c}, "mean");
+        require_shape(var, {s.c}, "var");
+        const T* in = x.data();
+        T *mu = mean.mutable_data(), *v = var.mutable_data();
+        py::gil_scoped_release release;
+        fastconv::batch_norm_stats<T>(in, s, mu, v);
+      },
+      py::arg("x"), py::arg("mean"), py::arg("var"));
+  m.def(
+      "batch_norm_apply",
+      [shape_of](const CArray<T>& x, const CArray<T>& mean, const CArray<T>& invstd,
+                 std::optional<CArray<T>> weight, std::optional<CArray<T>> bias, CArray<T>& xhat,
+                 CArray<T>& out) {
+        const fastconv::BatchNormShape s = shape_of(x);
+        require_shape(mean, {s.c}, "mean");
+        require_shape(invstd, {s.c}, "invstd");
+        if (weight) require_shape(*weight, {s.c}, "weight");
+        if (bias) require_shape(*bias, {s.c}, "bias");
+        require_shape(xhat, {s.n, s.c, s.s}, "xhat");
+        require_shape(out, {s.n, s.c, s.s}, "out");
+        const T *in = x.data(), *mu = mean.data(), *is = invstd.data();
+        const T* w = weight ? weight->data() : nullptr;
+        const T* b = bias ? bias->data() : nullptr;
+        T *h = xhat.mutable_data(), *o = out.mutable_data();
+        py::gil_scoped_release release;
+        fastconv::batch_norm_apply<T>(in, s, mu, is, w, b, h, o);
+      },
+      py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"),
+      py::arg("xhat"), py::arg("out"));
+  m.def(
+      "batch_norm_backward",
+      [shape_of](const CArray<T>& g, const CArray<T>& xhat, const CArray<T>& scale,
+                 bool batch_statistics, CArray<T>& sum_g, CArray<T>& sum_gx,
+                 std::optional<CArray<T>> grad_input) {
+        const fastconv::BatchNormShape s = shape_of(g);
+        require_shape(xhat, {s.n, s.c, s.s}, "xhat");
+        require_shape(scale, {s.c}, "scale");
+        require_shape(sum_g, {s.c}, "sum_g");
+        require_shape(sum_gx, {s.c}, "sum_gx");
+        if (grad_input) require_shape(*grad_input, {s.n, s.c, s.s}, "grad_input");
+        const T *gp = g.data(), *h = xhat.data(), *k = scale.data();
+        T *sg = sum_g.mutable_data(), *sgx = sum_gx.mutable_data();
+        T* gi = grad_input ? grad_input->mutable_data() : nullptr;
+        py::gil_scoped_release release;
+        fastconv::batch_norm_backward<T>(gp, h, s, k, batch_statistics, sg, sgx, gi);
+      },
+      py::arg("g"), py::arg("xhat"), py::arg("scale"), py::arg("batch_statistics"),
+      py::arg("sum_g"), py::arg("sum_gx"), py::arg("grad_input"));
 }
 
 template <typename T>
@@ -337,6 +399,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &fastconv::set_num_threads, py::arg("n"));
   bind_pool<float>(m);
   bind_pool<double>(m);
+  bind_batch_norm<float>(m);
+  bind_batch_norm<double>(m);
   bind_gemm<float>(m);
   bind_conv<float>(m);
   bind_conv<double>(m);

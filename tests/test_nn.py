@@ -9,6 +9,8 @@ import warnings
 from collections import OrderedDict
 
 import numpy as np
+
+import fastconv
 import pytest
 
 import fastconv.functional as F
@@ -482,6 +484,35 @@ def test_batchnorm_checks_input():
         bn(np.zeros((1, 3, 1, 1), np.float32))
     with pytest.raises(ValueError, match="channels"):
         bn(np.zeros((2, 4, 2, 2), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        bn(np.zeros((2, 3, 2, 2), np.int64))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batchnorm_matches_torch_on_a_large_batch(threads):
+    """The fused kernels on many channels and pixels (threads split channels)."""
+    torch = pytest.importorskip("torch")
+    previous = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        rng = np.random.default_rng(5)
+        x = (rng.standard_normal((16, 24, 17, 19)) * 3 + 1).astype(np.float32)
+        g = rng.standard_normal(x.shape).astype(np.float32)
+        bn, tbn = nn.BatchNorm2d(24), torch.nn.BatchNorm2d(24)
+        bn.weight.data[...] = rng.random(24)
+        bn.bias.data[...] = rng.random(24)
+        tbn.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in bn.state_dict().items()})
+        tx = torch.from_numpy(x).requires_grad_(True)
+        ty = tbn(tx)
+        ty.backward(torch.from_numpy(g))
+        y = bn(x)
+        gx = bn.backward(g)
+    finally:
+        fastconv.set_num_threads(previous)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.weight.grad, tbn.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-5)
 
 
 def test_batchnorm_without_running_stats_has_no_buffers():

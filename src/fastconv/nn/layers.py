@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _C
 from .. import functional as F
 from .._checks import int_pair
 from . import init
@@ -55,17 +56,6 @@ def _as_batch(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
             f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {x.shape}"
         )
     return x, False
-
-
-def _channel_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over N, H and W of an NCHW (or N, C, HW) array, as a C-vector.
-
-    The H*W reduction is a matrix-vector product with ones (blocked accumulation, much
-    faster than NumPy's reduction over a short inner axis), then a pairwise sum over N.
-    """
-    n, c = a.shape[:2]
-    rows = np.ascontiguousarray(a).reshape(n, c, -1)
-    return np.matmul(rows, np.ones(rows.shape[2], dtype=a.dtype)).sum(axis=0)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -650,9 +640,11 @@ class BatchNorm2d(Module):
             raise ValueError(
                 f"BatchNorm2d({self.num_features}) got an input with {input.shape[1]} channels"
             )
+        if input.dtype not in (np.float32, np.float64):
+            raise TypeError(f"BatchNorm2d: input must be float32 or float64, got {input.dtype}")
         x = np.ascontiguousarray(input)
         n, c = x.shape[:2]
-        rows = x.reshape(n, c, -1)  # (N, C, H*W): per-channel vectors broadcast as (C, 1)
+        rows = x.reshape(n, c, -1)  # (N, C, H*W) for the fused kernels in fastconv._C
         dt = x.dtype.type
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -668,53 +660,40 @@ class BatchNorm2d(Module):
                     "Expected more than 1 value per channel when training, got "
                     f"input size {x.shape}"
                 )
-            mean = _channel_sum(rows) / dt(count)
-            centred = rows - mean[:, None]
-            var = _channel_sum(centred * centred) / dt(count)  # biased, for normalising
+            mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)  # var: biased
+            _C.batch_norm_stats(rows, mean, var)
             if self.training and self.running_mean is not None:
                 self.running_mean *= dt(1.0 - factor)
                 self.running_mean += dt(factor) * mean
                 self.running_var *= dt(1.0 - factor)
                 self.running_var += dt(factor * count / (count - 1)) * var  # unbiased
         else:
-            mean = self.running_mean.astype(x.dtype, copy=False)
+            mean = np.ascontiguousarray(self.running_mean, dtype=x.dtype)
             var = self.running_var.astype(x.dtype, copy=False)
-            centred = rows - mean[:, None]
-        invstd = dt(1) / np.sqrt(var + dt(self.eps))
-        xhat = centred
-        xhat *= invstd[:, None]
-        if self.weight is not None:
-            out = xhat * self.weight.data[:, None]
-            if self.bias is not None:
-                out += self.bias.data[:, None]
-        elif self.bias is not None:
-            out = xhat + self.bias.data[:, None]
-        else:
-            out = xhat.copy()
+        invstd = (dt(1) / np.sqrt(var + dt(self.eps))).astype(x.dtype, copy=False)
+        weight = None if self.weight is None else np.ascontiguousarray(self.weight.data, x.dtype)
+        bias = None if self.bias is None else np.ascontiguousarray(self.bias.data, x.dtype)
+        xhat, out = np.empty_like(rows), np.empty_like(rows)
+        _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out)
         self.save_for_backward(xhat, invstd, use_batch)
         return out.reshape(x.shape)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         xhat, invstd, use_batch = self.saved_tensors()
         shape = grad_output.shape
-        g = np.ascontiguousarray(grad_output).reshape(xhat.shape)
-        dt = g.dtype.type
-        sum_g = _channel_sum(g)
-        sum_gx = _channel_sum(g * xhat)
+        g = np.ascontiguousarray(grad_output, dtype=xhat.dtype).reshape(xhat.shape)
+        scale = invstd if self.weight is None else self.weight.data * invstd
+        scale = np.ascontiguousarray(scale, dtype=xhat.dtype)
+        c = xhat.shape[1]
+        sum_g, sum_gx = np.empty(c, dtype=xhat.dtype), np.empty(c, dtype=xhat.dtype)
+        grad = np.empty_like(xhat) if self.needs_input_grad else None
+        # grad = (g - mean(g) - xhat * mean(g * xhat)) * weight * invstd (batch statistics)
+        _C.batch_norm_backward(g, xhat, scale, use_batch, sum_g, sum_gx, grad)
         if self.weight is not None and self.weight.requires_grad:
             self.weight.accumulate_grad(sum_gx)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate_grad(sum_g)
-        scale = invstd if self.weight is None else self.weight.data * invstd
-        if not use_batch:
-            return (g * scale[:, None]).reshape(shape)
-        count = dt(g.size // g.shape[1])
-        # (g - mean(g) - xhat * mean(g * xhat)) * weight * invstd, with few temporaries
-        grad = xhat * (sum_gx / count)[:, None]
-        np.subtract(g, grad, out=grad)
-        grad -= (sum_g / count)[:, None]
-        grad *= scale[:, None]
-        return grad.reshape(shape)
+        return None if grad is None else grad.reshape(shape)
 
     def extra_repr(self) -> str:
         return (
