@@ -380,6 +380,42 @@ def test_vector_row_kernels_vs_torch(torch):
         check_avg_vs_torch(torch, case)
 
 
+def plain_2x2_cases() -> list[Case]:
+    """2x2 windows at stride 2 without padding on rows of fewer than 16 outputs (the flat
+    SSE2/scalar path): even and odd sizes, every fill kind, both dtypes."""
+    cases = []
+    rng = np.random.default_rng(11)
+    for h, w in ((2, 2), (8, 8), (4, 4), (9, 7), (6, 30), (5, 31), (3, 10), (16, 24)):
+        for kind in KINDS:
+            for dtype in ("float32", "float64"):
+                cases.append(
+                    Case(
+                        shape=(2, 3, h, w),
+                        kernel=(2, 2),
+                        stride=(2, 2),
+                        padding=(0, 0),
+                        dilation=(1, 1),
+                        ceil_mode=False,
+                        count_include_pad=True,
+                        divisor_override=None,
+                        dtype=dtype,
+                        kind=kind,
+                        seed=int(rng.integers(2**31)),
+                    )
+                )
+    return cases
+
+
+def test_plain_2x2_narrow_rows_vs_reference():
+    for case in plain_2x2_cases():
+        check_max_vs_reference(case)
+
+
+def test_plain_2x2_narrow_rows_vs_torch(torch):
+    for case in plain_2x2_cases():
+        check_max_vs_torch(torch, case)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_common_layers_vs_torch(torch, dtype):
     """The 2x2/2, 3x3/2 and 3x3/1 layers of real networks, multi-threaded sizes."""

@@ -2,10 +2,15 @@
 
 #include <omp.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -106,11 +111,92 @@ T avg_divisor(const PoolParams& p, const AvgWindow& h, const AvgWindow& w) {
   return static_cast<T>((h.end - h.start) * (w.end - w.start));
 }
 
+// 2x2 windows at stride 2, no padding or dilation, every window inside the
+// input: the common downsampling layer.
+bool is_plain_2x2(const PoolParams& p) {
+  return p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 &&
+         p.pad_h == 0 && p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1 &&
+         2 * p.out_h <= p.in_h && 2 * p.out_w <= p.in_w;
+}
+
+// Plain 2x2 max pooling over rows too short for the vector row kernels (small
+// planes, as in a small CNN): one flat loop over every output of every plane,
+// without per-row set-up. Same rules as the row kernels: taps in scan order, a
+// tap wins if greater or NaN; selects, not branches (random data mispredicts).
+template <typename T>
+inline void max_2x2_scalar(const T* a, const T* b, int64_t ow, T* best, int* tap) {
+  const T v[4] = {a[2 * ow], a[2 * ow + 1], b[2 * ow], b[2 * ow + 1]};
+  T m = -std::numeric_limits<T>::infinity();
+  int t_best = 0;  // nothing beat -inf: the window's first element
+  for (int t = 0; t < 4; ++t) {
+    const bool take = (v[t] > m) | (v[t] != v[t]);
+    m = take ? v[t] : m;
+    t_best = take ? t : t_best;
+  }
+  *best = m;
+  *tap = t_best;
+}
+
+// Four float32 outputs at once with SSE2 (part of the x86-64 baseline).
+// Returns how many columns it did (a multiple of 4).
+inline int64_t max_2x2_sse2(const float* a, const float* b, int64_t out_w, float* best,
+                            int* taps) {
+#if defined(__SSE2__)
+  int64_t ow = 0;
+  for (; ow + 4 <= out_w; ow += 4) {
+    const __m128 a0 = _mm_loadu_ps(a + 2 * ow), a1 = _mm_loadu_ps(a + 2 * ow + 4);
+    const __m128 b0 = _mm_loadu_ps(b + 2 * ow), b1 = _mm_loadu_ps(b + 2 * ow + 4);
+    const __m128 v[4] = {_mm_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(3, 1, 3, 1)),
+                         _mm_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1))};
+    __m128 m = _mm_set1_ps(-std::numeric_limits<float>::infinity());
+    __m128i t = _mm_setzero_si128();
+    for (int k = 0; k < 4; ++k) {
+      const __m128 take = _mm_or_ps(_mm_cmpgt_ps(v[k], m), _mm_cmpunord_ps(v[k], v[k]));
+      m = _mm_or_ps(_mm_and_ps(take, v[k]), _mm_andnot_ps(take, m));
+      const __m128i tk = _mm_castps_si128(take);
+      t = _mm_or_si128(_mm_and_si128(tk, _mm_set1_epi32(k)), _mm_andnot_si128(tk, t));
+    }
+    _mm_storeu_ps(best + ow, m);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(taps + ow), t);
+  }
+  return ow;
+#else
+  (void)a, (void)b, (void)out_w, (void)best, (void)taps;
+  return 0;
+#endif
+}
+
+template <typename T>
+void max_pool2d_2x2_narrow(const T* input, T* output, int64_t* indices, const PoolParams& p) {
+  const int threads = threads_for(p.planes * p.out_h * p.out_w * 4, 1 << 18);
+#pragma omp parallel num_threads(threads)
+  {
+    int taps[16];  // out_w < 16 on this path
+#pragma omp for schedule(static)
+    for (int64_t plane = 0; plane < p.planes; ++plane)
+      for (int64_t oh = 0; oh < p.out_h; ++oh) {
+        const T* a = input + plane * p.in_plane() + 2 * oh * p.in_w;
+        const T* b = a + p.in_w;
+        T* best = output + (plane * p.out_h + oh) * p.out_w;
+        int64_t ow = 0;
+        if constexpr (std::is_same_v<T, float>) ow = max_2x2_sse2(a, b, p.out_w, best, taps);
+        for (; ow < p.out_w; ++ow) max_2x2_scalar(a, b, ow, best + ow, taps + ow);
+        if (indices == nullptr) continue;
+        int64_t* index = indices + (plane * p.out_h + oh) * p.out_w;
+        for (ow = 0; ow < p.out_w; ++ow)
+          index[ow] = (2 * oh + taps[ow] / 2) * p.in_w + 2 * ow + taps[ow] % 2;
+      }
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolParams& p) {
   if (p.is_empty()) return;
+  if (is_plain_2x2(p) && p.out_w < 16) return max_pool2d_2x2_narrow(input, output, indices, p);
   const RowKernels<T> kernels = row_kernels<T>();
   // Flat offset of tap r * kernel_w + s from the window origin: a table for
   // ordinary kernels (no division per output), arithmetic for huge ones.
