@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <cstdio>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -246,15 +244,7 @@ int gemm_kernel_count() {
 
 template <typename T>
 GemmKernelInfo<T> gemm_kernel_at(int index) {
-  if (index == 2 && active_isa() >= Isa::kAvx512) {
-    auto k = avx512_kernel<T>();
-    if (const char* e = std::getenv("TUNE_BLK")) {  // TEMP
-      long kc, mc, nc;
-      std::sscanf(e, "%ld,%ld,%ld", &kc, &mc, &nc);
-      k.blocking.kc = kc; k.blocking.mc = mc; k.blocking.nc = nc;
-    }
-    return k;
-  }
+  if (index == 2 && active_isa() >= Isa::kAvx512) return avx512_kernel<T>();
   if (index == 1 && active_isa() >= Isa::kAvx2Fma) return avx2_kernel<T>();
   return portable_kernel<T>();
 }
