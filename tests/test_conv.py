@@ -596,9 +596,7 @@ DIRECT_ORIENTATION_CASES = [
 
 @pytest.mark.parametrize("case", DIRECT_ORIENTATION_CASES, ids=str)
 def test_direct_forward_orientations(case):
-    assert (
-        fastconv.conv2d_algorithm(case.input_shape, case.weight_shape, **case.args()) == "direct"
-    )
+    assert fastconv.conv2d_algorithm(case.input_shape, case.weight_shape, **case.args()) == "direct"
     check_forward(case)
     check_input_grad(case)
 

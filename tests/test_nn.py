@@ -9,10 +9,9 @@ import warnings
 from collections import OrderedDict
 
 import numpy as np
-
-import fastconv
 import pytest
 
+import fastconv
 import fastconv.functional as F
 from fastconv import nn, optim
 

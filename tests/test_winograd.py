@@ -167,7 +167,11 @@ def test_both_schedules_match_reference(case, threads):
     try:
         fastconv.set_num_threads(threads)
         got = fastconv.conv2d(
-            x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), 1, 1,
+            x.astype(np.float32),
+            w.astype(np.float32),
+            b.astype(np.float32),
+            1,
+            1,
             algorithm="winograd",
         )
     finally:

@@ -128,8 +128,7 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t rows_per_task =
       std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, row_bytes * p.stride_h), 1, 8);
   const int64_t row_blocks = (p.out_h + rows_per_task - 1) / rows_per_task;
-  const int64_t span =
-      (rows_per_task - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
+  const int64_t span = (rows_per_task - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
   const int64_t tasks = p.batch * p.groups * row_blocks;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   const int64_t tile_size = std::max<int64_t>(channel_kernels.mr * channel_kernels.nr,
@@ -139,7 +138,8 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
                                 static_cast<size_t>(taps * (pixels_broadcast ? rows_per_task : 1)));
   PerThread<T> tiles(threads, static_cast<size_t>(tile_size));
   PerThread<T> accumulators(
-      threads, static_cast<size_t>(pixels_broadcast ? rows_per_task * p.out_w * pixel_kernels.nr : 0));
+      threads,
+      static_cast<size_t>(pixels_broadcast ? rows_per_task * p.out_w * pixel_kernels.nr : 0));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T>& phase = phases.mine();
@@ -410,8 +410,8 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
           T* dst = b + kb * pixels * nr + j;
           for (int64_t n = n0; n < n1; ++n, dst += run * nr) {
             if (k < kg) {
-              const T* src = grad_output + (n * p.out_channels + g * kg + k) * p.out_plane() +
-                             oh0 * p.out_w;
+              const T* src =
+                  grad_output + (n * p.out_channels + g * kg + k) * p.out_plane() + oh0 * p.out_w;
               for (int64_t q = 0; q < run; ++q) dst[q * nr] = src[q];
             } else {
               for (int64_t q = 0; q < run; ++q) dst[q * nr] = T(0);

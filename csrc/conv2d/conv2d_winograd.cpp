@@ -4,7 +4,7 @@
 namespace fastconv {
 
 void conv2d_winograd_forward_f32_portable(const float* input, const FilterView& weight,
-                                     const float* bias, float* output, const ConvParams& p) {
+                                          const float* bias, float* output, const ConvParams& p) {
   winograd_forward(input, weight, bias, output, p);
 }
 

@@ -21,7 +21,7 @@
 namespace fastconv {
 
 void conv2d_winograd_forward_f32_avx512(const float* input, const FilterView& weight,
-                                     const float* bias, float* output, const ConvParams& p) {
+                                        const float* bias, float* output, const ConvParams& p) {
   winograd_forward(input, weight, bias, output, p);
 }
 

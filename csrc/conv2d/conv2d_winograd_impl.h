@@ -126,16 +126,15 @@ struct WinogradPlan {
 // gives RT[i][b][row * L + m], the column pass VT[a * 6 + b][row * L + m],
 // which is copied to V without the last slot of each row. `scratch` holds
 // (24 + 72) * rows * L + 8 floats.
-void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c,
-                              int64_t row0, int64_t row1, int64_t tiles, float* V,
-                              float* scratch) {
+void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c, int64_t row0,
+                              int64_t row1, int64_t tiles, float* V, float* scratch) {
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, tw = plan.tiles_w, L = plan.phase_len;
-  const int64_t span = (row1 - row0) * L;  // entries of one phase over the chunk
+  const int64_t span = (row1 - row0) * L;          // entries of one phase over the chunk
   const PhaseLayout phase4(kTile, p.pad_left, L);  // input rows split by iw mod 4
-  float* P = scratch;                   // [i][phase][span]
-  float* RT = P + kInTile * kTile * span + 8;  // [i][b][span]
-  float* VT = RT + kPositions * span;  // [a * 6 + b][span]
+  float* P = scratch;                              // [i][phase][span]
+  float* RT = P + kInTile * kTile * span + 8;      // [i][b][span]
+  float* VT = RT + kPositions * span;              // [a * 6 + b][span]
   for (int64_t r = row0; r < row1; ++r) {
     const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
     const float* plane = input + (n * C + c) * p.in_plane();
@@ -199,7 +198,7 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
     }
   }
   for (int i = 0; i < kTile; ++i) {
-    const float(*r)[kLanes] = s[i];
+    const float (*r)[kLanes] = s[i];
     float* y0 = y + (i * kTile + 0) * kLanes;
     float* y1 = y0 + kLanes;
     float* y2 = y1 + kLanes;
@@ -299,8 +298,8 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
       const int64_t c0 = (job / k_jobs) * c_block, c1 = std::min(C, c0 + c_block);
       const int64_t k0 = (job % k_jobs) * kb;
       const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
-      winograd_filter_transform(weight, c0, c1, k0, std::min(kb, K - k0), layout, k0,
-                                block_u(c0), mine);
+      winograd_filter_transform(weight, c0, c1, k0, std::min(kb, K - k0), layout, k0, block_u(c0),
+                                mine);
     }
     // 2. Chunks, each on one thread.
 #pragma omp for schedule(static)
@@ -365,7 +364,8 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t m_size = kPositions * max_part * kb;
   const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
-  float* const V = WinogradWorkspace::get(round16(v_size) + round16(vp_size) + threads * per_thread);
+  float* const V =
+      WinogradWorkspace::get(round16(v_size) + round16(vp_size) + threads * per_thread);
   float* const Vp = V + round16(v_size);
   float* const scratch = Vp + round16(vp_size);
 #pragma omp parallel num_threads(threads)
@@ -430,8 +430,8 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   }
 }
 
-void winograd_forward(const float* input, const FilterView& weight, const float* bias, float* output,
-                      const ConvParams& p) {
+void winograd_forward(const float* input, const FilterView& weight, const float* bias,
+                      float* output, const ConvParams& p) {
   WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
   plan.phase_len = plan.tiles_w + 1;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);

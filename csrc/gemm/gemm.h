@@ -142,8 +142,8 @@ IgemmKernelInfo<T> igemm_kernel();
 // so output pixels (mr of them, contiguous in an input row under tap p) are
 // broadcast and output channels (nr, packed weights) fill the vectors.
 template <typename T>
-using PixelIgemmMicroKernel = void (*)(int64_t kc, const T* const* rows, int64_t offset,
-                                       const T* b, T* c, int64_t ldc, T beta);
+using PixelIgemmMicroKernel = void (*)(int64_t kc, const T* const* rows, int64_t offset, const T* b,
+                                       T* c, int64_t ldc, T beta);
 
 template <typename T>
 struct PixelIgemmKernelInfo {

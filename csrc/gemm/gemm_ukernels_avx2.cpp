@@ -74,8 +74,7 @@ struct Tile {
     c51 = S::fma(ai, b1, c51);
   }
   // One k step with A value i at a[i][p] (six gathered row pointers).
-  inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p,
-                                                         const T* b) {
+  inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p, const T* b) {
     const V b0 = S::load(b), b1 = S::load(b + L);
     V ai = S::broadcast(a[0] + p);
     c00 = S::fma(ai, b0, c00);
@@ -161,8 +160,7 @@ void indirect_kernel_6x2v(int64_t kc, const typename S::T* a, const typename S::
 // Reads all six A values of every step (callers pad their rows); stores ROWS.
 template <typename S, int ROWS>
 void pixel_kernel_6x2v(int64_t kc, const typename S::T* const* rows, int64_t offset,
-                       const typename S::T* b, typename S::T* c, int64_t ldc,
-                       typename S::T beta) {
+                       const typename S::T* b, typename S::T* c, int64_t ldc, typename S::T beta) {
   using T = typename S::T;
   constexpr int NR = 2 * S::kLanes;
   Tile<S> tile;
@@ -177,8 +175,7 @@ void pixel_kernel_6x2v(int64_t kc, const typename S::T* const* rows, int64_t off
 // Rows past ROWS read a valid pointer (row 0) and are never stored.
 template <typename S, int ROWS>
 void gather_kernel_6x2v(int64_t segments, int64_t width, const typename S::T* const* rows,
-                        const typename S::T* b, typename S::T* c, int64_t ldc,
-                        typename S::T beta) {
+                        const typename S::T* b, typename S::T* c, int64_t ldc, typename S::T beta) {
   using T = typename S::T;
   constexpr int NR = 2 * S::kLanes;
   prefetch_c<T, ROWS, NR>(c, ldc);

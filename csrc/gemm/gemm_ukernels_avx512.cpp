@@ -65,24 +65,23 @@ struct Tile {
   // One k step: row i += a[i] * b.
   inline __attribute__((always_inline)) void step(const T* a, const T* b) {
     const V b0 = S::load(b), b1 = S::load(b + L);
-#define FASTCONV_STEP(i)                  \
-  if constexpr (ROWS > i) {               \
-    const V ai = S::broadcast(a + i);     \
-    c##i##a = S::fma(ai, b0, c##i##a);    \
-    c##i##b = S::fma(ai, b1, c##i##b);    \
+#define FASTCONV_STEP(i)               \
+  if constexpr (ROWS > i) {            \
+    const V ai = S::broadcast(a + i);  \
+    c##i##a = S::fma(ai, b0, c##i##a); \
+    c##i##b = S::fma(ai, b1, c##i##b); \
   }
     FASTCONV_EACH_ROW(FASTCONV_STEP)
 #undef FASTCONV_STEP
   }
   // One k step with A value i at a[i][p] (gathered from ROWS row pointers).
-  inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p,
-                                                         const T* b) {
+  inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p, const T* b) {
     const V b0 = S::load(b), b1 = S::load(b + L);
-#define FASTCONV_STEP(i)                  \
-  if constexpr (ROWS > i) {               \
-    const V ai = S::broadcast(a[i] + p);  \
-    c##i##a = S::fma(ai, b0, c##i##a);    \
-    c##i##b = S::fma(ai, b1, c##i##b);    \
+#define FASTCONV_STEP(i)                 \
+  if constexpr (ROWS > i) {              \
+    const V ai = S::broadcast(a[i] + p); \
+    c##i##a = S::fma(ai, b0, c##i##a);   \
+    c##i##b = S::fma(ai, b1, c##i##b);   \
   }
     FASTCONV_EACH_ROW(FASTCONV_STEP)
 #undef FASTCONV_STEP
@@ -91,20 +90,20 @@ struct Tile {
   inline __attribute__((always_inline)) void store(T* out, int64_t ldc, T alpha, T beta) const {
     const V va = S::set1(alpha);
     if (beta == T(0)) {
-#define FASTCONV_STORE(i)                                 \
-  if constexpr (ROWS > i) {                               \
-    S::store(out + i * ldc, S::mul(va, c##i##a));         \
-    S::store(out + i * ldc + L, S::mul(va, c##i##b));     \
+#define FASTCONV_STORE(i)                             \
+  if constexpr (ROWS > i) {                           \
+    S::store(out + i * ldc, S::mul(va, c##i##a));     \
+    S::store(out + i * ldc + L, S::mul(va, c##i##b)); \
   }
       FASTCONV_EACH_ROW(FASTCONV_STORE)
 #undef FASTCONV_STORE
     } else {
       const V vb = S::set1(beta);
-#define FASTCONV_UPDATE(i)                                                  \
-  if constexpr (ROWS > i) {                                                 \
-    T* row = out + i * ldc;                                                 \
-    S::store(row, S::fma(va, c##i##a, S::mul(vb, S::load(row))));           \
-    S::store(row + L, S::fma(va, c##i##b, S::mul(vb, S::load(row + L))));  \
+#define FASTCONV_UPDATE(i)                                                \
+  if constexpr (ROWS > i) {                                               \
+    T* row = out + i * ldc;                                               \
+    S::store(row, S::fma(va, c##i##a, S::mul(vb, S::load(row))));         \
+    S::store(row + L, S::fma(va, c##i##b, S::mul(vb, S::load(row + L)))); \
   }
       FASTCONV_EACH_ROW(FASTCONV_UPDATE)
 #undef FASTCONV_UPDATE
@@ -157,8 +156,7 @@ void indirect_kernel_12x2v(int64_t kc, const typename S::T* a, const typename S:
 
 template <typename S, int ROWS>
 void pixel_kernel_12x2v(int64_t kc, const typename S::T* const* rows, int64_t offset,
-                        const typename S::T* b, typename S::T* c, int64_t ldc,
-                        typename S::T beta) {
+                        const typename S::T* b, typename S::T* c, int64_t ldc, typename S::T beta) {
   using T = typename S::T;
   constexpr int NR = 2 * S::kLanes;
   Tile<S, ROWS> tile;
@@ -176,8 +174,7 @@ constexpr int kGatherMR = 8;
 
 template <typename S, int ROWS>
 void gather_kernel_8x2v(int64_t segments, int64_t width, const typename S::T* const* rows,
-                         const typename S::T* b, typename S::T* c, int64_t ldc,
-                         typename S::T beta) {
+                        const typename S::T* b, typename S::T* c, int64_t ldc, typename S::T beta) {
   using T = typename S::T;
   constexpr int NR = 2 * S::kLanes;
   prefetch_c<T, ROWS, NR>(c, ldc);
@@ -196,17 +193,23 @@ void gather_kernel_8x2v(int64_t segments, int64_t width, const typename S::T* co
 
 }  // namespace
 
-#define FASTCONV_ROW_VARIANTS(KERNEL, S)                                                   \
+#define FASTCONV_ROW_VARIANTS(KERNEL, S)                                                 \
   {KERNEL<S, 1>, KERNEL<S, 2>, KERNEL<S, 3>, KERNEL<S, 4>,  KERNEL<S, 5>,  KERNEL<S, 6>, \
    KERNEL<S, 7>, KERNEL<S, 8>, KERNEL<S, 9>, KERNEL<S, 10>, KERNEL<S, 11>, KERNEL<S, 12>}
 
 GemmKernelInfo<float> gemm_f32_12x32_avx512() {
-  return {FASTCONV_ROW_VARIANTS(kernel_12x2v, F32), kMR, 32, "f32-gemm-12x32-avx512",
+  return {FASTCONV_ROW_VARIANTS(kernel_12x2v, F32),
+          kMR,
+          32,
+          "f32-gemm-12x32-avx512",
           {256, 240, 4096, 32}};
 }
 
 GemmKernelInfo<double> gemm_f64_12x16_avx512() {
-  return {FASTCONV_ROW_VARIANTS(kernel_12x2v, F64), kMR, 16, "f64-gemm-12x16-avx512",
+  return {FASTCONV_ROW_VARIANTS(kernel_12x2v, F64),
+          kMR,
+          16,
+          "f64-gemm-12x16-avx512",
           {256, 120, 2048, 16}};
 }
 
@@ -226,9 +229,9 @@ PixelIgemmKernelInfo<double> pixel_igemm_f64_12x16_avx512() {
   return {FASTCONV_ROW_VARIANTS(pixel_kernel_12x2v, F64), kMR, 16, "f64-pixel-igemm-12x16-avx512"};
 }
 
-#define FASTCONV_GATHER_VARIANTS(S)                                                        \
-  {gather_kernel_8x2v<S, 1>, gather_kernel_8x2v<S, 2>, gather_kernel_8x2v<S, 3>,          \
-   gather_kernel_8x2v<S, 4>, gather_kernel_8x2v<S, 5>, gather_kernel_8x2v<S, 6>,          \
+#define FASTCONV_GATHER_VARIANTS(S)                                              \
+  {gather_kernel_8x2v<S, 1>, gather_kernel_8x2v<S, 2>, gather_kernel_8x2v<S, 3>, \
+   gather_kernel_8x2v<S, 4>, gather_kernel_8x2v<S, 5>, gather_kernel_8x2v<S, 6>, \
    gather_kernel_8x2v<S, 7>, gather_kernel_8x2v<S, 8>}
 
 GatherGemmKernelInfo<float> gather_gemm_f32_8x32_avx512() {

@@ -56,8 +56,8 @@ void portable_pixel_kernel(int64_t kc, const T* const* rows, int64_t offset, con
 }
 
 template <typename T, int MR, int NR, int ROWS>
-void portable_gather_kernel(int64_t segments, int64_t width, const T* const* rows, const T* b,
-                            T* c, int64_t ldc, T beta) {
+void portable_gather_kernel(int64_t segments, int64_t width, const T* const* rows, const T* b, T* c,
+                            int64_t ldc, T beta) {
   T acc[MR][NR] = {};
   for (int64_t s = 0; s < segments; ++s)
     for (int64_t w = 0; w < width; ++w, b += NR)

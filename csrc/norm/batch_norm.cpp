@@ -56,7 +56,8 @@ void batch_norm_stats(const T* x, const BatchNormShape& shape, T* mean, T* var) 
     for (int64_t i = 0; i < shape.n; ++i)
       for (int64_t ch = c0; ch < c1; ++ch) {
         const T* row = x + (i * shape.c + ch) * shape.s;
-        sums[ch - c0] += lane_sum(shape.s, [row](int64_t j) { return static_cast<double>(row[j]); });
+        sums[ch - c0] +=
+            lane_sum(shape.s, [row](int64_t j) { return static_cast<double>(row[j]); });
       }
     for (int64_t ch = c0; ch < c1; ++ch)  // now the means
       sums[ch - c0] = count > 0 ? sums[ch - c0] / count : 0.0;
@@ -130,12 +131,12 @@ void batch_norm_backward(const T* g, const T* xhat, const BatchNormShape& shape,
   });
 }
 
-#define FASTCONV_INSTANTIATE(T)                                                             \
-  template void batch_norm_stats<T>(const T*, const BatchNormShape&, T*, T*);               \
-  template void batch_norm_apply<T>(const T*, const BatchNormShape&, const T*, const T*,    \
-                                    const T*, const T*, T*, T*);                            \
-  template void batch_norm_backward<T>(const T*, const T*, const BatchNormShape&, const T*, \
-                                       bool, T*, T*, T*);
+#define FASTCONV_INSTANTIATE(T)                                                                    \
+  template void batch_norm_stats<T>(const T*, const BatchNormShape&, T*, T*);                      \
+  template void batch_norm_apply<T>(const T*, const BatchNormShape&, const T*, const T*, const T*, \
+                                    const T*, T*, T*);                                             \
+  template void batch_norm_backward<T>(const T*, const T*, const BatchNormShape&, const T*, bool,  \
+                                       T*, T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

@@ -114,9 +114,9 @@ T avg_divisor(const PoolParams& p, const AvgWindow& h, const AvgWindow& w) {
 // 2x2 windows at stride 2, no padding or dilation, every window inside the
 // input: the common downsampling layer.
 bool is_plain_2x2(const PoolParams& p) {
-  return p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 &&
-         p.pad_h == 0 && p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1 &&
-         2 * p.out_h <= p.in_h && 2 * p.out_w <= p.in_w;
+  return p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
+         p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1 && 2 * p.out_h <= p.in_h &&
+         2 * p.out_w <= p.in_w;
 }
 
 // Plain 2x2 max pooling over rows too short for the vector row kernels (small
@@ -139,8 +139,7 @@ inline void max_2x2_scalar(const T* a, const T* b, int64_t ow, T* best, int* tap
 
 // Four float32 outputs at once with SSE2 (part of the x86-64 baseline).
 // Returns how many columns it did (a multiple of 4).
-inline int64_t max_2x2_sse2(const float* a, const float* b, int64_t out_w, float* best,
-                            int* taps) {
+inline int64_t max_2x2_sse2(const float* a, const float* b, int64_t out_w, float* best, int* taps) {
 #if defined(__SSE2__)
   int64_t ow = 0;
   for (; ow + 4 <= out_w; ow += 4) {
