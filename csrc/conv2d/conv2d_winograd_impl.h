@@ -269,10 +269,11 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t c_block = gemm_packed_b_layout<float>(C, K).kc;
   const int64_t k_pad = gemm_packed_b_layout<float>(C, K).n_padded;
   const int64_t kb = 32;  // output channels per filter-transform job
-  // Chunks: V and M of about 2 MB, at least one per thread, all equal.
+  // Chunks: V and M of about 1 MB (measured: 1 MB beats 2 MB by ~10% on the
+  // 56- and 112-wide layers), at least one per thread, all equal.
   const int64_t per_tile_bytes = kPositions * (C + K) * 4;
   const int64_t target_rows =
-      std::max<int64_t>(1, ((int64_t(2) << 20) / per_tile_bytes) / plan.tiles_w);
+      std::max<int64_t>(1, ((int64_t(1) << 20) / per_tile_bytes) / plan.tiles_w);
   const int64_t chunks = std::max<int64_t>(threads, (total_rows + target_rows - 1) / target_rows);
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
