@@ -2,6 +2,10 @@
 
 #include <omp.h>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -26,6 +30,43 @@ int64_t balanced_block(int64_t extent, int64_t target, int64_t unit) {
 
 // Packs rows [i0, i0+mc) x cols [k0, k0+kc) of A into mr-row slivers, k-major,
 // rows past the end of A zero.
+// Transposing copy: dst[p * ld + i] = src[i][p] for i < rows, p < kc, where
+// row i starts at src + i * stride and is contiguous. Both packers need it (A
+// row-major, B with its reduction dimension contiguous), and a scalar loop
+// scatters every store; float32 goes through 4x4 SSE2 transposes instead.
+template <typename T>
+void transpose_into(const T* src, int64_t stride, int64_t rows, int64_t kc, T* dst, int64_t ld) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + 4 <= rows; i += 4) {
+      const float* r0 = src + i * stride;
+      const float *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+      int64_t p = 0;
+      for (; p + 4 <= kc; p += 4) {
+        __m128 a = _mm_loadu_ps(r0 + p), b = _mm_loadu_ps(r1 + p);
+        __m128 c = _mm_loadu_ps(r2 + p), d = _mm_loadu_ps(r3 + p);
+        _MM_TRANSPOSE4_PS(a, b, c, d);
+        _mm_storeu_ps(dst + p * ld + i, a);
+        _mm_storeu_ps(dst + (p + 1) * ld + i, b);
+        _mm_storeu_ps(dst + (p + 2) * ld + i, c);
+        _mm_storeu_ps(dst + (p + 3) * ld + i, d);
+      }
+      for (; p < kc; ++p) {
+        dst[p * ld + i] = r0[p];
+        dst[p * ld + i + 1] = r1[p];
+        dst[p * ld + i + 2] = r2[p];
+        dst[p * ld + i + 3] = r3[p];
+      }
+    }
+  }
+#endif
+  for (; i < rows; ++i) {
+    const T* row = src + i * stride;
+    for (int64_t p = 0; p < kc; ++p) dst[p * ld + i] = row[p];
+  }
+}
+
 template <typename T>
 void pack_a(const MatrixView<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
             int mr, T* dst) {
@@ -33,7 +74,9 @@ void pack_a(const MatrixView<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k
     const int64_t rows = std::min<int64_t>(mr, std::min(mc - ir, m - i0 - ir));
     T* sliver = dst + ir * kc;
     if (rows < mr) std::fill(sliver, sliver + kc * mr, T(0));
-    if (a.col_stride == 1 || a.row_stride != 1) {
+    if (a.col_stride == 1) {
+      transpose_into(a.data + (i0 + ir) * a.row_stride + k0, a.row_stride, rows, kc, sliver, mr);
+    } else if (a.row_stride != 1) {
       for (int64_t i = 0; i < rows; ++i) {
         const T* src = a.data + (i0 + ir + i) * a.row_stride + k0 * a.col_stride;
         const int64_t cs = a.col_stride;
@@ -61,6 +104,8 @@ void pack_b_view(const MatrixView<T>& b, int64_t n, int64_t k0, int64_t kc, int6
         const T* src = b.data + (k0 + p) * b.row_stride + (j0 + jr);
         std::memcpy(sliver + p * nr, src, static_cast<size_t>(cols) * sizeof(T));
       }
+    } else if (b.row_stride == 1) {  // a column of B is contiguous
+      transpose_into(b.data + k0 + (j0 + jr) * b.col_stride, b.col_stride, cols, kc, sliver, nr);
     } else {
       for (int64_t j = 0; j < cols; ++j) {
         const T* src = b.data + k0 * b.row_stride + (j0 + jr + j) * b.col_stride;
