@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/aligned_buffer.h"
 #include "common/vector_ops.h"
 #include "conv2d/conv2d_common.h"
 #include "gemm/gemm.h"
@@ -360,10 +361,21 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
   const int64_t image_stride = cg * span * layout.size();  // one image's phase rows
   const int64_t tasks = image_groups * p.groups * bands;
   const int threads = static_cast<int>(std::min<int64_t>(threads_wanted, tasks));
-  PerThread<T> partials(threads, static_cast<size_t>(p.groups * taps_pad * kg_pad));
-  PerThread<T> phases(threads, static_cast<size_t>(images * image_stride));
-  PerThread<T> dy_t(threads, static_cast<size_t>(images * band * p.out_w * kg_pad));
+  // One workspace, carved per thread: partial dW^T (never zeroed: a thread's
+  // first task in a group writes all of that group's tiles with beta = 0, and
+  // groups a thread never touched are left out of the sum), phase rows,
+  // transposed dY.
+  // Kept by the calling thread for its next call (fresh pages for a few MB of
+  // partials cost more than the kernel's own work on the small layers).
+  const int64_t partial_size = (p.groups * taps_pad * kg_pad + 15) / 16 * 16;
+  const int64_t phase_size = (images * image_stride + 15) / 16 * 16;
+  const int64_t dy_size = (images * band * p.out_w * kg_pad + 15) / 16 * 16;
+  const int64_t per_thread = partial_size + phase_size + dy_size;
+  static thread_local AlignedBuffer<T> workspace;
+  workspace.resize(static_cast<size_t>(threads * per_thread));
+  T* const partials = workspace.data();
   PerThread<const T*> row_lists(threads, static_cast<size_t>(images * band * mr));
+  PerThread<char> touched(threads, static_cast<size_t>(p.groups));  // [group]: written yet
   // Where tap (c, r, s) reads under a task's first output row; the next
   // output row is row_step further, the next image image_stride.
   std::vector<int64_t> tap_base(static_cast<size_t>(taps));
@@ -375,10 +387,11 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
   const int64_t row_step = p.stride_h * layout.size();
 #pragma omp parallel num_threads(threads)
   {
-    T* dwt = partials.mine().data();  // [g][tap][k], zero from PerThread
-    T* phase = phases.mine().data();
-    T* b = dy_t.mine().data();
+    T* dwt = partials + omp_get_thread_num() * per_thread;  // [g][tap][k]
+    T* phase = dwt + partial_size;
+    T* b = phase + phase_size;
     const T** rows = row_lists.mine().data();
+    char* group_written = touched.mine().data();
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t bi = task % bands, rest = task / bands;
@@ -428,8 +441,10 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
           }
         for (int64_t kb = 0; kb < k_blocks; ++kb)
           kinfo.kernels[count - 1](segments, p.out_w, rows, b + kb * pixels * nr,
-                                   dwt + (g * taps_pad + t0) * kg_pad + kb * nr, kg_pad, T(1));
+                                   dwt + (g * taps_pad + t0) * kg_pad + kb * nr, kg_pad,
+                                   group_written[g] ? T(1) : T(0));
       }
+      group_written[g] = 1;
     }
   }
   // dW[g][k][tap] = sum over threads, in thread order, of dW^T[g][tap][k]:
@@ -444,7 +459,7 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
         for (int64_t t = t0; t < t1; ++t) {
           T sum = T(0);
           for (int th = 0; th < threads; ++th)
-            sum += partials.at(th)[(g * taps_pad + t) * kg_pad + k];
+            if (touched.at(th)[g]) sum += partials[th * per_thread + (g * taps_pad + t) * kg_pad + k];
           grad_weight[(g * kg + k) * taps + t] = sum;
         }
     }
