@@ -253,13 +253,22 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
   // partial dW, reduced in thread order: deterministic for a thread count.
   const bool split_images = p.batch >= threads && threads > 1;
   const int parts = split_images ? threads : 1;
-  std::vector<T> partials(static_cast<size_t>(weight_size * (parts - 1)), T(0));
+  // Partials are never zeroed: each range's first GEMM per group writes dW
+  // with beta = 0. Kept by the calling thread for its next call.
+  // (The pointer is taken here: inside the parallel region the name of a
+  // thread_local would denote each worker's own, empty, buffer.)
+  static thread_local AlignedBuffer<T> partial_buffer;
+  partial_buffer.resize(static_cast<size_t>(weight_size * std::max(1, parts - 1)));
+  T* const partials = partial_buffer.data();
   std::vector<AlignedBuffer<T>> cols(static_cast<size_t>(parts)), dys(static_cast<size_t>(parts));
   for (int t = 0; t < parts; ++t) {
     cols[t].resize(static_cast<size_t>(red * tile_pixels));
     dys[t].resize(static_cast<size_t>(kg * tile_pixels));
   }
-  std::fill(grad_weight, grad_weight + weight_size, T(0));
+  if (p.batch == 0 || pixels == 0) {  // nothing to sum
+    std::fill(grad_weight, grad_weight + weight_size, T(0));
+    return;
+  }
 
   // dW[g] += dY[n0:n1, g] @ im2col(x[n0:n1, g])^T over the images' pixels.
   auto accumulate = [&](int64_t n0, int64_t n1, int inner_threads, T* dw, T* col, T* dy_tile) {
@@ -279,7 +288,7 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
             pr.a = {dy + j0, pixels, 1};
             pr.b = {x + j0, 1, pixels};
             pr.c = {dw + g * kg * red, red, 1};
-            pr.beta = T(1);
+            pr.beta = n == n0 && j0 == 0 ? T(0) : T(1);
             gemm(pr, inner_threads);
           }
         }
@@ -314,7 +323,7 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
         pr.a = {dy_tile, count, 1};
         pr.b = {col, 1, count};
         pr.c = {dw + g * kg * red, red, 1};
-        pr.beta = T(1);
+        pr.beta = j0 == 0 ? T(0) : T(1);
         gemm(pr, inner_threads);
       }
     }
@@ -323,12 +332,12 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num();
-      T* dw = t == 0 ? grad_weight : partials.data() + (t - 1) * weight_size;
+      T* dw = t == 0 ? grad_weight : partials + (t - 1) * weight_size;
       accumulate(p.batch * t / threads, p.batch * (t + 1) / threads, 1, dw, cols[t].data(),
                  dys[t].data());
     }
     for (int t = 1; t < threads; ++t) {
-      const T* src = partials.data() + (t - 1) * weight_size;
+      const T* src = partials + (t - 1) * weight_size;
       for (int64_t i = 0; i < weight_size; ++i) grad_weight[i] += src[i];
     }
   } else {
