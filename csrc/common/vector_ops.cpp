@@ -47,16 +47,27 @@ void weighted_rows_portable(int64_t n, int64_t taps, const T* const* rows, const
 }
 
 template <typename T>
+void rows_mul_add_portable(int64_t n, const T* x, int64_t taps, const T* const* rows, T* acc) {
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* row = rows[t];
+    T* a = acc + t * n;
+    for (int64_t i = 0; i < n; ++i) a[i] += x[i] * row[i];
+  }
+}
+
+template <typename T>
 VectorOps<T> choose();
 template <>
 VectorOps<float> choose<float>() {
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f32_avx2();
-  return {axpy_portable<float>, dot_portable<float>, weighted_rows_portable<float>};
+  return {axpy_portable<float>, dot_portable<float>, weighted_rows_portable<float>,
+          rows_mul_add_portable<float>};
 }
 template <>
 VectorOps<double> choose<double>() {
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f64_avx2();
-  return {axpy_portable<double>, dot_portable<double>, weighted_rows_portable<double>};
+  return {axpy_portable<double>, dot_portable<double>, weighted_rows_portable<double>,
+          rows_mul_add_portable<double>};
 }
 
 }  // namespace

@@ -13,6 +13,10 @@ struct VectorOps {
   // out[i] = init + sum_t w[t] * rows[t][i] for i < n: a weighted sum of rows,
   // accumulated in registers (taps in order t = 0, 1, ...).
   void (*weighted_rows)(int64_t n, int64_t taps, const T* const* rows, const T* w, T init, T* out);
+  // acc[t * n + i] += x[i] * rows[t][i] for t < taps, i < n: lane-wise products
+  // of one row with several, accumulated lane by lane (the reduction over the
+  // lanes is left to the caller, once, instead of one per dot product).
+  void (*rows_mul_add)(int64_t n, const T* x, int64_t taps, const T* const* rows, T* acc);
 };
 
 template <typename T>

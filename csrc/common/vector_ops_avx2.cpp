@@ -108,10 +108,57 @@ void weighted_rows_f64(int64_t n, int64_t taps, const double* const* rows, const
   }
 }
 
+// x stays in registers 32 lanes at a time while every row streams past it.
+void rows_mul_add_f32(int64_t n, const float* x, int64_t taps, const float* const* rows,
+                      float* acc) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+    const __m256 x2 = _mm256_loadu_ps(x + i + 16), x3 = _mm256_loadu_ps(x + i + 24);
+    for (int64_t t = 0; t < taps; ++t) {
+      const float* r = rows[t] + i;
+      float* a = acc + t * n + i;
+      _mm256_storeu_ps(a, _mm256_fmadd_ps(x0, _mm256_loadu_ps(r), _mm256_loadu_ps(a)));
+      _mm256_storeu_ps(a + 8, _mm256_fmadd_ps(x1, _mm256_loadu_ps(r + 8), _mm256_loadu_ps(a + 8)));
+      _mm256_storeu_ps(a + 16,
+                       _mm256_fmadd_ps(x2, _mm256_loadu_ps(r + 16), _mm256_loadu_ps(a + 16)));
+      _mm256_storeu_ps(a + 24,
+                       _mm256_fmadd_ps(x3, _mm256_loadu_ps(r + 24), _mm256_loadu_ps(a + 24)));
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x0 = _mm256_loadu_ps(x + i);
+    for (int64_t t = 0; t < taps; ++t) {
+      float* a = acc + t * n + i;
+      _mm256_storeu_ps(a, _mm256_fmadd_ps(x0, _mm256_loadu_ps(rows[t] + i), _mm256_loadu_ps(a)));
+    }
+  }
+  for (; i < n; ++i)
+    for (int64_t t = 0; t < taps; ++t) acc[t * n + i] = std::fma(x[i], rows[t][i], acc[t * n + i]);
+}
+
+void rows_mul_add_f64(int64_t n, const double* x, int64_t taps, const double* const* rows,
+                      double* acc) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256d x0 = _mm256_loadu_pd(x + i);
+    for (int64_t t = 0; t < taps; ++t) {
+      double* a = acc + t * n + i;
+      _mm256_storeu_pd(a, _mm256_fmadd_pd(x0, _mm256_loadu_pd(rows[t] + i), _mm256_loadu_pd(a)));
+    }
+  }
+  for (; i < n; ++i)
+    for (int64_t t = 0; t < taps; ++t) acc[t * n + i] = std::fma(x[i], rows[t][i], acc[t * n + i]);
+}
+
 }  // namespace
 
-VectorOps<float> vector_ops_f32_avx2() { return {axpy_f32, dot_f32, weighted_rows_f32}; }
-VectorOps<double> vector_ops_f64_avx2() { return {axpy_f64, dot_f64, weighted_rows_f64}; }
+VectorOps<float> vector_ops_f32_avx2() {
+  return {axpy_f32, dot_f32, weighted_rows_f32, rows_mul_add_f32};
+}
+VectorOps<double> vector_ops_f64_avx2() {
+  return {axpy_f64, dot_f64, weighted_rows_f64, rows_mul_add_f64};
+}
 
 }  // namespace fastconv
 

@@ -293,35 +293,47 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
                                       const ConvParams& p) {
   const VectorOps<T>& ops = vector_ops<T>();
   const PhaseLayout layout(p, p.out_w);
-  const int64_t kg = p.out_per_group(), cg = p.in_per_group();
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.taps();
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
-  // One thread owns each output channel: no partial sums, fixed order.
-  PerThread<T> phases(threads, static_cast<size_t>(layout.size()));
-  PerThread<T> sum_lists(threads, static_cast<size_t>(p.taps()));
+  // One thread owns each output channel: no partial sums, fixed order. Per
+  // output row, dY's row times every tap's input run is accumulated lane by
+  // lane (taps x OW accumulators, in L1); the lanes are summed once per
+  // channel, not once per row as dot products would.
+  PerThread<T> phases(threads, static_cast<size_t>(p.in_h * layout.size()));
+  PerThread<T> lane_sums(threads, static_cast<size_t>(taps * p.out_w));
+  PerThread<const T*> tap_lists(threads, static_cast<size_t>(taps));
+  const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T>& phase = phases.mine();
-    std::vector<T>& sums = sum_lists.mine();
+    T* phase = phases.mine().data();
+    T* acc = lane_sums.mine().data();
+    const T** rows = tap_lists.mine().data();
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < p.out_channels; ++k) {
       const int64_t g = k / kg;
       for (int64_t c = 0; c < cg; ++c) {
-        std::fill(sums.begin(), sums.end(), T(0));
+        std::fill(acc, acc + taps * p.out_w, T(0));
         for (int64_t n = 0; n < p.batch; ++n) {
           const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
           const T* dy = grad_output + (n * p.out_channels + k) * p.out_plane();
+          for (int64_t ih = 0; ih < p.in_h; ++ih)
+            fill_phase_row(plane + ih * p.in_w, p.in_w, layout, phase + ih * layout.size());
           for (int64_t oh = 0; oh < p.out_h; ++oh) {
             for (int64_t r = 0; r < p.kernel_h; ++r) {
               const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
-              if (ih < 0 || ih >= p.in_h) continue;
-              fill_phase_row(plane + ih * p.in_w, p.in_w, layout, phase.data());
+              const T* row = (ih >= 0 && ih < p.in_h) ? phase + ih * layout.size() : zeros.data();
               for (int64_t s = 0; s < p.kernel_w; ++s)
-                sums[r * p.kernel_w + s] += ops.dot(
-                    p.out_w, dy + oh * p.out_w, phase.data() + layout.tap_offset(s, p.dilation_w));
+                rows[r * p.kernel_w + s] = row + layout.tap_offset(s, p.dilation_w);
             }
+            ops.rows_mul_add(p.out_w, dy + oh * p.out_w, taps, rows, acc);
           }
         }
-        std::copy(sums.begin(), sums.end(), grad_weight + (k * cg + c) * p.taps());
+        for (int64_t t = 0; t < taps; ++t) {
+          const T* lanes = acc + t * p.out_w;
+          T sum = T(0);
+          for (int64_t w = 0; w < p.out_w; ++w) sum += lanes[w];
+          grad_weight[(k * cg + c) * taps + t] = sum;
+        }
       }
     }
   }
