@@ -316,35 +316,35 @@ void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
   }
 }
 
+// The variant of a kernel family for the best ISA tier this CPU runs, for T:
+// (portable, AVX2, AVX-512) constructors for float, then for double.
+template <typename T, typename F32, typename F64>
+auto by_tier(F32 (*f32_portable)(), F32 (*f32_avx2)(), F32 (*f32_avx512)(), F64 (*f64_portable)(),
+             F64 (*f64_avx2)(), F64 (*f64_avx512)()) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (active_isa() >= Isa::kAvx512) return f32_avx512();
+    if (active_isa() >= Isa::kAvx2Fma) return f32_avx2();
+    return f32_portable();
+  } else {
+    if (active_isa() >= Isa::kAvx512) return f64_avx512();
+    if (active_isa() >= Isa::kAvx2Fma) return f64_avx2();
+    return f64_portable();
+  }
+}
+
 template <typename T>
 PixelIgemmKernelInfo<T> pixel_igemm_kernel() {
-  static const PixelIgemmKernelInfo<T> chosen = [] {
-    if constexpr (std::is_same_v<T, float>) {
-      if (active_isa() >= Isa::kAvx512) return pixel_igemm_f32_12x32_avx512();
-      if (active_isa() >= Isa::kAvx2Fma) return pixel_igemm_f32_6x16_avx2_fma();
-      return pixel_igemm_f32_6x16_portable();
-    } else {
-      if (active_isa() >= Isa::kAvx512) return pixel_igemm_f64_12x16_avx512();
-      if (active_isa() >= Isa::kAvx2Fma) return pixel_igemm_f64_6x8_avx2_fma();
-      return pixel_igemm_f64_4x8_portable();
-    }
-  }();
+  static const PixelIgemmKernelInfo<T> chosen = by_tier<T>(
+      pixel_igemm_f32_6x16_portable, pixel_igemm_f32_6x16_avx2_fma, pixel_igemm_f32_12x32_avx512,
+      pixel_igemm_f64_4x8_portable, pixel_igemm_f64_6x8_avx2_fma, pixel_igemm_f64_12x16_avx512);
   return chosen;
 }
 
 template <typename T>
 GatherGemmKernelInfo<T> gather_gemm_kernel() {
-  static const GatherGemmKernelInfo<T> chosen = [] {
-    if constexpr (std::is_same_v<T, float>) {
-      if (active_isa() >= Isa::kAvx512) return gather_gemm_f32_8x32_avx512();
-      if (active_isa() >= Isa::kAvx2Fma) return gather_gemm_f32_6x16_avx2_fma();
-      return gather_gemm_f32_6x16_portable();
-    } else {
-      if (active_isa() >= Isa::kAvx512) return gather_gemm_f64_8x16_avx512();
-      if (active_isa() >= Isa::kAvx2Fma) return gather_gemm_f64_6x8_avx2_fma();
-      return gather_gemm_f64_4x8_portable();
-    }
-  }();
+  static const GatherGemmKernelInfo<T> chosen = by_tier<T>(
+      gather_gemm_f32_6x16_portable, gather_gemm_f32_6x16_avx2_fma, gather_gemm_f32_8x32_avx512,
+      gather_gemm_f64_4x8_portable, gather_gemm_f64_6x8_avx2_fma, gather_gemm_f64_8x16_avx512);
   return chosen;
 }
 
@@ -356,24 +356,9 @@ PackedBLayout gemm_packed_b_layout(int64_t k, int64_t n) {
 
 template <typename T>
 IgemmKernelInfo<T> igemm_kernel() {
-  static const IgemmKernelInfo<T> chosen = [] {
-    if (active_isa() >= Isa::kAvx512) {
-      if constexpr (std::is_same_v<T, float>)
-        return igemm_f32_12x32_avx512();
-      else
-        return igemm_f64_12x16_avx512();
-    }
-    if (active_isa() >= Isa::kAvx2Fma) {
-      if constexpr (std::is_same_v<T, float>)
-        return igemm_f32_6x16_avx2_fma();
-      else
-        return igemm_f64_6x8_avx2_fma();
-    }
-    if constexpr (std::is_same_v<T, float>)
-      return igemm_f32_6x16_portable();
-    else
-      return igemm_f64_4x8_portable();
-  }();
+  static const IgemmKernelInfo<T> chosen =
+      by_tier<T>(igemm_f32_6x16_portable, igemm_f32_6x16_avx2_fma, igemm_f32_12x32_avx512,
+                 igemm_f64_4x8_portable, igemm_f64_6x8_avx2_fma, igemm_f64_12x16_avx512);
   return chosen;
 }
 

@@ -126,12 +126,17 @@ template <typename T>
 using IgemmMicroKernel = void (*)(int64_t kc, const T* a, const T* const* rows, int64_t offset,
                                   T* c, int64_t ldc, T beta);
 
-template <typename T>
-struct IgemmKernelInfo {
-  IgemmMicroKernel<T> kernels[kMaxMR];  // kernels[r - 1] writes the first r rows of C
+// A family of micro-kernels for one register tile: kernels[r - 1] computes and
+// writes the first r rows of C (r = mr is the full tile).
+template <typename Kernel>
+struct KernelSet {
+  Kernel kernels[kMaxMR];
   int mr, nr;
   const char* name;
 };
+
+template <typename T>
+using IgemmKernelInfo = KernelSet<IgemmMicroKernel<T>>;
 
 template <typename T>
 IgemmKernelInfo<T> igemm_kernel();
@@ -146,11 +151,7 @@ using PixelIgemmMicroKernel = void (*)(int64_t kc, const T* const* rows, int64_t
                                        T* c, int64_t ldc, T beta);
 
 template <typename T>
-struct PixelIgemmKernelInfo {
-  PixelIgemmMicroKernel<T> kernels[kMaxMR];  // kernels[r - 1] computes and writes r rows of C
-  int mr, nr;
-  const char* name;
-};
+using PixelIgemmKernelInfo = KernelSet<PixelIgemmMicroKernel<T>>;
 
 template <typename T>
 PixelIgemmKernelInfo<T> pixel_igemm_kernel();
@@ -165,11 +166,7 @@ using GatherGemmMicroKernel = void (*)(int64_t segments, int64_t width, const T*
                                        const T* b, T* c, int64_t ldc, T beta);
 
 template <typename T>
-struct GatherGemmKernelInfo {
-  GatherGemmMicroKernel<T> kernels[kMaxMR];  // kernels[r - 1] writes the first r rows of C
-  int mr, nr;
-  const char* name;
-};
+using GatherGemmKernelInfo = KernelSet<GatherGemmMicroKernel<T>>;
 
 template <typename T>
 GatherGemmKernelInfo<T> gather_gemm_kernel();

@@ -194,59 +194,11 @@ void gather_kernel_6x2v(int64_t segments, int64_t width, const typename S::T* co
 
 }  // namespace
 
-PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_avx2_fma() {
-  return {{pixel_kernel_6x2v<F32, 1>, pixel_kernel_6x2v<F32, 2>, pixel_kernel_6x2v<F32, 3>,
-           pixel_kernel_6x2v<F32, 4>, pixel_kernel_6x2v<F32, 5>, pixel_kernel_6x2v<F32, 6>},
-          6,
-          16,
-          "f32-pixel-igemm-6x16-avx2-fma"};
-}
-
-PixelIgemmKernelInfo<double> pixel_igemm_f64_6x8_avx2_fma() {
-  return {{pixel_kernel_6x2v<F64, 1>, pixel_kernel_6x2v<F64, 2>, pixel_kernel_6x2v<F64, 3>,
-           pixel_kernel_6x2v<F64, 4>, pixel_kernel_6x2v<F64, 5>, pixel_kernel_6x2v<F64, 6>},
-          6,
-          8,
-          "f64-pixel-igemm-6x8-avx2-fma"};
-}
-
-GatherGemmKernelInfo<float> gather_gemm_f32_6x16_avx2_fma() {
-  return {{gather_kernel_6x2v<F32, 1>, gather_kernel_6x2v<F32, 2>, gather_kernel_6x2v<F32, 3>,
-           gather_kernel_6x2v<F32, 4>, gather_kernel_6x2v<F32, 5>, gather_kernel_6x2v<F32, 6>},
-          6,
-          16,
-          "f32-gather-gemm-6x16-avx2-fma"};
-}
-
-GatherGemmKernelInfo<double> gather_gemm_f64_6x8_avx2_fma() {
-  return {{gather_kernel_6x2v<F64, 1>, gather_kernel_6x2v<F64, 2>, gather_kernel_6x2v<F64, 3>,
-           gather_kernel_6x2v<F64, 4>, gather_kernel_6x2v<F64, 5>, gather_kernel_6x2v<F64, 6>},
-          6,
-          8,
-          "f64-gather-gemm-6x8-avx2-fma"};
-}
-
-IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma() {
-  return {
-      {indirect_kernel_6x2v<F32, 1>, indirect_kernel_6x2v<F32, 2>, indirect_kernel_6x2v<F32, 3>,
-       indirect_kernel_6x2v<F32, 4>, indirect_kernel_6x2v<F32, 5>, indirect_kernel_6x2v<F32, 6>},
-      6,
-      16,
-      "f32-igemm-6x16-avx2-fma"};
-}
-
-IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma() {
-  return {
-      {indirect_kernel_6x2v<F64, 1>, indirect_kernel_6x2v<F64, 2>, indirect_kernel_6x2v<F64, 3>,
-       indirect_kernel_6x2v<F64, 4>, indirect_kernel_6x2v<F64, 5>, indirect_kernel_6x2v<F64, 6>},
-      6,
-      8,
-      "f64-igemm-6x8-avx2-fma"};
-}
+#define FASTCONV_ROW_VARIANTS(KERNEL, S) \
+  {KERNEL<S, 1>, KERNEL<S, 2>, KERNEL<S, 3>, KERNEL<S, 4>, KERNEL<S, 5>, KERNEL<S, 6>}
 
 GemmKernelInfo<float> gemm_f32_6x16_avx2_fma() {
-  return {{kernel_6x2v<F32, 1>, kernel_6x2v<F32, 2>, kernel_6x2v<F32, 3>, kernel_6x2v<F32, 4>,
-           kernel_6x2v<F32, 5>, kernel_6x2v<F32, 6>},
+  return {FASTCONV_ROW_VARIANTS(kernel_6x2v, F32),
           6,
           16,
           "f32-gemm-6x16-avx2-fma",
@@ -254,13 +206,35 @@ GemmKernelInfo<float> gemm_f32_6x16_avx2_fma() {
 }
 
 GemmKernelInfo<double> gemm_f64_6x8_avx2_fma() {
-  return {{kernel_6x2v<F64, 1>, kernel_6x2v<F64, 2>, kernel_6x2v<F64, 3>, kernel_6x2v<F64, 4>,
-           kernel_6x2v<F64, 5>, kernel_6x2v<F64, 6>},
-          6,
-          8,
-          "f64-gemm-6x8-avx2-fma",
-          {256, 72, 1536, 8}};
+  return {
+      FASTCONV_ROW_VARIANTS(kernel_6x2v, F64), 6, 8, "f64-gemm-6x8-avx2-fma", {256, 72, 1536, 8}};
 }
+
+IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma() {
+  return {FASTCONV_ROW_VARIANTS(indirect_kernel_6x2v, F32), 6, 16, "f32-igemm-6x16-avx2-fma"};
+}
+
+IgemmKernelInfo<double> igemm_f64_6x8_avx2_fma() {
+  return {FASTCONV_ROW_VARIANTS(indirect_kernel_6x2v, F64), 6, 8, "f64-igemm-6x8-avx2-fma"};
+}
+
+PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_avx2_fma() {
+  return {FASTCONV_ROW_VARIANTS(pixel_kernel_6x2v, F32), 6, 16, "f32-pixel-igemm-6x16-avx2-fma"};
+}
+
+PixelIgemmKernelInfo<double> pixel_igemm_f64_6x8_avx2_fma() {
+  return {FASTCONV_ROW_VARIANTS(pixel_kernel_6x2v, F64), 6, 8, "f64-pixel-igemm-6x8-avx2-fma"};
+}
+
+GatherGemmKernelInfo<float> gather_gemm_f32_6x16_avx2_fma() {
+  return {FASTCONV_ROW_VARIANTS(gather_kernel_6x2v, F32), 6, 16, "f32-gather-gemm-6x16-avx2-fma"};
+}
+
+GatherGemmKernelInfo<double> gather_gemm_f64_6x8_avx2_fma() {
+  return {FASTCONV_ROW_VARIANTS(gather_kernel_6x2v, F64), 6, 8, "f64-gather-gemm-6x8-avx2-fma"};
+}
+
+#undef FASTCONV_ROW_VARIANTS
 
 }  // namespace fastconv
 
