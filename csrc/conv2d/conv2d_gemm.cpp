@@ -23,6 +23,10 @@ constexpr int64_t kTileElements = 1 << 18;
 // ...but the weight gradient's tiles span at least this many pixels: they are
 // the reduction length of its GEMMs, each of which reads and writes all of dW.
 constexpr int64_t kWeightGradTilePixels = 256;
+// ...and otherwise hold about this many elements (64 KB of float32: gathered
+// and packed while still in L2; measured 5-10% faster than 2^18 on the
+// CIFAR, LeNet and 7x7 layers).
+constexpr int64_t kWeightGradTileElements = 1 << 14;
 
 struct TapGeometry {
   int64_t c, row_offset, col_offset;  // channel within the group, ih = oh*sh + row_offset, ...
@@ -246,7 +250,7 @@ void conv2d_gemm_backward_weight(const T* input, const T* grad_output, T* grad_w
   // Pixel tiles run across image boundaries: the GEMM's reduction is as long
   // as the tile whatever the plane size (a 7x7 plane alone would give K = 49).
   const int64_t tile_pixels = std::clamp<int64_t>(
-      std::max<int64_t>(kWeightGradTilePixels, kTileElements / std::max(red, kg)), 16,
+      std::max<int64_t>(kWeightGradTilePixels, kWeightGradTileElements / std::max(red, kg)), 16,
       std::max<int64_t>(16, p.batch * pixels));
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   // With enough images, each thread sums a fixed range of them into its own
