@@ -602,7 +602,8 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel for rows >= 8 wide and reductions >= 64, GEMM otherwise.
+# gathered-A kernel for rows >= 8 wide and reductions >= 64, plane-wide dot products for
+# short reductions with <= 8 output channels (both "direct"), GEMM otherwise.
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
     "resnet_3x3_56": "direct",
@@ -617,7 +618,7 @@ WEIGHT_GRAD_TABLE = {
     "alexnet_3x3_13": "direct",
     "mobilenet_dw3x3_56": "depthwise",
     "cifar_first_3x3": "implicit_gemm",
-    "lenet_5x5": "implicit_gemm",
+    "lenet_5x5": "direct",
 }
 
 
@@ -640,6 +641,12 @@ WEIGHT_GRAD_CASES = [
     (C(4, 32, 7, 7, 64, 3, 3, padding=1), "implicit_gemm"),  # images split over 2 threads
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
     (C(2, 3, 12, 12, 10, 3, 3, padding=1), "implicit_gemm"),
+    # plane-wide dot products: few output channels, short reductions, ragged rows
+    (C(3, 2, 12, 19, 5, 3, 3, padding=1), "direct"),
+    (C(2, 4, 15, 13, 8, 3, 2, stride=2, padding=(1, 0), dilation=(1, 2)), "direct"),
+    (C(3, 6, 11, 11, 6, 3, 3, padding=1, groups=2), "direct"),
+    (C(8, 1, 28, 28, 6, 5, 5), "direct"),
+    (C(2, 3, 10, 10, 4, 3, 3, padding=1, dtype="float64"), "direct"),
 ]
 
 

@@ -17,7 +17,15 @@ struct VectorOps {
   // of one row with several, accumulated lane by lane (the reduction over the
   // lanes is left to the caller, once, instead of one per dot product).
   void (*rows_mul_add)(int64_t n, const T* x, int64_t taps, const T* const* rows, T* acc);
+  // out[i * nb + j] += sum over r < rows, w < width of a[i][r * a_stride + w] *
+  // b[j][r * b_stride + w], for i < na <= kDotTileA and j < nb <= kDotTileB:
+  // a tile of dot products of 2-D runs, its sums kept in vector lanes until the
+  // end (weight gradients with few output channels: LeNet, CIFAR stems).
+  void (*dot_tile)(int64_t rows, int64_t width, const T* const* a, int64_t a_stride, int na,
+                   const T* const* b, int64_t b_stride, int nb, T* out);
 };
+
+constexpr int kDotTileA = 3, kDotTileB = 4;
 
 template <typename T>
 const VectorOps<T>& vector_ops();

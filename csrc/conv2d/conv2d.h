@@ -107,6 +107,9 @@ template <typename T>
 void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p);
 template <typename T>
+void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                   const ConvParams& p);
+template <typename T>
 void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                                    const ConvParams& p);
 template <typename T>
