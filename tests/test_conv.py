@@ -639,6 +639,7 @@ WEIGHT_GRAD_CASES = [
     (C(2, 16, 70, 70, 40, 3, 3, padding=1), "direct"),
     (C(3, 16, 7, 7, 20, 3, 3, padding=1), "implicit_gemm"),
     (C(4, 32, 7, 7, 64, 3, 3, padding=1), "implicit_gemm"),  # images split over 2 threads
+    (C(3, 3, 40, 40, 16, 3, 3, padding=1), "implicit_gemm"),  # tiles inside each plane
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
     (C(2, 3, 12, 12, 10, 3, 3, padding=1), "implicit_gemm"),
     # plane-wide dot products: few output channels, short reductions, ragged rows
