@@ -1,11 +1,12 @@
-// Direct convolution for depthwise layers and layers with few input channels
-// per group, where GEMM would spend its time packing for a tiny reduction.
+// Direct convolution, without an im2col buffer: depthwise layers; layers with
+// few input channels, wide rows or little work (indirect GEMMs); and weight
+// gradients that read the im2col matrix in place.
 //
 // Every input row a kernel row touches is copied once into a zero-padded,
 // stride-phase-split row, so that for tap s the inputs of a whole output row,
 // x[oh*sh + r*dh - pt][ow*sw + s*dw - pl] for ow = 0..OW-1, are one contiguous
-// run: padding and stride cost nothing in the inner loop, which is an AXPY
-// (forward, input gradient) or a dot product (weight gradient) along the width.
+// run: padding and stride cost nothing in the inner loops, which walk these
+// runs through tap pointers (micro-kernels) or along the width (row kernels).
 #include <algorithm>
 #include <vector>
 
