@@ -193,3 +193,49 @@ def test_kernels_release_the_gil(op):
         f"{op}: the calling thread stalled {gap * 1e3:.0f} ms during a "
         f"{duration * 1e3:.0f} ms call: the GIL is not released"
     )
+
+
+def conv_job(seed: int) -> dict:
+    """A convolution whose forward and weight-gradient paths differ from job to job (Winograd
+    with both schedules, direct, implicit GEMM; the weight-gradient kernels keep per-thread
+    workspaces across calls)."""
+    rng = np.random.default_rng(seed)
+    n, c, hw, k, r = [
+        (4, 48, 24, 48, 3),  # Winograd, per-thread chunks; gathered weight gradient
+        (4, 256, 7, 256, 3),  # Winograd, all threads per chunk; GEMM weight gradient
+        (2, 3, 30, 32, 5),  # direct forward (pixels x channels)
+        (4, 1, 20, 6, 5),  # direct, plane-wide dot products for the weight gradient
+    ][seed % 4]
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
+    pad = r // 2
+    gy = rng.standard_normal((n, k, hw, hw)).astype(np.float32)
+    return dict(x=x, w=w, gy=gy, pad=pad)
+
+
+def run_conv_job(job: dict) -> list[np.ndarray]:
+    x, w, gy, pad = job["x"], job["w"], job["gy"], job["pad"]
+    return [
+        fastconv.conv2d(x, w, None, 1, pad),
+        fastconv.conv2d_input(x.shape, w, gy, 1, pad),
+        fastconv.conv2d_weight(x, w.shape, gy, 1, pad),
+    ]
+
+
+@pytest.mark.parametrize("threads_per_call", [1, 2])
+def test_python_threads_running_convolutions_match_a_serial_run(threads_per_call):
+    fastconv.set_num_threads(threads_per_call)
+    jobs = [conv_job(seed) for seed in range(8)]
+    serial = [run_conv_job(job) for job in jobs]
+    barrier = threading.Barrier(len(jobs))
+
+    def worker(i):
+        barrier.wait(timeout=30)
+        return [run_conv_job(jobs[(i + rep) % len(jobs)]) for rep in range(3)]
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        concurrent = list(pool.map(worker, range(len(jobs))))
+    for i, repeats in enumerate(concurrent):
+        for rep, results in enumerate(repeats):
+            j = (i + rep) % len(jobs)
+            assert_bitwise_equal(results, serial[j], f"worker {i}, job {j}")
