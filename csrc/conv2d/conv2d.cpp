@@ -36,18 +36,18 @@ struct ConvTuning {
   // row at a time, so it wants rows at least this wide and a reduction long
   // enough to amortise transposing dY; 1x1 kernels (and narrower rows, shorter
   // reductions) run as GEMM (measured on the layer set: the 7x7-output,
-  // 1x1-stride-2, CIFAR and LeNet layers are faster as GEMM).
+  // 1x1-stride-2 and CIFAR layers are faster as GEMM).
   int64_t direct_weight_grad_min_out_w = 8;
-  // Below this many FLOPs (a small CNN's layers: 32 images of 8x8 or 4x4),
-  // Winograd's filter transform and phases and implicit GEMM's batched packing
-  // cost more than they save: such layers run direct (measured 2x faster on
-  // the digits demo's 32->32 8x8 and 32->64 4x4 layers).
-  double small_max_flops = 64e6;
   int64_t direct_weight_grad_min_reduction = 64;
   // Shorter reductions with at most this many output channels per group
   // (LeNet's 6) sum dot products over whole planes in vector lanes (measured
   // 2.2x faster than GEMM on lenet_5x5; with CIFAR's 32 channels, slower).
   int64_t narrow_weight_grad_max_out = 8;
+  // Below this many FLOPs (a small CNN's layers: 32 images of 8x8 or 4x4),
+  // Winograd's filter transform and phases and implicit GEMM's batched packing
+  // cost more than they save: such layers run direct (measured 2x faster on
+  // the digits demo's 32->32 8x8 and 32->64 4x4 layers).
+  double small_max_flops = 64e6;
 };
 constexpr ConvTuning kTuning{};
 
