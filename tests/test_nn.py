@@ -508,9 +508,12 @@ def test_batchnorm_matches_torch_on_a_large_batch(threads):
         gx = bn.backward(g)
     finally:
         fastconv.set_num_threads(previous)
+    # float32 results; fastconv sums in double, torch in float32, so the margins are a few
+    # float32 roundings of each quantity (measured: 6e-7 on y, whose entries reach 5;
+    # 1.2e-7 on the input gradient; 3e-5 on weight gradients of about 130).
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(bn.weight.grad, tbn.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(bn.weight.grad, tbn.weight.grad.numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-5)
 
 

@@ -65,22 +65,30 @@ def assert_bitwise_equal(results, expected, what):
         assert a.tobytes() == e.tobytes(), f"{what}: result {i} differs"
 
 
-@pytest.mark.parametrize("threads_per_call", [1, 2])
-def test_eight_python_threads_at_once_match_a_serial_run(threads_per_call):
-    fastconv.set_num_threads(threads_per_call)
-    jobs = [pooling_job(seed) for seed in range(8)]
-    serial = [run_job(job) for job in jobs]
+def check_threads_match_serial(jobs, run, job_for):
+    """Run every job serially, then from one Python thread per job at once (three rounds,
+    worker i on job job_for(i, round), all entering the kernels together): every
+    concurrent result must equal the serial one bit for bit."""
+    serial = [run(job) for job in jobs]
     barrier = threading.Barrier(len(jobs))
 
     def worker(i):
         barrier.wait(timeout=30)  # all threads enter the kernels together
-        return [run_job(jobs[i]) for _ in range(3)]
+        return [run(jobs[job_for(i, r)]) for r in range(3)]
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         concurrent = list(pool.map(worker, range(len(jobs))))
     for i, repeats in enumerate(concurrent):
         for r, results in enumerate(repeats):
-            assert_bitwise_equal(results, serial[i], f"job {i}, repeat {r}")
+            j = job_for(i, r)
+            assert_bitwise_equal(results, serial[j], f"worker {i}, job {j}, round {r}")
+
+
+@pytest.mark.parametrize("threads_per_call", [1, 2])
+def test_eight_python_threads_at_once_match_a_serial_run(threads_per_call):
+    fastconv.set_num_threads(threads_per_call)
+    jobs = [pooling_job(seed) for seed in range(8)]
+    check_threads_match_serial(jobs, run_job, lambda i, r: i)
     # The inputs were only read.
     for job, fresh in zip(jobs, (pooling_job(seed) for seed in range(8))):
         assert job["x"].tobytes() == fresh["x"].tobytes()
@@ -226,16 +234,4 @@ def run_conv_job(job: dict) -> list[np.ndarray]:
 def test_python_threads_running_convolutions_match_a_serial_run(threads_per_call):
     fastconv.set_num_threads(threads_per_call)
     jobs = [conv_job(seed) for seed in range(8)]
-    serial = [run_conv_job(job) for job in jobs]
-    barrier = threading.Barrier(len(jobs))
-
-    def worker(i):
-        barrier.wait(timeout=30)
-        return [run_conv_job(jobs[(i + rep) % len(jobs)]) for rep in range(3)]
-
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        concurrent = list(pool.map(worker, range(len(jobs))))
-    for i, repeats in enumerate(concurrent):
-        for rep, results in enumerate(repeats):
-            j = (i + rep) % len(jobs)
-            assert_bitwise_equal(results, serial[j], f"worker {i}, job {j}")
+    check_threads_match_serial(jobs, run_conv_job, lambda i, r: (i + r) % len(jobs))

@@ -1,6 +1,7 @@
 #include "common/vector_ops.h"
 
 #include "common/cpu_features.h"
+#include "common/vector_ops_generic.h"
 
 namespace fastconv {
 namespace {
@@ -56,33 +57,18 @@ void rows_mul_add_portable(int64_t n, const T* x, int64_t taps, const T* const* 
 }
 
 template <typename T>
-void dot_tile_portable(int64_t rows, int64_t width, const T* const* a, int64_t a_stride, int na,
-                       const T* const* b, int64_t b_stride, int nb, T* out) {
-  for (int i = 0; i < na; ++i)
-    for (int j = 0; j < nb; ++j) {
-      T sum = T(0);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* x = a[i] + r * a_stride;
-        const T* y = b[j] + r * b_stride;
-        for (int64_t w = 0; w < width; ++w) sum += x[w] * y[w];
-      }
-      out[i * nb + j] += sum;
-    }
-}
-
-template <typename T>
 VectorOps<T> choose();
 template <>
 VectorOps<float> choose<float>() {
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f32_avx2();
   return {axpy_portable<float>, dot_portable<float>, weighted_rows_portable<float>,
-          rows_mul_add_portable<float>, dot_tile_portable<float>};
+          rows_mul_add_portable<float>, dot_tile_generic<float>};
 }
 template <>
 VectorOps<double> choose<double>() {
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f64_avx2();
   return {axpy_portable<double>, dot_portable<double>, weighted_rows_portable<double>,
-          rows_mul_add_portable<double>, dot_tile_portable<double>};
+          rows_mul_add_portable<double>, dot_tile_generic<double>};
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 // clang-format off
 #include "common/isa_avx2_begin.h"  // after every other include: AVX2 code from here on
+#include "common/vector_ops_generic.h"  // compiled for AVX2 in this file
 // clang-format on
 
 namespace fastconv {
@@ -188,28 +189,13 @@ void dot_tile_f32(int64_t rows, int64_t width, const float* const* a, int64_t a_
     }
 }
 
-// Double precision: the portable loops, which already vectorise.
-void dot_tile_f64(int64_t rows, int64_t width, const double* const* a, int64_t a_stride, int na,
-                  const double* const* b, int64_t b_stride, int nb, double* out) {
-  for (int i = 0; i < na; ++i)
-    for (int j = 0; j < nb; ++j) {
-      double sum = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const double* x = a[i] + r * a_stride;
-        const double* y = b[j] + r * b_stride;
-        for (int64_t w = 0; w < width; ++w) sum += x[w] * y[w];
-      }
-      out[i * nb + j] += sum;
-    }
-}
-
 }  // namespace
 
 VectorOps<float> vector_ops_f32_avx2() {
   return {axpy_f32, dot_f32, weighted_rows_f32, rows_mul_add_f32, dot_tile_f32};
 }
 VectorOps<double> vector_ops_f64_avx2() {
-  return {axpy_f64, dot_f64, weighted_rows_f64, rows_mul_add_f64, dot_tile_f64};
+  return {axpy_f64, dot_f64, weighted_rows_f64, rows_mul_add_f64, dot_tile_generic<double>};
 }
 
 }  // namespace fastconv

@@ -18,6 +18,33 @@
 namespace fastconv {
 namespace {
 
+// Phase-split copies of the input rows [ih0, ih0 + slots) of `plane`, one per
+// slot `layout.size()` apart; rows outside the input (padding) are zero.
+template <typename T>
+void fill_phase_rows(const T* plane, const ConvParams& p, const PhaseLayout& layout, int64_t ih0,
+                     int64_t slots, T* dst) {
+  for (int64_t slot = 0; slot < slots; ++slot, dst += layout.size()) {
+    const int64_t ih = ih0 + slot;
+    if (ih >= 0 && ih < p.in_h) {
+      fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
+    } else {
+      std::fill(dst, dst + layout.size(), T(0));
+    }
+  }
+}
+
+// For each tap t = (c, r, s) of a group, where its run for the first output row
+// starts in phase rows laid out per channel `span` slots apart (slot 0 under
+// the first output row's top tap); each further output row is stride_h slots on.
+std::vector<int64_t> tap_run_offsets(const ConvParams& p, const PhaseLayout& layout, int64_t span) {
+  std::vector<int64_t> offsets(static_cast<size_t>(p.reduction()));
+  for (int64_t t = 0; t < p.reduction(); ++t) {
+    const int64_t c = t / p.taps(), r = (t / p.kernel_w) % p.kernel_h, s = t % p.kernel_w;
+    offsets[t] = (c * span + r * p.dilation_h) * layout.size() + layout.tap_offset(s, p.dilation_w);
+  }
+  return offsets;
+}
+
 // Adds a phase-split row back onto a plain row (the adjoint of fill_phase_row).
 template <typename T>
 void add_phase_row(const T* src, const PhaseLayout& layout, int64_t width, T* row) {
@@ -179,8 +206,8 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
             for (int64_t s = 0; s < p.kernel_w; ++s) dst[s] = row + tap_offsets[s];
           }
         }
-        T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
         if (pixels_broadcast) continue;  // after the task's last tap list, below
+        T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
         const int64_t mr = channel_kernels.mr, nr = channel_kernels.nr;
         const int64_t full_cols = p.out_w / nr * nr;
         for (int64_t kb = 0; kb < k_blocks; ++kb) {
@@ -317,8 +344,7 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
         for (int64_t n = 0; n < p.batch; ++n) {
           const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
           const T* dy = grad_output + (n * p.out_channels + k) * p.out_plane();
-          for (int64_t ih = 0; ih < p.in_h; ++ih)
-            fill_phase_row(plane + ih * p.in_w, p.in_w, layout, phase + ih * layout.size());
+          fill_phase_rows(plane, p, layout, 0, p.in_h, phase);
           for (int64_t oh = 0; oh < p.out_h; ++oh) {
             for (int64_t r = 0; r < p.kernel_h; ++r) {
               const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
@@ -391,12 +417,7 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
   PerThread<char> touched(threads, static_cast<size_t>(p.groups));  // [group]: written yet
   // Where tap (c, r, s) reads under a task's first output row; the next
   // output row is row_step further, the next image image_stride.
-  std::vector<int64_t> tap_base(static_cast<size_t>(taps));
-  for (int64_t t = 0; t < taps; ++t) {
-    const int64_t c = t / p.taps(), r = (t / p.kernel_w) % p.kernel_h, s = t % p.kernel_w;
-    tap_base[t] =
-        (c * span + r * p.dilation_h) * layout.size() + layout.tap_offset(s, p.dilation_w);
-  }
+  const std::vector<int64_t> tap_base = tap_run_offsets(p, layout, span);
   const int64_t row_step = p.stride_h * layout.size();
 #pragma omp parallel num_threads(threads)
   {
@@ -416,18 +437,9 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
       const int64_t ih0 = oh0 * p.stride_h - p.pad_top;  // input row of phase slot 0
       const int64_t slots = (rows_per_image - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
       for (int64_t n = n0; n < n1; ++n)
-        for (int64_t c = 0; c < cg; ++c) {
-          const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
-          for (int64_t slot = 0; slot < slots; ++slot) {
-            const int64_t ih = ih0 + slot;
-            T* dst = phase + (n - n0) * image_stride + (c * span + slot) * layout.size();
-            if (ih >= 0 && ih < p.in_h) {
-              fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
-            } else {
-              std::fill(dst, dst + layout.size(), T(0));  // padding rows
-            }
-          }
-        }
+        for (int64_t c = 0; c < cg; ++c)
+          fill_phase_rows(input + (n * p.in_channels + g * cg + c) * p.in_plane(), p, layout, ih0,
+                          slots, phase + (n - n0) * image_stride + c * span * layout.size());
       // dY of the task, transposed: b[(kb * pixels + q) * nr + j] = dY[kb * nr + j] at pixel q.
       const int64_t run = rows_per_image * p.out_w;  // pixels of one image in the task
       for (int64_t kb = 0; kb < k_blocks; ++kb)
@@ -501,6 +513,7 @@ void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad
       threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread), std::max<int64_t>(1, tasks)));
   PerThread<T> partials(threads, static_cast<size_t>(weight_size));
   PerThread<T> phases(threads, static_cast<size_t>(cg * span * layout.size()));
+  const std::vector<int64_t> tap_base = tap_run_offsets(p, layout, span);
 #pragma omp parallel num_threads(threads)
   {
     T* dw = partials.mine().data();  // [k][tap], zero from PerThread
@@ -508,18 +521,9 @@ void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t n = task / p.groups, g = task % p.groups;
-      for (int64_t c = 0; c < cg; ++c) {
-        const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
-        for (int64_t slot = 0; slot < span; ++slot) {
-          const int64_t ih = slot - p.pad_top;
-          T* dst = phase + (c * span + slot) * layout.size();
-          if (ih >= 0 && ih < p.in_h) {
-            fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
-          } else {
-            std::fill(dst, dst + layout.size(), T(0));  // padding rows
-          }
-        }
-      }
+      for (int64_t c = 0; c < cg; ++c)
+        fill_phase_rows(input + (n * p.in_channels + g * cg + c) * p.in_plane(), p, layout,
+                        -p.pad_top, span, phase + c * span * layout.size());
       for (int64_t k0 = 0; k0 < kg; k0 += kDotTileA) {
         const int na = static_cast<int>(std::min<int64_t>(kDotTileA, kg - k0));
         const T* a[kDotTileA];
@@ -528,12 +532,7 @@ void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad
         for (int64_t t0 = 0; t0 < taps; t0 += kDotTileB) {
           const int nb = static_cast<int>(std::min<int64_t>(kDotTileB, taps - t0));
           const T* b[kDotTileB];
-          for (int j = 0; j < nb; ++j) {
-            const int64_t t = t0 + j, c = t / p.taps();
-            const int64_t r = (t / p.kernel_w) % p.kernel_h, s = t % p.kernel_w;
-            b[j] = phase + (c * span + r * p.dilation_h) * layout.size() +
-                   layout.tap_offset(s, p.dilation_w);
-          }
+          for (int j = 0; j < nb; ++j) b[j] = phase + tap_base[t0 + j];
           T tile[kDotTileA * kDotTileB] = {};
           ops.dot_tile(p.out_h, p.out_w, a, p.out_w, na, b, p.stride_h * layout.size(), nb, tile);
           for (int i = 0; i < na; ++i)

@@ -244,16 +244,14 @@ void winograd_output_tiles(const float* M, int64_t ldm, const float* bias, float
   }
 }
 
-struct WinogradWorkspace {
-  // Kept by each calling thread for its next call: fresh pages for these tens
-  // of MB would cost more than the transforms. Grown before the parallel
-  // region (an allocation failure must not escape it).
-  static float* get(int64_t floats) {
-    static thread_local AlignedBuffer<float> buffer;
-    buffer.resize(static_cast<size_t>(floats));
-    return buffer.data();
-  }
-};
+// The calling thread's workspace, kept for its next call: fresh pages for
+// these tens of MB would cost more than the transforms. Grown before the
+// parallel region (an allocation failure must not escape it).
+float* winograd_workspace(int64_t floats) {
+  static thread_local AlignedBuffer<float> buffer;
+  buffer.resize(static_cast<size_t>(floats));
+  return buffer.data();
+}
 
 int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }  // slices start on cache lines
 
@@ -266,8 +264,8 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, K = p.out_channels;
   const int64_t total_rows = p.batch * plan.tiles_h;
-  const int64_t c_block = gemm_packed_b_layout<float>(C, K).kc;
-  const int64_t k_pad = gemm_packed_b_layout<float>(C, K).n_padded;
+  const PackedBLayout whole = gemm_packed_b_layout<float>(C, K);
+  const int64_t c_block = whole.kc, k_pad = whole.n_padded;
   const int64_t kb = 32;  // output channels per filter-transform job
   // Chunks: V and M of about 1 MB (measured: 1 MB beats 2 MB by ~10% on the
   // 56- and 112-wide layers), at least one per thread, all equal.
@@ -283,7 +281,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
   const int64_t per_thread =
       round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
-  float* const U = WinogradWorkspace::get(round16(u_size) + threads * per_thread);
+  float* const U = winograd_workspace(round16(u_size) + threads * per_thread);
   const auto block_u = [&](int64_t c0) { return U + kPositions * c0 * k_pad; };
 #pragma omp parallel num_threads(threads)
   {
@@ -340,8 +338,8 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, K = p.out_channels;
   const int64_t total_rows = p.batch * plan.tiles_h;
-  const int64_t nr = gemm_kernel<float>().nr;
-  const int64_t kb = std::min(K, std::max<int64_t>(nr, 32));
+  const GemmKernelInfo<float> kernel = gemm_kernel<float>();
+  const int64_t mr = kernel.mr, kb = std::min(K, std::max<int64_t>(kernel.nr, 32));
   const int64_t k_blocks = (K + kb - 1) / kb;
   // Tile parts per chunk: enough jobs for every thread when K is narrow.
   const int64_t parts = std::max<int64_t>(1, (threads + k_blocks - 1) / k_blocks);
@@ -354,19 +352,19 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
       std::max<int64_t>(1, total_rows / std::max<int64_t>(1, chunk_tiles / plan.tiles_w));
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
-  // Parts are cut on multiples of 12 tiles: one may exceed an equal share by 12.
-  const int64_t max_part = (max_tiles + parts - 1) / parts + 12;
+  // Parts are cut on whole micro-tiles (mr tiles): one may exceed an equal
+  // share by mr.
+  const int64_t max_part = (max_tiles + parts - 1) / parts + mr;
   // The K blocks gemm_pack_a cuts V's C columns into (equal, about kc deep).
   const int64_t c_block = gemm_packed_b_layout<float>(C, kb).kc;
   const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
   const int64_t v_size = kPositions * C * max_tiles;
-  const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + 12 * parts, C);
+  const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + mr * parts, C);
   const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
   const int64_t m_size = kPositions * max_part * kb;
   const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
-  float* const V =
-      WinogradWorkspace::get(round16(v_size) + round16(vp_size) + threads * per_thread);
+  float* const V = winograd_workspace(round16(v_size) + round16(vp_size) + threads * per_thread);
   float* const Vp = V + round16(v_size);
   float* const scratch = Vp + round16(vp_size);
 #pragma omp parallel num_threads(threads)
@@ -379,7 +377,7 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
       const int64_t tiles = (row1 - row0) * plan.tiles_w;
       // Part q holds tiles [bound(q), bound(q + 1)), cut on whole micro-tiles.
       const auto bound = [&](int64_t q) {
-        return std::min(tiles, (tiles * q / parts + 11) / 12 * 12);
+        return std::min(tiles, (tiles * q / parts + mr - 1) / mr * mr);
       };
       const auto packed_offset = [&](int64_t q, int xi) {
         return kPositions * gemm_packed_a_size<float>(bound(q), C) +

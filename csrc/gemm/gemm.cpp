@@ -28,8 +28,6 @@ int64_t balanced_block(int64_t extent, int64_t target, int64_t unit) {
   return round_up((extent + pieces - 1) / pieces, unit);
 }
 
-// Packs rows [i0, i0+mc) x cols [k0, k0+kc) of A into mr-row slivers, k-major,
-// rows past the end of A zero.
 // Transposing copy: dst[p * ld + i] = src[i][p] for i < rows, p < kc, where
 // row i starts at src + i * stride and is contiguous. Both packers need it (A
 // row-major, B with its reduction dimension contiguous), and a scalar loop
@@ -67,6 +65,8 @@ void transpose_into(const T* src, int64_t stride, int64_t rows, int64_t kc, T* d
   }
 }
 
+// Packs rows [i0, i0+mc) x cols [k0, k0+kc) of A into mr-row slivers, k-major,
+// rows past the end of A zero.
 template <typename T>
 void pack_a(const MatrixView<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
             int mr, T* dst) {

@@ -143,9 +143,9 @@ IgemmKernelInfo<T> igemm_kernel();
 
 // Pixel-indirect micro-kernel (the transpose of IGEMM, as oneDNN's direct
 // convolutions block it): C[i][j] = sum_p rows[p][offset + i] * b[p * nr + j]
-// (+ beta * C; beta == 0: C not read),
-// so output pixels (mr of them, contiguous in an input row under tap p) are
-// broadcast and output channels (nr, packed weights) fill the vectors.
+// + beta * C[i][j] (beta == 0: C not read). Output pixels (mr of them,
+// contiguous in an input row under tap p) are broadcast and output channels
+// (nr, packed weights) fill the vectors.
 template <typename T>
 using PixelIgemmMicroKernel = void (*)(int64_t kc, const T* const* rows, int64_t offset, const T* b,
                                        T* c, int64_t ldc, T beta);

@@ -51,49 +51,37 @@ struct Tile {
     c00 = c01 = c10 = c11 = c20 = c21 = S::zero();
     c30 = c31 = c40 = c41 = c50 = c51 = S::zero();
   }
-  // One k step: row i += a[i] * b for the 6 rows.
-  inline __attribute__((always_inline)) void step(const T* a, const T* b) {
+  // One k step: row i += *a_at(i) * b for the 6 rows, a_at giving where A
+  // value i lives (a packed sliver, or a gathered row pointer).
+  template <typename AddressOfA>
+  inline __attribute__((always_inline)) void step_at(AddressOfA&& a_at, const T* b) {
     const V b0 = S::load(b), b1 = S::load(b + L);
-    V ai = S::broadcast(a + 0);
+    V ai = S::broadcast(a_at(0));
     c00 = S::fma(ai, b0, c00);
     c01 = S::fma(ai, b1, c01);
-    ai = S::broadcast(a + 1);
+    ai = S::broadcast(a_at(1));
     c10 = S::fma(ai, b0, c10);
     c11 = S::fma(ai, b1, c11);
-    ai = S::broadcast(a + 2);
+    ai = S::broadcast(a_at(2));
     c20 = S::fma(ai, b0, c20);
     c21 = S::fma(ai, b1, c21);
-    ai = S::broadcast(a + 3);
+    ai = S::broadcast(a_at(3));
     c30 = S::fma(ai, b0, c30);
     c31 = S::fma(ai, b1, c31);
-    ai = S::broadcast(a + 4);
+    ai = S::broadcast(a_at(4));
     c40 = S::fma(ai, b0, c40);
     c41 = S::fma(ai, b1, c41);
-    ai = S::broadcast(a + 5);
+    ai = S::broadcast(a_at(5));
     c50 = S::fma(ai, b0, c50);
     c51 = S::fma(ai, b1, c51);
   }
-  // One k step with A value i at a[i][p] (six gathered row pointers).
+  // A values contiguous: a[0..6).
+  inline __attribute__((always_inline)) void step(const T* a, const T* b) {
+    step_at([a](int i) { return a + i; }, b);
+  }
+  // A value i at a[i][p] (six gathered row pointers).
   inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p, const T* b) {
-    const V b0 = S::load(b), b1 = S::load(b + L);
-    V ai = S::broadcast(a[0] + p);
-    c00 = S::fma(ai, b0, c00);
-    c01 = S::fma(ai, b1, c01);
-    ai = S::broadcast(a[1] + p);
-    c10 = S::fma(ai, b0, c10);
-    c11 = S::fma(ai, b1, c11);
-    ai = S::broadcast(a[2] + p);
-    c20 = S::fma(ai, b0, c20);
-    c21 = S::fma(ai, b1, c21);
-    ai = S::broadcast(a[3] + p);
-    c30 = S::fma(ai, b0, c30);
-    c31 = S::fma(ai, b1, c31);
-    ai = S::broadcast(a[4] + p);
-    c40 = S::fma(ai, b0, c40);
-    c41 = S::fma(ai, b1, c41);
-    ai = S::broadcast(a[5] + p);
-    c50 = S::fma(ai, b0, c50);
-    c51 = S::fma(ai, b1, c51);
+    step_at([a, p](int i) { return a[i] + p; }, b);
   }
   // C[0:ROWS] = alpha * tile + beta * C (beta == 0: C not read).
   template <int ROWS>

@@ -62,29 +62,27 @@ struct Tile {
     FASTCONV_EACH_ROW(FASTCONV_ZERO)
 #undef FASTCONV_ZERO
   }
-  // One k step: row i += a[i] * b.
+  // One k step: row i += *a_at(i) * b, a_at giving where A value i lives
+  // (a packed sliver, or a gathered row pointer).
+  template <typename AddressOfA>
+  inline __attribute__((always_inline)) void step_at(AddressOfA&& a_at, const T* b) {
+    const V b0 = S::load(b), b1 = S::load(b + L);
+#define FASTCONV_STEP(i)                \
+  if constexpr (ROWS > i) {             \
+    const V ai = S::broadcast(a_at(i)); \
+    c##i##a = S::fma(ai, b0, c##i##a);  \
+    c##i##b = S::fma(ai, b1, c##i##b);  \
+  }
+    FASTCONV_EACH_ROW(FASTCONV_STEP)
+#undef FASTCONV_STEP
+  }
+  // A values contiguous: a[0..ROWS).
   inline __attribute__((always_inline)) void step(const T* a, const T* b) {
-    const V b0 = S::load(b), b1 = S::load(b + L);
-#define FASTCONV_STEP(i)               \
-  if constexpr (ROWS > i) {            \
-    const V ai = S::broadcast(a + i);  \
-    c##i##a = S::fma(ai, b0, c##i##a); \
-    c##i##b = S::fma(ai, b1, c##i##b); \
+    step_at([a](int i) { return a + i; }, b);
   }
-    FASTCONV_EACH_ROW(FASTCONV_STEP)
-#undef FASTCONV_STEP
-  }
-  // One k step with A value i at a[i][p] (gathered from ROWS row pointers).
+  // A value i at a[i][p] (gathered from ROWS row pointers).
   inline __attribute__((always_inline)) void step_gather(const T* const* a, int64_t p, const T* b) {
-    const V b0 = S::load(b), b1 = S::load(b + L);
-#define FASTCONV_STEP(i)                 \
-  if constexpr (ROWS > i) {              \
-    const V ai = S::broadcast(a[i] + p); \
-    c##i##a = S::fma(ai, b0, c##i##a);   \
-    c##i##b = S::fma(ai, b1, c##i##b);   \
-  }
-    FASTCONV_EACH_ROW(FASTCONV_STEP)
-#undef FASTCONV_STEP
+    step_at([a, p](int i) { return a[i] + p; }, b);
   }
   // C[0:ROWS] = alpha * tile + beta * C (beta == 0: C not read).
   inline __attribute__((always_inline)) void store(T* out, int64_t ldc, T alpha, T beta) const {

@@ -5,6 +5,16 @@
 namespace fastconv {
 namespace {
 
+// C[0:rows] = alpha * acc + beta * C (beta == 0: C not read).
+template <typename T, int MR, int NR>
+void store_tile(const T (&acc)[MR][NR], int rows, T* c, int64_t ldc, T alpha, T beta) {
+  for (int i = 0; i < rows; ++i) {
+    T* row = c + i * ldc;
+    for (int j = 0; j < NR; ++j)
+      row[j] = beta == T(0) ? alpha * acc[i][j] : alpha * acc[i][j] + beta * row[j];
+  }
+}
+
 template <typename T, int MR, int NR, int ROWS>
 void portable_kernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta) {
   T acc[MR][NR] = {};
@@ -14,14 +24,7 @@ void portable_kernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T al
       for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[p * NR + j];
     }
   }
-  for (int i = 0; i < ROWS; ++i) {
-    T* row = c + i * ldc;
-    if (beta == T(0)) {
-      for (int j = 0; j < NR; ++j) row[j] = alpha * acc[i][j];
-    } else {
-      for (int j = 0; j < NR; ++j) row[j] = alpha * acc[i][j] + beta * row[j];
-    }
-  }
+  store_tile(acc, ROWS, c, ldc, alpha, beta);
 }
 
 template <typename T, int MR, int NR, int ROWS>
@@ -35,10 +38,7 @@ void portable_indirect_kernel(int64_t kc, const T* a, const T* const* rows, int6
       for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
     }
   }
-  for (int i = 0; i < ROWS; ++i) {
-    T* row = c + i * ldc;
-    for (int j = 0; j < NR; ++j) row[j] = beta == T(0) ? acc[i][j] : acc[i][j] + beta * row[j];
-  }
+  store_tile(acc, ROWS, c, ldc, T(1), beta);
 }
 
 template <typename T, int MR, int NR, int ROWS>
@@ -50,9 +50,7 @@ void portable_pixel_kernel(int64_t kc, const T* const* rows, int64_t offset, con
       const T ai = rows[p][offset + i];
       for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
     }
-  for (int i = 0; i < ROWS; ++i)
-    for (int j = 0; j < NR; ++j)
-      c[i * ldc + j] = beta == T(0) ? acc[i][j] : acc[i][j] + beta * c[i * ldc + j];
+  store_tile(acc, ROWS, c, ldc, T(1), beta);
 }
 
 template <typename T, int MR, int NR, int ROWS>
@@ -65,82 +63,51 @@ void portable_gather_kernel(int64_t segments, int64_t width, const T* const* row
         const T ai = rows[s * MR + i][w];
         for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
       }
-  for (int i = 0; i < ROWS; ++i) {
-    T* row = c + i * ldc;
-    for (int j = 0; j < NR; ++j) row[j] = beta == T(0) ? acc[i][j] : acc[i][j] + beta * row[j];
-  }
+  store_tile(acc, ROWS, c, ldc, T(1), beta);
 }
 
 }  // namespace
 
-PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_portable() {
-  return {{portable_pixel_kernel<float, 6, 16, 1>, portable_pixel_kernel<float, 6, 16, 2>,
-           portable_pixel_kernel<float, 6, 16, 3>, portable_pixel_kernel<float, 6, 16, 4>,
-           portable_pixel_kernel<float, 6, 16, 5>, portable_pixel_kernel<float, 6, 16, 6>},
-          6,
-          16,
-          "f32-pixel-igemm-6x16-portable"};
-}
-
-PixelIgemmKernelInfo<double> pixel_igemm_f64_4x8_portable() {
-  return {{portable_pixel_kernel<double, 4, 8, 1>, portable_pixel_kernel<double, 4, 8, 2>,
-           portable_pixel_kernel<double, 4, 8, 3>, portable_pixel_kernel<double, 4, 8, 4>},
-          4,
-          8,
-          "f64-pixel-igemm-4x8-portable"};
-}
-
-GatherGemmKernelInfo<float> gather_gemm_f32_6x16_portable() {
-  return {{portable_gather_kernel<float, 6, 16, 1>, portable_gather_kernel<float, 6, 16, 2>,
-           portable_gather_kernel<float, 6, 16, 3>, portable_gather_kernel<float, 6, 16, 4>,
-           portable_gather_kernel<float, 6, 16, 5>, portable_gather_kernel<float, 6, 16, 6>},
-          6,
-          16,
-          "f32-gather-gemm-6x16-portable"};
-}
-
-GatherGemmKernelInfo<double> gather_gemm_f64_4x8_portable() {
-  return {{portable_gather_kernel<double, 4, 8, 1>, portable_gather_kernel<double, 4, 8, 2>,
-           portable_gather_kernel<double, 4, 8, 3>, portable_gather_kernel<double, 4, 8, 4>},
-          4,
-          8,
-          "f64-gather-gemm-4x8-portable"};
-}
-
-IgemmKernelInfo<float> igemm_f32_6x16_portable() {
-  return {{portable_indirect_kernel<float, 6, 16, 1>, portable_indirect_kernel<float, 6, 16, 2>,
-           portable_indirect_kernel<float, 6, 16, 3>, portable_indirect_kernel<float, 6, 16, 4>,
-           portable_indirect_kernel<float, 6, 16, 5>, portable_indirect_kernel<float, 6, 16, 6>},
-          6,
-          16,
-          "f32-igemm-6x16-portable"};
-}
-
-IgemmKernelInfo<double> igemm_f64_4x8_portable() {
-  return {{portable_indirect_kernel<double, 4, 8, 1>, portable_indirect_kernel<double, 4, 8, 2>,
-           portable_indirect_kernel<double, 4, 8, 3>, portable_indirect_kernel<double, 4, 8, 4>},
-          4,
-          8,
-          "f64-igemm-4x8-portable"};
-}
+// Every row count of a 6 x 16 float tile and a 4 x 8 double tile.
+#define FASTCONV_F32_ROWS(K)                                   \
+  {K<float, 6, 16, 1>, K<float, 6, 16, 2>, K<float, 6, 16, 3>, \
+   K<float, 6, 16, 4>, K<float, 6, 16, 5>, K<float, 6, 16, 6>}
+#define FASTCONV_F64_ROWS(K) \
+  {K<double, 4, 8, 1>, K<double, 4, 8, 2>, K<double, 4, 8, 3>, K<double, 4, 8, 4>}
 
 GemmKernelInfo<float> gemm_f32_6x16_portable() {
-  return {{portable_kernel<float, 6, 16, 1>, portable_kernel<float, 6, 16, 2>,
-           portable_kernel<float, 6, 16, 3>, portable_kernel<float, 6, 16, 4>,
-           portable_kernel<float, 6, 16, 5>, portable_kernel<float, 6, 16, 6>},
-          6,
-          16,
-          "f32-gemm-6x16-portable",
-          {256, 144, 3072, 8}};
+  return {FASTCONV_F32_ROWS(portable_kernel), 6, 16, "f32-gemm-6x16-portable", {256, 144, 3072, 8}};
 }
 
 GemmKernelInfo<double> gemm_f64_4x8_portable() {
-  return {{portable_kernel<double, 4, 8, 1>, portable_kernel<double, 4, 8, 2>,
-           portable_kernel<double, 4, 8, 3>, portable_kernel<double, 4, 8, 4>},
-          4,
-          8,
-          "f64-gemm-4x8-portable",
-          {256, 72, 1536, 4}};
+  return {FASTCONV_F64_ROWS(portable_kernel), 4, 8, "f64-gemm-4x8-portable", {256, 72, 1536, 4}};
 }
+
+IgemmKernelInfo<float> igemm_f32_6x16_portable() {
+  return {FASTCONV_F32_ROWS(portable_indirect_kernel), 6, 16, "f32-igemm-6x16-portable"};
+}
+
+IgemmKernelInfo<double> igemm_f64_4x8_portable() {
+  return {FASTCONV_F64_ROWS(portable_indirect_kernel), 4, 8, "f64-igemm-4x8-portable"};
+}
+
+PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_portable() {
+  return {FASTCONV_F32_ROWS(portable_pixel_kernel), 6, 16, "f32-pixel-igemm-6x16-portable"};
+}
+
+PixelIgemmKernelInfo<double> pixel_igemm_f64_4x8_portable() {
+  return {FASTCONV_F64_ROWS(portable_pixel_kernel), 4, 8, "f64-pixel-igemm-4x8-portable"};
+}
+
+GatherGemmKernelInfo<float> gather_gemm_f32_6x16_portable() {
+  return {FASTCONV_F32_ROWS(portable_gather_kernel), 6, 16, "f32-gather-gemm-6x16-portable"};
+}
+
+GatherGemmKernelInfo<double> gather_gemm_f64_4x8_portable() {
+  return {FASTCONV_F64_ROWS(portable_gather_kernel), 4, 8, "f64-gather-gemm-4x8-portable"};
+}
+
+#undef FASTCONV_F32_ROWS
+#undef FASTCONV_F64_ROWS
 
 }  // namespace fastconv

@@ -668,7 +668,7 @@ class BatchNorm2d(Module):
                 self.running_var *= dt(1.0 - factor)
                 self.running_var += dt(factor * count / (count - 1)) * var  # unbiased
         else:
-            mean = np.ascontiguousarray(self.running_mean, dtype=x.dtype)
+            mean = self.running_mean.astype(x.dtype, copy=False)
             var = self.running_var.astype(x.dtype, copy=False)
         invstd = (dt(1) / np.sqrt(var + dt(self.eps))).astype(x.dtype, copy=False)
         weight = None if self.weight is None else np.ascontiguousarray(self.weight.data, x.dtype)
@@ -686,14 +686,14 @@ class BatchNorm2d(Module):
         scale = np.ascontiguousarray(scale, dtype=xhat.dtype)
         c = xhat.shape[1]
         sum_g, sum_gx = np.empty(c, dtype=xhat.dtype), np.empty(c, dtype=xhat.dtype)
-        grad = np.empty_like(xhat) if self.needs_input_grad else None
+        grad = np.empty_like(xhat)
         # grad = (g - mean(g) - xhat * mean(g * xhat)) * weight * invstd (batch statistics)
         _C.batch_norm_backward(g, xhat, scale, use_batch, sum_g, sum_gx, grad)
         if self.weight is not None and self.weight.requires_grad:
             self.weight.accumulate_grad(sum_gx)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate_grad(sum_g)
-        return None if grad is None else grad.reshape(shape)
+        return grad.reshape(shape)
 
     def extra_repr(self) -> str:
         return (
