@@ -164,16 +164,19 @@ void dot_tile_f32(int64_t rows, int64_t width, const float* const* a, int64_t a_
                                                       0,  0,  0,  0,  0,  0,  0,  0};
   const __m256i tail =
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskSource + 8 - (width - full)));
+  // 12 accumulators + 3 x + 1 y: all 16 ymm registers, no spills (y is loaded
+  // per column of the tile, not all four up front).
   const auto step = [&](int64_t ra, int64_t rb, bool masked) {
-    __m256 x[kDotTileA], y[kDotTileB];
+    __m256 x[kDotTileA];
     for (int i = 0; i < kDotTileA; ++i)
       x[i] = i < na ? (masked ? _mm256_maskload_ps(a[i] + ra, tail) : _mm256_loadu_ps(a[i] + ra))
                     : _mm256_setzero_ps();
-    for (int j = 0; j < kDotTileB; ++j)
-      y[j] = j < nb ? (masked ? _mm256_maskload_ps(b[j] + rb, tail) : _mm256_loadu_ps(b[j] + rb))
-                    : _mm256_setzero_ps();
-    for (int i = 0; i < kDotTileA; ++i)
-      for (int j = 0; j < kDotTileB; ++j) acc[i][j] = _mm256_fmadd_ps(x[i], y[j], acc[i][j]);
+    for (int j = 0; j < kDotTileB; ++j) {
+      const __m256 y = j < nb ? (masked ? _mm256_maskload_ps(b[j] + rb, tail)
+                                        : _mm256_loadu_ps(b[j] + rb))
+                              : _mm256_setzero_ps();
+      for (int i = 0; i < kDotTileA; ++i) acc[i][j] = _mm256_fmadd_ps(x[i], y, acc[i][j]);
+    }
   };
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t ra = r * a_stride, rb = r * b_stride;
