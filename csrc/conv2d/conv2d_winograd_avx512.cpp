@@ -8,6 +8,7 @@
 
 #include "common/aligned_buffer.h"
 #include "common/parallel.h"
+#include "common/transpose.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_common.h"
 #include "gemm/gemm.h"

@@ -30,6 +30,7 @@
 
 #include "common/aligned_buffer.h"
 #include "common/parallel.h"
+#include "common/transpose.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_common.h"
 #include "gemm/gemm.h"
@@ -41,57 +42,71 @@ constexpr int kTile = 4, kInTile = 6, kPositions = 36;
 // Output channels per step of the filter and output transforms.
 constexpr int64_t kLanes = 16;
 
-// U[xi] ((c1 - c0) x kn) = (G g G^T)[xi] for the 6x3 G of F(4, 3), input
-// channels [c0, c1) and output channels [k0, k0 + kn), written straight into
-// columns [col0, col0 + kn) of the GEMM's pre-packed B layout (position xi at
+// G of F(4, 3) applied to three vectors g0..g2 of n lanes, r_a = sum_j G[a][j] g_j,
+// G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+// with the shared sums factored out (9 vector operations instead of 18).
+inline void filter_transform_1d(int64_t n, const float* g0, const float* g1, const float* g2,
+                                float* r0, float* r1, float* r2, float* r3, float* r4, float* r5) {
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    const float a = g0[k], b = g1[k], c = g2[k];
+    const float s = a + c, u = a * (1.0f / 24) + c * (1.0f / 6);
+    r0[k] = a * 0.25f;
+    r1[k] = (s + b) * (-1.0f / 6);
+    r2[k] = (s - b) * (-1.0f / 6);
+    r3[k] = u + b * (1.0f / 12);
+    r4[k] = u - b * (1.0f / 12);
+    r5[k] = c;
+  }
+}
+
+// U[xi] ((c1 - c0) x kn) = (G g G^T)[xi] for input channels [c0, c1) and
+// output channels [k0, k0 + kn), written straight into columns
+// [col0, col0 + kn) of the GEMM's pre-packed B layout (position xi at
 // u + xi * layout.size(); col0 and kn whole slivers unless the block ends B);
 // vectorised over k. `scratch` holds (9 * (c1 - c0) + 18) * kn floats.
 void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1, int64_t k0,
                                int64_t kn, const PackedBLayout& layout, int64_t col0, float* u,
                                float* scratch) {
-  static const float G[6][3] = {{1.0f / 4, 0, 0},
-                                {-1.0f / 6, -1.0f / 6, -1.0f / 6},
-                                {-1.0f / 6, 1.0f / 6, -1.0f / 6},
-                                {1.0f / 24, 1.0f / 12, 1.0f / 6},
-                                {1.0f / 24, -1.0f / 12, 1.0f / 6},
-                                {0, 0, 1}};
-  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k].
+  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k],
+  // by 4x4 transposes: forward weights hold each output channel's taps of
+  // the whole block contiguously; the flipped view of conv2d_input holds the
+  // taps of one (c, k) pair contiguously in reverse, so rows are written
+  // backwards.
   float* gt = scratch;
-  const int64_t width = 9 * (c1 - c0);
-  for (int64_t c = c0; c < c1; ++c)
-    for (int t = 0; t < 9; ++t) {
-      const float* src = weight.base + c * weight.c_stride + t * weight.tap_stride;
-      float* dst = gt + ((c - c0) * 9 + t) * kn;
-      for (int64_t k = 0; k < kn; ++k) dst[k] = src[(k0 + k) * weight.k_stride];
-    }
-  float* gg = gt + width * kn;  // gg[a][j][k] = (G g)[a][j]
+  const float* first = weight.base + c0 * weight.c_stride + k0 * weight.k_stride;
+  if (weight.tap_stride == 1 && weight.c_stride == 9) {
+    transpose_into(first, weight.k_stride, kn, 9 * (c1 - c0), gt, kn);
+  } else {
+    for (int64_t c = c0; c < c1; ++c)
+      transpose_into(first + (c - c0) * weight.c_stride + 8 * weight.tap_stride, weight.k_stride,
+                     kn, 9, gt + ((c - c0) * 9 + 8) * kn, -kn);
+  }
+  float* gg = gt + 9 * (c1 - c0) * kn;  // gg[a][j][k] = (G g)[a][j]
   for (int64_t c = c0; c < c1; ++c) {
     const float* g = gt + (c - c0) * 9 * kn;  // g[tap * kn + k]
-    for (int a = 0; a < 6; ++a)
-      for (int j = 0; j < 3; ++j) {
-        float* dst = gg + (a * 3 + j) * kn;
-        const float *g0 = g + j * kn, *g1 = g0 + 3 * kn, *g2 = g0 + 6 * kn;
-#pragma GCC ivdep
-        for (int64_t k = 0; k < kn; ++k)
-          dst[k] = G[a][0] * g0[k] + G[a][1] * g1[k] + G[a][2] * g2[k];
-      }
+    for (int j = 0; j < 3; ++j) {
+      float* r = gg + j * kn;  // row a at r + a * 3 * kn
+      filter_transform_1d(kn, g + j * kn, g + (3 + j) * kn, g + (6 + j) * kn, r, r + 3 * kn,
+                          r + 6 * kn, r + 9 * kn, r + 12 * kn, r + 15 * kn);
+    }
     // Where row c - c0 of column col0 lives, and the step between slivers.
     const int64_t row = layout.index(c - c0, col0);
     const int64_t sliver = layout.index(c - c0, col0 + layout.nr) - row;
-    for (int a = 0; a < 6; ++a)
-      for (int b = 0; b < 6; ++b) {
-        float* dst = u + (a * 6 + b) * layout.size() + row;
-        const float *h0 = gg + (a * 3) * kn, *h1 = h0 + kn, *h2 = h0 + 2 * kn;
-        // One contiguous run per nr-column sliver; padding columns zero.
-        for (int64_t j0 = 0; j0 < kn; j0 += layout.nr) {
-          float* run = dst + (j0 / layout.nr) * sliver;
-          const int64_t n = std::min(layout.nr, kn - j0);
-#pragma GCC ivdep
-          for (int64_t k = 0; k < n; ++k)
-            run[k] = h0[j0 + k] * G[b][0] + h1[j0 + k] * G[b][1] + h2[j0 + k] * G[b][2];
-          std::fill(run + n, run + layout.nr, 0.0f);
-        }
+    // One contiguous run per nr-column sliver; padding columns zero.
+    for (int64_t j0 = 0; j0 < kn; j0 += layout.nr) {
+      const int64_t n = std::min(layout.nr, kn - j0);
+      float* run = u + row + (j0 / layout.nr) * sliver;
+      for (int a = 0; a < 6; ++a) {
+        const float* h = gg + a * 3 * kn + j0;
+        float* dst = run + a * 6 * layout.size();
+        const int64_t step = layout.size();
+        filter_transform_1d(n, h, h + kn, h + 2 * kn, dst, dst + step, dst + 2 * step,
+                            dst + 3 * step, dst + 4 * step, dst + 5 * step);
+        if (n < layout.nr)
+          for (int b = 0; b < 6; ++b) std::fill(dst + b * step + n, dst + b * step + layout.nr, 0.0f);
       }
+    }
   }
 }
 

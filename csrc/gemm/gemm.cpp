@@ -2,10 +2,6 @@
 
 #include <omp.h>
 
-#if defined(__SSE2__)
-#include <xmmintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,6 +11,7 @@
 #include "common/aligned_buffer.h"
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "common/transpose.h"
 
 namespace fastconv {
 namespace {
@@ -26,43 +23,6 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t balanced_block(int64_t extent, int64_t target, int64_t unit) {
   const int64_t pieces = std::max<int64_t>(1, (extent + target - 1) / target);
   return round_up((extent + pieces - 1) / pieces, unit);
-}
-
-// Transposing copy: dst[p * ld + i] = src[i][p] for i < rows, p < kc, where
-// row i starts at src + i * stride and is contiguous. Both packers need it (A
-// row-major, B with its reduction dimension contiguous), and a scalar loop
-// scatters every store; float32 goes through 4x4 SSE2 transposes instead.
-template <typename T>
-void transpose_into(const T* src, int64_t stride, int64_t rows, int64_t kc, T* dst, int64_t ld) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  if constexpr (std::is_same_v<T, float>) {
-    for (; i + 4 <= rows; i += 4) {
-      const float* r0 = src + i * stride;
-      const float *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
-      int64_t p = 0;
-      for (; p + 4 <= kc; p += 4) {
-        __m128 a = _mm_loadu_ps(r0 + p), b = _mm_loadu_ps(r1 + p);
-        __m128 c = _mm_loadu_ps(r2 + p), d = _mm_loadu_ps(r3 + p);
-        _MM_TRANSPOSE4_PS(a, b, c, d);
-        _mm_storeu_ps(dst + p * ld + i, a);
-        _mm_storeu_ps(dst + (p + 1) * ld + i, b);
-        _mm_storeu_ps(dst + (p + 2) * ld + i, c);
-        _mm_storeu_ps(dst + (p + 3) * ld + i, d);
-      }
-      for (; p < kc; ++p) {
-        dst[p * ld + i] = r0[p];
-        dst[p * ld + i + 1] = r1[p];
-        dst[p * ld + i + 2] = r2[p];
-        dst[p * ld + i + 3] = r3[p];
-      }
-    }
-  }
-#endif
-  for (; i < rows; ++i) {
-    const T* row = src + i * stride;
-    for (int64_t p = 0; p < kc; ++p) dst[p * ld + i] = row[p];
-  }
 }
 
 // Packs rows [i0, i0+mc) x cols [k0, k0+kc) of A into mr-row slivers, k-major,
