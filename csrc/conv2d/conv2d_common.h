@@ -50,27 +50,45 @@ struct PhaseLayout {
   }
 };
 
-// Phase q goes to dst + q * phase_stride (default: the phases back to back).
+template <int64_t kStride, typename T>
+inline void fill_phase_row_strided(const T* row, int64_t width, const PhaseLayout& layout,
+                                   T* dst, int64_t phase_stride) {
+  const int64_t stride = kStride > 0 ? kStride : layout.stride;
+  const int64_t pad = layout.pad_left, length = layout.length;
+  // Entry i of phase q is column iw = i * stride + q - pad. On the interior
+  // [lo, hi) every phase is in bounds: one pass, no checks (a constant stride
+  // lets the compiler vectorise it with shuffles).
+  // (pad_left < 0 for some transposed convolutions: then lo = 0.)
+  const int64_t lo = std::min(length, pad > 0 ? (pad + stride - 1) / stride : int64_t(0));
+  const int64_t hi = std::clamp(width + pad >= stride ? (width + pad - stride) / stride + 1 : 0,
+                                lo, length);
+  const T* src = row - pad;
+  for (int64_t i = lo; i < hi; ++i)
+    for (int64_t q = 0; q < stride; ++q) dst[q * phase_stride + i] = src[i * stride + q];
+  for (int64_t q = 0; q < stride; ++q) {
+    T* phase = dst + q * phase_stride;
+    for (int64_t i = 0; i < lo; ++i) {
+      const int64_t iw = i * stride + q - pad;
+      phase[i] = iw >= 0 && iw < width ? row[iw] : T(0);
+    }
+    for (int64_t i = hi; i < length; ++i) {
+      const int64_t iw = i * stride + q - pad;
+      phase[i] = iw >= 0 && iw < width ? row[iw] : T(0);
+    }
+  }
+}
+
+// Splits one input row (`width` columns) into its phases, `phase_stride`
+// apart (default: packed, layout.length apart).
 template <typename T>
 inline void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layout, T* dst,
                            int64_t phase_stride = -1) {
   if (phase_stride < 0) phase_stride = layout.length;
-  for (int64_t q = 0; q < layout.stride; ++q) {
-    T* phase = dst + q * phase_stride;
-    // In-bounds entries: 0 <= i * stride + q - pad_left < width.
-    const int64_t first = q - layout.pad_left;  // iw of entry 0
-    int64_t lo = first >= 0 ? 0 : (-first + layout.stride - 1) / layout.stride;
-    int64_t hi = width - 1 - first < 0 ? 0 : (width - 1 - first) / layout.stride + 1;
-    lo = std::min(lo, layout.length);
-    hi = std::clamp(hi, lo, layout.length);
-    std::fill(phase, phase + lo, T(0));
-    const T* src = row + first;
-    if (layout.stride == 1) {
-      std::copy(src + lo, src + hi, phase + lo);
-    } else {
-      for (int64_t i = lo; i < hi; ++i) phase[i] = src[i * layout.stride];
-    }
-    std::fill(phase + hi, phase + layout.length, T(0));
+  switch (layout.stride) {
+    case 1: return fill_phase_row_strided<1>(row, width, layout, dst, phase_stride);
+    case 2: return fill_phase_row_strided<2>(row, width, layout, dst, phase_stride);
+    case 4: return fill_phase_row_strided<4>(row, width, layout, dst, phase_stride);
+    default: return fill_phase_row_strided<0>(row, width, layout, dst, phase_stride);
   }
 }
 
