@@ -7,17 +7,19 @@
 // transformed filter as its B operand, and the K output channels fill the
 // micro-kernel's vector width however few tiles an image has.
 //
-// A call runs in chunks of whole tile rows, which may span images (a 7x7
-// plane has 2 x 2 tiles, so a chunk holds many images). Every thread works on
-// every chunk in three phases: input transform (split by channel), the 36
-// GEMMs (split by position), output transform (split by tile row and channel
-// block); the transformed data of one chunk stay within a bounded workspace.
+// Two schedules (winograd_forward picks one): small filter banks are
+// transformed once and each thread runs its own chunks of tile rows
+// (independent); large filter banks or few tiles (narrow planes, whose chunks
+// span many images) have all threads work on every chunk, each job
+// transforming one L2-sized block of filters right before its GEMMs
+// (cooperative).
 //
 // The input transform runs on whole rows of tiles at once: each input row is
-// split by column phase (iw mod 4), so tile j's six inputs are P0[j], P1[j],
-// P2[j], P3[j], P0[j+1], P1[j+1] -- contiguous runs over j. The filter and
-// output transforms are vectorised over output channels. The compiler
-// vectorises all three (this header is compiled once per ISA).
+// split by column (iw mod 4, and the next tile's first two), so tile j's six
+// inputs are P0[j] .. P5[j] -- contiguous runs over j -- and writes its result
+// straight into the GEMM's packed A panels (no separate packing pass). The
+// filter and output transforms are vectorised over output channels. The
+// compiler vectorises all three (this header is compiled once per ISA).
 //
 // Included by exactly one translation unit per ISA; everything lives in an
 // anonymous namespace so the builds never share a symbol.
@@ -129,47 +131,86 @@ inline void input_transform_1d(int64_t n, const float* d0, const float* d1, cons
 struct WinogradPlan {
   const ConvParams& p;
   int64_t tiles_h, tiles_w;
-  int64_t phase_len;  // entries per column phase of a split input row
+  int64_t mr;       // the GEMM micro-kernel's rows: V is packed in mr-tile panels
+  int64_t c_block;  // input channels per GEMM K block (the blocks of the packed V)
 };
 
+// Where the transformed inputs of a chunk of `tiles` tiles live: per position
+// xi, the GEMM's packed A of V[xi]^T (tiles x C), cut into input-channel
+// blocks of plan.c_block, each a run of mr-tile panels (c-major, mr lanes).
+struct PackedV {
+  float* data;
+  int64_t tiles_padded, channels, mr, c_block;
+  PackedV(float* data_, const WinogradPlan& plan, int64_t tiles)
+      : data(data_),
+        tiles_padded((tiles + plan.mr - 1) / plan.mr * plan.mr),
+        channels(plan.p.in_channels),
+        mr(plan.mr),
+        c_block(plan.c_block) {}
+  static int64_t size(const WinogradPlan& plan, int64_t tiles) {
+    return kPositions * ((tiles + plan.mr - 1) / plan.mr * plan.mr) * plan.p.in_channels;
+  }
+  // Packed A of position xi, channels [c0, c0 + c_block), tiles from t0 (a
+  // multiple of mr) on.
+  float* block(int xi, int64_t c0, int64_t t0) const {
+    const int64_t width = std::min(c_block, channels - c0);
+    return data + (xi * channels + c0) * tiles_padded + t0 * width;
+  }
+};
+
+// Copies `tiles` values (tile-major) into the mr lanes of each panel, `step`
+// apart; the last panel's lanes past the end are zeroed. A constant mr makes
+// each panel one or two vector moves.
+template <int64_t kMr>
+void scatter_panels(const float* src, int64_t tiles, int64_t mr_runtime, int64_t step,
+                    float* dst) {
+  const int64_t mr = kMr > 0 ? kMr : mr_runtime;
+  int64_t t = 0;
+  for (; t + mr <= tiles; t += mr, dst += step)
+    for (int64_t l = 0; l < mr; ++l) dst[l] = src[t + l];
+  if (t < tiles)
+    for (int64_t l = 0; l < mr; ++l) dst[l] = t + l < tiles ? src[t + l] : 0.0f;
+}
+
 // Input transform of channel c for global tile rows [row0, row1) (row r is
-// tile row r % tiles_h of image r / tiles_h): V[xi][c][tile], `tiles` columns.
-// Both passes run over all rows of the chunk at once, as long vectors: the
-// six input rows of every tile row are split by column phase into
-// P[i][phase][row * L + m] (L = tiles_w + 1 entries per row, so tile m's
-// inputs are P0[m], P1[m], P2[m], P3[m], P0[m + 1], P1[m + 1]); the row pass
-// gives RT[i][b][row * L + m], the column pass VT[a * 6 + b][row * L + m],
-// which is copied to V without the last slot of each row. `scratch` holds
-// (24 + 72) * rows * L + 8 floats.
+// tile row r % tiles_h of image r / tiles_h) into the packed V. Both passes
+// run over all tiles of the chunk at once, as long vectors: the six input
+// rows of every tile row are split by column into P[i][j][tile] =
+// input[row i][4 * m + j - pad_left] (j < 6; two fill_phase_row calls, the
+// second shifted by one tile, give phases 0-3 and 4-5 plus two unused); the
+// row pass gives RT[i][b][tile], the column pass VT[a * 6 + b][tile], which is
+// scattered into the panels. `scratch` holds (48 + 72) * tiles floats.
 void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c, int64_t row0,
-                              int64_t row1, int64_t tiles, float* V, float* scratch) {
+                              int64_t row1, const PackedV& V, float* scratch) {
   const ConvParams& p = plan.p;
-  const int64_t C = p.in_channels, tw = plan.tiles_w, L = plan.phase_len;
-  const int64_t span = (row1 - row0) * L;          // entries of one phase over the chunk
-  const PhaseLayout phase4(kTile, p.pad_left, L);  // input rows split by iw mod 4
-  float* P = scratch;                              // [i][phase][span]
-  float* RT = P + kInTile * kTile * span + 8;      // [i][b][span]
-  float* VT = RT + kPositions * span;              // [a * 6 + b][span]
+  const int64_t C = p.in_channels, tw = plan.tiles_w;
+  const int64_t span = (row1 - row0) * tw;  // the chunk's tiles
+  const PhaseLayout phases(kTile, p.pad_left, tw);
+  const PhaseLayout shifted(kTile, p.pad_left - kTile, tw);  // one tile to the right
+  float* P = scratch;                   // [i][j < 8][span]
+  float* RT = P + kInTile * 8 * span;   // [i][b][span]
+  float* VT = RT + kPositions * span;   // [a * 6 + b][span]
   for (int64_t r = row0; r < row1; ++r) {
     const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
     const float* plane = input + (n * C + c) * p.in_plane();
     for (int i = 0; i < kInTile; ++i) {
       const int64_t ih = ty * kTile - p.pad_top + i;
-      float* dst = P + i * kTile * span + (r - row0) * L;
+      float* dst = P + i * 8 * span + (r - row0) * tw;
       if (ih < 0 || ih >= p.in_h) {
-        for (int q = 0; q < kTile; ++q) std::fill(dst + q * span, dst + q * span + L, 0.0f);
+        for (int j = 0; j < kInTile; ++j) std::fill(dst + j * span, dst + j * span + tw, 0.0f);
       } else {
-        fill_phase_row(plane + ih * p.in_w, p.in_w, phase4, dst, span);
+        fill_phase_row(plane + ih * p.in_w, p.in_w, phases, dst, span);
+        fill_phase_row(plane + ih * p.in_w, p.in_w, shifted, dst + kTile * span, span);
       }
     }
   }
-  // Row pass (along the width). The last slot of each row reads one entry
-  // past it (the next row's, or P's padding): its result is never used.
+  // Row pass (along the width).
   for (int i = 0; i < kInTile; ++i) {
-    const float* in = P + i * kTile * span;
+    const float* in = P + i * 8 * span;
     float* o = RT + i * kInTile * span;
-    input_transform_1d(span, in, in + span, in + 2 * span, in + 3 * span, in + 1, in + span + 1, o,
-                       o + span, o + 2 * span, o + 3 * span, o + 4 * span, o + 5 * span);
+    input_transform_1d(span, in, in + span, in + 2 * span, in + 3 * span, in + 4 * span,
+                       in + 5 * span, o, o + span, o + 2 * span, o + 3 * span, o + 4 * span,
+                       o + 5 * span);
   }
   // Column pass (across the six rows).
   for (int b = 0; b < kInTile; ++b) {
@@ -180,11 +221,16 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
     input_transform_1d(span, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2], out[3],
                        out[4], out[5]);
   }
+  const int64_t c0 = c / V.c_block * V.c_block, width = std::min(V.c_block, C - c0);
   for (int xi = 0; xi < kPositions; ++xi) {
-    float* dst = V + (xi * C + c) * tiles;
+    float* dst = V.block(xi, c0, 0) + (c - c0) * V.mr;
     const float* src = VT + xi * span;
-    for (int64_t r = 0; r < row1 - row0; ++r)
-      std::copy(src + r * L, src + r * L + tw, dst + r * tw);
+    const int64_t step = V.mr * width;
+    switch (V.mr) {
+      case 12: scatter_panels<12>(src, span, V.mr, step, dst); break;
+      case 6: scatter_panels<6>(src, span, V.mr, step, dst); break;
+      default: scatter_panels<0>(src, span, V.mr, step, dst); break;
+    }
   }
 }
 
@@ -279,8 +325,8 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, K = p.out_channels;
   const int64_t total_rows = p.batch * plan.tiles_h;
-  const PackedBLayout whole = gemm_packed_b_layout<float>(C, K);
-  const int64_t c_block = whole.kc, k_pad = whole.n_padded;
+  const int64_t c_block = plan.c_block;
+  const int64_t k_pad = gemm_packed_b_layout<float>(C, K).n_padded;
   const int64_t kb = 32;  // output channels per filter-transform job
   // Chunks: V and M of about 1 MB (measured: 1 MB beats 2 MB by ~10% on the
   // 56- and 112-wide layers), at least one per thread, all equal.
@@ -292,8 +338,8 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
   const int64_t u_size = kPositions * C * k_pad;
   const int64_t filter_scratch = (9 * c_block + 18) * kb;
-  const int64_t v_size = kPositions * C * max_tiles, m_size = kPositions * max_tiles * K;
-  const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
+  const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * max_tiles * K;
+  const int64_t in_size = (48 + 72) * max_tiles;
   const int64_t per_thread =
       round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
   float* const U = winograd_workspace(round16(u_size) + threads * per_thread);
@@ -320,8 +366,9 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
     for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
       const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
       const int64_t tiles = (row1 - row0) * plan.tiles_w;
+      const PackedV packed(V, plan, tiles);
       for (int64_t c = 0; c < C; ++c)
-        winograd_input_transform(input, plan, c, row0, row1, tiles, V, in_scratch);
+        winograd_input_transform(input, plan, c, row0, row1, packed, in_scratch);
       for (int64_t c0 = 0; c0 < C; c0 += c_block) {
         const int64_t c1 = std::min(C, c0 + c_block);
         const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
@@ -331,7 +378,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
           pr.n = K;
           pr.k = c1 - c0;
           pr.beta = c0 == 0 ? 0.0f : 1.0f;
-          pr.a = {V + (xi * C + c0) * tiles, 1, tiles};  // V[xi]^T: tile-major view
+          pr.packed_a = packed.block(xi, c0, 0);
           pr.packed_b = block_u(c0) + xi * layout.size();
           pr.c = {M + xi * tiles * K, K, 1};
           gemm(pr, 1);
@@ -358,11 +405,11 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t k_blocks = (K + kb - 1) / kb;
   // Tile parts per chunk: enough jobs for every thread when K is narrow.
   const int64_t parts = std::max<int64_t>(1, (threads + k_blocks - 1) / k_blocks);
-  // Tile rows per chunk: transformed tiles V (plain and packed) within ~8 MB,
-  // and at least ~96 tiles (8 micro-tile rows of the GEMM) per part. Equal
-  // chunks (never a full one and a sliver: each chunk transforms the filters anew).
-  const int64_t per_tile_bytes = 2 * kPositions * C * 4;
-  const int64_t chunk_tiles = std::max<int64_t>((int64_t(8) << 20) / per_tile_bytes, 96 * parts);
+  // Tile rows per chunk: transformed tiles V within ~4 MB, and at least ~96
+  // tiles (8 micro-tile rows of the GEMM) per part. Equal chunks (never a
+  // full one and a sliver: each chunk transforms the filters anew).
+  const int64_t per_tile_bytes = kPositions * C * 4;
+  const int64_t chunk_tiles = std::max<int64_t>((int64_t(4) << 20) / per_tile_bytes, 96 * parts);
   const int64_t chunks =
       std::max<int64_t>(1, total_rows / std::max<int64_t>(1, chunk_tiles / plan.tiles_w));
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
@@ -370,18 +417,15 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   // Parts are cut on whole micro-tiles (mr tiles): one may exceed an equal
   // share by mr.
   const int64_t max_part = (max_tiles + parts - 1) / parts + mr;
-  // The K blocks gemm_pack_a cuts V's C columns into (equal, about kc deep).
-  const int64_t c_block = gemm_packed_b_layout<float>(C, kb).kc;
+  const int64_t c_block = plan.c_block;
   const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
-  const int64_t v_size = kPositions * C * max_tiles;
-  const int64_t vp_size = kPositions * gemm_packed_a_size<float>(max_tiles + mr * parts, C);
+  const int64_t v_size = PackedV::size(plan, max_tiles);
   const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
   const int64_t m_size = kPositions * max_part * kb;
-  const int64_t in_size = (24 + 72) * chunk_rows * plan.phase_len + 8;
+  const int64_t in_size = (48 + 72) * max_tiles;
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
-  float* const V = winograd_workspace(round16(v_size) + round16(vp_size) + threads * per_thread);
-  float* const Vp = V + round16(v_size);
-  float* const scratch = Vp + round16(vp_size);
+  float* const V = winograd_workspace(round16(v_size) + threads * per_thread);
+  float* const scratch = V + round16(v_size);
 #pragma omp parallel num_threads(threads)
   {
     float* const U = scratch + omp_get_thread_num() * per_thread;
@@ -394,27 +438,14 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
       const auto bound = [&](int64_t q) {
         return std::min(tiles, (tiles * q / parts + mr - 1) / mr * mr);
       };
-      const auto packed_offset = [&](int64_t q, int xi) {
-        return kPositions * gemm_packed_a_size<float>(bound(q), C) +
-               xi * gemm_packed_a_size<float>(bound(q + 1) - bound(q), C);
-      };
-      // 1. Input transform, split by channel: V[xi][c][tile].
+      const PackedV packed(V, plan, tiles);
+      // 1. Input transform, split by channel, straight into the packed V.
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c)
-        winograd_input_transform(input, plan, c, row0, row1, tiles, V, in_scratch);
-      // 2. Pack V[xi]^T (tiles x C) per part as the GEMMs' A operand.
-#pragma omp for schedule(static)
-      for (int64_t job = 0; job < parts * kPositions; ++job) {
-        const int64_t q = job / kPositions;
-        const int xi = static_cast<int>(job % kPositions);
-        const int64_t t0 = bound(q), t1 = bound(q + 1);
-        if (t0 < t1)
-          gemm_pack_a<float>({V + xi * C * tiles + t0, 1, tiles}, t1 - t0, C,
-                             Vp + packed_offset(q, xi));
-      }
-      // 3. Per (block of output channels, part): filter transform, 36 GEMMs
+        winograd_input_transform(input, plan, c, row0, row1, packed, in_scratch);
+      // 2. Per (block of output channels, part): filter transform, 36 GEMMs
       //    M[xi] (part tiles x kb) = V[xi]^T @ U[xi], output transform. One
-      //    K block of the GEMMs at a time (the blocks gemm_pack_a cut V into):
+      //    K block of the GEMMs at a time (V's input-channel blocks):
       //    the transformed filters of a block stay in L2 for its 36 GEMMs.
 #pragma omp for schedule(dynamic, 1)
       for (int64_t job = 0; job < k_blocks * parts; ++job) {
@@ -432,7 +463,7 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
             pr.n = kn;
             pr.k = c1 - c0;
             pr.beta = c0 == 0 ? 0.0f : 1.0f;
-            pr.packed_a = Vp + packed_offset(q, xi) + c0 * gemm_packed_a_size<float>(t1 - t0, 1);
+            pr.packed_a = packed.block(xi, c0, t0);
             pr.packed_b = U + xi * block.size();
             pr.c = {M + xi * (t1 - t0) * kb, kb, 1};
             gemm(pr, 1);
@@ -446,8 +477,9 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
 
 void winograd_forward(const float* input, const FilterView& weight, const float* bias,
                       float* output, const ConvParams& p) {
-  WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile, 0};
-  plan.phase_len = plan.tiles_w + 1;
+  // V's input-channel blocks are the K blocks the GEMM cuts its depth into.
+  const WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile,
+                          gemm_kernel<float>().mr, gemm_packed_b_layout<float>(p.in_channels, 1).kc};
   const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);
   const int64_t filter_bytes = kPositions * p.in_channels * p.out_channels * 4;
   const int64_t tiles = p.batch * plan.tiles_h * plan.tiles_w;
