@@ -158,30 +158,51 @@ struct PackedV {
   }
 };
 
-// Copies `tiles` values (tile-major) into the mr lanes of each panel, `step`
-// apart; the last panel's lanes past the end are zeroed. A constant mr makes
-// each panel one or two vector moves.
+// Input channels per input-transform job of the cooperative schedule: their
+// results are scattered together, so every (position, panel) of its
+// L2-overflowing V receives one contiguous run of 8 * mr values instead of a
+// short run per channel (measured: 14x14 planes 6% faster). The independent
+// schedule's V stays in L2: one channel at a time there keeps the group's
+// transformed tiles in L1 (measured: 56-wide planes 10% faster).
+constexpr int64_t kCooperativeGroup = 8;
+
+// Copies the group's transformed tiles vt[c][xi][tile] (`count` channels,
+// `tiles` tile-major values per position) into the mr lanes of each panel of
+// V.block(xi, c0, ...) at channel offset `offset`; lanes past the last tile
+// are zeroed. A constant mr makes each copy a vector move or two.
 template <int64_t kMr>
-void scatter_panels(const float* src, int64_t tiles, int64_t mr_runtime, int64_t step,
-                    float* dst) {
-  const int64_t mr = kMr > 0 ? kMr : mr_runtime;
-  int64_t t = 0;
-  for (; t + mr <= tiles; t += mr, dst += step)
-    for (int64_t l = 0; l < mr; ++l) dst[l] = src[t + l];
-  if (t < tiles)
-    for (int64_t l = 0; l < mr; ++l) dst[l] = t + l < tiles ? src[t + l] : 0.0f;
+void scatter_group(const float* vt, int64_t count, int64_t tiles, const PackedV& V, int64_t c0,
+                   int64_t offset) {
+  const int64_t mr = kMr > 0 ? kMr : V.mr;
+  const int64_t width = std::min(V.c_block, V.channels - c0), step = mr * width;
+  const int64_t full = tiles / mr * mr;
+  for (int xi = 0; xi < kPositions; ++xi) {
+    float* dst = V.block(xi, c0, 0) + offset * mr;
+    for (int64_t t = 0; t < full; t += mr, dst += step)
+      for (int64_t j = 0; j < count; ++j) {
+        const float* src = vt + (j * kPositions + xi) * tiles + t;
+        for (int64_t l = 0; l < mr; ++l) dst[j * mr + l] = src[l];
+      }
+    if (full < tiles)
+      for (int64_t j = 0; j < count; ++j) {
+        const float* src = vt + (j * kPositions + xi) * tiles + full;
+        for (int64_t l = 0; l < mr; ++l) dst[j * mr + l] = full + l < tiles ? src[l] : 0.0f;
+      }
+  }
 }
 
-// Input transform of channel c for global tile rows [row0, row1) (row r is
-// tile row r % tiles_h of image r / tiles_h) into the packed V. Both passes
-// run over all tiles of the chunk at once, as long vectors: the six input
-// rows of every tile row are split by column into P[i][j][tile] =
-// input[row i][4 * m + j - pad_left] (j < 6; two fill_phase_row calls, the
-// second shifted by one tile, give phases 0-3 and 4-5 plus two unused); the
-// row pass gives RT[i][b][tile], the column pass VT[a * 6 + b][tile], which is
-// scattered into the panels. `scratch` holds (48 + 72) * tiles floats.
-void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c, int64_t row0,
-                              int64_t row1, const PackedV& V, float* scratch) {
+// Input transform of channels [c_first, c_first + count) (within one of V's channel blocks) for global tile rows
+// [row0, row1) (row r is tile row r % tiles_h of image r / tiles_h) into the
+// packed V. Both passes run over all tiles of the chunk at once, as long
+// vectors: the six input rows of every tile row are split by column into
+// P[i][j][tile] = input[row i][4 * m + j - pad_left] (j < 6; two
+// fill_phase_row calls, the second shifted by one tile, give phases 0-3 and
+// 4-5 plus two unused); the row pass gives RT[i][b][tile], the column pass
+// VT[c][a * 6 + b][tile], which is scattered into the panels. `scratch`
+// holds (48 + 36 + 36 * count) * tiles floats.
+void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c_first,
+                              int64_t count, int64_t row0, int64_t row1, const PackedV& V,
+                              float* scratch) {
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, tw = plan.tiles_w;
   const int64_t span = (row1 - row0) * tw;  // the chunk's tiles
@@ -189,49 +210,63 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
   const PhaseLayout shifted(kTile, p.pad_left - kTile, tw);  // one tile to the right
   float* P = scratch;                   // [i][j < 8][span]
   float* RT = P + kInTile * 8 * span;   // [i][b][span]
-  float* VT = RT + kPositions * span;   // [a * 6 + b][span]
-  for (int64_t r = row0; r < row1; ++r) {
-    const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
-    const float* plane = input + (n * C + c) * p.in_plane();
-    for (int i = 0; i < kInTile; ++i) {
-      const int64_t ih = ty * kTile - p.pad_top + i;
-      float* dst = P + i * 8 * span + (r - row0) * tw;
-      if (ih < 0 || ih >= p.in_h) {
-        for (int j = 0; j < kInTile; ++j) std::fill(dst + j * span, dst + j * span + tw, 0.0f);
-      } else {
-        fill_phase_row(plane + ih * p.in_w, p.in_w, phases, dst, span);
-        fill_phase_row(plane + ih * p.in_w, p.in_w, shifted, dst + kTile * span, span);
+  float* VT = RT + kPositions * span;   // [c][a * 6 + b][span]
+  for (int64_t c = c_first; c < c_first + count; ++c) {
+    for (int64_t r = row0; r < row1; ++r) {
+      const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
+      const float* plane = input + (n * C + c) * p.in_plane();
+      for (int i = 0; i < kInTile; ++i) {
+        const int64_t ih = ty * kTile - p.pad_top + i;
+        float* dst = P + i * 8 * span + (r - row0) * tw;
+        if (ih < 0 || ih >= p.in_h) {
+          for (int j = 0; j < kInTile; ++j) std::fill(dst + j * span, dst + j * span + tw, 0.0f);
+        } else {
+          fill_phase_row(plane + ih * p.in_w, p.in_w, phases, dst, span);
+          fill_phase_row(plane + ih * p.in_w, p.in_w, shifted, dst + kTile * span, span);
+        }
       }
     }
-  }
-  // Row pass (along the width).
-  for (int i = 0; i < kInTile; ++i) {
-    const float* in = P + i * 8 * span;
-    float* o = RT + i * kInTile * span;
-    input_transform_1d(span, in, in + span, in + 2 * span, in + 3 * span, in + 4 * span,
-                       in + 5 * span, o, o + span, o + 2 * span, o + 3 * span, o + 4 * span,
-                       o + 5 * span);
-  }
-  // Column pass (across the six rows).
-  for (int b = 0; b < kInTile; ++b) {
-    const float* d[6];
-    for (int i = 0; i < kInTile; ++i) d[i] = RT + (i * kInTile + b) * span;
-    float* out[6];
-    for (int a = 0; a < kInTile; ++a) out[a] = VT + (a * 6 + b) * span;
-    input_transform_1d(span, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2], out[3],
-                       out[4], out[5]);
-  }
-  const int64_t c0 = c / V.c_block * V.c_block, width = std::min(V.c_block, C - c0);
-  for (int xi = 0; xi < kPositions; ++xi) {
-    float* dst = V.block(xi, c0, 0) + (c - c0) * V.mr;
-    const float* src = VT + xi * span;
-    const int64_t step = V.mr * width;
-    switch (V.mr) {
-      case 12: scatter_panels<12>(src, span, V.mr, step, dst); break;
-      case 6: scatter_panels<6>(src, span, V.mr, step, dst); break;
-      default: scatter_panels<0>(src, span, V.mr, step, dst); break;
+    // Row pass (along the width).
+    for (int i = 0; i < kInTile; ++i) {
+      const float* in = P + i * 8 * span;
+      float* o = RT + i * kInTile * span;
+      input_transform_1d(span, in, in + span, in + 2 * span, in + 3 * span, in + 4 * span,
+                         in + 5 * span, o, o + span, o + 2 * span, o + 3 * span, o + 4 * span,
+                         o + 5 * span);
+    }
+    // Column pass (across the six rows).
+    float* vt = VT + (c - c_first) * kPositions * span;
+    for (int b = 0; b < kInTile; ++b) {
+      const float* d[6];
+      for (int i = 0; i < kInTile; ++i) d[i] = RT + (i * kInTile + b) * span;
+      float* out[6];
+      for (int a = 0; a < kInTile; ++a) out[a] = vt + (a * 6 + b) * span;
+      input_transform_1d(span, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2],
+                         out[3], out[4], out[5]);
     }
   }
+  const int64_t c0 = c_first / V.c_block * V.c_block;
+  switch (V.mr) {
+    case 12: return scatter_group<12>(VT, count, span, V, c0, c_first - c0);
+    case 6: return scatter_group<6>(VT, count, span, V, c0, c_first - c0);
+    default: return scatter_group<0>(VT, count, span, V, c0, c_first - c0);
+  }
+}
+
+// Input channels in groups of `group` within each of V's channel blocks (the
+// last group of a block may be smaller): the number of groups, and group g's
+// channels [first, first + count) (count 0 past a short last block).
+int64_t channel_groups(const WinogradPlan& plan, int64_t group) {
+  const int64_t per_block = (plan.c_block + group - 1) / group;
+  return per_block * ((plan.p.in_channels + plan.c_block - 1) / plan.c_block);
+}
+void channel_group(const WinogradPlan& plan, int64_t group, int64_t g, int64_t& first,
+                   int64_t& count) {
+  const int64_t per_block = (plan.c_block + group - 1) / group;
+  const int64_t c0 = g / per_block * plan.c_block;
+  const int64_t c1 = std::min(plan.p.in_channels, c0 + plan.c_block);
+  first = std::min(c1, c0 + g % per_block * group);
+  count = std::min(group, c1 - first);
 }
 
 // Output transform y = A^T m A of one tile for output channels [k0, k0 + lanes),
@@ -339,7 +374,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t u_size = kPositions * C * k_pad;
   const int64_t filter_scratch = (9 * c_block + 18) * kb;
   const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * max_tiles * K;
-  const int64_t in_size = (48 + 72) * max_tiles;
+  const int64_t in_size = (48 + 36 + 36) * max_tiles;
   const int64_t per_thread =
       round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
   float* const U = winograd_workspace(round16(u_size) + threads * per_thread);
@@ -368,7 +403,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
       const int64_t tiles = (row1 - row0) * plan.tiles_w;
       const PackedV packed(V, plan, tiles);
       for (int64_t c = 0; c < C; ++c)
-        winograd_input_transform(input, plan, c, row0, row1, packed, in_scratch);
+        winograd_input_transform(input, plan, c, 1, row0, row1, packed, in_scratch);
       for (int64_t c0 = 0; c0 < C; c0 += c_block) {
         const int64_t c1 = std::min(C, c0 + c_block);
         const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
@@ -422,7 +457,7 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t v_size = PackedV::size(plan, max_tiles);
   const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
   const int64_t m_size = kPositions * max_part * kb;
-  const int64_t in_size = (48 + 72) * max_tiles;
+  const int64_t in_size = (48 + 36 + 36 * kCooperativeGroup) * max_tiles;
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
   float* const V = winograd_workspace(round16(v_size) + threads * per_thread);
   float* const scratch = V + round16(v_size);
@@ -439,10 +474,14 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
         return std::min(tiles, (tiles * q / parts + mr - 1) / mr * mr);
       };
       const PackedV packed(V, plan, tiles);
-      // 1. Input transform, split by channel, straight into the packed V.
+      // 1. Input transform, split by channel group, straight into the packed V.
 #pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c)
-        winograd_input_transform(input, plan, c, row0, row1, packed, in_scratch);
+      for (int64_t g = 0; g < channel_groups(plan, kCooperativeGroup); ++g) {
+        int64_t first, count;
+        channel_group(plan, kCooperativeGroup, g, first, count);
+        if (count > 0)
+          winograd_input_transform(input, plan, first, count, row0, row1, packed, in_scratch);
+      }
       // 2. Per (block of output channels, part): filter transform, 36 GEMMs
       //    M[xi] (part tiles x kb) = V[xi]^T @ U[xi], output transform. One
       //    K block of the GEMMs at a time (V's input-channel blocks):
