@@ -44,6 +44,9 @@ constexpr int kTile = 4, kInTile = 6, kPositions = 36;
 // Output channels per step of the filter and output transforms.
 constexpr int64_t kLanes = 16;
 
+constexpr int64_t kFilterRun = 8;  // input channels gathered at once
+int64_t filter_scratch_floats(int64_t kn) { return (9 * kFilterRun + 18) * kn; }
+
 // G of F(4, 3) applied to three vectors g0..g2 of n lanes, r_a = sum_j G[a][j] g_j,
 // G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
 // with the shared sums factored out (9 vector operations instead of 18).
@@ -66,27 +69,32 @@ inline void filter_transform_1d(int64_t n, const float* g0, const float* g1, con
 // output channels [k0, k0 + kn), written straight into columns
 // [col0, col0 + kn) of the GEMM's pre-packed B layout (position xi at
 // u + xi * layout.size(); col0 and kn whole slivers unless the block ends B);
-// vectorised over k. `scratch` holds (9 * (c1 - c0) + 18) * kn floats.
+// vectorised over k. `scratch` holds filter_scratch_floats(kn) floats.
 void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1, int64_t k0,
                                int64_t kn, const PackedBLayout& layout, int64_t col0, float* u,
                                float* scratch) {
-  // The weights of the block, tap-major: gt[((c - c0) * 9 + tap) * kn + k],
-  // by 4x4 transposes: forward weights hold each output channel's taps of
-  // the whole block contiguously; the flipped view of conv2d_input holds the
-  // taps of one (c, k) pair contiguously in reverse, so rows are written
-  // backwards.
-  float* gt = scratch;
-  const float* first = weight.base + c0 * weight.c_stride + k0 * weight.k_stride;
-  if (weight.tap_stride == 1 && weight.c_stride == 9) {
-    transpose_into(first, weight.k_stride, kn, 9 * (c1 - c0), gt, kn);
-  } else {
-    for (int64_t c = c0; c < c1; ++c)
-      transpose_into(first + (c - c0) * weight.c_stride + 8 * weight.tap_stride, weight.k_stride,
-                     kn, 9, gt + ((c - c0) * 9 + 8) * kn, -kn);
-  }
-  float* gg = gt + 9 * (c1 - c0) * kn;  // gg[a][j][k] = (G g)[a][j]
+  // Runs of kFilterRun input channels, each gathered and transformed while
+  // its weights are in L1.
+  float* gt = scratch;                 // gt[((c - s0) * 9 + tap) * kn + k]
+  float* gg = gt + 9 * kFilterRun * kn;      // gg[a][j][k] = (G g)[a][j]
   for (int64_t c = c0; c < c1; ++c) {
-    const float* g = gt + (c - c0) * 9 * kn;  // g[tap * kn + k]
+    const int64_t s0 = c0 + (c - c0) / kFilterRun * kFilterRun;
+    if (c == s0) {
+      // The weights of the run, tap-major, by 4x4 transposes: forward weights
+      // hold each output channel's taps of the run contiguously; the flipped
+      // view of conv2d_input holds the taps of one (c, k) pair contiguously
+      // in reverse, so rows are written backwards.
+      const int64_t run = std::min(kFilterRun, c1 - s0);
+      const float* first = weight.base + s0 * weight.c_stride + k0 * weight.k_stride;
+      if (weight.tap_stride == 1 && weight.c_stride == 9) {
+        transpose_into(first, weight.k_stride, kn, 9 * run, gt, kn);
+      } else {
+        for (int64_t j = 0; j < run; ++j)
+          transpose_into(first + j * weight.c_stride + 8 * weight.tap_stride, weight.k_stride, kn,
+                         9, gt + (j * 9 + 8) * kn, -kn);
+      }
+    }
+    const float* g = gt + (c - s0) * 9 * kn;  // g[tap * kn + k]
     for (int j = 0; j < 3; ++j) {
       float* r = gg + j * kn;  // row a at r + a * 3 * kn
       filter_transform_1d(kn, g + j * kn, g + (3 + j) * kn, g + (6 + j) * kn, r, r + 3 * kn,
@@ -372,7 +380,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
   const int64_t u_size = kPositions * C * k_pad;
-  const int64_t filter_scratch = (9 * c_block + 18) * kb;
+  const int64_t filter_scratch = filter_scratch_floats(kb);
   const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * max_tiles * K;
   const int64_t in_size = (48 + 36 + 36) * max_tiles;
   const int64_t per_thread =
@@ -455,7 +463,7 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t c_block = plan.c_block;
   const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
   const int64_t v_size = PackedV::size(plan, max_tiles);
-  const int64_t u_size = kPositions * layout.size() + (9 * c_block + 18) * kb;
+  const int64_t u_size = kPositions * layout.size() + filter_scratch_floats(kb);
   const int64_t m_size = kPositions * max_part * kb;
   const int64_t in_size = (48 + 36 + 36 * kCooperativeGroup) * max_tiles;
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
