@@ -54,6 +54,12 @@ SMALL_CASES = [
     (1, 4, 3, 3, 2, 2, False),
     (3, 16, 5, 4, 9, (0, 2), True),
     (1, 2, 13, 17, 33, 3, True),
+    # rows of more than 16 tiles (the AVX-512 row split works 16 tiles at a time):
+    # exactly 16 and 32 tiles, a partial second group, and wide padding on both sides
+    (1, 3, 6, 64, 2, 1, False),
+    (1, 2, 5, 128, 3, (1, 0), True),
+    (2, 3, 4, 71, 2, 1, False),
+    (1, 2, 3, 90, 2, (0, 3), True),
 ]
 
 

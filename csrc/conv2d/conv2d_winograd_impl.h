@@ -199,26 +199,98 @@ void scatter_group(const float* vt, int64_t count, int64_t tiles, const PackedV&
   }
 }
 
-// Input transform of channels [c_first, c_first + count) (within one of V's channel blocks) for global tile rows
-// [row0, row1) (row r is tile row r % tiles_h of image r / tiles_h) into the
-// packed V. Both passes run over all tiles of the chunk at once, as long
-// vectors: the six input rows of every tile row are split by column into
-// P[i][j][tile] = input[row i][4 * m + j - pad_left] (j < 6; two
-// fill_phase_row calls, the second shifted by one tile, give phases 0-3 and
-// 4-5 plus two unused); the row pass gives RT[i][b][tile], the column pass
-// VT[c][a * 6 + b][tile], which is scattered into the panels. `scratch`
-// holds (48 + 36 + 36 * count) * tiles floats.
+// Splits input rows by tile column, dst[j * stride + m] = row[4 * m + j -
+// pad_left] (zero outside the row) for j < 6 and m < tiles_w: tile m's six
+// inputs in six contiguous runs. Rows are short (tens of columns) and there
+// are many, so the cost per row matters more than the cost per element.
+#if defined(FASTCONV_WINOGRAD_AVX512)
+// AVX-512: the row is copied into a zero-padded buffer (its padding written
+// once), and each group of 16 tiles is five loads, 14 permutes and six
+// stores.
+class RowSplitter {
+ public:
+  static int64_t scratch_floats(int64_t tw) { return 4 * ((tw + 15) / 16 * 16) + 32; }
+  RowSplitter(const ConvParams& p, int64_t tw, float* buffer)
+      : tw_(tw), buf_(buffer), pad_(p.pad_left), width_(p.in_w) {
+    const int64_t length = scratch_floats(tw);
+    std::fill(buf_, buf_ + length, 0.0f);
+    k0_ = std::clamp<int64_t>(pad_, 0, length);  // buf_[k] = row[k - pad_] on [k0_, k1_)
+    k1_ = std::clamp<int64_t>(pad_ + width_, k0_, length);
+  }
+  void split(const float* row, float* dst, int64_t stride) const {
+    std::copy(row + (k0_ - pad_), row + (k1_ - pad_), buf_ + k0_);
+    // Lanes 0-7 of phase j from a pair of vectors: entries 4m + j.
+    const __m512i pick0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int64_t m0 = 0; m0 < tw_; m0 += 16) {
+      const float* base = buf_ + 4 * m0;
+      const __m512 v0 = _mm512_loadu_ps(base), v1 = _mm512_loadu_ps(base + 16);
+      const __m512 v2 = _mm512_loadu_ps(base + 32), v3 = _mm512_loadu_ps(base + 48);
+      const __m512 v4 = _mm512_loadu_ps(base + 64);  // entries 64, 65 of the next group
+      const __mmask16 mask =
+          tw_ - m0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (tw_ - m0)) - 1);
+      __m512i pick = pick0;
+      __m512 phase[4];
+      for (int j = 0; j < 4; ++j, pick = _mm512_add_epi32(pick, one)) {
+        const __m512 lo = _mm512_permutex2var_ps(v0, pick, v1);
+        const __m512 hi = _mm512_permutex2var_ps(v2, pick, v3);
+        phase[j] = _mm512_shuffle_f32x4(lo, hi, _MM_SHUFFLE(1, 0, 1, 0));
+        _mm512_mask_storeu_ps(dst + j * stride + m0, mask, phase[j]);
+      }
+      // Phases 4 and 5 are phases 0 and 1 one tile on: shift in entries 64, 65.
+      const __m512 p4 = _mm512_castsi512_ps(
+          _mm512_alignr_epi32(_mm512_castps_si512(v4), _mm512_castps_si512(phase[0]), 1));
+      const __m512 next = _mm512_castsi512_ps(
+          _mm512_alignr_epi32(_mm512_castps_si512(v4), _mm512_castps_si512(v4), 1));
+      const __m512 p5 = _mm512_castsi512_ps(
+          _mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(phase[1]), 1));
+      _mm512_mask_storeu_ps(dst + 4 * stride + m0, mask, p4);
+      _mm512_mask_storeu_ps(dst + 5 * stride + m0, mask, p5);
+    }
+  }
+
+ private:
+  int64_t tw_;
+  float* buf_;
+  int64_t pad_, width_, k0_ = 0, k1_ = 0;
+};
+#else
+// Portable: phases 0-3, then phases 0-3 one tile on (of which 4 and 5 are
+// used; dst holds 8 runs).
+class RowSplitter {
+ public:
+  static int64_t scratch_floats(int64_t) { return 0; }
+  RowSplitter(const ConvParams& p, int64_t tw, float*)
+      : width_(p.in_w), phases_(kTile, p.pad_left, tw), shifted_(kTile, p.pad_left - kTile, tw) {}
+  void split(const float* row, float* dst, int64_t stride) const {
+    fill_phase_row(row, width_, phases_, dst, stride);
+    fill_phase_row(row, width_, shifted_, dst + kTile * stride, stride);
+  }
+
+ private:
+  int64_t width_;
+  PhaseLayout phases_, shifted_;
+};
+#endif
+
+// Input transform of channels [c_first, c_first + count) (within one of V's
+// channel blocks) for global tile rows [row0, row1) (row r is tile row
+// r % tiles_h of image r / tiles_h) into the packed V. Both passes run over
+// all tiles of the chunk at once, as long vectors: the six input rows of
+// every tile row are split by column into P[i][j][tile] = input[row i][4 * m
+// + j - pad_left] (RowSplitter); the row pass gives RT[i][b][tile], the
+// column pass VT[c][a * 6 + b][tile], which is scattered into the panels.
+// `scratch` holds input_scratch_floats(plan, tiles, count) floats.
 void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c_first,
                               int64_t count, int64_t row0, int64_t row1, const PackedV& V,
                               float* scratch) {
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, tw = plan.tiles_w;
   const int64_t span = (row1 - row0) * tw;  // the chunk's tiles
-  const PhaseLayout phases(kTile, p.pad_left, tw);
-  const PhaseLayout shifted(kTile, p.pad_left - kTile, tw);  // one tile to the right
-  float* P = scratch;                   // [i][j < 8][span]
-  float* RT = P + kInTile * 8 * span;   // [i][b][span]
-  float* VT = RT + kPositions * span;   // [c][a * 6 + b][span]
+  float* P = scratch;                      // [i][j < 8][span]
+  float* RT = P + kInTile * 8 * span;      // [i][b][span]
+  float* VT = RT + kPositions * span;      // [c][a * 6 + b][span]
+  const RowSplitter splitter(p, tw, VT + count * kPositions * span);
   for (int64_t c = c_first; c < c_first + count; ++c) {
     for (int64_t r = row0; r < row1; ++r) {
       const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
@@ -229,8 +301,7 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
         if (ih < 0 || ih >= p.in_h) {
           for (int j = 0; j < kInTile; ++j) std::fill(dst + j * span, dst + j * span + tw, 0.0f);
         } else {
-          fill_phase_row(plane + ih * p.in_w, p.in_w, phases, dst, span);
-          fill_phase_row(plane + ih * p.in_w, p.in_w, shifted, dst + kTile * span, span);
+          splitter.split(plane + ih * p.in_w, dst, span);
         }
       }
     }
@@ -259,6 +330,10 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
     case 6: return scatter_group<6>(VT, count, span, V, c0, c_first - c0);
     default: return scatter_group<0>(VT, count, span, V, c0, c_first - c0);
   }
+}
+
+int64_t input_scratch_floats(const WinogradPlan& plan, int64_t tiles, int64_t count) {
+  return (48 + 36 + 36 * count) * tiles + RowSplitter::scratch_floats(plan.tiles_w);
 }
 
 // Input channels in groups of `group` within each of V's channel blocks (the
@@ -382,7 +457,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t u_size = kPositions * C * k_pad;
   const int64_t filter_scratch = filter_scratch_floats(kb);
   const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * max_tiles * K;
-  const int64_t in_size = (48 + 36 + 36) * max_tiles;
+  const int64_t in_size = input_scratch_floats(plan, max_tiles, 1);
   const int64_t per_thread =
       round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
   float* const U = winograd_workspace(round16(u_size) + threads * per_thread);
@@ -465,7 +540,7 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t v_size = PackedV::size(plan, max_tiles);
   const int64_t u_size = kPositions * layout.size() + filter_scratch_floats(kb);
   const int64_t m_size = kPositions * max_part * kb;
-  const int64_t in_size = (48 + 36 + 36 * kCooperativeGroup) * max_tiles;
+  const int64_t in_size = input_scratch_floats(plan, max_tiles, kCooperativeGroup);
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
   float* const V = winograd_workspace(round16(v_size) + threads * per_thread);
   float* const scratch = V + round16(v_size);
