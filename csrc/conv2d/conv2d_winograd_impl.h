@@ -44,6 +44,14 @@ constexpr int kTile = 4, kInTile = 6, kPositions = 36;
 // Output channels per step of the filter and output transforms.
 constexpr int64_t kLanes = 16;
 
+int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }  // slices start on cache lines
+
+// The distance between the 36 positions' matrices (U, V, M): whole cache lines
+// plus one, so that the positions fall in different L1 sets. Sizes such as
+// 256 x 32 floats are multiples of 4 KB, and 36 streams 4 KB apart all
+// compete for one set.
+int64_t position_stride(int64_t n) { return round16(n) + 16; }
+
 constexpr int64_t kFilterRun = 8;  // input channels gathered at once
 int64_t filter_scratch_floats(int64_t kn) { return (9 * kFilterRun + 18) * kn; }
 
@@ -68,11 +76,11 @@ inline void filter_transform_1d(int64_t n, const float* g0, const float* g1, con
 // U[xi] ((c1 - c0) x kn) = (G g G^T)[xi] for input channels [c0, c1) and
 // output channels [k0, k0 + kn), written straight into columns
 // [col0, col0 + kn) of the GEMM's pre-packed B layout (position xi at
-// u + xi * layout.size(); col0 and kn whole slivers unless the block ends B);
+// u + xi * u_stride; col0 and kn whole slivers unless the block ends B);
 // vectorised over k. `scratch` holds filter_scratch_floats(kn) floats.
 void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1, int64_t k0,
                                int64_t kn, const PackedBLayout& layout, int64_t col0, float* u,
-                               float* scratch) {
+                               int64_t u_stride, float* scratch) {
   // Runs of kFilterRun input channels, each gathered and transformed while
   // its weights are in L1.
   float* gt = scratch;                 // gt[((c - s0) * 9 + tap) * kn + k]
@@ -109,8 +117,8 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
       float* run = u + row + (j0 / layout.nr) * sliver;
       for (int a = 0; a < 6; ++a) {
         const float* h = gg + a * 3 * kn + j0;
-        float* dst = run + a * 6 * layout.size();
-        const int64_t step = layout.size();
+        float* dst = run + a * 6 * u_stride;
+        const int64_t step = u_stride;
         filter_transform_1d(n, h, h + kn, h + 2 * kn, dst, dst + step, dst + 2 * step,
                             dst + 3 * step, dst + 4 * step, dst + 5 * step);
         if (n < layout.nr)
@@ -148,21 +156,23 @@ struct WinogradPlan {
 // blocks of plan.c_block, each a run of mr-tile panels (c-major, mr lanes).
 struct PackedV {
   float* data;
-  int64_t tiles_padded, channels, mr, c_block;
+  int64_t tiles_padded, channels, mr, c_block, stride;
   PackedV(float* data_, const WinogradPlan& plan, int64_t tiles)
       : data(data_),
         tiles_padded((tiles + plan.mr - 1) / plan.mr * plan.mr),
         channels(plan.p.in_channels),
         mr(plan.mr),
-        c_block(plan.c_block) {}
+        c_block(plan.c_block),
+        stride(position_stride(tiles_padded * channels)) {}
   static int64_t size(const WinogradPlan& plan, int64_t tiles) {
-    return kPositions * ((tiles + plan.mr - 1) / plan.mr * plan.mr) * plan.p.in_channels;
+    return kPositions *
+           position_stride((tiles + plan.mr - 1) / plan.mr * plan.mr * plan.p.in_channels);
   }
   // Packed A of position xi, channels [c0, c0 + c_block), tiles from t0 (a
   // multiple of mr) on.
   float* block(int xi, int64_t c0, int64_t t0) const {
     const int64_t width = std::min(c_block, channels - c0);
-    return data + (xi * channels + c0) * tiles_padded + t0 * width;
+    return data + xi * stride + c0 * tiles_padded + t0 * width;
   }
 };
 
@@ -396,8 +406,10 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
 
 // Output transform of the chunk's tiles [t0, t1) (chunk tile t is tile column
 // t % tiles_w of global tile row row0 + t / tiles_w) for output channels
-// [k0, k0 + kn): M[xi][t - t0][k - k0], `ldm` apart per tile.
-void winograd_output_tiles(const float* M, int64_t ldm, const float* bias, float* output,
+// [k0, k0 + kn): M[xi][t - t0][k - k0] at M + xi * m_stride, `ldm` apart per
+// tile.
+void winograd_output_tiles(const float* M, int64_t m_stride, int64_t ldm, const float* bias,
+                           float* output,
                            const WinogradPlan& plan, int64_t row0, int64_t t0, int64_t t1,
                            int64_t k0, int64_t kn) {
   const ConvParams& p = plan.p;
@@ -410,7 +422,7 @@ void winograd_output_tiles(const float* M, int64_t ldm, const float* bias, float
     const int64_t cols = std::min<int64_t>(kTile, p.out_w - tx * kTile);
     for (int64_t l0 = 0; l0 < kn; l0 += kLanes) {
       const int64_t lanes = std::min(kLanes, kn - l0);
-      output_transform_tile(M + (t - t0) * ldm + l0, (t1 - t0) * ldm, lanes, y);
+      output_transform_tile(M + (t - t0) * ldm + l0, m_stride, lanes, y);
       for (int64_t l = 0; l < lanes; ++l) {
         const int64_t k = k0 + l0 + l;
         const float b0 = bias != nullptr ? bias[k] : 0.0f;
@@ -432,7 +444,6 @@ float* winograd_workspace(int64_t floats) {
   return buffer.data();
 }
 
-int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }  // slices start on cache lines
 
 // Small filters (all 36 x C x K transformed filters within a few MB) and
 // enough tiles: the filters are transformed once, and each thread runs whole
@@ -454,14 +465,17 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t chunks = std::max<int64_t>(threads, (total_rows + target_rows - 1) / target_rows);
   const int64_t chunk_rows = (total_rows + chunks - 1) / chunks;
   const int64_t max_tiles = chunk_rows * plan.tiles_w;
-  const int64_t u_size = kPositions * C * k_pad;
+  const int64_t c_jobs = (C + c_block - 1) / c_block;
+  const int64_t u_stride = position_stride(c_block * k_pad);
+  const int64_t u_size = c_jobs * kPositions * u_stride;
   const int64_t filter_scratch = filter_scratch_floats(kb);
-  const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * max_tiles * K;
+  const int64_t m_stride = position_stride(max_tiles * K);
+  const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * m_stride;
   const int64_t in_size = input_scratch_floats(plan, max_tiles, 1);
   const int64_t per_thread =
       round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
   float* const U = winograd_workspace(round16(u_size) + threads * per_thread);
-  const auto block_u = [&](int64_t c0) { return U + kPositions * c0 * k_pad; };
+  const auto block_u = [&](int64_t c0) { return U + (c0 / c_block) * kPositions * u_stride; };
 #pragma omp parallel num_threads(threads)
   {
     float* const mine = U + round16(u_size) + omp_get_thread_num() * per_thread;
@@ -470,14 +484,14 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
     float* const in_scratch = M + round16(m_size);
     // 1. Filters, per (input-channel block, output-channel block): U for
     //    input-channel block c0 holds 36 pre-packed (c1 - c0) x K matrices.
-    const int64_t k_jobs = (K + kb - 1) / kb, c_jobs = (C + c_block - 1) / c_block;
+    const int64_t k_jobs = (K + kb - 1) / kb;
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < k_jobs * c_jobs; ++job) {
       const int64_t c0 = (job / k_jobs) * c_block, c1 = std::min(C, c0 + c_block);
       const int64_t k0 = (job % k_jobs) * kb;
       const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
       winograd_filter_transform(weight, c0, c1, k0, std::min(kb, K - k0), layout, k0, block_u(c0),
-                                mine);
+                                u_stride, mine);
     }
     // 2. Chunks, each on one thread.
 #pragma omp for schedule(static)
@@ -497,12 +511,12 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
           pr.k = c1 - c0;
           pr.beta = c0 == 0 ? 0.0f : 1.0f;
           pr.packed_a = packed.block(xi, c0, 0);
-          pr.packed_b = block_u(c0) + xi * layout.size();
-          pr.c = {M + xi * tiles * K, K, 1};
+          pr.packed_b = block_u(c0) + xi * u_stride;
+          pr.c = {M + xi * m_stride, K, 1};
           gemm(pr, 1);
         }
       }
-      winograd_output_tiles(M, K, bias, output, plan, row0, 0, tiles, 0, K);
+      winograd_output_tiles(M, m_stride, K, bias, output, plan, row0, 0, tiles, 0, K);
     }
   }
 }
@@ -538,8 +552,10 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t c_block = plan.c_block;
   const PackedBLayout layout = gemm_packed_b_layout<float>(c_block, kb);
   const int64_t v_size = PackedV::size(plan, max_tiles);
-  const int64_t u_size = kPositions * layout.size() + filter_scratch_floats(kb);
-  const int64_t m_size = kPositions * max_part * kb;
+  const int64_t u_stride = position_stride(layout.size());
+  const int64_t u_size = kPositions * u_stride + filter_scratch_floats(kb);
+  const int64_t m_stride = position_stride(max_part * kb);
+  const int64_t m_size = kPositions * m_stride;
   const int64_t in_size = input_scratch_floats(plan, max_tiles, kCooperativeGroup);
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
   float* const V = winograd_workspace(round16(v_size) + threads * per_thread);
@@ -577,8 +593,8 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
         for (int64_t c0 = 0; c0 < C; c0 += c_block) {
           const int64_t c1 = std::min(C, c0 + c_block);
           const PackedBLayout block = gemm_packed_b_layout<float>(c1 - c0, kb);
-          winograd_filter_transform(weight, c0, c1, k0, kn, block, 0, U,
-                                    U + kPositions * block.size());
+          winograd_filter_transform(weight, c0, c1, k0, kn, block, 0, U, u_stride,
+                                    U + kPositions * u_stride);
           for (int xi = 0; xi < kPositions; ++xi) {
             GemmProblem<float> pr;
             pr.m = t1 - t0;
@@ -586,12 +602,12 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
             pr.k = c1 - c0;
             pr.beta = c0 == 0 ? 0.0f : 1.0f;
             pr.packed_a = packed.block(xi, c0, t0);
-            pr.packed_b = U + xi * block.size();
-            pr.c = {M + xi * (t1 - t0) * kb, kb, 1};
+            pr.packed_b = U + xi * u_stride;
+            pr.c = {M + xi * m_stride, kb, 1};
             gemm(pr, 1);
           }
         }
-        winograd_output_tiles(M, kb, bias, output, plan, row0, t0, t1, k0, kn);
+        winograd_output_tiles(M, m_stride, kb, bias, output, plan, row0, t0, t1, k0, kn);
       }
     }
   }
