@@ -150,7 +150,7 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
             if (unit_cols && cols == nr) {
               kinfo.kernels[rows - 1](kc, as, bs, cij, c.row_stride, pr.alpha, beta);
             } else {
-              kinfo.kernels[mr - 1](kc, as, bs, tile, nr, pr.alpha, T(0));
+              kinfo.kernels[rows - 1](kc, as, bs, tile, nr, pr.alpha, T(0));
               merge_tile(tile, nr, rows, cols, cij, c.row_stride, c.col_stride, beta);
             }
           }
