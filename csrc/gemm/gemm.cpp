@@ -209,11 +209,11 @@ template <typename T>
 GemmKernelInfo<T> portable_kernel();
 template <>
 GemmKernelInfo<float> portable_kernel<float>() {
-  return gemm_f32_6x16_portable();
+  return gemm_f32_6x8_portable();
 }
 template <>
 GemmKernelInfo<double> portable_kernel<double>() {
-  return gemm_f64_4x8_portable();
+  return gemm_f64_6x4_portable();
 }
 
 template <typename T>
@@ -295,16 +295,16 @@ auto by_tier(F32 (*f32_portable)(), F32 (*f32_avx2)(), F32 (*f32_avx512)(), F64 
 template <typename T>
 PixelIgemmKernelInfo<T> pixel_igemm_kernel() {
   static const PixelIgemmKernelInfo<T> chosen = by_tier<T>(
-      pixel_igemm_f32_6x16_portable, pixel_igemm_f32_6x16_avx2_fma, pixel_igemm_f32_12x32_avx512,
-      pixel_igemm_f64_4x8_portable, pixel_igemm_f64_6x8_avx2_fma, pixel_igemm_f64_12x16_avx512);
+      pixel_igemm_f32_6x8_portable, pixel_igemm_f32_6x16_avx2_fma, pixel_igemm_f32_12x32_avx512,
+      pixel_igemm_f64_6x4_portable, pixel_igemm_f64_6x8_avx2_fma, pixel_igemm_f64_12x16_avx512);
   return chosen;
 }
 
 template <typename T>
 GatherGemmKernelInfo<T> gather_gemm_kernel() {
   static const GatherGemmKernelInfo<T> chosen = by_tier<T>(
-      gather_gemm_f32_6x16_portable, gather_gemm_f32_6x16_avx2_fma, gather_gemm_f32_8x32_avx512,
-      gather_gemm_f64_4x8_portable, gather_gemm_f64_6x8_avx2_fma, gather_gemm_f64_8x16_avx512);
+      gather_gemm_f32_6x8_portable, gather_gemm_f32_6x16_avx2_fma, gather_gemm_f32_8x32_avx512,
+      gather_gemm_f64_6x4_portable, gather_gemm_f64_6x8_avx2_fma, gather_gemm_f64_8x16_avx512);
   return chosen;
 }
 
@@ -317,8 +317,8 @@ PackedBLayout gemm_packed_b_layout(int64_t k, int64_t n) {
 template <typename T>
 IgemmKernelInfo<T> igemm_kernel() {
   static const IgemmKernelInfo<T> chosen =
-      by_tier<T>(igemm_f32_6x16_portable, igemm_f32_6x16_avx2_fma, igemm_f32_12x32_avx512,
-                 igemm_f64_4x8_portable, igemm_f64_6x8_avx2_fma, igemm_f64_12x16_avx512);
+      by_tier<T>(igemm_f32_6x8_portable, igemm_f32_6x16_avx2_fma, igemm_f32_12x32_avx512,
+                 igemm_f64_6x4_portable, igemm_f64_6x8_avx2_fma, igemm_f64_12x16_avx512);
   return chosen;
 }
 
