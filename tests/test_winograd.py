@@ -1,10 +1,13 @@
 """Winograd F(4x4, 3x3): accuracy bound, selection, and limits.
 
 Documented error (README): over the dense 3x3 stride-1 layers of the design.md
-layer set (batch 1) with standard-normal and uniform data, the largest
-|winograd - reference_float64| / max|reference_float64| measured 1.4e-05 (the
-exact GEMM path: 5.7e-07). WINOGRAD_ERROR_BOUND is the bound this file enforces.
+layer set (batch 1) with standard-normal and uniform data, 100 draws of each, the
+largest |winograd - reference_float64| / max|reference_float64| measured 1.8e-05
+(the exact GEMM path: 6.3e-07). WINOGRAD_ERROR_BOUND is the bound this file
+enforces, on fixed draws.
 """
+
+import zlib
 
 import numpy as np
 import pytest
@@ -32,7 +35,7 @@ def relative_error(actual, expected):
 @pytest.mark.parametrize("name,c,hw,k", DENSE_3X3_LAYERS, ids=[row[0] for row in DENSE_3X3_LAYERS])
 @pytest.mark.parametrize("dist", ["normal", "uniform"])
 def test_error_bound_on_layer_set(name, c, hw, k, dist):
-    rng = np.random.default_rng(hash((name, dist)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{dist}".encode()))
     if dist == "normal":
         x, w = rng.standard_normal((1, c, hw, hw)), rng.standard_normal((k, c, 3, 3))
     else:

@@ -56,19 +56,20 @@ constexpr int64_t kFilterRun = 8;  // input channels gathered at once
 int64_t filter_scratch_floats(int64_t kn) { return (9 * kFilterRun + 18) * kn; }
 
 // G of F(4, 3) applied to three vectors g0..g2 of n lanes, r_a = sum_j G[a][j] g_j,
-// G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
-// with the shared sums factored out (9 vector operations instead of 18).
+// G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
+// Each row is its own chain of multiply-adds (zeros skipped): factoring out
+// the shared sums saved no measurable time and raised the worst error over the
+// layer set from 1.8e-5 to 2.2e-5.
 inline void filter_transform_1d(int64_t n, const float* g0, const float* g1, const float* g2,
                                 float* r0, float* r1, float* r2, float* r3, float* r4, float* r5) {
 #pragma GCC ivdep
   for (int64_t k = 0; k < n; ++k) {
     const float a = g0[k], b = g1[k], c = g2[k];
-    const float s = a + c, u = a * (1.0f / 24) + c * (1.0f / 6);
     r0[k] = a * 0.25f;
-    r1[k] = (s + b) * (-1.0f / 6);
-    r2[k] = (s - b) * (-1.0f / 6);
-    r3[k] = u + b * (1.0f / 12);
-    r4[k] = u - b * (1.0f / 12);
+    r1[k] = (-1.0f / 6) * a + (-1.0f / 6) * b + (-1.0f / 6) * c;
+    r2[k] = (-1.0f / 6) * a + (1.0f / 6) * b + (-1.0f / 6) * c;
+    r3[k] = (1.0f / 24) * a + (1.0f / 12) * b + (1.0f / 6) * c;
+    r4[k] = (1.0f / 24) * a + (-1.0f / 12) * b + (1.0f / 6) * c;
     r5[k] = c;
   }
 }
