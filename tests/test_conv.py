@@ -602,7 +602,7 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel for rows >= 8 wide and reductions >= 64, plane-wide dot products for
+# gathered-A kernel for rows >= 7 wide and reductions >= 64, plane-wide dot products for
 # short reductions with <= 8 output channels (both "direct"), GEMM otherwise.
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
@@ -612,7 +612,7 @@ WEIGHT_GRAD_TABLE = {
     "resnet_1x1s2_56": "implicit_gemm",
     "resnet_3x3_28": "direct",
     "resnet_3x3_14": "direct",
-    "resnet_3x3_7": "implicit_gemm",
+    "resnet_3x3_7": "direct",
     "vgg_3x3_112": "direct",
     "googlenet_5x5_28": "direct",
     "alexnet_3x3_13": "direct",
@@ -637,8 +637,9 @@ WEIGHT_GRAD_CASES = [
     (C(2, 5, 40, 37, 70, 3, 5, stride=2, padding=(1, 2)), "direct"),
     (C(1, 16, 12, 30, 8, 3, 3, dilation=2, padding=2, groups=2), "direct"),
     (C(2, 16, 70, 70, 40, 3, 3, padding=1), "direct"),
-    (C(3, 16, 7, 7, 20, 3, 3, padding=1), "implicit_gemm"),
-    (C(4, 32, 7, 7, 64, 3, 3, padding=1), "implicit_gemm"),  # images split over 2 threads
+    (C(3, 16, 6, 6, 20, 3, 3, padding=1), "implicit_gemm"),
+    (C(4, 32, 6, 6, 64, 3, 3, padding=1), "implicit_gemm"),  # images split over 2 threads
+    (C(4, 32, 7, 7, 64, 3, 3, padding=1), "direct"),  # 7-wide rows, several images per task
     (C(3, 3, 40, 40, 16, 3, 3, padding=1), "implicit_gemm"),  # tiles inside each plane
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
     (C(2, 3, 12, 12, 10, 3, 3, padding=1), "implicit_gemm"),
