@@ -215,29 +215,30 @@ void scatter_group(const float* vt, int64_t count, int64_t tiles, const PackedV&
 // inputs in six contiguous runs. Rows are short (tens of columns) and there
 // are many, so the cost per row matters more than the cost per element.
 #if defined(FASTCONV_WINOGRAD_AVX512)
-// AVX-512: the row is copied into a zero-padded buffer (its padding written
-// once), and each group of 16 tiles is five loads, 14 permutes and six
+// AVX-512: each group of 16 tiles is five masked loads straight from the row
+// (lanes outside it read as zero, and are never touched), 14 permutes and six
 // stores.
 class RowSplitter {
  public:
-  static int64_t scratch_floats(int64_t tw) { return 4 * ((tw + 15) / 16 * 16) + 32; }
-  RowSplitter(const ConvParams& p, int64_t tw, float* buffer)
-      : tw_(tw), buf_(buffer), pad_(p.pad_left), width_(p.in_w) {
-    const int64_t length = scratch_floats(tw);
-    std::fill(buf_, buf_ + length, 0.0f);
-    k0_ = std::clamp<int64_t>(pad_, 0, length);  // buf_[k] = row[k - pad_] on [k0_, k1_)
-    k1_ = std::clamp<int64_t>(pad_ + width_, k0_, length);
-  }
+  RowSplitter(const ConvParams& p, int64_t tw) : tw_(tw), pad_(p.pad_left), width_(p.in_w) {}
   void split(const float* row, float* dst, int64_t stride) const {
-    std::copy(row + (k0_ - pad_), row + (k1_ - pad_), buf_ + k0_);
     // Lanes 0-7 of phase j from a pair of vectors: entries 4m + j.
     const __m512i pick0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i one = _mm512_set1_epi32(1);
+    // Lanes 0-7 of two vectors side by side; a vector moved on by one lane
+    // with lane 0 or lane 1 of a second one shifted in. (All permutes: GCC 12
+    // warns inside its own headers for the unmasked shuffle and align forms.)
+    const __m512i halves = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    const __m512i shift_in0 =
+        _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+    const __m512i shift_in1 = _mm512_add_epi32(shift_in0, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0,
+                                                                             0, 0, 0, 0, 0, 0, 0, 1));
     for (int64_t m0 = 0; m0 < tw_; m0 += 16) {
-      const float* base = buf_ + 4 * m0;
-      const __m512 v0 = _mm512_loadu_ps(base), v1 = _mm512_loadu_ps(base + 16);
-      const __m512 v2 = _mm512_loadu_ps(base + 32), v3 = _mm512_loadu_ps(base + 48);
-      const __m512 v4 = _mm512_loadu_ps(base + 64);  // entries 64, 65 of the next group
+      // Entry e of the group is column 4 * m0 - pad + e.
+      const int64_t first = 4 * m0 - pad_;
+      const __m512 v0 = load(row, first), v1 = load(row, first + 16);
+      const __m512 v2 = load(row, first + 32), v3 = load(row, first + 48);
+      const __m512 v4 = load(row, first + 64);  // entries 64, 65 of the next group
       const __mmask16 mask =
           tw_ - m0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (tw_ - m0)) - 1);
       __m512i pick = pick0;
@@ -245,33 +246,37 @@ class RowSplitter {
       for (int j = 0; j < 4; ++j, pick = _mm512_add_epi32(pick, one)) {
         const __m512 lo = _mm512_permutex2var_ps(v0, pick, v1);
         const __m512 hi = _mm512_permutex2var_ps(v2, pick, v3);
-        phase[j] = _mm512_shuffle_f32x4(lo, hi, _MM_SHUFFLE(1, 0, 1, 0));
+        phase[j] = _mm512_permutex2var_ps(lo, halves, hi);
         _mm512_mask_storeu_ps(dst + j * stride + m0, mask, phase[j]);
       }
       // Phases 4 and 5 are phases 0 and 1 one tile on: shift in entries 64, 65.
-      const __m512 p4 = _mm512_castsi512_ps(
-          _mm512_alignr_epi32(_mm512_castps_si512(v4), _mm512_castps_si512(phase[0]), 1));
-      const __m512 next = _mm512_castsi512_ps(
-          _mm512_alignr_epi32(_mm512_castps_si512(v4), _mm512_castps_si512(v4), 1));
-      const __m512 p5 = _mm512_castsi512_ps(
-          _mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(phase[1]), 1));
+      const __m512 p4 = _mm512_permutex2var_ps(phase[0], shift_in0, v4);
+      const __m512 p5 = _mm512_permutex2var_ps(phase[1], shift_in1, v4);
       _mm512_mask_storeu_ps(dst + 4 * stride + m0, mask, p4);
       _mm512_mask_storeu_ps(dst + 5 * stride + m0, mask, p5);
     }
   }
 
  private:
-  int64_t tw_;
-  float* buf_;
-  int64_t pad_, width_, k0_ = 0, k1_ = 0;
+  // Columns [col, col + 16) of the row, zero outside [0, width). The address
+  // is formed as an integer: col may lie before the row (its lanes masked).
+  __m512 load(const float* row, int64_t col) const {
+    const int64_t lo = std::clamp<int64_t>(-col, 0, 16);
+    const int64_t hi = std::clamp<int64_t>(width_ - col, lo, 16);
+    const __mmask16 mask = __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+    const auto* at = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) +
+                                                    static_cast<uintptr_t>(col * 4));
+    return _mm512_maskz_loadu_ps(mask, at);
+  }
+
+  int64_t tw_, pad_, width_;
 };
 #else
 // Portable: phases 0-3, then phases 0-3 one tile on (of which 4 and 5 are
 // used; dst holds 8 runs).
 class RowSplitter {
  public:
-  static int64_t scratch_floats(int64_t) { return 0; }
-  RowSplitter(const ConvParams& p, int64_t tw, float*)
+  RowSplitter(const ConvParams& p, int64_t tw)
       : width_(p.in_w), phases_(kTile, p.pad_left, tw), shifted_(kTile, p.pad_left - kTile, tw) {}
   void split(const float* row, float* dst, int64_t stride) const {
     fill_phase_row(row, width_, phases_, dst, stride);
@@ -291,7 +296,7 @@ class RowSplitter {
 // every tile row are split by column into P[i][j][tile] = input[row i][4 * m
 // + j - pad_left] (RowSplitter); the row pass gives RT[i][b][tile], the
 // column pass VT[c][a * 6 + b][tile], which is scattered into the panels.
-// `scratch` holds input_scratch_floats(plan, tiles, count) floats.
+// `scratch` holds input_scratch_floats(tiles, count) floats.
 void winograd_input_transform(const float* input, const WinogradPlan& plan, int64_t c_first,
                               int64_t count, int64_t row0, int64_t row1, const PackedV& V,
                               float* scratch) {
@@ -301,7 +306,7 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
   float* P = scratch;                      // [i][j < 8][span]
   float* RT = P + kInTile * 8 * span;      // [i][b][span]
   float* VT = RT + kPositions * span;      // [c][a * 6 + b][span]
-  const RowSplitter splitter(p, tw, VT + count * kPositions * span);
+  const RowSplitter splitter(p, tw);
   for (int64_t c = c_first; c < c_first + count; ++c) {
     for (int64_t r = row0; r < row1; ++r) {
       const int64_t n = r / plan.tiles_h, ty = r % plan.tiles_h;
@@ -343,8 +348,8 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
   }
 }
 
-int64_t input_scratch_floats(const WinogradPlan& plan, int64_t tiles, int64_t count) {
-  return (48 + 36 + 36 * count) * tiles + RowSplitter::scratch_floats(plan.tiles_w);
+int64_t input_scratch_floats(int64_t tiles, int64_t count) {
+  return (48 + 36 + 36 * count) * tiles;
 }
 
 // Input channels in groups of `group` within each of V's channel blocks (the
@@ -472,7 +477,7 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
   const int64_t filter_scratch = filter_scratch_floats(kb);
   const int64_t m_stride = position_stride(max_tiles * K);
   const int64_t v_size = PackedV::size(plan, max_tiles), m_size = kPositions * m_stride;
-  const int64_t in_size = input_scratch_floats(plan, max_tiles, 1);
+  const int64_t in_size = input_scratch_floats(max_tiles, 1);
   const int64_t per_thread =
       round16(filter_scratch) + round16(v_size) + round16(m_size) + round16(in_size);
   float* const U = winograd_workspace(round16(u_size) + threads * per_thread);
@@ -504,7 +509,6 @@ void winograd_independent(const float* input, const FilterView& weight, const fl
         winograd_input_transform(input, plan, c, 1, row0, row1, packed, in_scratch);
       for (int64_t c0 = 0; c0 < C; c0 += c_block) {
         const int64_t c1 = std::min(C, c0 + c_block);
-        const PackedBLayout layout = gemm_packed_b_layout<float>(c1 - c0, K);
         for (int xi = 0; xi < kPositions; ++xi) {
           GemmProblem<float> pr;
           pr.m = tiles;
@@ -557,7 +561,7 @@ void winograd_cooperative(const float* input, const FilterView& weight, const fl
   const int64_t u_size = kPositions * u_stride + filter_scratch_floats(kb);
   const int64_t m_stride = position_stride(max_part * kb);
   const int64_t m_size = kPositions * m_stride;
-  const int64_t in_size = input_scratch_floats(plan, max_tiles, kCooperativeGroup);
+  const int64_t in_size = input_scratch_floats(max_tiles, kCooperativeGroup);
   const int64_t per_thread = round16(u_size) + round16(m_size) + round16(in_size);
   float* const V = winograd_workspace(round16(v_size) + threads * per_thread);
   float* const scratch = V + round16(v_size);
