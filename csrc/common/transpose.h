@@ -16,7 +16,8 @@ namespace fastconv {
 // row i starts at src + i * stride and is contiguous. A scalar loop
 // scatters every store; float32 goes through 4x4 SSE2 transposes instead.
 template <typename T>
-inline void transpose_into(const T* src, int64_t stride, int64_t rows, int64_t kc, T* dst, int64_t ld) {
+inline void transpose_into(const T* src, int64_t stride, int64_t rows, int64_t kc, T* dst,
+                           int64_t ld) {
   int64_t i = 0;
 #if defined(__SSE2__)
   if constexpr (std::is_same_v<T, float>) {

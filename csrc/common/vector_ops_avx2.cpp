@@ -172,9 +172,9 @@ void dot_tile_f32(int64_t rows, int64_t width, const float* const* a, int64_t a_
       x[i] = i < na ? (masked ? _mm256_maskload_ps(a[i] + ra, tail) : _mm256_loadu_ps(a[i] + ra))
                     : _mm256_setzero_ps();
     for (int j = 0; j < kDotTileB; ++j) {
-      const __m256 y = j < nb ? (masked ? _mm256_maskload_ps(b[j] + rb, tail)
-                                        : _mm256_loadu_ps(b[j] + rb))
-                              : _mm256_setzero_ps();
+      const __m256 y =
+          j < nb ? (masked ? _mm256_maskload_ps(b[j] + rb, tail) : _mm256_loadu_ps(b[j] + rb))
+                 : _mm256_setzero_ps();
       for (int i = 0; i < kDotTileA; ++i) acc[i][j] = _mm256_fmadd_ps(x[i], y, acc[i][j]);
     }
   };

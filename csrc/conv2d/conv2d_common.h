@@ -51,8 +51,8 @@ struct PhaseLayout {
 };
 
 template <int64_t kStride, typename T>
-inline void fill_phase_row_strided(const T* row, int64_t width, const PhaseLayout& layout,
-                                   T* dst, int64_t phase_stride) {
+inline void fill_phase_row_strided(const T* row, int64_t width, const PhaseLayout& layout, T* dst,
+                                   int64_t phase_stride) {
   const int64_t stride = kStride > 0 ? kStride : layout.stride;
   const int64_t pad = layout.pad_left, length = layout.length;
   // Entry i of phase q is column iw = i * stride + q - pad. On the interior
@@ -60,8 +60,8 @@ inline void fill_phase_row_strided(const T* row, int64_t width, const PhaseLayou
   // lets the compiler vectorise it with shuffles).
   // (pad_left < 0 for some transposed convolutions: then lo = 0.)
   const int64_t lo = std::min(length, pad > 0 ? (pad + stride - 1) / stride : int64_t(0));
-  const int64_t hi = std::clamp(width + pad >= stride ? (width + pad - stride) / stride + 1 : 0,
-                                lo, length);
+  const int64_t hi =
+      std::clamp(width + pad >= stride ? (width + pad - stride) / stride + 1 : 0, lo, length);
   const T* src = row - pad;
   for (int64_t i = lo; i < hi; ++i)
     for (int64_t q = 0; q < stride; ++q) dst[q * phase_stride + i] = src[i * stride + q];
@@ -85,10 +85,14 @@ inline void fill_phase_row(const T* row, int64_t width, const PhaseLayout& layou
                            int64_t phase_stride = -1) {
   if (phase_stride < 0) phase_stride = layout.length;
   switch (layout.stride) {
-    case 1: return fill_phase_row_strided<1>(row, width, layout, dst, phase_stride);
-    case 2: return fill_phase_row_strided<2>(row, width, layout, dst, phase_stride);
-    case 4: return fill_phase_row_strided<4>(row, width, layout, dst, phase_stride);
-    default: return fill_phase_row_strided<0>(row, width, layout, dst, phase_stride);
+    case 1:
+      return fill_phase_row_strided<1>(row, width, layout, dst, phase_stride);
+    case 2:
+      return fill_phase_row_strided<2>(row, width, layout, dst, phase_stride);
+    case 4:
+      return fill_phase_row_strided<4>(row, width, layout, dst, phase_stride);
+    default:
+      return fill_phase_row_strided<0>(row, width, layout, dst, phase_stride);
   }
 }
 

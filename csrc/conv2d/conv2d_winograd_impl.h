@@ -84,8 +84,8 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
                                int64_t u_stride, float* scratch) {
   // Runs of kFilterRun input channels, each gathered and transformed while
   // its weights are in L1.
-  float* gt = scratch;                 // gt[((c - s0) * 9 + tap) * kn + k]
-  float* gg = gt + 9 * kFilterRun * kn;      // gg[a][j][k] = (G g)[a][j]
+  float* gt = scratch;                   // gt[((c - s0) * 9 + tap) * kn + k]
+  float* gg = gt + 9 * kFilterRun * kn;  // gg[a][j][k] = (G g)[a][j]
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t s0 = c0 + (c - c0) / kFilterRun * kFilterRun;
     if (c == s0) {
@@ -123,7 +123,8 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
         filter_transform_1d(n, h, h + kn, h + 2 * kn, dst, dst + step, dst + 2 * step,
                             dst + 3 * step, dst + 4 * step, dst + 5 * step);
         if (n < layout.nr)
-          for (int b = 0; b < 6; ++b) std::fill(dst + b * step + n, dst + b * step + layout.nr, 0.0f);
+          for (int b = 0; b < 6; ++b)
+            std::fill(dst + b * step + n, dst + b * step + layout.nr, 0.0f);
       }
     }
   }
@@ -228,19 +229,19 @@ class RowSplitter {
     // Lanes 0-7 of two vectors side by side; a vector moved on by one lane
     // with lane 0 or lane 1 of a second one shifted in. (All permutes: GCC 12
     // warns inside its own headers for the unmasked shuffle and align forms.)
-    const __m512i halves = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    const __m512i halves =
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
     const __m512i shift_in0 =
         _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
-    const __m512i shift_in1 = _mm512_add_epi32(shift_in0, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0,
-                                                                             0, 0, 0, 0, 0, 0, 0, 1));
+    const __m512i shift_in1 = _mm512_add_epi32(
+        shift_in0, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1));
     for (int64_t m0 = 0; m0 < tw_; m0 += 16) {
       // Entry e of the group is column 4 * m0 - pad + e.
       const int64_t first = 4 * m0 - pad_;
       const __m512 v0 = load(row, first), v1 = load(row, first + 16);
       const __m512 v2 = load(row, first + 32), v3 = load(row, first + 48);
       const __m512 v4 = load(row, first + 64);  // entries 64, 65 of the next group
-      const __mmask16 mask =
-          tw_ - m0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (tw_ - m0)) - 1);
+      const __mmask16 mask = tw_ - m0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (tw_ - m0)) - 1);
       __m512i pick = pick0;
       __m512 phase[4];
       for (int j = 0; j < 4; ++j, pick = _mm512_add_epi32(pick, one)) {
@@ -303,9 +304,9 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
   const ConvParams& p = plan.p;
   const int64_t C = p.in_channels, tw = plan.tiles_w;
   const int64_t span = (row1 - row0) * tw;  // the chunk's tiles
-  float* P = scratch;                      // [i][j < 8][span]
-  float* RT = P + kInTile * 8 * span;      // [i][b][span]
-  float* VT = RT + kPositions * span;      // [c][a * 6 + b][span]
+  float* P = scratch;                       // [i][j < 8][span]
+  float* RT = P + kInTile * 8 * span;       // [i][b][span]
+  float* VT = RT + kPositions * span;       // [c][a * 6 + b][span]
   const RowSplitter splitter(p, tw);
   for (int64_t c = c_first; c < c_first + count; ++c) {
     for (int64_t r = row0; r < row1; ++r) {
@@ -336,15 +337,18 @@ void winograd_input_transform(const float* input, const WinogradPlan& plan, int6
       for (int i = 0; i < kInTile; ++i) d[i] = RT + (i * kInTile + b) * span;
       float* out[6];
       for (int a = 0; a < kInTile; ++a) out[a] = vt + (a * 6 + b) * span;
-      input_transform_1d(span, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2],
-                         out[3], out[4], out[5]);
+      input_transform_1d(span, d[0], d[1], d[2], d[3], d[4], d[5], out[0], out[1], out[2], out[3],
+                         out[4], out[5]);
     }
   }
   const int64_t c0 = c_first / V.c_block * V.c_block;
   switch (V.mr) {
-    case 12: return scatter_group<12>(VT, count, span, V, c0, c_first - c0);
-    case 6: return scatter_group<6>(VT, count, span, V, c0, c_first - c0);
-    default: return scatter_group<0>(VT, count, span, V, c0, c_first - c0);
+    case 12:
+      return scatter_group<12>(VT, count, span, V, c0, c_first - c0);
+    case 6:
+      return scatter_group<6>(VT, count, span, V, c0, c_first - c0);
+    default:
+      return scatter_group<0>(VT, count, span, V, c0, c_first - c0);
   }
 }
 
@@ -415,9 +419,8 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
 // [k0, k0 + kn): M[xi][t - t0][k - k0] at M + xi * m_stride, `ldm` apart per
 // tile.
 void winograd_output_tiles(const float* M, int64_t m_stride, int64_t ldm, const float* bias,
-                           float* output,
-                           const WinogradPlan& plan, int64_t row0, int64_t t0, int64_t t1,
-                           int64_t k0, int64_t kn) {
+                           float* output, const WinogradPlan& plan, int64_t row0, int64_t t0,
+                           int64_t t1, int64_t k0, int64_t kn) {
   const ConvParams& p = plan.p;
   const int64_t K = p.out_channels, tw = plan.tiles_w;
   alignas(64) float y[kTile * kTile * kLanes];
@@ -449,7 +452,6 @@ float* winograd_workspace(int64_t floats) {
   buffer.resize(static_cast<size_t>(floats));
   return buffer.data();
 }
-
 
 // Small filters (all 36 x C x K transformed filters within a few MB) and
 // enough tiles: the filters are transformed once, and each thread runs whole
@@ -622,7 +624,8 @@ void winograd_forward(const float* input, const FilterView& weight, const float*
                       float* output, const ConvParams& p) {
   // V's input-channel blocks are the K blocks the GEMM cuts its depth into.
   const WinogradPlan plan{p, (p.out_h + kTile - 1) / kTile, (p.out_w + kTile - 1) / kTile,
-                          gemm_kernel<float>().mr, gemm_packed_b_layout<float>(p.in_channels, 1).kc};
+                          gemm_kernel<float>().mr,
+                          gemm_packed_b_layout<float>(p.in_channels, 1).kc};
   const int threads = threads_for(static_cast<int64_t>(p.flops()), int64_t(1) << 21);
   const int64_t filter_bytes = kPositions * p.in_channels * p.out_channels * 4;
   const int64_t tiles = p.batch * plan.tiles_h * plan.tiles_w;

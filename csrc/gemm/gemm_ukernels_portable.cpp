@@ -75,7 +75,8 @@ template <typename T, int MR, int NV, int ROWS>
 void portable_indirect_kernel(int64_t kc, const T* a, const T* const* rows, int64_t offset, T* c,
                               int64_t ldc, T beta) {
   Tile<T, ROWS, NV> tile;
-  for (int64_t p = 0; p < kc; ++p, a += MR) tile.step([a](int i) { return a[i]; }, rows[p] + offset);
+  for (int64_t p = 0; p < kc; ++p, a += MR)
+    tile.step([a](int i) { return a[i]; }, rows[p] + offset);
   tile.store_to(c, ldc, T(1), beta);
 }
 
@@ -106,12 +107,12 @@ void portable_gather_kernel(int64_t segments, int64_t width, const T* const* row
 
 // Every row count of a 6 x 8 float tile (two 4-lane vectors per row) and a
 // 6 x 4 double tile (two 2-lane vectors per row).
-#define FASTCONV_F32_ROWS(K)                                                                 \
-  {K<float, 6, 2, 1>, K<float, 6, 2, 2>, K<float, 6, 2, 3>, K<float, 6, 2, 4>, K<float, 6, 2, 5>, \
-   K<float, 6, 2, 6>}
-#define FASTCONV_F64_ROWS(K)                                                             \
-  {K<double, 6, 2, 1>, K<double, 6, 2, 2>, K<double, 6, 2, 3>, K<double, 6, 2, 4>, \
-   K<double, 6, 2, 5>, K<double, 6, 2, 6>}
+#define FASTCONV_F32_ROWS(K)                                \
+  {K<float, 6, 2, 1>, K<float, 6, 2, 2>, K<float, 6, 2, 3>, \
+   K<float, 6, 2, 4>, K<float, 6, 2, 5>, K<float, 6, 2, 6>}
+#define FASTCONV_F64_ROWS(K)                                   \
+  {K<double, 6, 2, 1>, K<double, 6, 2, 2>, K<double, 6, 2, 3>, \
+   K<double, 6, 2, 4>, K<double, 6, 2, 5>, K<double, 6, 2, 6>}
 
 GemmKernelInfo<float> gemm_f32_6x8_portable() {
   return {FASTCONV_F32_ROWS(portable_kernel), 6, 8, "f32-gemm-6x8-portable", {256, 144, 3072, 8}};
