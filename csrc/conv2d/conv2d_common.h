@@ -62,9 +62,8 @@ inline void fill_phase_row_strided(const T* row, int64_t width, const PhaseLayou
   const int64_t lo = std::min(length, pad > 0 ? (pad + stride - 1) / stride : int64_t(0));
   const int64_t hi =
       std::clamp(width + pad >= stride ? (width + pad - stride) / stride + 1 : 0, lo, length);
-  const T* src = row - pad;
   for (int64_t i = lo; i < hi; ++i)
-    for (int64_t q = 0; q < stride; ++q) dst[q * phase_stride + i] = src[i * stride + q];
+    for (int64_t q = 0; q < stride; ++q) dst[q * phase_stride + i] = row[i * stride + q - pad];
   for (int64_t q = 0; q < stride; ++q) {
     T* phase = dst + q * phase_stride;
     for (int64_t i = 0; i < lo; ++i) {
