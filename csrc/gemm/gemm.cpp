@@ -140,20 +140,26 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
         const T* apanel =
             pr.packed_a != nullptr ? pr.packed_a + pc * round_up(pr.m, mr) + ic * kc : abuf;
         if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
-        for (int64_t jr = 0; jr < nc; jr += nr) {
+        // C[ic + ir .., jc + jr ..] += A sliver ir @ B sliver jr.
+        const auto micro_tile = [&](int64_t ir, int64_t jr) {
+          const int64_t rows = std::min<int64_t>(mr, mc - ir);
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
+          const T* as = apanel + ir * kc;
           const T* bs = bpanel + jr * kc;
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int64_t rows = std::min<int64_t>(mr, mc - ir);
-            const T* as = apanel + ir * kc;
-            T* cij = c.data + (ic + ir) * c.row_stride + (jc + jr) * c.col_stride;
-            if (unit_cols && cols == nr) {
-              kinfo.kernels[rows - 1](kc, as, bs, cij, c.row_stride, pr.alpha, beta);
-            } else {
-              kinfo.kernels[rows - 1](kc, as, bs, tile, nr, pr.alpha, T(0));
-              merge_tile(tile, nr, rows, cols, cij, c.row_stride, c.col_stride, beta);
-            }
+          T* cij = c.data + (ic + ir) * c.row_stride + (jc + jr) * c.col_stride;
+          if (unit_cols && cols == nr) {
+            kinfo.kernels[rows - 1](kc, as, bs, cij, c.row_stride, pr.alpha, beta);
+          } else {
+            kinfo.kernels[rows - 1](kc, as, bs, tile, nr, pr.alpha, T(0));
+            merge_tile(tile, nr, rows, cols, cij, c.row_stride, c.col_stride, beta);
           }
+        };
+        if (blk.a_sliver_in_l1) {
+          for (int64_t ir = 0; ir < mc; ir += mr)
+            for (int64_t jr = 0; jr < nc; jr += nr) micro_tile(ir, jr);
+        } else {
+          for (int64_t jr = 0; jr < nc; jr += nr)
+            for (int64_t ir = 0; ir < mc; ir += mr) micro_tile(ir, jr);
         }
       }
     }

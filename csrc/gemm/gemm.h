@@ -89,13 +89,18 @@ using GemmMicroKernel = void (*)(int64_t kc, const T* a, const T* b, T* c, int64
 constexpr int kMaxMR = 12;
 
 // Cache blocking that goes with a micro-kernel (BLIS keeps block sizes in the
-// kernel's context too): a kc x nr sliver of B stays in L1 while mr x kc
-// slivers of A stream from an mc x kc block in L2; the kc x nc panel of B lives
-// in L3. fma_lanes: scalar FMAs a core retires per cycle with this kernel (the
-// thread-grid cost model weighs compute against packing with it).
+// kernel's context too), in one of two loop orders. B-sliver order: a kc x nr
+// sliver of B stays in L1 while mr x kc slivers of A stream from an mc x kc
+// block in L2; the kc x nc panel of B lives in L3. A-sliver order: an mr x kc
+// sliver of A stays in L1 while the kc x nc panel of B streams from L2, sliver
+// by sliver (for kernels whose B sliver would crowd L1: AVX-512's 12 x 32 with
+// kc = 256 has a 32 KB B sliver in a 48 KB L1). fma_lanes: scalar FMAs a core
+// retires per cycle with this kernel (the thread-grid cost model weighs
+// compute against packing with it).
 struct GemmBlocking {
   int64_t kc, mc, nc;
   int fma_lanes;
+  bool a_sliver_in_l1;
 };
 
 template <typename T>
