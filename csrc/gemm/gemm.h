@@ -94,7 +94,8 @@ constexpr int kMaxMR = 12;
 // block in L2; the kc x nc panel of B lives in L3. A-sliver order: an mr x kc
 // sliver of A stays in L1 while the kc x nc panel of B streams from L2, sliver
 // by sliver (for kernels whose B sliver would crowd L1: AVX-512's 12 x 32 with
-// kc = 256 has a 32 KB B sliver in a 48 KB L1). fma_lanes: scalar FMAs a core
+// kc = 256 has a 32 KB B sliver in a 48 KB L1); taken for K blocks whose B
+// sliver is at least 24 KB. fma_lanes: scalar FMAs a core
 // retires per cycle with this kernel (the thread-grid cost model weighs
 // compute against packing with it).
 struct GemmBlocking {
