@@ -142,8 +142,9 @@ def _random_shapes(seed=2024, count=26, max_macs=6_000_000):
     return shapes
 
 
-# Sizes at the micro-tile edges (6x16 f32, 4x8 / 6x8 f64), cache-block edges (KC 256, MC 144,
-# NC 3072), primes, ones.
+# Sizes at the micro-tile edges (6x8 / 6x16 / 12x32 f32, 6x4 / 6x8 / 12x16 f64), cache-block
+# edges (KC 256; MC 144 and 960; NC 3072 and 1536), primes, ones; narrow C (n a poor multiple
+# of the kernel's columns), which runs as C^T = B^T A^T through a staging buffer.
 EDGE_SHAPES = [
     (1, 1, 1),
     (1, 1, 600),
@@ -164,6 +165,9 @@ EDGE_SHAPES = [
     (127, 131, 509),
     (7, 3100, 21),  # N above one NC panel (3072 f32, 1536 f64)
     (150, 13, 600),  # M above one MC block, K in 3 blocks
+    (1000, 64, 30),  # M above one AVX-512 MC block
+    (500, 49, 300),  # narrow C: transposed
+    (300, 17, 700),  # narrow C, K in 3 blocks
 ]
 SHAPES = EDGE_SHAPES + _random_shapes()
 

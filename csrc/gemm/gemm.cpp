@@ -330,11 +330,62 @@ IgemmKernelInfo<T> igemm_kernel() {
   return chosen;
 }
 
+// Multiply-adds the micro-kernels spend on a rows x cols C: columns come in
+// whole nr-wide slivers, while a remainder of rows costs only its own rows
+// (there is a kernel per row count; below two rows, loads dominate).
+double tile_cost(int64_t rows, int64_t cols, int mr, int nr) {
+  const int64_t rest = rows % mr;
+  const double row_cost = static_cast<double>(rows - rest) +
+                          (rest > 0 ? static_cast<double>(std::max<int64_t>(rest, 2)) : 0.0);
+  return row_cost * static_cast<double>(round_up(cols, nr));
+}
+
+// Narrow C (n a poor multiple of nr: n = 49 fills 64 columns) goes through
+// C^T = B^T A^T, which puts n on the kernel's rows, staged in a buffer of at
+// most kStagedMax elements so the kernels store it contiguously. Plain
+// operands only (pre-packed layouts belong to one orientation); 10% margin for
+// the staging copies.
+constexpr int64_t kStagedMax = int64_t(1) << 16;
+
+template <typename T>
+bool runs_transposed(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo) {
+  if (pr.packed_a != nullptr || pr.packed_b != nullptr || pr.pack_b) return false;
+  if (pr.m * pr.n > kStagedMax) return false;
+  return 1.1 * tile_cost(pr.n, pr.m, kinfo.mr, kinfo.nr) <
+         tile_cost(pr.m, pr.n, kinfo.mr, kinfo.nr);
+}
+
 template <typename T>
 void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInfo<T>& kinfo) {
   if (pr.m == 0 || pr.n == 0) return;
   if (pr.k == 0) {
     scale_c(pr);
+    return;
+  }
+  if (runs_transposed(pr, kinfo)) {
+    // The calling thread's staging buffer (gemm may run inside a caller's
+    // parallel region, one call per thread).
+    static thread_local AlignedBuffer<T> staged;
+    staged.resize(static_cast<size_t>(pr.m * pr.n));
+    T* ct = staged.data();  // C^T, n x m, row-major
+    const MutableMatrixView<T>& c = pr.c;
+    if (pr.beta != T(0))
+      for (int64_t i = 0; i < pr.m; ++i)
+        for (int64_t j = 0; j < pr.n; ++j)
+          ct[j * pr.m + i] = c.data[i * c.row_stride + j * c.col_stride];
+    GemmProblem<T> t;
+    t.m = pr.n;
+    t.n = pr.m;
+    t.k = pr.k;
+    t.alpha = pr.alpha;
+    t.beta = pr.beta;
+    t.a = {pr.b.data, pr.b.col_stride, pr.b.row_stride};
+    t.b = {pr.a.data, pr.a.col_stride, pr.a.row_stride};
+    t.c = {ct, pr.m, 1};
+    gemm_with_kernel(t, threads, kinfo);
+    for (int64_t i = 0; i < pr.m; ++i)
+      for (int64_t j = 0; j < pr.n; ++j)
+        c.data[i * c.row_stride + j * c.col_stride] = ct[j * pr.m + i];
     return;
   }
   // Below ~64^3 multiply-adds per thread, waking a thread costs more than it
