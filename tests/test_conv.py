@@ -603,7 +603,9 @@ def test_direct_forward_orientations(case):
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
 # gathered-A kernel for rows >= 7 wide and reductions >= 64, plane-wide dot products for
-# short reductions with <= 8 output channels (both "direct"), GEMM otherwise.
+# short reductions with <= 8 output channels, or <= 32 with AVX-512's 4 x 6 dot tile (both
+# "direct"), GEMM otherwise.
+WIDE_DOT_TILE = fastconv._C.isa() == "avx512f"
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
     "resnet_3x3_56": "direct",
@@ -617,7 +619,7 @@ WEIGHT_GRAD_TABLE = {
     "googlenet_5x5_28": "direct",
     "alexnet_3x3_13": "direct",
     "mobilenet_dw3x3_56": "depthwise",
-    "cifar_first_3x3": "implicit_gemm",
+    "cifar_first_3x3": "direct" if WIDE_DOT_TILE else "implicit_gemm",
     "lenet_5x5": "direct",
 }
 
@@ -640,15 +642,19 @@ WEIGHT_GRAD_CASES = [
     (C(3, 16, 6, 6, 20, 3, 3, padding=1), "implicit_gemm"),
     (C(4, 32, 6, 6, 64, 3, 3, padding=1), "implicit_gemm"),  # images split over 2 threads
     (C(4, 32, 7, 7, 64, 3, 3, padding=1), "direct"),  # 7-wide rows, several images per task
-    (C(3, 3, 40, 40, 16, 3, 3, padding=1), "implicit_gemm"),  # tiles inside each plane
+    (C(3, 3, 40, 40, 40, 3, 3, padding=1), "implicit_gemm"),  # tiles inside each plane
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
-    (C(2, 3, 12, 12, 10, 3, 3, padding=1), "implicit_gemm"),
+    (C(2, 3, 12, 12, 40, 3, 3, padding=1), "implicit_gemm"),
     # plane-wide dot products: few output channels, short reductions, ragged rows
     (C(3, 2, 12, 19, 5, 3, 3, padding=1), "direct"),
     (C(2, 4, 15, 13, 8, 3, 2, stride=2, padding=(1, 0), dilation=(1, 2)), "direct"),
     (C(3, 6, 11, 11, 6, 3, 3, padding=1, groups=2), "direct"),
     (C(8, 1, 28, 28, 6, 5, 5), "direct"),
     (C(2, 3, 10, 10, 4, 3, 3, padding=1, dtype="float64"), "direct"),
+    # up to 32 output channels with AVX-512's 4 x 6 dot tile: partial tiles both ways
+    # (13 = 3 x 4 + 1 channels, 27 = 4 x 6 + 3 taps) and a masked row end (19 = 16 + 3)
+    (C(3, 3, 20, 21, 32, 3, 3, padding=1), "direct" if WIDE_DOT_TILE else "implicit_gemm"),
+    (C(2, 3, 9, 19, 13, 3, 3, padding=1), "direct" if WIDE_DOT_TILE else "implicit_gemm"),
 ]
 
 

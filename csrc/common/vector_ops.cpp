@@ -60,15 +60,26 @@ template <typename T>
 VectorOps<T> choose();
 template <>
 VectorOps<float> choose<float>() {
+  if (active_isa() >= Isa::kAvx512) return vector_ops_f32_avx512(vector_ops_f32_avx2());
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f32_avx2();
-  return {axpy_portable<float>, dot_portable<float>, weighted_rows_portable<float>,
-          rows_mul_add_portable<float>, dot_tile_generic<float>};
+  return {axpy_portable<float>,
+          dot_portable<float>,
+          weighted_rows_portable<float>,
+          rows_mul_add_portable<float>,
+          dot_tile_generic<float>,
+          3,
+          4};
 }
 template <>
 VectorOps<double> choose<double>() {
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f64_avx2();
-  return {axpy_portable<double>, dot_portable<double>, weighted_rows_portable<double>,
-          rows_mul_add_portable<double>, dot_tile_generic<double>};
+  return {axpy_portable<double>,
+          dot_portable<double>,
+          weighted_rows_portable<double>,
+          rows_mul_add_portable<double>,
+          dot_tile_generic<double>,
+          3,
+          4};
 }
 
 }  // namespace

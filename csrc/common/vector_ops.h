@@ -1,5 +1,6 @@
 // Level-1 row primitives used by the direct convolution kernels, dispatched
-// by ISA (portable versions fill the table; AVX2+FMA overrides at run time).
+// by ISA (portable versions fill the table; AVX2+FMA, then AVX-512, override
+// at run time).
 #pragma once
 
 #include <cstdint>
@@ -18,19 +19,22 @@ struct VectorOps {
   // lanes is left to the caller, once, instead of one per dot product).
   void (*rows_mul_add)(int64_t n, const T* x, int64_t taps, const T* const* rows, T* acc);
   // out[i * nb + j] += sum over r < rows, w < width of a[i][r * a_stride + w] *
-  // b[j][r * b_stride + w], for i < na <= kDotTileA and j < nb <= kDotTileB:
+  // b[j][r * b_stride + w], for i < na <= dot_tile_a and j < nb <= dot_tile_b:
   // a tile of dot products of 2-D runs, its sums kept in vector lanes until the
   // end (weight gradients with few output channels: LeNet, CIFAR stems).
   void (*dot_tile)(int64_t rows, int64_t width, const T* const* a, int64_t a_stride, int na,
                    const T* const* b, int64_t b_stride, int nb, T* out);
+  int dot_tile_a, dot_tile_b;  // the dot tile's shape (at most kDotTileMaxA x kDotTileMaxB)
 };
 
-constexpr int kDotTileA = 3, kDotTileB = 4;
+constexpr int kDotTileMaxA = 4, kDotTileMaxB = 6;
 
 template <typename T>
 const VectorOps<T>& vector_ops();
 
 VectorOps<float> vector_ops_f32_avx2();
 VectorOps<double> vector_ops_f64_avx2();
+// The AVX2 table with the AVX-512 dot tile.
+VectorOps<float> vector_ops_f32_avx512(VectorOps<float> avx2);
 
 }  // namespace fastconv

@@ -152,6 +152,9 @@ void rows_mul_add_f64(int64_t n, const double* x, int64_t taps, const double* co
     for (int64_t t = 0; t < taps; ++t) acc[t * n + i] = std::fma(x[i], rows[t][i], acc[t * n + i]);
 }
 
+constexpr int kDotTileA = 3, kDotTileB = 4;
+static_assert(kDotTileA <= kDotTileMaxA && kDotTileB <= kDotTileMaxB);
+
 // Up to 3 x 4 accumulators of 8 lanes; rows are walked 8 columns at a time,
 // the ragged end of each row through a masked load.
 void dot_tile_f32(int64_t rows, int64_t width, const float* const* a, int64_t a_stride, int na,
@@ -195,10 +198,11 @@ void dot_tile_f32(int64_t rows, int64_t width, const float* const* a, int64_t a_
 }  // namespace
 
 VectorOps<float> vector_ops_f32_avx2() {
-  return {axpy_f32, dot_f32, weighted_rows_f32, rows_mul_add_f32, dot_tile_f32};
+  return {axpy_f32,     dot_f32,   weighted_rows_f32, rows_mul_add_f32,
+          dot_tile_f32, kDotTileA, kDotTileB};
 }
 VectorOps<double> vector_ops_f64_avx2() {
-  return {axpy_f64, dot_f64, weighted_rows_f64, rows_mul_add_f64, dot_tile_generic<double>};
+  return {axpy_f64, dot_f64, weighted_rows_f64, rows_mul_add_f64, dot_tile_generic<double>, 3, 4};
 }
 
 }  // namespace fastconv

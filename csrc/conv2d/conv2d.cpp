@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/cpu_features.h"
+#include "common/vector_ops.h"
 
 namespace fastconv {
 namespace {
@@ -42,8 +43,11 @@ struct ConvTuning {
   int64_t direct_weight_grad_min_reduction = 64;
   // Shorter reductions with at most this many output channels per group
   // (LeNet's 6) sum dot products over whole planes in vector lanes (measured
-  // 2.2x faster than GEMM on lenet_5x5; with CIFAR's 32 channels, slower).
+  // 2.2x faster than GEMM on lenet_5x5); with a dot tile of 4 or more rows
+  // (AVX-512's 4 x 6), up to 32 (cifar_first_3x3: 0.86 ms against 1.06 ms as
+  // GEMM; AVX2's 3 x 4 tile: 1.33 ms against 1.13 ms, so it keeps 8).
   int64_t narrow_weight_grad_max_out = 8;
+  int64_t narrow_weight_grad_max_out_wide_tile = 32;
   // Below this many FLOPs (a small CNN's layers: 32 images of 8x8 or 4x4),
   // Winograd's filter transform and phases and implicit GEMM's batched packing
   // cost more than they save: such layers run direct (measured 2x faster on
@@ -70,7 +74,11 @@ ConvParams transposed_stride1_params(const ConvParams& p) {
 }
 
 bool weight_grad_is_narrow(const ConvParams& p) {
-  return p.taps() > 1 && p.out_per_group() <= kTuning.narrow_weight_grad_max_out &&
+  const int tile_rows =
+      p.single_precision ? vector_ops<float>().dot_tile_a : vector_ops<double>().dot_tile_a;
+  const int64_t max_out = tile_rows >= 4 ? kTuning.narrow_weight_grad_max_out_wide_tile
+                                         : kTuning.narrow_weight_grad_max_out;
+  return p.taps() > 1 && p.out_per_group() <= max_out &&
          p.reduction() < kTuning.direct_weight_grad_min_reduction;
 }
 

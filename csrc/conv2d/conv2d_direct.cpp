@@ -524,16 +524,16 @@ void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad
       for (int64_t c = 0; c < cg; ++c)
         fill_phase_rows(input + (n * p.in_channels + g * cg + c) * p.in_plane(), p, layout,
                         -p.pad_top, span, phase + c * span * layout.size());
-      for (int64_t k0 = 0; k0 < kg; k0 += kDotTileA) {
-        const int na = static_cast<int>(std::min<int64_t>(kDotTileA, kg - k0));
-        const T* a[kDotTileA];
+      for (int64_t k0 = 0; k0 < kg; k0 += ops.dot_tile_a) {
+        const int na = static_cast<int>(std::min<int64_t>(ops.dot_tile_a, kg - k0));
+        const T* a[kDotTileMaxA];
         for (int i = 0; i < na; ++i)
           a[i] = grad_output + (n * p.out_channels + g * kg + k0 + i) * p.out_plane();
-        for (int64_t t0 = 0; t0 < taps; t0 += kDotTileB) {
-          const int nb = static_cast<int>(std::min<int64_t>(kDotTileB, taps - t0));
-          const T* b[kDotTileB];
+        for (int64_t t0 = 0; t0 < taps; t0 += ops.dot_tile_b) {
+          const int nb = static_cast<int>(std::min<int64_t>(ops.dot_tile_b, taps - t0));
+          const T* b[kDotTileMaxB];
           for (int j = 0; j < nb; ++j) b[j] = phase + tap_base[t0 + j];
-          T tile[kDotTileA * kDotTileB] = {};
+          T tile[kDotTileMaxA * kDotTileMaxB] = {};
           ops.dot_tile(p.out_h, p.out_w, a, p.out_w, na, b, p.stride_h * layout.size(), nb, tile);
           for (int i = 0; i < na; ++i)
             for (int j = 0; j < nb; ++j) dw[(g * kg + k0 + i) * taps + t0 + j] += tile[i * nb + j];
