@@ -37,8 +37,8 @@ struct ConvTuning {
   // row at a time, so it wants rows at least this wide and a reduction long
   // enough to amortise transposing dY; 1x1 kernels (and narrower rows, shorter
   // reductions) run as GEMM (measured on the layer set: the 1x1-stride-2 and
-  // CIFAR layers are faster as GEMM; resnet_3x3_7 runs direct, 9.6 ms against
-  // 11-13 ms).
+  // CIFAR layers are faster as GEMM; resnet_3x3_7 runs direct: 9.6-10.0 ms,
+  // against 9.6-13.5 ms as GEMM).
   int64_t direct_weight_grad_min_out_w = 7;
   int64_t direct_weight_grad_min_reduction = 64;
   // Shorter reductions with at most this many output channels per group
