@@ -194,8 +194,11 @@ GemmKernelInfo<float> gemm_f32_6x16_avx2_fma() {
 }
 
 GemmKernelInfo<double> gemm_f64_6x8_avx2_fma() {
-  return {
-      FASTCONV_ROW_VARIANTS(kernel_6x2v, F64), 6, 8, "f64-gemm-6x8-avx2-fma", {256, 72, 1536, 8, false}};
+  return {FASTCONV_ROW_VARIANTS(kernel_6x2v, F64),
+          6,
+          8,
+          "f64-gemm-6x8-avx2-fma",
+          {256, 72, 1536, 8, false}};
 }
 
 IgemmKernelInfo<float> igemm_f32_6x16_avx2_fma() {

@@ -115,11 +115,16 @@ void portable_gather_kernel(int64_t segments, int64_t width, const T* const* row
    K<double, 6, 2, 4>, K<double, 6, 2, 5>, K<double, 6, 2, 6>}
 
 GemmKernelInfo<float> gemm_f32_6x8_portable() {
-  return {FASTCONV_F32_ROWS(portable_kernel), 6, 8, "f32-gemm-6x8-portable", {256, 144, 3072, 8, false}};
+  return {FASTCONV_F32_ROWS(portable_kernel),
+          6,
+          8,
+          "f32-gemm-6x8-portable",
+          {256, 144, 3072, 8, false}};
 }
 
 GemmKernelInfo<double> gemm_f64_6x4_portable() {
-  return {FASTCONV_F64_ROWS(portable_kernel), 6, 4, "f64-gemm-6x4-portable", {256, 72, 1536, 4, false}};
+  return {
+      FASTCONV_F64_ROWS(portable_kernel), 6, 4, "f64-gemm-6x4-portable", {256, 72, 1536, 4, false}};
 }
 
 IgemmKernelInfo<float> igemm_f32_6x8_portable() {
