@@ -67,8 +67,8 @@ VectorOps<float> choose<float>() {
           weighted_rows_portable<float>,
           rows_mul_add_portable<float>,
           dot_tile_generic<float>,
-          3,
-          4};
+          kGenericDotTileA,
+          kGenericDotTileB};
 }
 template <>
 VectorOps<double> choose<double>() {
@@ -78,8 +78,8 @@ VectorOps<double> choose<double>() {
           weighted_rows_portable<double>,
           rows_mul_add_portable<double>,
           dot_tile_generic<double>,
-          3,
-          4};
+          kGenericDotTileA,
+          kGenericDotTileB};
 }
 
 }  // namespace

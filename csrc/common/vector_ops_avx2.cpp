@@ -202,7 +202,13 @@ VectorOps<float> vector_ops_f32_avx2() {
           dot_tile_f32, kDotTileA, kDotTileB};
 }
 VectorOps<double> vector_ops_f64_avx2() {
-  return {axpy_f64, dot_f64, weighted_rows_f64, rows_mul_add_f64, dot_tile_generic<double>, 3, 4};
+  return {axpy_f64,
+          dot_f64,
+          weighted_rows_f64,
+          rows_mul_add_f64,
+          dot_tile_generic<double>,
+          kGenericDotTileA,
+          kGenericDotTileB};
 }
 
 }  // namespace fastconv

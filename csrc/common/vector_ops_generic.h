@@ -9,7 +9,9 @@
 namespace fastconv {
 namespace {
 
-// See VectorOps::dot_tile.
+// See VectorOps::dot_tile. Any tile shape works for it; tables that use it
+// declare this one.
+constexpr int kGenericDotTileA = 3, kGenericDotTileB = 4;
 template <typename T>
 void dot_tile_generic(int64_t rows, int64_t width, const T* const* a, int64_t a_stride, int na,
                       const T* const* b, int64_t b_stride, int nb, T* out) {
