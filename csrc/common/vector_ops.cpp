@@ -57,29 +57,24 @@ void rows_mul_add_portable(int64_t n, const T* x, int64_t taps, const T* const* 
 }
 
 template <typename T>
+VectorOps<T> portable_ops() {
+  return {axpy_portable<T>,         dot_portable<T>,     weighted_rows_portable<T>,
+          rows_mul_add_portable<T>, dot_tile_generic<T>, kGenericDotTileA,
+          kGenericDotTileB};
+}
+
+template <typename T>
 VectorOps<T> choose();
 template <>
 VectorOps<float> choose<float>() {
   if (active_isa() >= Isa::kAvx512) return vector_ops_f32_avx512(vector_ops_f32_avx2());
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f32_avx2();
-  return {axpy_portable<float>,
-          dot_portable<float>,
-          weighted_rows_portable<float>,
-          rows_mul_add_portable<float>,
-          dot_tile_generic<float>,
-          kGenericDotTileA,
-          kGenericDotTileB};
+  return portable_ops<float>();
 }
 template <>
 VectorOps<double> choose<double>() {
   if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f64_avx2();
-  return {axpy_portable<double>,
-          dot_portable<double>,
-          weighted_rows_portable<double>,
-          rows_mul_add_portable<double>,
-          dot_tile_generic<double>,
-          kGenericDotTileA,
-          kGenericDotTileB};
+  return portable_ops<double>();
 }
 
 }  // namespace

@@ -120,12 +120,11 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
       for (int a = 0; a < 6; ++a) {
         const float* h = gg + a * 3 * kn + j0;
         float* dst = run + a * 6 * u_stride;
-        const int64_t step = u_stride;
-        filter_transform_1d(n, h, h + kn, h + 2 * kn, dst, dst + step, dst + 2 * step,
-                            dst + 3 * step, dst + 4 * step, dst + 5 * step);
+        filter_transform_1d(n, h, h + kn, h + 2 * kn, dst, dst + u_stride, dst + 2 * u_stride,
+                            dst + 3 * u_stride, dst + 4 * u_stride, dst + 5 * u_stride);
         if (n < layout.nr)
           for (int b = 0; b < 6; ++b)
-            std::fill(dst + b * step + n, dst + b * step + layout.nr, 0.0f);
+            std::fill(dst + b * u_stride + n, dst + b * u_stride + layout.nr, 0.0f);
       }
     }
   }

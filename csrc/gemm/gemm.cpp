@@ -80,6 +80,7 @@ template <typename T>
 struct Workspace {
   AlignedBuffer<T> a, b;
   std::vector<T> tile;
+  AlignedBuffer<T> staged;  // C^T of a GEMM run transposed (at most kStagedMax elements)
 };
 
 template <typename T>
@@ -213,37 +214,18 @@ int64_t split_point(int64_t extent, int unit, int parts, int index) {
   return std::min(extent, (units * index / parts) * unit);
 }
 
+// The GEMM micro-kernel of ISA tier `tier` (0 portable, 1 AVX2, 2 AVX-512).
 template <typename T>
-GemmKernelInfo<T> portable_kernel();
-template <>
-GemmKernelInfo<float> portable_kernel<float>() {
-  return gemm_f32_6x8_portable();
-}
-template <>
-GemmKernelInfo<double> portable_kernel<double>() {
-  return gemm_f64_6x4_portable();
-}
-
-template <typename T>
-GemmKernelInfo<T> avx512_kernel();
-template <>
-GemmKernelInfo<float> avx512_kernel<float>() {
-  return gemm_f32_12x32_avx512();
-}
-template <>
-GemmKernelInfo<double> avx512_kernel<double>() {
-  return gemm_f64_12x16_avx512();
-}
-
-template <typename T>
-GemmKernelInfo<T> avx2_kernel();
-template <>
-GemmKernelInfo<float> avx2_kernel<float>() {
-  return gemm_f32_6x16_avx2_fma();
-}
-template <>
-GemmKernelInfo<double> avx2_kernel<double>() {
-  return gemm_f64_6x8_avx2_fma();
+GemmKernelInfo<T> kernel_of_tier(int tier) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (tier == 2) return gemm_f32_12x32_avx512();
+    if (tier == 1) return gemm_f32_6x16_avx2_fma();
+    return gemm_f32_6x8_portable();
+  } else {
+    if (tier == 2) return gemm_f64_12x16_avx512();
+    if (tier == 1) return gemm_f64_6x8_avx2_fma();
+    return gemm_f64_6x4_portable();
+  }
 }
 
 }  // namespace
@@ -257,9 +239,8 @@ int gemm_kernel_count() {
 
 template <typename T>
 GemmKernelInfo<T> gemm_kernel_at(int index) {
-  if (index == 2 && active_isa() >= Isa::kAvx512) return avx512_kernel<T>();
-  if (index == 1 && active_isa() >= Isa::kAvx2Fma) return avx2_kernel<T>();
-  return portable_kernel<T>();
+  const int tier = std::clamp(index, 0, static_cast<int>(active_isa()));
+  return kernel_of_tier<T>(tier);
 }
 
 template <typename T>
@@ -363,9 +344,9 @@ void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInf
     return;
   }
   if (runs_transposed(pr, kinfo)) {
-    // The calling thread's staging buffer (gemm may run inside a caller's
-    // parallel region, one call per thread).
-    static thread_local AlignedBuffer<T> staged;
+    // The calling thread's buffer (gemm may run inside a caller's parallel
+    // region, one call per thread).
+    AlignedBuffer<T>& staged = thread_workspace<T>().staged;
     staged.resize(static_cast<size_t>(pr.m * pr.n));
     T* ct = staged.data();  // C^T, n x m, row-major
     const MutableMatrixView<T>& c = pr.c;
