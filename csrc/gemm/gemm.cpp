@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -76,6 +77,49 @@ void pack_b_view(const MatrixView<T>& b, int64_t n, int64_t k0, int64_t kc, int6
   }
 }
 
+// Prefetches (toward L2) the source of a block of A that will be packed
+// next: rows [i0, i0+rows) x cols [k0, k0+kc), as contiguous segments (rows
+// of row-major A, columns of column-major A). Each segment starts a new 4 KB
+// page, which the hardware prefetcher reaches too late. Issued a few lines at
+// a time, one batch per micro-tile, so the requests never crowd the fill
+// buffers.
+class SourcePrefetch {
+ public:
+  SourcePrefetch() = default;
+  template <typename T>
+  SourcePrefetch(const MatrixView<T>& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc) {
+    const int64_t bytes = static_cast<int64_t>(sizeof(T));
+    int64_t length = 0;
+    if (a.col_stride == 1) {
+      segments_ = rows, length = kc, segment_stride_ = a.row_stride * bytes;
+    } else if (a.row_stride == 1) {
+      segments_ = kc, length = rows, segment_stride_ = a.col_stride * bytes;
+    } else {
+      return;  // scattered elements: nothing worth prefetching
+    }
+    segment_ = reinterpret_cast<const char*>(a.data + i0 * a.row_stride + k0 * a.col_stride);
+    // Line starts, the first rounded down to its line.
+    segment_ -= reinterpret_cast<uintptr_t>(segment_) % 64;
+    lines_per_segment_ = (length * bytes + 63) / 64 + 1;
+  }
+  int64_t lines() const { return segments_ * lines_per_segment_; }
+  // The next `count` lines.
+  void issue(int64_t count) {
+    for (; count > 0 && segments_ > 0; --count) {
+      __builtin_prefetch(segment_ + line_ * 64, 0, 2);
+      if (++line_ == lines_per_segment_) {
+        line_ = 0;
+        segment_ += segment_stride_;
+        --segments_;
+      }
+    }
+  }
+
+ private:
+  const char* segment_ = nullptr;
+  int64_t segments_ = 0, segment_stride_ = 0, lines_per_segment_ = 0, line_ = 0;
+};
+
 template <typename T>
 struct Workspace {
   AlignedBuffer<T> a, b;
@@ -135,17 +179,19 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
         pack_b_view(pr.b, pr.n, pc, kc, jc, nc, nr, bbuf);
       }
       const T beta = pc == 0 ? pr.beta : T(1);  // later K blocks accumulate
+      // Shallow K blocks (Winograd's 64- and 128-channel GEMMs) leave the B
+      // sliver small: B-sliver order measured faster there.
+      const bool a_sliver_order =
+          blk.a_sliver_in_l1 && kc * nr * static_cast<int64_t>(sizeof(T)) >= (24 << 10);
       for (int64_t ic = m0; ic < m1; ic += mc_max) {
         const int64_t mc = std::min<int64_t>(mc_max, m1 - ic);
         // Pre-packed A is laid out per K block: [pc block][all m, in mr slivers].
         const T* apanel =
             pr.packed_a != nullptr ? pr.packed_a + pc * round_up(pr.m, mr) + ic * kc : abuf;
-        if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
-        // C[ic + ir .., jc + jr ..] += A sliver ir @ B sliver jr.
-        const auto micro_tile = [&](int64_t ir, int64_t jr) {
+        // C[ic + ir .., jc + jr ..] += A sliver `as` (rows ir ..) @ B sliver jr.
+        const auto micro_tile = [&](int64_t ir, const T* as, int64_t jr) {
           const int64_t rows = std::min<int64_t>(mr, mc - ir);
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
-          const T* as = apanel + ir * kc;
           const T* bs = bpanel + jr * kc;
           T* cij = c.data + (ic + ir) * c.row_stride + (jc + jr) * c.col_stride;
           if (unit_cols && cols == nr) {
@@ -155,14 +201,31 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
             merge_tile(tile, nr, rows, cols, cij, c.row_stride, c.col_stride, beta);
           }
         };
-        // Shallow K blocks (Winograd's 64- and 128-channel GEMMs) leave the B
-        // sliver small: B-sliver order measured faster there.
-        if (blk.a_sliver_in_l1 && kc * nr * static_cast<int64_t>(sizeof(T)) >= (24 << 10)) {
-          for (int64_t ir = 0; ir < mc; ir += mr)
-            for (int64_t jr = 0; jr < nc; jr += nr) micro_tile(ir, jr);
-        } else {
+        if (!a_sliver_order) {
+          if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
           for (int64_t jr = 0; jr < nc; jr += nr)
-            for (int64_t ir = 0; ir < mc; ir += mr) micro_tile(ir, jr);
+            for (int64_t ir = 0; ir < mc; ir += mr) micro_tile(ir, apanel + ir * kc, jr);
+          continue;
+        }
+        // A-sliver order: each sliver is packed just before its sweep over the
+        // B panel, into a buffer that stays in L1, while the next sliver's
+        // source is prefetched a few lines per micro-tile.
+        const int64_t tiles = (nc + nr - 1) / nr;
+        for (int64_t ir = 0; ir < mc; ir += mr) {
+          const T* as = apanel + ir * kc;
+          SourcePrefetch next;
+          if (pr.packed_a == nullptr) {
+            pack_a(pr.a, pr.m, ic + ir, std::min<int64_t>(mr, mc - ir), pc, kc, mr, abuf);
+            as = abuf;
+            const int64_t next_rows =
+                std::min<int64_t>(mr, std::min(ic + mc, pr.m) - (ic + ir + mr));
+            if (next_rows > 0) next = SourcePrefetch(pr.a, ic + ir + mr, next_rows, pc, kc);
+          }
+          const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
+          for (int64_t jr = 0; jr < nc; jr += nr) {
+            next.issue(per_tile);
+            micro_tile(ir, as, jr);
+          }
         }
       }
     }
