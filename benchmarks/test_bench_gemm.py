@@ -68,6 +68,12 @@ def test_bench_command_smoke(tmp_path, capsys):
         fc = r["impls"]["fastconv"]
         assert fc["ok"] and fc["best_ms"] > 0 and fc["rate"] > 0
         assert set(fc["speedup"]) == set(r["impls"]) - {"fastconv"}
+        # GEMM cases time the FMA loop and the micro-kernel alongside; the probes
+        # are ceilings, not implementations.
+        want = {"fma_loop", "micro_kernel"} if r["op"] == "gemm" else set()
+        assert set(r["ceilings"]) == want and set(fc["pct_ceilings"]) == want
+        assert all(v > 0 for v in r["ceilings"].values())
+        assert not any(name.startswith("probe") for name in r["impls"])
     assert "| case |" in out_md.read_text()
     try:
         import matplotlib  # noqa: F401
@@ -81,3 +87,31 @@ def test_bench_command_rejects_unknown_names(capsys):
 
     assert cli.main(["bench", "--smoke", "--op", "conv", "--layers", "nope_*"]) == 2
     assert "no case matches" in capsys.readouterr().err
+
+
+def gemm_result(name, ratio, pct_peak, pct_ceilings):
+    fastconv = {"speedup": {"numpy": ratio}, "pct_peak": pct_peak, "pct_ceilings": pct_ceilings}
+    impls = {"fastconv": fastconv, "numpy": {}}
+    return {"op": "gemm", "case": name, "direction": "", "impls": impls}
+
+
+def test_summary_judges_peak_at_2048_against_the_fma_loop_timed_alongside():
+    rows = [gemm_result("square_512", 1.1, 70.0, {})]
+    big = gemm_result("square_2048", 1.0, 76.0, {"fma_loop": 81.0, "micro_kernel": 95.0})
+    (s,) = bench.summarize(rows + [big])
+    assert s["pct_peak_2048"] == 76.0 and s["pct_fma_loop_2048"] == 81.0 and s["meets"]
+    assert "76% of the cached peak at 2048 (81% of the FMA loop" in bench.format_summary([s])
+    big["impls"]["fastconv"]["pct_ceilings"]["fma_loop"] = 79.0
+    (s,) = bench.summarize(rows + [big])
+    assert not s["meets"]
+    # Without probes the cached peak decides.
+    (s,) = bench.summarize(rows + [gemm_result("square_2048", 1.0, 80.5, {})])
+    assert s["meets"]
+
+
+def test_micro_kernel_probe():
+    from fastconv import _C
+
+    assert _C.gemm_kernel_peak_gflops(1, 200) > 0
+    with pytest.raises(ValueError, match="positive"):
+        _C.gemm_kernel_peak_gflops(1, 0)

@@ -396,6 +396,14 @@ PYBIND11_MODULE(_C, m) {
         return fastconv::fma_peak_gflops(threads, iterations);
       },
       py::arg("threads"), py::arg("iterations") = 20000000);
+  m.def(
+      "gemm_kernel_peak_gflops",
+      [](int threads, int64_t calls) {
+        require(threads > 0 && calls > 0, "threads and calls must be positive");
+        py::gil_scoped_release release;
+        return fastconv::gemm_kernel_peak_gflops(threads, calls);
+      },
+      py::arg("threads"), py::arg("calls") = 20000);
   m.def("set_num_threads", &fastconv::set_num_threads, py::arg("n"));
   bind_pool<float>(m);
   bind_pool<double>(m);

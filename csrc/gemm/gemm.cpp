@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -457,6 +458,28 @@ void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInf
 template <typename T>
 void gemm(const GemmProblem<T>& pr, int threads) {
   gemm_with_kernel(pr, threads, gemm_kernel<T>());
+}
+
+double gemm_kernel_peak_gflops(int threads, int64_t calls) {
+  const GemmKernelInfo<float> kinfo = gemm_kernel<float>();
+  const int mr = kinfo.mr, nr = kinfo.nr;
+  // Deep enough that storing C is a small part of a call, shallow enough that
+  // the A and B slivers (mr x kc and kc x nr) sit in a 32 KB L1 together.
+  const int64_t kc =
+      std::max<int64_t>(16, (24 << 10) / (static_cast<int64_t>(sizeof(float)) * (mr + nr)));
+  const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<float> a(static_cast<size_t>(mr * kc)), b(static_cast<size_t>(kc * nr)),
+        c(static_cast<size_t>(mr * nr));
+    std::fill(a.data(), a.data() + mr * kc, 1e-3f);
+    std::fill(b.data(), b.data() + kc * nr, 1e-3f);
+    for (int64_t i = 0; i < calls; ++i)
+      kinfo.kernels[mr - 1](kc, a.data(), b.data(), c.data(), nr, 1.0f, 1.0f);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return 2.0 * mr * nr * kc * static_cast<double>(calls) * threads / seconds / 1e9;
 }
 
 #define FASTCONV_INSTANTIATE_GEMM(T)                                                       \
