@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/aligned_buffer.h"
+#include "common/transpose.h"
 #include "common/vector_ops.h"
 #include "conv2d/conv2d_common.h"
 #include "gemm/gemm.h"
@@ -142,11 +143,17 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t ow_padded = (p.out_w + cover - 1) / cover * cover;
   const PhaseLayout layout(p, ow_padded);
   std::vector<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * block), T(0));
+  // A transpose per block, 64 taps at a time so that both sides stay in L1
+  // (tap by tap, every store would miss: the block's taps span 600 KB).
   for (int64_t g = 0; g < p.groups; ++g)
-    for (int64_t k = 0; k < kg; ++k)
-      for (int64_t t = 0; t < taps; ++t)
-        packed[((g * k_blocks + k / block) * taps + t) * block + k % block] =
-            weight[(g * kg + k) * taps + t];
+    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+      const T* src = weight + (g * kg + kb * block) * taps;
+      T* dst = packed.data() + (g * k_blocks + kb) * taps * block;
+      const int64_t count = std::min(block, kg - kb * block);
+      for (int64_t t0 = 0; t0 < taps; t0 += 64)
+        transpose_into(src + t0, taps, count, std::min<int64_t>(64, taps - t0), dst + t0 * block,
+                       block);
+    }
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
   std::vector<int64_t> tap_offsets(static_cast<size_t>(p.kernel_w));  // per kernel column
   for (int64_t s = 0; s < p.kernel_w; ++s) tap_offsets[s] = layout.tap_offset(s, p.dilation_w);
