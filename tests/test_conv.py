@@ -602,9 +602,9 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel for rows >= 7 wide and reductions >= 64, plane-wide dot products for
-# short reductions with <= 8 output channels, or <= 32 with AVX-512's 4 x 6 dot tile (both
-# "direct"), GEMM otherwise.
+# gathered-A kernel for rows >= 10 wide (>= 7 below 64 MFLOP) and reductions >= 64,
+# plane-wide dot products for short reductions with <= 8 output channels, or <= 32 with
+# AVX-512's 4 x 6 dot tile (both "direct"), GEMM otherwise.
 WIDE_DOT_TILE = fastconv._C.isa() == "avx512f"
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
@@ -614,7 +614,7 @@ WEIGHT_GRAD_TABLE = {
     "resnet_1x1s2_56": "implicit_gemm",
     "resnet_3x3_28": "direct",
     "resnet_3x3_14": "direct",
-    "resnet_3x3_7": "direct",
+    "resnet_3x3_7": "implicit_gemm",
     "vgg_3x3_112": "direct",
     "googlenet_5x5_28": "direct",
     "alexnet_3x3_13": "direct",

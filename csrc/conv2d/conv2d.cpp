@@ -36,10 +36,14 @@ struct ConvTuning {
   // Weight gradient: the gathered-A kernel reads im2col in place, one output
   // row at a time, so it wants rows at least this wide and a reduction long
   // enough to amortise transposing dY; 1x1 kernels (and narrower rows, shorter
-  // reductions) run as GEMM (measured on the layer set: the 1x1-stride-2 and
-  // CIFAR layers are faster as GEMM; resnet_3x3_7 runs direct: 9.6-10.0 ms,
-  // against 9.6-13.5 ms as GEMM).
-  int64_t direct_weight_grad_min_out_w = 7;
+  // reductions) run as GEMM, whose pixel tiles span images (measured on the
+  // layer set: the 1x1-stride-2 and CIFAR layers are faster as GEMM;
+  // resnet_3x3_7, 7 wide: 6.8-7.7 ms as GEMM against 8.9-10.6 ms direct;
+  // resnet_3x3_14: even; alexnet_3x3_13: direct 1.02-1.06x faster). Small
+  // problems keep rows of 7 direct: the digits demo's 8x8 layers train 10%
+  // slower with GEMM.
+  int64_t direct_weight_grad_min_out_w = 10;
+  int64_t direct_weight_grad_min_out_w_small = 7;
   int64_t direct_weight_grad_min_reduction = 64;
   // Shorter reductions with at most this many output channels per group
   // (LeNet's 6) sum dot products over whole planes in vector lanes (measured
@@ -83,7 +87,10 @@ bool weight_grad_is_narrow(const ConvParams& p) {
 }
 
 bool weight_grad_runs_direct(const ConvParams& p) {
-  return p.taps() > 1 && p.out_w >= kTuning.direct_weight_grad_min_out_w &&
+  const int64_t min_out_w = p.flops() < kTuning.small_max_flops
+                                ? kTuning.direct_weight_grad_min_out_w_small
+                                : kTuning.direct_weight_grad_min_out_w;
+  return p.taps() > 1 && p.out_w >= min_out_w &&
          p.reduction() >= kTuning.direct_weight_grad_min_reduction;
 }
 
