@@ -78,47 +78,39 @@ void pack_b_view(const MatrixView<T>& b, int64_t n, int64_t k0, int64_t kc, int6
   }
 }
 
-// Prefetches (toward L2) the source of a block of A that will be packed
-// next: rows [i0, i0+rows) x cols [k0, k0+kc), as contiguous segments (rows
-// of row-major A, columns of column-major A). Each segment starts a new 4 KB
-// page, which the hardware prefetcher reaches too late. Issued a few lines at
-// a time, one batch per micro-tile, so the requests never crowd the fill
+// Prefetches (toward L2) rows [i0, i0+rows) x cols [k0, k0+kc) of a
+// row-major A, to be packed next. Each row segment starts a new 4 KB page,
+// which the hardware prefetcher reaches too late. Issued a few lines at a
+// time, one batch per micro-tile, so the requests never crowd the fill
 // buffers.
-class SourcePrefetch {
+class RowPrefetch {
  public:
-  SourcePrefetch() = default;
+  RowPrefetch() = default;
   template <typename T>
-  SourcePrefetch(const MatrixView<T>& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc) {
-    const int64_t bytes = static_cast<int64_t>(sizeof(T));
-    int64_t length = 0;
-    if (a.col_stride == 1) {
-      segments_ = rows, length = kc, segment_stride_ = a.row_stride * bytes;
-    } else if (a.row_stride == 1) {
-      segments_ = kc, length = rows, segment_stride_ = a.col_stride * bytes;
-    } else {
-      return;  // scattered elements: nothing worth prefetching
-    }
-    segment_ = reinterpret_cast<const char*>(a.data + i0 * a.row_stride + k0 * a.col_stride);
-    // Line starts, the first rounded down to its line.
-    segment_ -= reinterpret_cast<uintptr_t>(segment_) % 64;
-    lines_per_segment_ = (length * bytes + 63) / 64 + 1;
+  RowPrefetch(const MatrixView<T>& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc)
+      : row_(reinterpret_cast<const char*>(a.data + i0 * a.row_stride + k0)),
+        rows_(rows),
+        row_stride_(a.row_stride * static_cast<int64_t>(sizeof(T))) {
+    // Line starts from the first row's line; +1: the start may be unaligned.
+    row_ -= reinterpret_cast<uintptr_t>(row_) % 64;
+    lines_per_row_ = (kc * static_cast<int64_t>(sizeof(T)) + 63) / 64 + 1;
   }
-  int64_t lines() const { return segments_ * lines_per_segment_; }
+  int64_t lines() const { return rows_ * lines_per_row_; }
   // The next `count` lines.
   void issue(int64_t count) {
-    for (; count > 0 && segments_ > 0; --count) {
-      __builtin_prefetch(segment_ + line_ * 64, 0, 2);
-      if (++line_ == lines_per_segment_) {
+    for (; count > 0 && rows_ > 0; --count) {
+      __builtin_prefetch(row_ + line_ * 64, 0, 2);
+      if (++line_ == lines_per_row_) {
         line_ = 0;
-        segment_ += segment_stride_;
-        --segments_;
+        row_ += row_stride_;
+        --rows_;
       }
     }
   }
 
  private:
-  const char* segment_ = nullptr;
-  int64_t segments_ = 0, segment_stride_ = 0, lines_per_segment_ = 0, line_ = 0;
+  const char* row_ = nullptr;
+  int64_t rows_ = 0, row_stride_ = 0, lines_per_row_ = 0, line_ = 0;
 };
 
 template <typename T>
@@ -202,25 +194,29 @@ void gemm_block(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo, int64_
             merge_tile(tile, nr, rows, cols, cij, c.row_stride, c.col_stride, beta);
           }
         };
+        // Row-major A in A-sliver order is packed one sliver at a time, just
+        // before its sweep over the B panel, into a buffer that stays in L1,
+        // while the next sliver's rows are prefetched a few lines per
+        // micro-tile. Other layouts read their block as long runs: packed
+        // whole, up front.
+        const bool sliver_packing =
+            a_sliver_order && pr.packed_a == nullptr && pr.a.col_stride == 1;
+        if (pr.packed_a == nullptr && !sliver_packing) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
         if (!a_sliver_order) {
-          if (pr.packed_a == nullptr) pack_a(pr.a, pr.m, ic, mc, pc, kc, mr, abuf);
           for (int64_t jr = 0; jr < nc; jr += nr)
             for (int64_t ir = 0; ir < mc; ir += mr) micro_tile(ir, apanel + ir * kc, jr);
           continue;
         }
-        // A-sliver order: each sliver is packed just before its sweep over the
-        // B panel, into a buffer that stays in L1, while the next sliver's
-        // source is prefetched a few lines per micro-tile.
         const int64_t tiles = (nc + nr - 1) / nr;
         for (int64_t ir = 0; ir < mc; ir += mr) {
           const T* as = apanel + ir * kc;
-          SourcePrefetch next;
-          if (pr.packed_a == nullptr) {
+          RowPrefetch next;
+          if (sliver_packing) {
             pack_a(pr.a, pr.m, ic + ir, std::min<int64_t>(mr, mc - ir), pc, kc, mr, abuf);
             as = abuf;
             const int64_t next_rows =
                 std::min<int64_t>(mr, std::min(ic + mc, pr.m) - (ic + ir + mr));
-            if (next_rows > 0) next = SourcePrefetch(pr.a, ic + ir + mr, next_rows, pc, kc);
+            if (next_rows > 0) next = RowPrefetch(pr.a, ic + ir + mr, next_rows, pc, kc);
           }
           const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
           for (int64_t jr = 0; jr < nc; jr += nr) {
