@@ -447,22 +447,24 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
         for (int64_t c = 0; c < cg; ++c)
           fill_phase_rows(input + (n * p.in_channels + g * cg + c) * p.in_plane(), p, layout, ih0,
                           slots, phase + (n - n0) * image_stride + c * span * layout.size());
-      // dY of the task, transposed: b[(kb * pixels + q) * nr + j] = dY[kb * nr + j] at pixel q.
+      // dY of the task, transposed: b[(kb * pixels + q) * nr + j] = dY[kb * nr + j] at pixel q,
+      // 64 pixels at a time so that both sides stay in L1 (pixel by pixel,
+      // every store would land on a new line); channels past kg are zero.
       const int64_t run = rows_per_image * p.out_w;  // pixels of one image in the task
-      for (int64_t kb = 0; kb < k_blocks; ++kb)
-        for (int64_t j = 0; j < nr; ++j) {
-          const int64_t k = kb * nr + j;
-          T* dst = b + kb * pixels * nr + j;
-          for (int64_t n = n0; n < n1; ++n, dst += run * nr) {
-            if (k < kg) {
-              const T* src =
-                  grad_output + (n * p.out_channels + g * kg + k) * p.out_plane() + oh0 * p.out_w;
-              for (int64_t q = 0; q < run; ++q) dst[q * nr] = src[q];
-            } else {
-              for (int64_t q = 0; q < run; ++q) dst[q * nr] = T(0);
-            }
-          }
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const int64_t count = std::min(nr, kg - kb * nr);
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* src =
+              grad_output + (n * p.out_channels + g * kg + kb * nr) * p.out_plane() + oh0 * p.out_w;
+          T* dst = b + (kb * pixels + (n - n0) * run) * nr;
+          for (int64_t q0 = 0; q0 < run; q0 += 64)
+            transpose_into(src + q0, p.out_plane(), count, std::min<int64_t>(64, run - q0),
+                           dst + q0 * nr, nr);
+          if (count < nr)
+            for (int64_t q = 0; q < run; ++q)
+              std::fill(dst + q * nr + count, dst + (q + 1) * nr, T(0));
         }
+      }
       for (int64_t tb = 0; tb < tap_blocks; ++tb) {
         const int64_t t0 = tb * mr, count = std::min(mr, taps - t0);
         for (int64_t i = 0; i < count; ++i)
