@@ -481,22 +481,27 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
       group_written[g] = 1;
     }
   }
-  // dW[g][k][tap] = sum over threads, in thread order, of dW^T[g][tap][k]:
-  // transposed in 16 x 64 blocks (both sides then touch whole cache lines).
+  // dW[g][k][tap] = sum over threads, in thread order, of dW^T[g][tap][k],
+  // in blocks of 64 taps x 16 channels: the threads' runs of 16 channels (a
+  // cache line each) are summed into a block, which is then transposed into
+  // dW (element by element, each sum's loads landed on lines far apart).
   const int64_t k_tiles = (kg + 15) / 16, t_tiles = (taps + 63) / 64;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t job = 0; job < p.groups * k_tiles; ++job) {
     const int64_t g = job / k_tiles, k0 = (job % k_tiles) * 16, k1 = std::min(kg, k0 + 16);
+    std::vector<const T*> sources;  // group g's partial dW^T of each thread that wrote one
+    for (int th = 0; th < threads; ++th)
+      if (touched.at(th)[g]) sources.push_back(partials + th * per_thread + g * taps_pad * kg_pad);
+    alignas(64) T block[64 * 16];
     for (int64_t tt = 0; tt < t_tiles; ++tt) {
       const int64_t t0 = tt * 64, t1 = std::min(taps, t0 + 64);
-      for (int64_t k = k0; k < k1; ++k)
-        for (int64_t t = t0; t < t1; ++t) {
-          T sum = T(0);
-          for (int th = 0; th < threads; ++th)
-            if (touched.at(th)[g])
-              sum += partials[th * per_thread + (g * taps_pad + t) * kg_pad + k];
-          grad_weight[(g * kg + k) * taps + t] = sum;
-        }
+      for (int64_t t = t0; t < t1; ++t) {
+        T* row = block + (t - t0) * 16;
+        std::fill(row, row + 16, T(0));
+        for (const T* src : sources)
+          for (int64_t k = 0; k < k1 - k0; ++k) row[k] += src[t * kg_pad + k0 + k];
+      }
+      transpose_into(block, 16, t1 - t0, k1 - k0, grad_weight + (g * kg + k0) * taps + t0, taps);
     }
   }
 }
