@@ -262,19 +262,17 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
                   chunk, tap_rows.data() + (oh - oh0) * taps + t0, ow0, w + t0 * nr,
                   acc + ((oh - oh0) * p.out_w + ow0) * nr, nr, beta);
         }
-        // acc (pixels x nr) -> output planes, 16 pixels at a time so that the
-        // block read across channels stays in L1.
+        // acc (pixels x nr) -> output planes: a transpose, then the bias.
         const int64_t k0 = kb * nr, kn = std::min(nr, kg - k0);
         const int64_t pixels = (oh1 - oh0) * p.out_w;
         T* out0 = output + (n * p.out_channels + g * kg + k0) * p.out_plane() + oh0 * p.out_w;
-        for (int64_t q0 = 0; q0 < pixels; q0 += 16) {
-          const int64_t q1 = std::min(pixels, q0 + 16);
+        transpose_into(acc, nr, pixels, kn, out0, p.out_plane());
+        if (bias != nullptr)
           for (int64_t j = 0; j < kn; ++j) {
-            const T b = bias != nullptr ? bias[g * kg + k0 + j] : T(0);
+            const T b = bias[g * kg + k0 + j];
             T* dst = out0 + j * p.out_plane();
-            for (int64_t q = q0; q < q1; ++q) dst[q] = acc[q * nr + j] + b;
+            for (int64_t q = 0; q < pixels; ++q) dst[q] += b;
           }
-        }
       }
     }
   }
