@@ -142,19 +142,7 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t cover = pixels_broadcast ? pixel_kernels.mr : channel_kernels.nr;
   const int64_t ow_padded = (p.out_w + cover - 1) / cover * cover;
   const PhaseLayout layout(p, ow_padded);
-  std::vector<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * block), T(0));
-  // A transpose per block, 64 taps at a time so that both sides stay in L1
-  // (tap by tap, every store would miss: the block's taps span 600 KB).
-  for (int64_t g = 0; g < p.groups; ++g)
-    for (int64_t kb = 0; kb < k_blocks; ++kb) {
-      const T* src = weight + (g * kg + kb * block) * taps;
-      T* dst = packed.data() + (g * k_blocks + kb) * taps * block;
-      const int64_t count = std::min(block, kg - kb * block);
-      for (int64_t t0 = 0; t0 < taps; t0 += 64)
-        transpose_into(src + t0, taps, count, std::min<int64_t>(64, taps - t0), dst + t0 * block,
-                       block);
-    }
-  const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
+  AlignedBuffer<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * block));
   std::vector<int64_t> tap_offsets(static_cast<size_t>(p.kernel_w));  // per kernel column
   for (int64_t s = 0; s < p.kernel_w; ++s) tap_offsets[s] = layout.tap_offset(s, p.dilation_w);
   // Output rows per task: the phase-split copy of each input row is made once
@@ -170,8 +158,7 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t tile_size = std::max<int64_t>(channel_kernels.mr * channel_kernels.nr,
                                               pixel_kernels.mr * pixel_kernels.nr);
   PerThread<T> phases(threads, static_cast<size_t>(cg * span * layout.size()));
-  PerThread<const T*> tap_lists(threads,
-                                static_cast<size_t>(taps * (pixels_broadcast ? rows_per_task : 1)));
+  PerThread<const T*> tap_lists(threads, static_cast<size_t>(taps));
   PerThread<T> tiles(threads, static_cast<size_t>(tile_size));
   PerThread<T> accumulators(
       threads,
@@ -182,6 +169,21 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
     std::vector<const T*>& tap_rows = tap_lists.mine();
     T* tile = tiles.mine().data();
     T* acc = accumulators.mine().data();
+    // The packed weights: a transpose per block, 64 taps at a time so that
+    // both sides stay in L1 (tap by tap, every store would miss: a block's
+    // taps span up to 600 KB); missing channels zero.
+    const int64_t tap_chunks = (taps + 63) / 64;
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < p.groups * k_blocks * tap_chunks; ++job) {
+      const int64_t t0 = job % tap_chunks * 64, t1 = std::min(taps, t0 + 64);
+      const int64_t gk = job / tap_chunks, g = gk / k_blocks, kb = gk % k_blocks;
+      const int64_t count = std::min(block, kg - kb * block);
+      T* dst = packed.data() + (gk * taps + t0) * block;
+      transpose_into(weight + (g * kg + kb * block) * taps + t0, taps, count, t1 - t0, dst, block);
+      if (count < block)
+        for (int64_t t = 0; t < t1 - t0; ++t)
+          std::fill(dst + t * block + count, dst + (t + 1) * block, T(0));
+    }  // (implicit barrier: every task reads every block)
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t rb = task % row_blocks, ng = task / row_blocks;
@@ -193,27 +195,24 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
         const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
         for (int64_t slot = 0; slot < slots; ++slot) {
           const int64_t ih = ih0 + slot;
-          if (ih < 0 || ih >= p.in_h) continue;
-          fill_phase_row(plane + ih * p.in_w, p.in_w, layout,
-                         phase.data() + (c * span + slot) * layout.size());
+          T* dst = phase.data() + (c * span + slot) * layout.size();
+          if (ih < 0 || ih >= p.in_h)  // zero padding rows
+            std::fill(dst, dst + layout.size(), T(0));
+          else
+            fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
         }
       }
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        // The pixel kernel keeps every row's tap list (it sweeps the task's
-        // rows per chunk of taps); IGEMM reuses one.
-        const T** row_taps = tap_rows.data() + (pixels_broadcast ? (oh - oh0) * taps : 0);
-        for (int64_t c = 0; c < cg; ++c) {
-          for (int64_t r = 0; r < p.kernel_h; ++r) {
-            const int64_t slot = (oh - oh0) * p.stride_h + r * p.dilation_h;
-            const int64_t ih = ih0 + slot;
-            const T* row = (ih >= 0 && ih < p.in_h)
-                               ? phase.data() + (c * span + slot) * layout.size()
-                               : zeros.data();
-            const T** dst = row_taps + (c * p.kernel_h + r) * p.kernel_w;
-            for (int64_t s = 0; s < p.kernel_w; ++s) dst[s] = row + tap_offsets[s];
-          }
+      // One tap list for the task, under its first output row; output row oh
+      // reads every tap row_step * (oh - oh0) further on.
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t r = 0; r < p.kernel_h; ++r) {
+          const T* row = phase.data() + (c * span + r * p.dilation_h) * layout.size();
+          const T** dst = tap_rows.data() + (c * p.kernel_h + r) * p.kernel_w;
+          for (int64_t s = 0; s < p.kernel_w; ++s) dst[s] = row + tap_offsets[s];
         }
-        if (pixels_broadcast) continue;  // after the task's last tap list, below
+      const int64_t row_step = p.stride_h * layout.size();
+      for (int64_t oh = oh0; oh < oh1 && !pixels_broadcast; ++oh) {
+        const int64_t row_offset = (oh - oh0) * row_step;
         T* out = output + (n * p.out_channels + g * kg) * p.out_plane() + oh * p.out_w;
         const int64_t mr = channel_kernels.mr, nr = channel_kernels.nr;
         const int64_t full_cols = p.out_w / nr * nr;
@@ -228,10 +227,11 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
             const T* const* chunk_rows = tap_rows.data() + t0;
             const T beta = t0 == 0 ? T(0) : T(1);
             for (int64_t ow = 0; ow < full_cols; ow += nr)
-              channel_kernels.kernels[count - 1](chunk, a, chunk_rows, ow, c + ow, p.out_plane(),
-                                                 beta);
+              channel_kernels.kernels[count - 1](chunk, a, chunk_rows, row_offset + ow, c + ow,
+                                                 p.out_plane(), beta);
             if (full_cols < p.out_w)  // ragged end of the row: through a full tile
-              channel_kernels.kernels[mr - 1](chunk, a, chunk_rows, full_cols, tile, nr, beta);
+              channel_kernels.kernels[mr - 1](chunk, a, chunk_rows, row_offset + full_cols, tile,
+                                              nr, beta);
           }
           if (full_cols < p.out_w)
             for (int64_t i = 0; i < count; ++i)
@@ -259,7 +259,7 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
           for (int64_t oh = oh0; oh < oh1; ++oh)
             for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += mr)
               pixel_kernels.kernels[std::min(mr, p.out_w - ow0) - 1](
-                  chunk, tap_rows.data() + (oh - oh0) * taps + t0, ow0, w + t0 * nr,
+                  chunk, tap_rows.data() + t0, (oh - oh0) * row_step + ow0, w + t0 * nr,
                   acc + ((oh - oh0) * p.out_w + ow0) * nr, nr, beta);
         }
         // acc (pixels x nr) -> output planes: a transpose, then the bias.
