@@ -484,12 +484,16 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
   // cache line each) are summed into a block, which is then transposed into
   // dW (element by element, each sum's loads landed on lines far apart).
   const int64_t k_tiles = (kg + 15) / 16, t_tiles = (taps + 63) / 64;
+  // Per group, the partial dW^T of each thread that wrote one, in thread order.
+  std::vector<std::vector<const T*>> sources_of(static_cast<size_t>(p.groups));
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (int th = 0; th < threads; ++th)
+      if (touched.at(th)[g])
+        sources_of[g].push_back(partials + th * per_thread + g * taps_pad * kg_pad);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t job = 0; job < p.groups * k_tiles; ++job) {
     const int64_t g = job / k_tiles, k0 = (job % k_tiles) * 16, k1 = std::min(kg, k0 + 16);
-    std::vector<const T*> sources;  // group g's partial dW^T of each thread that wrote one
-    for (int th = 0; th < threads; ++th)
-      if (touched.at(th)[g]) sources.push_back(partials + th * per_thread + g * taps_pad * kg_pad);
+    const std::vector<const T*>& sources = sources_of[g];
     alignas(64) T block[64 * 16];
     for (int64_t tt = 0; tt < t_tiles; ++tt) {
       const int64_t t0 = tt * 64, t1 = std::min(taps, t0 + 64);

@@ -463,15 +463,20 @@ double gemm_kernel_peak_gflops(int threads, int64_t calls) {
   // the A and B slivers (mr x kc and kc x nr) sit in a 32 KB L1 together.
   const int64_t kc =
       std::max<int64_t>(16, (24 << 10) / (static_cast<int64_t>(sizeof(float)) * (mr + nr)));
+  // Each thread's A, B and C, allocated (and filled) outside the region.
+  const int64_t a_size = mr * kc, b_size = kc * nr, per_thread = a_size + b_size + mr * nr;
+  std::vector<AlignedBuffer<float>> buffers(static_cast<size_t>(threads));
+  for (AlignedBuffer<float>& buffer : buffers) {
+    buffer.resize(static_cast<size_t>(per_thread));
+    std::fill(buffer.data(), buffer.data() + a_size + b_size, 1e-3f);
+    std::fill(buffer.data() + a_size + b_size, buffer.data() + per_thread, 0.0f);
+  }
   const auto start = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(threads)
   {
-    AlignedBuffer<float> a(static_cast<size_t>(mr * kc)), b(static_cast<size_t>(kc * nr)),
-        c(static_cast<size_t>(mr * nr));
-    std::fill(a.data(), a.data() + mr * kc, 1e-3f);
-    std::fill(b.data(), b.data() + kc * nr, 1e-3f);
+    float* a = buffers[static_cast<size_t>(omp_get_thread_num())].data();
     for (int64_t i = 0; i < calls; ++i)
-      kinfo.kernels[mr - 1](kc, a.data(), b.data(), c.data(), nr, 1.0f, 1.0f);
+      kinfo.kernels[mr - 1](kc, a, a + a_size, a + a_size + b_size, nr, 1.0f, 1.0f);
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -177,12 +177,12 @@ using GatherGemmKernelInfo = KernelSet<GatherGemmMicroKernel<T>>;
 template <typename T>
 GatherGemmKernelInfo<T> gather_gemm_kernel();
 
-// Declared per ISA file.
 // GFLOP/s of the float32 GEMM micro-kernel alone on `threads` threads, each
 // making `calls` calls on operands that stay in L1: the rate no blocking can
 // beat (the benchmark reports GEMM speed against it).
 double gemm_kernel_peak_gflops(int threads, int64_t calls);
 
+// Declared per ISA file.
 PixelIgemmKernelInfo<float> pixel_igemm_f32_12x32_avx512();
 PixelIgemmKernelInfo<double> pixel_igemm_f64_12x16_avx512();
 PixelIgemmKernelInfo<float> pixel_igemm_f32_6x16_avx2_fma();

@@ -203,9 +203,10 @@ GemmKernelInfo<float> gemm_f32_12x32_avx512() {
           // A-sliver order (measured against B-sliver order with {256, 240,
           // 4096}, same process, 2 threads: square 2048 and 1024 +3-8%, the
           // conv shapes 0 to +8%, 512 and 512x49x4608 -1 to -2%). float64's
-          // 12 x 16 kernel measured slower in this order. In this order A is
-          // packed one sliver at a time (gemm.cpp), so mc only sizes the A
-          // block of the shallow-K fallback to B-sliver order.
+          // 12 x 16 kernel measured slower in this order. In this order a
+          // row-major A is packed one sliver at a time (gemm.cpp), so for it
+          // mc only sizes the A block of the shallow-K fallback to B-sliver
+          // order.
           {256, 960, 1536, 32, true}};
 }
 
