@@ -48,6 +48,12 @@ struct PhaseLayout {
     const int64_t o = s * dilation;
     return (o % stride) * length + o / stride;
   }
+  // tap_offset of every kernel column, computed once (two divisions each).
+  std::vector<int64_t> tap_offsets(int64_t kernel_w, int64_t dilation) const {
+    std::vector<int64_t> out(static_cast<size_t>(kernel_w));
+    for (int64_t s = 0; s < kernel_w; ++s) out[s] = tap_offset(s, dilation);
+    return out;
+  }
 };
 
 template <int64_t kStride, typename T>

@@ -73,6 +73,7 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
   const int64_t taps = p.reduction();  // cg * R * S: one group's weights for one output channel
   const int64_t plane_rows = p.in_h * layout.size();
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
+  const std::vector<int64_t> tap_offsets = layout.tap_offsets(p.kernel_w, p.dilation_w);
   const int64_t tasks = p.batch * p.groups;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   PerThread<T> phases(threads, static_cast<size_t>(cg * plane_rows));
@@ -98,8 +99,7 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
                                ? phase.data() + c * plane_rows + ih * layout.size()
                                : zeros.data();
             for (int64_t s = 0; s < p.kernel_w; ++s)
-              rows[(c * p.kernel_h + r) * p.kernel_w + s] =
-                  row + layout.tap_offset(s, p.dilation_w);
+              rows[(c * p.kernel_h + r) * p.kernel_w + s] = row + tap_offsets[s];
           }
         for (int64_t k = g * kg; k < (g + 1) * kg; ++k)
           ops.weighted_rows(p.out_w, taps, rows.data(), weight + k * taps,
@@ -143,8 +143,7 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
   const int64_t ow_padded = (p.out_w + cover - 1) / cover * cover;
   const PhaseLayout layout(p, ow_padded);
   AlignedBuffer<T> packed(static_cast<size_t>(p.groups * k_blocks * taps * block));
-  std::vector<int64_t> tap_offsets(static_cast<size_t>(p.kernel_w));  // per kernel column
-  for (int64_t s = 0; s < p.kernel_w; ++s) tap_offsets[s] = layout.tap_offset(s, p.dilation_w);
+  const std::vector<int64_t> tap_offsets = layout.tap_offsets(p.kernel_w, p.dilation_w);
   // Output rows per task: the phase-split copy of each input row is made once
   // per task and shared by every output row and tap that reads it; the copies
   // for one task stay within about 256 KB (L2).
@@ -287,6 +286,7 @@ void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad
   const VectorOps<T>& ops = vector_ops<T>();
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
+  const std::vector<int64_t> tap_offsets = layout.tap_offsets(p.kernel_w, p.dilation_w);
   const int64_t planes = p.batch * p.in_channels;
   const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
   PerThread<T> accumulators(threads, static_cast<size_t>(p.in_h * layout.size()));
@@ -308,8 +308,7 @@ void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad
             if (ih < 0 || ih >= p.in_h) continue;
             T* row = acc.data() + ih * layout.size();
             for (int64_t s = 0; s < p.kernel_w; ++s)
-              ops.axpy(p.out_w, w[r * p.kernel_w + s], dy + oh * p.out_w,
-                       row + layout.tap_offset(s, p.dilation_w));
+              ops.axpy(p.out_w, w[r * p.kernel_w + s], dy + oh * p.out_w, row + tap_offsets[s]);
           }
         }
       }
@@ -336,6 +335,7 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
   PerThread<T> lane_sums(threads, static_cast<size_t>(taps * p.out_w));
   PerThread<const T*> tap_lists(threads, static_cast<size_t>(taps));
   const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
+  const std::vector<int64_t> tap_offsets = layout.tap_offsets(p.kernel_w, p.dilation_w);
 #pragma omp parallel num_threads(threads)
   {
     T* phase = phases.mine().data();
@@ -355,7 +355,7 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
               const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
               const T* row = (ih >= 0 && ih < p.in_h) ? phase + ih * layout.size() : zeros.data();
               for (int64_t s = 0; s < p.kernel_w; ++s)
-                rows[r * p.kernel_w + s] = row + layout.tap_offset(s, p.dilation_w);
+                rows[r * p.kernel_w + s] = row + tap_offsets[s];
             }
             ops.rows_mul_add(p.out_w, dy + oh * p.out_w, taps, rows, acc);
           }
