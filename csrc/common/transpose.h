@@ -49,4 +49,19 @@ inline void transpose_into(const T* src, int64_t stride, int64_t rows, int64_t k
   }
 }
 
+// dst[p * ld + i] = src[i][p] for i < rows, and 0 for rows <= i < ld: packs
+// rows into ld-lane blocks, missing lanes zero. 64 columns at a time, so that
+// both sides stay in L1 (column by column, every store would land on a new
+// line).
+template <typename T>
+inline void transpose_into_lanes(const T* src, int64_t stride, int64_t rows, int64_t kc, T* dst,
+                                 int64_t ld) {
+  for (int64_t p0 = 0; p0 < kc; p0 += 64) {
+    const int64_t width = kc - p0 < 64 ? kc - p0 : 64;
+    transpose_into(src + p0, stride, rows, width, dst + p0 * ld, ld);
+    for (int64_t p = p0; p < p0 + width; ++p)
+      for (int64_t i = rows; i < ld; ++i) dst[p * ld + i] = T(0);
+  }
+}
+
 }  // namespace fastconv

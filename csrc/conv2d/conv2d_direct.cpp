@@ -168,20 +168,17 @@ void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* ou
     std::vector<const T*>& tap_rows = tap_lists.mine();
     T* tile = tiles.mine().data();
     T* acc = accumulators.mine().data();
-    // The packed weights: a transpose per block, 64 taps at a time so that
-    // both sides stay in L1 (tap by tap, every store would miss: a block's
-    // taps span up to 600 KB); missing channels zero.
+    // The packed weights: transposed into blocks, missing channels zero, 64
+    // taps per job (tap by tap, every store would miss: a block's taps span up
+    // to 600 KB).
     const int64_t tap_chunks = (taps + 63) / 64;
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < p.groups * k_blocks * tap_chunks; ++job) {
       const int64_t t0 = job % tap_chunks * 64, t1 = std::min(taps, t0 + 64);
       const int64_t gk = job / tap_chunks, g = gk / k_blocks, kb = gk % k_blocks;
-      const int64_t count = std::min(block, kg - kb * block);
-      T* dst = packed.data() + (gk * taps + t0) * block;
-      transpose_into(weight + (g * kg + kb * block) * taps + t0, taps, count, t1 - t0, dst, block);
-      if (count < block)
-        for (int64_t t = 0; t < t1 - t0; ++t)
-          std::fill(dst + t * block + count, dst + (t + 1) * block, T(0));
+      transpose_into_lanes(weight + (g * kg + kb * block) * taps + t0, taps,
+                           std::min(block, kg - kb * block), t1 - t0,
+                           packed.data() + (gk * taps + t0) * block, block);
     }  // (implicit barrier: every task reads every block)
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
@@ -446,23 +443,14 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
           fill_phase_rows(input + (n * p.in_channels + g * cg + c) * p.in_plane(), p, layout, ih0,
                           slots, phase + (n - n0) * image_stride + c * span * layout.size());
       // dY of the task, transposed: b[(kb * pixels + q) * nr + j] = dY[kb * nr + j] at pixel q,
-      // 64 pixels at a time so that both sides stay in L1 (pixel by pixel,
-      // every store would land on a new line); channels past kg are zero.
+      // channels past kg zero.
       const int64_t run = rows_per_image * p.out_w;  // pixels of one image in the task
-      for (int64_t kb = 0; kb < k_blocks; ++kb) {
-        const int64_t count = std::min(nr, kg - kb * nr);
-        for (int64_t n = n0; n < n1; ++n) {
-          const T* src =
-              grad_output + (n * p.out_channels + g * kg + kb * nr) * p.out_plane() + oh0 * p.out_w;
-          T* dst = b + (kb * pixels + (n - n0) * run) * nr;
-          for (int64_t q0 = 0; q0 < run; q0 += 64)
-            transpose_into(src + q0, p.out_plane(), count, std::min<int64_t>(64, run - q0),
-                           dst + q0 * nr, nr);
-          if (count < nr)
-            for (int64_t q = 0; q < run; ++q)
-              std::fill(dst + q * nr + count, dst + (q + 1) * nr, T(0));
-        }
-      }
+      for (int64_t kb = 0; kb < k_blocks; ++kb)
+        for (int64_t n = n0; n < n1; ++n)
+          transpose_into_lanes(
+              grad_output + (n * p.out_channels + g * kg + kb * nr) * p.out_plane() + oh0 * p.out_w,
+              p.out_plane(), std::min(nr, kg - kb * nr), run,
+              b + (kb * pixels + (n - n0) * run) * nr, nr);
       for (int64_t tb = 0; tb < tap_blocks; ++tb) {
         const int64_t t0 = tb * mr, count = std::min(mr, taps - t0);
         for (int64_t i = 0; i < count; ++i)
