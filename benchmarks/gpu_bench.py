@@ -3,10 +3,10 @@
 
 Usage (on a machine with an NVIDIA GPU, numba-cuda and, optionally, a CUDA build of torch):
 
-    PYTHONPATH=src python benchmarks/gpu_bench.py                 # everything
-    PYTHONPATH=src python benchmarks/gpu_bench.py --ops conv --layers resnet_3x3_56
-    PYTHONPATH=src python benchmarks/gpu_bench.py --batch 32 --json out.json
-    NUMBA_ENABLE_CUDASIM=1 PYTHONPATH=src python benchmarks/gpu_bench.py --smoke  # no GPU:
+    python benchmarks/gpu_bench.py                 # everything
+    python benchmarks/gpu_bench.py --ops conv --layers resnet_3x3_56
+    python benchmarks/gpu_bench.py --batch 32 --json out.json
+    NUMBA_ENABLE_CUDASIM=1 python benchmarks/gpu_bench.py --smoke  # no GPU:
         # tiny shapes under the simulator, only checks that the script runs
 
 What it measures, per case: the time of one call through the public API

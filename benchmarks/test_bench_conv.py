@@ -7,8 +7,8 @@ before it is timed; ``extra_info`` carries the algorithm fastconv chose and GFLO
 (direct-convolution FLOPs / best time; for Winograd that is the effective rate).
 Under ``--benchmark-disable`` each layer runs on one image (smoke test).
 
-    PYTHONPATH=src python -m pytest benchmarks/test_bench_conv.py --benchmark-only
-    PYTHONPATH=src python -m fastconv bench --op conv             # ratio table + geomeans
+    python -m pytest benchmarks/test_bench_conv.py --benchmark-only
+    python -m fastconv bench --op conv             # ratio table + geomeans
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ float32, C = A @ B into a preallocated C (no allocation timed), 2 threads: squar
 (M x N x K). Each result is checked against a float64 product first. Under
 ``--benchmark-disable`` the shapes are capped at 256 a side (smoke test).
 
-    PYTHONPATH=src python -m pytest benchmarks/test_bench_gemm.py --benchmark-only
-    PYTHONPATH=src python -m fastconv bench --op gemm            # alternating ratio table
-    PYTHONPATH=src python -m fastconv bench --op gemm --threads 1
+    python -m pytest benchmarks/test_bench_gemm.py --benchmark-only
+    python -m fastconv bench --op gemm            # alternating ratio table
+    python -m fastconv bench --op gemm --threads 1
 
 Also here: an end-to-end smoke test of the ``fastconv bench`` command itself.
 """

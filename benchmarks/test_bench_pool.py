@@ -13,8 +13,8 @@ implementation's result is checked against ``fastconv.reference`` once before ti
 
 Targets from the issue: at least 5x faster than PyTorch, and within 2x of the copy time.
 
-    PYTHONPATH=src python -m pytest benchmarks/test_bench_pool.py --benchmark-only
-    PYTHONPATH=src python benchmarks/test_bench_pool.py       # pool_ratio_table()
+    python -m pytest benchmarks/test_bench_pool.py --benchmark-only
+    python benchmarks/test_bench_pool.py       # pool_ratio_table()
 """
 
 from __future__ import annotations

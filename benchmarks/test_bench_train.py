@@ -7,8 +7,8 @@ Cases: the CNN `fastconv train` trains (8x8 digits, batch 32) and the same CNN o
 off) with a float64 PyTorch run before timing. Skipped with the reason when the layer
 library (fastconv.training / nn / optim) is not there yet.
 
-    PYTHONPATH=src python -m pytest benchmarks/test_bench_train.py --benchmark-only
-    PYTHONPATH=src python -m fastconv bench --op train
+    python -m pytest benchmarks/test_bench_train.py --benchmark-only
+    python -m fastconv bench --op train
 """
 
 from __future__ import annotations

@@ -51,3 +51,30 @@ def assert_close_scaled(actual, expected, k, *, c=2.0, atol=0.0, err_msg=""):
             f"max|ref|={scale:.3e}, atol={atol}) at {where}: actual {a[where]!r}, "
             f"expected {e[where]!r}; {int((err > tol).sum())} of {err.size} elements off"
         )
+
+
+def run_python(code, *, env=None, timeout=120):
+    """Run ``python -c code`` against the fastconv this process imported.
+
+    The child starts in the tests folder, not the current directory: ``-c`` puts the
+    current directory first on ``sys.path``, and from a checkout root that would import
+    the unbuilt source tree instead of the installed (or dev-built) package.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fastconv
+
+    env = dict(os.environ if env is None else env)
+    package_parent = str(Path(fastconv.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=str(Path(__file__).resolve().parent),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -25,8 +25,6 @@ agrees with the default path.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from helpers import assert_close_scaled
+from helpers import assert_close_scaled, run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -964,12 +962,12 @@ def test_gradients_by_finite_differences(case):
         an_x, an_w = float(np.vdot(gx, vx)), float(np.vdot(gw, vw))
         tol_x = 1e-9 * (float(np.abs(gx * vx).sum()) + loss_terms / h)
         tol_w = 1e-9 * (float(np.abs(gw * vw).sum()) + loss_terms / h)
-        assert abs(fd_x - an_x) <= tol_x, (
-            f"{case}: d/dx finite difference {fd_x} vs conv2d_input {an_x}"
-        )
-        assert abs(fd_w - an_w) <= tol_w, (
-            f"{case}: d/dw finite difference {fd_w} vs conv2d_weight {an_w}"
-        )
+        assert (
+            abs(fd_x - an_x) <= tol_x
+        ), f"{case}: d/dx finite difference {fd_x} vs conv2d_input {an_x}"
+        assert (
+            abs(fd_w - an_w) <= tol_w
+        ), f"{case}: d/dw finite difference {fd_w} vs conv2d_weight {an_w}"
 
 
 def test_gradients_elementwise_by_finite_differences():
@@ -1116,24 +1114,14 @@ def test_lower_isa_agrees_with_default(tmp_path, isa):
     if tiers.index(fastconv._C.isa()) <= tiers.index(name):
         pytest.skip(f"this CPU's default tier is {fastconv._C.isa()}: nothing above {name}")
     out = tmp_path / f"{isa}.npz"
-    env = {**os.environ, "FASTCONV_ISA": isa}
-    src = str(Path(fastconv.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _ISA_CHILD.format(
-                tests=str(Path(__file__).parent),
-                out=str(out),
-                isa=name,
-                kernel={"baseline": "portable", "avx2": "avx2"}[isa],
-            ),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    child = run_python(
+        _ISA_CHILD.format(
+            tests=str(Path(__file__).parent),
+            out=str(out),
+            isa=name,
+            kernel={"baseline": "portable", "avx2": "avx2"}[isa],
+        ),
+        env={**os.environ, "FASTCONV_ISA": isa},
     )
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.startswith(f"isa {name}")

@@ -14,7 +14,6 @@ Skipped where numba (numba-cuda) is not installed.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -33,7 +32,7 @@ if "numba" not in sys.modules:
 numba = pytest.importorskip("numba")
 pytest.importorskip("numba.cuda")
 
-from helpers import assert_close_scaled  # noqa: E402
+from helpers import assert_close_scaled, run_python  # noqa: E402
 from numba import cuda  # noqa: E402
 
 import fastconv  # noqa: E402
@@ -652,5 +651,5 @@ def test_public_gemm_and_linear(rng):
 
 def test_import_fastconv_does_not_import_numba():
     code = "import sys, fastconv; assert 'numba' not in sys.modules, sorted(sys.modules)"
-    env = dict(os.environ)
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    child = run_python(code)
+    assert child.returncode == 0, child.stderr[-3000:]

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from helpers import run_python
 
 SCRIPT = textwrap.dedent(
     r"""
@@ -102,9 +101,7 @@ SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def compiled():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=1800
-    )
+    proc = run_python(SCRIPT, env=env, timeout=1800)
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip() or "NVVM not available")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -240,9 +240,9 @@ def check_grads(module, x, *, reset=None, rtol=1e-6, atol=1e-8, seed=1):
         numeric = numeric_grad(f, arr)
         flat = analytic.reshape(-1)
         for i, value in numeric.items():
-            assert abs(flat[i] - value) <= atol + rtol * max(abs(value), 1.0), (
-                f"{name}[{i}]: backward {flat[i]!r} vs finite difference {value!r}"
-            )
+            assert abs(flat[i] - value) <= atol + rtol * max(
+                abs(value), 1.0
+            ), f"{name}[{i}]: backward {flat[i]!r} vs finite difference {value!r}"
 
 
 @pytest.mark.parametrize("case", LAYER_CASES, ids=CASE_IDS)

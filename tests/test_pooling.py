@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -35,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from helpers import assert_close_scaled
+from helpers import assert_close_scaled, run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -687,19 +686,9 @@ def test_default_isa_matches_the_cpu():
 
 def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):
     out = tmp_path / "baseline.npz"
-    env = {**os.environ, "FASTCONV_ISA": "baseline"}
-    src = str(Path(fastconv.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _BASELINE_CHILD.format(tests=str(Path(__file__).parent), out=str(out)),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    child = run_python(
+        _BASELINE_CHILD.format(tests=str(Path(__file__).parent), out=str(out)),
+        env={**os.environ, "FASTCONV_ISA": "baseline"},
     )
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.startswith("isa baseline")
@@ -711,9 +700,9 @@ def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):
             case = cases[int(key.split("_")[0])]
             other = theirs[key]
             assert value.dtype == other.dtype and value.shape == other.shape, key
-            assert value.tobytes() == other.tobytes(), (
-                f"{key}: the {fastconv._C.isa()} and baseline kernels differ\n{case}"
-            )
+            assert (
+                value.tobytes() == other.tobytes()
+            ), f"{key}: the {fastconv._C.isa()} and baseline kernels differ\n{case}"
 
 
 # --------------------------------------------------------------------------- memory bounds
@@ -774,19 +763,10 @@ def guard_cases() -> list[Case]:
 def test_kernels_read_nothing_outside_their_arrays():
     """Every input array ends right before (and starts right after) an unreadable page;
     the vector loads (16 floats for stride 2) must stay inside the array."""
-    src = str(Path(fastconv.__file__).resolve().parent.parent)
-    env = {**os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    child = subprocess.run(
-        [sys.executable, "-c", _GUARD_CHILD.format(tests=str(Path(__file__).parent))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert child.returncode == 0, (
-        f"exit status {child.returncode} (-11: a read outside the array)\n{child.stderr[-3000:]}"
-    )
+    child = run_python(_GUARD_CHILD.format(tests=str(Path(__file__).parent)))
+    assert (
+        child.returncode == 0
+    ), f"exit status {child.returncode} (-11: a read outside the array)\n{child.stderr[-3000:]}"
     assert child.stdout.startswith("checked")
 
 

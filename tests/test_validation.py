@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import assert_close_scaled
+from helpers import assert_close_scaled, run_python
 
 import fastconv
 from fastconv import functional, reference
@@ -1216,15 +1216,7 @@ def test_huge_pooling_windows_fail_cleanly(call_text):
     """A window far larger than the input (legal: padding <= kernel // 2, output 1x1) must
     give the right answer or a clean ValueError/MemoryError -- never crash the interpreter.
     PyTorch refuses these sizes (they overflow its int32 window arguments)."""
-    import subprocess
-    import sys
-
-    child = subprocess.run(
-        [sys.executable, "-c", _HUGE_WINDOW_CHILD.format(call=call_text)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    child = run_python(_HUGE_WINDOW_CHILD.format(call=call_text), timeout=60)
     assert child.returncode == 0, (
         f"{call_text} killed the interpreter (exit status {child.returncode}): "
         f"{child.stderr[-500:]}"

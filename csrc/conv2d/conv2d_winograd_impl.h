@@ -397,7 +397,7 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
     }
   }
   for (int i = 0; i < kTile; ++i) {
-    const float (*r)[kLanes] = s[i];
+    const float(*r)[kLanes] = s[i];
     float* y0 = y + (i * kTile + 0) * kLanes;
     float* y1 = y0 + kLanes;
     float* y2 = y1 + kLanes;

@@ -5,7 +5,15 @@ kernels (``pip install fastconv[cuda]``). ``fastconv.reference`` holds the NumPy
 reference of every op, the executable spec the kernels are tested against.
 """
 
-from . import _C, reference
+try:
+    from . import _C
+except ImportError as exc:  # an unbuilt checkout: say how to build, not just "no module"
+    raise ImportError(
+        f"fastconv's compiled kernels (fastconv._C) could not be imported from "
+        f"{__path__[0]}: {exc}. In a source checkout, run ./dev-build.sh first "
+        "(or install the package: python -m pip install .)."
+    ) from exc
+from . import reference
 from .functional import (
     CONV2D_ALGORITHMS,
     avg_pool2d,
