@@ -147,7 +147,7 @@ def pool_ratio_table(shape=SHAPE, rounds: int = 9, threads: int = 2, *, verbose=
     if verbose:
         print(
             f"pooling on {shape} float32, {threads} threads, best/median of {rounds} "
-            f"alternating rounds (fastconv {fastconv.__version__}, isa {fastconv._C.isa()})"
+            f"alternating rounds (fastconv {fastconv.__version__}, isa {fastconv._cpu.isa()})"
         )
         print(
             format_table(

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <shared_mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -17,13 +18,33 @@
 #include "common/peak_probe.h"
 #include "conv2d/conv2d.h"
 #include "gemm/gemm.h"
+#include "kernel_table.h"
 #include "norm/batch_norm.h"
 #include "pool2d/pool2d.h"
 
 namespace py = pybind11;
+using fastconv::ConvParams;
 using fastconv::PoolParams;
 
 namespace {
+
+// Kernels read the active ISA tier's table at several points of one call, so
+// the tier may change only while no kernel runs: every kernel call holds this
+// lock shared (taken after the GIL is released), set_isa holds it exclusively.
+std::shared_mutex& tier_mutex() {
+  static std::shared_mutex mutex;
+  return mutex;
+}
+
+// Drops the GIL and holds the tier lock shared, for the duration of a kernel call.
+class KernelScope {
+ public:
+  KernelScope() : release_(), lock_(tier_mutex()) {}
+
+ private:
+  py::gil_scoped_release release_;
+  std::shared_lock<std::shared_mutex> lock_;
+};
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style>;
@@ -40,30 +61,12 @@ void require_shape(const CArray<T>& a, std::initializer_list<int64_t> shape, con
   if (!ok) throw std::invalid_argument(std::string("internal: unexpected shape for ") + name);
 }
 
-// Pool arrays are passed as (planes, H, W) views.
-PoolParams pool_params(py::ssize_t planes, py::ssize_t in_h, py::ssize_t in_w, py::ssize_t out_h,
-                       py::ssize_t out_w, py::tuple window) {
-  require(window.size() == 10, "internal: pooling window needs 10 integers");
-  PoolParams p;
-  p.planes = planes;
-  p.in_h = in_h;
-  p.in_w = in_w;
-  p.out_h = out_h;
-  p.out_w = out_w;
-  p.kernel_h = window[0].cast<int64_t>();
-  p.kernel_w = window[1].cast<int64_t>();
-  p.stride_h = window[2].cast<int64_t>();
-  p.stride_w = window[3].cast<int64_t>();
-  p.pad_h = window[4].cast<int64_t>();
-  p.pad_w = window[5].cast<int64_t>();
-  p.dilation_h = window[6].cast<int64_t>();
-  p.dilation_w = window[7].cast<int64_t>();
-  p.count_include_pad = window[8].cast<bool>();
-  p.divisor_override = window[9].cast<int64_t>();
-  require(p.kernel_h > 0 && p.kernel_w > 0 && p.stride_h > 0 && p.stride_w > 0 &&
-              p.dilation_h > 0 && p.dilation_w > 0 && p.pad_h >= 0 && p.pad_w >= 0,
-          "internal: invalid pooling window");
-  return p;
+// Pool arrays are passed as (planes, H, W) views; their shapes must be the
+// params' (memory safety: the kernels index by the params).
+template <typename T>
+void require_pool_shapes(const CArray<T>& input, const CArray<T>& output, const PoolParams& p) {
+  require_shape(input, {p.planes, p.in_h, p.in_w}, "pooling input");
+  require_shape(output, {p.planes, p.out_h, p.out_w}, "pooling output");
 }
 
 // BatchNorm2d kernels on (N, C, S) arrays; per-channel vectors are (C,).
@@ -81,7 +84,7 @@ void bind_batch_norm(py::module_& m) {
         require_shape(var, {s.c}, "var");
         const T* in = x.data();
         T *mu = mean.mutable_data(), *v = var.mutable_data();
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::batch_norm_stats<T>(in, s, mu, v);
       },
       py::arg("x"), py::arg("mean"), py::arg("var"));
@@ -101,7 +104,7 @@ void bind_batch_norm(py::module_& m) {
         const T* w = weight ? weight->data() : nullptr;
         const T* b = bias ? bias->data() : nullptr;
         T *h = xhat.mutable_data(), *o = out.mutable_data();
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::batch_norm_apply<T>(in, s, mu, is, w, b, h, o);
       },
       py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"),
@@ -120,7 +123,7 @@ void bind_batch_norm(py::module_& m) {
         const T *gp = g.data(), *h = xhat.data(), *k = scale.data();
         T *sg = sum_g.mutable_data(), *sgx = sum_gx.mutable_data();
         T* gi = grad_input ? grad_input->mutable_data() : nullptr;
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::batch_norm_backward<T>(gp, h, s, k, batch_statistics, sg, sgx, gi);
       },
       py::arg("g"), py::arg("xhat"), py::arg("scale"), py::arg("batch_statistics"),
@@ -132,67 +135,49 @@ void bind_pool(py::module_& m) {
   m.def(
       "max_pool2d_forward",
       [](const CArray<T>& input, CArray<T>& output, std::optional<CArray<int64_t>> indices,
-         py::tuple window) {
-        require(input.ndim() == 3 && output.ndim() == 3, "internal: pooling arrays must be 3-D");
-        const PoolParams p = pool_params(input.shape(0), input.shape(1), input.shape(2),
-                                         output.shape(1), output.shape(2), window);
-        require_shape(output, {p.planes, p.out_h, p.out_w}, "output");
+         const PoolParams& p) {
+        require_pool_shapes(input, output, p);
         if (indices) require_shape(*indices, {p.planes, p.out_h, p.out_w}, "indices");
         const T* in = input.data();
         T* out = output.mutable_data();
         int64_t* idx = indices ? indices->mutable_data() : nullptr;
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::max_pool2d_forward<T>(in, out, idx, p);
       },
-      py::arg("input"), py::arg("output"), py::arg("indices"), py::arg("window"));
+      py::arg("input"), py::arg("output"), py::arg("indices"), py::arg("params"));
   m.def(
       "max_pool2d_backward",
-      [](const CArray<T>& grad_output, const CArray<int64_t>& indices, CArray<T>& grad_input) {
-        require(grad_output.ndim() == 3 && grad_input.ndim() == 3,
-                "internal: pooling arrays must be 3-D");
-        PoolParams p;
-        p.planes = grad_input.shape(0);
-        p.in_h = grad_input.shape(1);
-        p.in_w = grad_input.shape(2);
-        p.out_h = grad_output.shape(1);
-        p.out_w = grad_output.shape(2);
-        require_shape(grad_output, {p.planes, p.out_h, p.out_w}, "grad_output");
+      [](const CArray<T>& grad_output, const CArray<int64_t>& indices, CArray<T>& grad_input,
+         const PoolParams& p) {
+        require_pool_shapes(grad_input, grad_output, p);
         require_shape(indices, {p.planes, p.out_h, p.out_w}, "indices");
         const T* gout = grad_output.data();
         const int64_t* idx = indices.data();
         T* gin = grad_input.mutable_data();
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::max_pool2d_backward<T>(gout, idx, gin, p);
       },
-      py::arg("grad_output"), py::arg("indices"), py::arg("grad_input"));
+      py::arg("grad_output"), py::arg("indices"), py::arg("grad_input"), py::arg("params"));
   m.def(
       "avg_pool2d_forward",
-      [](const CArray<T>& input, CArray<T>& output, py::tuple window) {
-        require(input.ndim() == 3 && output.ndim() == 3, "internal: pooling arrays must be 3-D");
-        const PoolParams p = pool_params(input.shape(0), input.shape(1), input.shape(2),
-                                         output.shape(1), output.shape(2), window);
-        require_shape(output, {p.planes, p.out_h, p.out_w}, "output");
+      [](const CArray<T>& input, CArray<T>& output, const PoolParams& p) {
+        require_pool_shapes(input, output, p);
         const T* in = input.data();
         T* out = output.mutable_data();
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::avg_pool2d_forward<T>(in, out, p);
       },
-      py::arg("input"), py::arg("output"), py::arg("window"));
+      py::arg("input"), py::arg("output"), py::arg("params"));
   m.def(
       "avg_pool2d_backward",
-      [](const CArray<T>& grad_output, CArray<T>& grad_input, py::tuple window) {
-        require(grad_output.ndim() == 3 && grad_input.ndim() == 3,
-                "internal: pooling arrays must be 3-D");
-        const PoolParams p =
-            pool_params(grad_input.shape(0), grad_input.shape(1), grad_input.shape(2),
-                        grad_output.shape(1), grad_output.shape(2), window);
-        require_shape(grad_output, {p.planes, p.out_h, p.out_w}, "grad_output");
+      [](const CArray<T>& grad_output, CArray<T>& grad_input, const PoolParams& p) {
+        require_pool_shapes(grad_input, grad_output, p);
         const T* gout = grad_output.data();
         T* gin = grad_input.mutable_data();
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::avg_pool2d_backward<T>(gout, gin, p);
       },
-      py::arg("grad_output"), py::arg("grad_input"), py::arg("window"));
+      py::arg("grad_output"), py::arg("grad_input"), py::arg("params"));
 }
 
 // Any strides, same dtype (no forcecast: functional already chose the dtype).
@@ -240,65 +225,28 @@ void bind_gemm(py::module_& m) {
                                                      ? fastconv::gemm_kernel<T>()
                                                      : fastconv::gemm_kernel_at<T>(kernel_index);
         const int threads = fastconv::get_num_threads();
-        py::gil_scoped_release release;
+        KernelScope scope;
         fastconv::gemm_with_kernel<T>(pr, threads, info);
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha"), py::arg("beta"),
       py::arg("trans_a"), py::arg("trans_b"), py::arg("kernel_index") = -1);
 }
 
-// Convolution geometry beyond the array shapes:
-// (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups).
-fastconv::ConvParams conv_params(py::ssize_t n, py::ssize_t c, py::ssize_t h, py::ssize_t w,
-                                 py::ssize_t k, py::ssize_t cg, py::ssize_t r, py::ssize_t s,
-                                 py::ssize_t oh, py::ssize_t ow, py::tuple geometry) {
-  require(geometry.size() == 7, "internal: conv geometry needs 7 integers");
-  fastconv::ConvParams p;
-  p.batch = n;
-  p.in_channels = c;
-  p.in_h = h;
-  p.in_w = w;
-  p.out_channels = k;
-  p.kernel_h = r;
-  p.kernel_w = s;
-  p.out_h = oh;
-  p.out_w = ow;
-  p.stride_h = geometry[0].cast<int64_t>();
-  p.stride_w = geometry[1].cast<int64_t>();
-  p.pad_top = geometry[2].cast<int64_t>();
-  p.pad_left = geometry[3].cast<int64_t>();
-  p.dilation_h = geometry[4].cast<int64_t>();
-  p.dilation_w = geometry[5].cast<int64_t>();
-  p.groups = geometry[6].cast<int64_t>();
-  require(p.stride_h > 0 && p.stride_w > 0 && p.dilation_h > 0 && p.dilation_w > 0 &&
-              p.groups > 0 && p.pad_top >= 0 && p.pad_left >= 0,
-          "internal: invalid conv geometry");
-  require(c % p.groups == 0 && k % p.groups == 0 && cg * p.groups == c,
-          "internal: channels do not match groups");
-  // Bottom/right padding is implied by the output size; the kernels bounds-check
-  // every input access, so any output size is memory-safe.
-  require(oh >= 0 && ow >= 0, "internal: negative output size");
-  return p;
+// Conv arrays must have the params' shapes (memory safety: the kernels index by
+// the params).
+template <typename T>
+void require_conv_shapes(const CArray<T>& input, const CArray<T>& weight, const CArray<T>& output,
+                         const ConvParams& p) {
+  require_shape(input, {p.batch, p.in_channels, p.in_h, p.in_w}, "conv input");
+  require_shape(weight, {p.out_channels, p.in_per_group(), p.kernel_h, p.kernel_w}, "conv weight");
+  require_shape(output, {p.batch, p.out_channels, p.out_h, p.out_w}, "conv output");
+  require(p.single_precision == std::is_same_v<T, float>, "internal: params' dtype differs");
 }
 
-// The same, from shape tuples (for the selector queries, which have no arrays).
-fastconv::ConvParams conv_params_from_shapes(py::tuple input_shape, py::tuple weight_shape,
-                                             py::tuple output_hw, py::tuple geometry,
-                                             bool single_precision) {
-  const auto dim = [](py::tuple t, int i) { return t[i].cast<py::ssize_t>(); };
-  fastconv::ConvParams p = conv_params(
-      dim(input_shape, 0), dim(input_shape, 1), dim(input_shape, 2), dim(input_shape, 3),
-      dim(weight_shape, 0), dim(weight_shape, 1), dim(weight_shape, 2), dim(weight_shape, 3),
-      dim(output_hw, 0), dim(output_hw, 1), geometry);
-  p.single_precision = single_precision;
-  return p;
-}
-
-fastconv::ConvAlgorithm algorithm_from_index(int index, const fastconv::ConvParams& p) {
-  if (index < 0) return fastconv::select_conv_algorithm(p);
-  require(index <= static_cast<int>(fastconv::ConvAlgorithm::kWinograd),
-          "internal: no such algorithm");
-  return static_cast<fastconv::ConvAlgorithm>(index);
+fastconv::ConvAlgorithm algorithm_by_name(const std::string& name) {
+  for (const fastconv::ConvAlgorithmInfo& info : fastconv::kConvAlgorithms)
+    if (name == info.name) return info.algorithm;
+  throw std::invalid_argument("no conv2d algorithm named '" + name + "'");
 }
 
 template <typename T>
@@ -306,70 +254,132 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_forward",
       [](const CArray<T>& input, const CArray<T>& weight, std::optional<CArray<T>> bias,
-         CArray<T>& output, py::tuple geometry, int algorithm_index) {
-        require(input.ndim() == 4 && weight.ndim() == 4 && output.ndim() == 4,
-                "internal: conv arrays must be 4-D");
-        fastconv::ConvParams p =
-            conv_params(input.shape(0), input.shape(1), input.shape(2), input.shape(3),
-                        weight.shape(0), weight.shape(1), weight.shape(2), weight.shape(3),
-                        output.shape(2), output.shape(3), geometry);
-        p.single_precision = std::is_same_v<T, float>;
-        require_shape(output, {p.batch, p.out_channels, p.out_h, p.out_w}, "output");
+         CArray<T>& output, const ConvParams& p, std::optional<std::string> algorithm) {
+        require_conv_shapes(input, weight, output, p);
         if (bias) require_shape(*bias, {p.out_channels}, "bias");
-        const fastconv::ConvAlgorithm algorithm = algorithm_from_index(algorithm_index, p);
-        if (!fastconv::conv_algorithm_supports(algorithm, p))
-          throw std::invalid_argument(std::string("algorithm '") +
-                                      fastconv::conv_algorithm_name(algorithm) +
-                                      "' does not support this convolution");
+        // A forced algorithm that cannot run this problem is refused by
+        // conv2d_forward before it touches any array.
+        const fastconv::ConvAlgorithm chosen =
+            algorithm ? algorithm_by_name(*algorithm) : fastconv::select_conv_algorithm(p);
         const T* x = input.data();
         const T* w = weight.data();
         const T* b = bias ? bias->data() : nullptr;
         T* y = output.mutable_data();
-        {
-          py::gil_scoped_release release;
-          fastconv::conv2d_forward<T>(x, w, b, y, p, algorithm);
-        }
-        return std::string(fastconv::conv_algorithm_name(algorithm));
+        KernelScope scope;
+        return std::string(fastconv::conv2d_forward<T>(x, w, b, y, p, chosen));
       },
-      py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("geometry"),
-      py::arg("algorithm") = -1);
+      py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("params"),
+      py::arg("algorithm"));
   m.def(
       "conv2d_backward_input",
       [](const CArray<T>& grad_output, const CArray<T>& weight, CArray<T>& grad_input,
-         py::tuple geometry) {
-        require(grad_output.ndim() == 4 && weight.ndim() == 4 && grad_input.ndim() == 4,
-                "internal: conv arrays must be 4-D");
-        fastconv::ConvParams p =
-            conv_params(grad_input.shape(0), grad_input.shape(1), grad_input.shape(2),
-                        grad_input.shape(3), weight.shape(0), weight.shape(1), weight.shape(2),
-                        weight.shape(3), grad_output.shape(2), grad_output.shape(3), geometry);
-        p.single_precision = std::is_same_v<T, float>;
-        require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
+         const ConvParams& p) {
+        require_conv_shapes(grad_input, weight, grad_output, p);
         const T* dy = grad_output.data();
         const T* w = weight.data();
         T* dx = grad_input.mutable_data();
-        py::gil_scoped_release release;
-        fastconv::conv2d_backward_input<T>(dy, w, dx, p);
+        KernelScope scope;
+        return fastconv::conv2d_backward_input<T>(dy, w, dx, p);
       },
-      py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("geometry"));
+      py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("params"));
   m.def(
       "conv2d_backward_weight",
       [](const CArray<T>& input, const CArray<T>& grad_output, CArray<T>& grad_weight,
-         py::tuple geometry) {
-        require(input.ndim() == 4 && grad_output.ndim() == 4 && grad_weight.ndim() == 4,
-                "internal: conv arrays must be 4-D");
-        const fastconv::ConvParams p =
-            conv_params(input.shape(0), input.shape(1), input.shape(2), input.shape(3),
-                        grad_weight.shape(0), grad_weight.shape(1), grad_weight.shape(2),
-                        grad_weight.shape(3), grad_output.shape(2), grad_output.shape(3), geometry);
-        require_shape(grad_output, {p.batch, p.out_channels, p.out_h, p.out_w}, "grad_output");
+         const ConvParams& p) {
+        require_conv_shapes(input, grad_weight, grad_output, p);
         const T* x = input.data();
         const T* dy = grad_output.data();
         T* dw = grad_weight.mutable_data();
-        py::gil_scoped_release release;
-        fastconv::conv2d_backward_weight<T>(x, dy, dw, p);
+        KernelScope scope;
+        return std::string(fastconv::conv2d_backward_weight<T>(x, dy, dw, p));
       },
-      py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("geometry"));
+      py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("params"));
+}
+
+// The parameter structs, bound with named fields. Python validated every value;
+// these checks keep a wrong call from reaching a kernel.
+void bind_params(py::module_& m) {
+  py::class_<ConvParams>(m, "ConvParams")
+      .def(py::init([](int64_t batch, int64_t in_channels, int64_t in_h, int64_t in_w,
+                       int64_t out_channels, int64_t kernel_h, int64_t kernel_w, int64_t out_h,
+                       int64_t out_w, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                       int64_t pad_left, int64_t dilation_h, int64_t dilation_w, int64_t groups,
+                       bool single_precision) {
+             ConvParams p;
+             p.batch = batch;
+             p.in_channels = in_channels;
+             p.in_h = in_h;
+             p.in_w = in_w;
+             p.out_channels = out_channels;
+             p.kernel_h = kernel_h;
+             p.kernel_w = kernel_w;
+             p.out_h = out_h;
+             p.out_w = out_w;
+             p.stride_h = stride_h;
+             p.stride_w = stride_w;
+             p.pad_top = pad_top;
+             p.pad_left = pad_left;
+             p.dilation_h = dilation_h;
+             p.dilation_w = dilation_w;
+             p.groups = groups;
+             p.single_precision = single_precision;
+             require(batch >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 &&
+                         kernel_h > 0 && kernel_w > 0 && stride_h > 0 && stride_w > 0 &&
+                         dilation_h > 0 && dilation_w > 0 && pad_top >= 0 && pad_left >= 0,
+                     "internal: invalid conv geometry");
+             require(groups > 0 && in_channels > 0 && out_channels > 0 &&
+                         in_channels % groups == 0 && out_channels % groups == 0,
+                     "internal: channels do not match groups");
+             return p;
+           }),
+           py::kw_only(), py::arg("batch"), py::arg("in_channels"), py::arg("in_h"),
+           py::arg("in_w"), py::arg("out_channels"), py::arg("kernel_h"), py::arg("kernel_w"),
+           py::arg("out_h"), py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"),
+           py::arg("pad_top"), py::arg("pad_left"), py::arg("dilation_h"), py::arg("dilation_w"),
+           py::arg("groups"), py::arg("single_precision"))
+      .def_readonly("batch", &ConvParams::batch)
+      .def_readonly("in_channels", &ConvParams::in_channels)
+      .def_readonly("out_channels", &ConvParams::out_channels)
+      .def_readonly("groups", &ConvParams::groups)
+      .def_property_readonly("flops", &ConvParams::flops);
+  py::class_<PoolParams>(m, "PoolParams")
+      .def(py::init([](int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                       int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                       int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+                       bool count_include_pad, int64_t divisor_override) {
+             PoolParams p;
+             p.planes = planes;
+             p.in_h = in_h;
+             p.in_w = in_w;
+             p.out_h = out_h;
+             p.out_w = out_w;
+             p.kernel_h = kernel_h;
+             p.kernel_w = kernel_w;
+             p.stride_h = stride_h;
+             p.stride_w = stride_w;
+             p.pad_h = pad_h;
+             p.pad_w = pad_w;
+             p.dilation_h = dilation_h;
+             p.dilation_w = dilation_w;
+             p.count_include_pad = count_include_pad;
+             p.divisor_override = divisor_override;
+             require(planes >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 &&
+                         kernel_h > 0 && kernel_w > 0 && stride_h > 0 && stride_w > 0 &&
+                         dilation_h > 0 && dilation_w > 0 && pad_h >= 0 && pad_w >= 0,
+                     "internal: invalid pooling window");
+             return p;
+           }),
+           py::kw_only(), py::arg("planes"), py::arg("in_h"), py::arg("in_w"), py::arg("out_h"),
+           py::arg("out_w"), py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"),
+           py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"), py::arg("dilation_h"),
+           py::arg("dilation_w"), py::arg("count_include_pad"), py::arg("divisor_override"));
+}
+
+fastconv::Isa isa_by_name(const std::string& name) {
+  for (fastconv::Isa isa :
+       {fastconv::Isa::kBaseline, fastconv::Isa::kAvx2Fma, fastconv::Isa::kAvx512})
+    if (name == fastconv::isa_name(isa)) return isa;
+  throw std::invalid_argument("no ISA tier named '" + name + "'");
 }
 
 template <typename T>
@@ -386,13 +396,29 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastconv native kernels (private: use the fastconv package)";
   m.attr("__version__") = FASTCONV_VERSION;
   m.def("isa", [] { return std::string(fastconv::isa_name(fastconv::active_isa())); });
+  m.def("isa_tiers", [] {
+    py::list names;
+    for (int tier = 0; tier <= static_cast<int>(fastconv::detected_isa()); ++tier)
+      names.append(fastconv::isa_name(static_cast<fastconv::Isa>(tier)));
+    return names;
+  });
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        const fastconv::Isa isa = isa_by_name(name);
+        require(isa <= fastconv::detected_isa(), "this CPU does not run that ISA tier");
+        py::gil_scoped_release release;
+        std::unique_lock<std::shared_mutex> lock(tier_mutex());
+        fastconv::set_active_isa(isa);
+      },
+      py::arg("name"));
   m.def("openmp_version", [] { return static_cast<int>(_OPENMP); });
   m.def("get_num_threads", &fastconv::get_num_threads);
   m.def(
       "fma_peak_gflops",
       [](int threads, int64_t iterations) {
         require(threads > 0 && iterations > 0, "threads and iterations must be positive");
-        py::gil_scoped_release release;
+        KernelScope scope;
         return fastconv::fma_peak_gflops(threads, iterations);
       },
       py::arg("threads"), py::arg("iterations") = 20000000);
@@ -400,11 +426,12 @@ PYBIND11_MODULE(_C, m) {
       "gemm_kernel_peak_gflops",
       [](int threads, int64_t calls) {
         require(threads > 0 && calls > 0, "threads and calls must be positive");
-        py::gil_scoped_release release;
+        KernelScope scope;
         return fastconv::gemm_kernel_peak_gflops(threads, calls);
       },
       py::arg("threads"), py::arg("calls") = 20000);
   m.def("set_num_threads", &fastconv::set_num_threads, py::arg("n"));
+  bind_params(m);
   bind_pool<float>(m);
   bind_pool<double>(m);
   bind_batch_norm<float>(m);
@@ -412,40 +439,30 @@ PYBIND11_MODULE(_C, m) {
   bind_gemm<float>(m);
   bind_conv<float>(m);
   bind_conv<double>(m);
+  // The selectors, pure: what each pass runs for a problem on the active tier.
   m.def(
-      "conv2d_algorithm",
-      [](py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw, py::tuple geometry,
-         bool single_precision) {
-        const fastconv::ConvParams p = conv_params_from_shapes(input_shape, weight_shape, output_hw,
-                                                               geometry, single_precision);
+      "select_conv_algorithm",
+      [](const ConvParams& p) {
         return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(p)));
       },
-      py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"), py::arg("geometry"),
-      py::arg("single_precision") = true);
+      py::arg("params"));
   m.def(
-      "conv2d_algorithm_supports",
-      [](int algorithm_index, py::tuple input_shape, py::tuple weight_shape, py::tuple output_hw,
-         py::tuple geometry, bool single_precision) {
-        const fastconv::ConvParams p = conv_params_from_shapes(input_shape, weight_shape, output_hw,
-                                                               geometry, single_precision);
-        return fastconv::conv_algorithm_supports(algorithm_from_index(algorithm_index, p), p);
+      "select_input_grad_plan",
+      [](const ConvParams& p) {
+        return fastconv::input_grad_plan_name(fastconv::select_input_grad_plan(p), p);
       },
-      py::arg("algorithm"), py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"),
-      py::arg("geometry"), py::arg("single_precision"));
+      py::arg("params"));
   m.def(
-      "conv2d_backward_algorithm",
-      [](const std::string& direction, py::tuple input_shape, py::tuple weight_shape,
-         py::tuple output_hw, py::tuple geometry, bool single_precision) {
-        const fastconv::ConvParams p = conv_params_from_shapes(input_shape, weight_shape, output_hw,
-                                                               geometry, single_precision);
-        if (direction == "input") return fastconv::conv_backward_input_algorithm(p);
-        require(direction == "weight", "direction must be 'input' or 'weight'");
-        return fastconv::conv_backward_weight_algorithm(p);
+      "select_weight_grad_plan",
+      [](const ConvParams& p) {
+        return std::string(fastconv::weight_grad_plan_name(
+            fastconv::select_weight_grad_plan(p, fastconv::active_isa())));
       },
-      py::arg("direction"), py::arg("input_shape"), py::arg("weight_shape"), py::arg("output_hw"),
-      py::arg("geometry"), py::arg("single_precision"));
-  m.attr("conv2d_algorithms") =
-      py::make_tuple("pointwise_gemm", "depthwise", "direct", "implicit_gemm", "winograd");
+      py::arg("params"));
+  py::tuple algorithms(std::size(fastconv::kConvAlgorithms));
+  for (size_t i = 0; i < std::size(fastconv::kConvAlgorithms); ++i)
+    algorithms[i] = fastconv::kConvAlgorithms[i].name;
+  m.attr("conv2d_algorithms") = algorithms;
   bind_gemm<double>(m);
   // Registry of micro-kernels usable on this CPU, in dispatch order (last = chosen).
   m.def("gemm_kernels", [](const std::string& dtype) {

@@ -5,19 +5,13 @@ kernels (``pip install fastconv[cuda]``). ``fastconv.reference`` holds the NumPy
 reference of every op, the executable spec the kernels are tested against.
 """
 
-try:
-    from . import _C
-except ImportError as exc:  # an unbuilt checkout: say how to build, not just "no module"
-    raise ImportError(
-        f"fastconv's compiled kernels (fastconv._C) could not be imported from "
-        f"{__path__[0]}: {exc}. In a source checkout, run ./dev-build.sh first "
-        "(or install the package: python -m pip install .)."
-    ) from exc
-from . import reference
+from . import _cpu, reference
 from .functional import (
     CONV2D_ALGORITHMS,
     avg_pool2d,
     avg_pool2d_backward,
+    batch_norm,
+    batch_norm_backward,
     conv2d,
     conv2d_algorithm,
     conv2d_bias_grad,
@@ -27,6 +21,7 @@ from .functional import (
     conv2d_weight_algorithm,
     gemm,
     get_num_threads,
+    last_algorithms,
     linear,
     matmul,
     max_pool2d,
@@ -34,12 +29,14 @@ from .functional import (
     set_num_threads,
 )
 
-__version__ = _C.__version__
+__version__ = _cpu.__version__
 
 __all__ = [
     "CONV2D_ALGORITHMS",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_algorithm",
     "conv2d_bias_grad",
@@ -49,6 +46,7 @@ __all__ = [
     "conv2d_weight",
     "gemm",
     "get_num_threads",
+    "last_algorithms",
     "linear",
     "matmul",
     "max_pool2d",

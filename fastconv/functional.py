@@ -1,9 +1,10 @@
 """The public functional API: normalise and validate once, then dispatch.
 
 Every op follows the same three steps:
-1. validate and normalise the arguments (``_checks``), shared by every backend;
-2. pick the backend from the array kind: NumPy arrays run the C++ kernels in
-   ``fastconv._C``; CUDA device arrays run ``fastconv.cuda``;
+1. validate and normalise the arguments (``_checks``, ``geometry``), shared by
+   every backend;
+2. pick the backend from the array kind: NumPy arrays run the C++ kernels through
+   ``fastconv._cpu``; CUDA device arrays run ``fastconv.cuda``;
 3. return an array of the same kind as the input.
 
 Names, argument order, defaults and semantics follow ``torch.nn.functional``
@@ -13,19 +14,22 @@ and gives a 3-D result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import _C, reference
 from . import _checks as chk
+from . import _cpu
+from .geometry import ConvGeometry, PoolWindow, conv_padding
+from .reference import BatchNormSaved
 
 __all__ = [
-    "avg_pool2d",
-    "ConvGeometry",
-    "avg_pool2d_backward",
     "CONV2D_ALGORITHMS",
+    "BatchNormSaved",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_algorithm",
     "conv2d_bias_grad",
@@ -35,6 +39,7 @@ __all__ = [
     "conv2d_weight",
     "gemm",
     "get_num_threads",
+    "last_algorithms",
     "linear",
     "matmul",
     "max_pool2d",
@@ -45,11 +50,17 @@ __all__ = [
 
 def set_num_threads(n: int) -> None:
     """Threads used by the CPU kernels (process-wide; default: OpenMP's default)."""
-    _C.set_num_threads(chk.positive_int(n, "n"))
+    _cpu.set_num_threads(chk.positive_int(n, "n"))
 
 
 def get_num_threads() -> int:
-    return int(_C.get_num_threads())
+    return _cpu.get_num_threads()
+
+
+def last_algorithms() -> dict[str, str]:
+    """What the calling thread's last CPU call of each conv op ran, by op name
+    ('conv2d', 'conv2d_input', 'conv2d_weight'), e.g. ``{'conv2d': 'winograd'}``."""
+    return _cpu.last_algorithms()
 
 
 def _cuda_backend():
@@ -76,40 +87,7 @@ def _batched(x: Any) -> tuple[Any, bool]:
     return x, False
 
 
-def _host_contiguous(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x)
-
-
 # --------------------------------------------------------------------------- pooling
-
-
-@dataclass(frozen=True)
-class PoolWindow:
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    ceil_mode: bool
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return (
-            reference.pool_output_size(
-                height,
-                self.kernel[0],
-                self.stride[0],
-                self.padding[0],
-                self.dilation[0],
-                self.ceil_mode,
-            ),
-            reference.pool_output_size(
-                width,
-                self.kernel[1],
-                self.stride[1],
-                self.padding[1],
-                self.dilation[1],
-                self.ceil_mode,
-            ),
-        )
 
 
 def _pool_window(kernel_size, stride, padding, dilation, ceil_mode) -> PoolWindow:
@@ -148,17 +126,6 @@ def _pool_output_hw(window: PoolWindow, shape: tuple[int, ...], name: str) -> tu
     return out_h, out_w
 
 
-def _native_window(window: PoolWindow, count_include_pad=True, divisor_override=0) -> tuple:
-    return (
-        *window.kernel,
-        *window.stride,
-        *window.padding,
-        *window.dilation,
-        bool(count_include_pad),
-        int(divisor_override),
-    )
-
-
 def _divisor(divisor_override: Any) -> int:
     if divisor_override is None:
         return 0
@@ -180,21 +147,10 @@ def max_pool2d(
     window = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
     out_h, out_w = _pool_output_hw(window, input.shape, "input")
     x, _ = _batched(input)
-    n, c, h, w = x.shape
     if device:
         out, indices = _cuda_backend().max_pool2d(x, window, (out_h, out_w))
     else:
-        x = _host_contiguous(x)
-        out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-        # Indices cost 8 bytes per output to write: only made when asked for.
-        indices = np.empty((n, c, out_h, out_w), dtype=np.int64) if return_indices else None
-        if n > 0:
-            _C.max_pool2d_forward(
-                x.reshape(n * c, h, w),
-                out.reshape(n * c, out_h, out_w),
-                None if indices is None else indices.reshape(n * c, out_h, out_w),
-                _native_window(window),
-            )
+        out, indices = _cpu.max_pool2d(x, window, (out_h, out_w), bool(return_indices))
     if unbatched:
         out = out[0]
         indices = None if indices is None else indices[0]
@@ -237,19 +193,7 @@ def max_pool2d_backward(grad_output, indices, input_size):
                 f"indices must lie in [0, {plane}) (flat positions in an input plane of size "
                 f"{size[-2:]}), got values in [{low}, {high}]"
             )
-    n, c = g.shape[:2]
-    h, w = size[-2:]
-    grad_input = np.empty((n, c, h, w), dtype=g.dtype)
-    if grad_input.size:
-        if g.shape[2] * g.shape[3] == 0:
-            grad_input.fill(0)
-        else:
-            g = _host_contiguous(g)
-            _C.max_pool2d_backward(
-                g.reshape(n * c, *g.shape[2:]),
-                _host_contiguous(idx).reshape(n * c, *g.shape[2:]),
-                grad_input.reshape(n * c, h, w),
-            )
+    grad_input = _cpu.max_pool2d_backward(g, idx, (*g.shape[:2], *size[-2:]))
     return grad_input[0] if unbatched else grad_input
 
 
@@ -272,20 +216,12 @@ def avg_pool2d(
     divisor = _divisor(divisor_override)
     out_h, out_w = _pool_output_hw(window, input.shape, "input")
     x, _ = _batched(input)
-    n, c, h, w = x.shape
     if device:
         out = _cuda_backend().avg_pool2d(
             x, window, (out_h, out_w), bool(count_include_pad), divisor
         )
     else:
-        x = _host_contiguous(x)
-        out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-        if n > 0:
-            _C.avg_pool2d_forward(
-                x.reshape(n * c, h, w),
-                out.reshape(n * c, out_h, out_w),
-                _native_window(window, count_include_pad, divisor),
-            )
+        out = _cpu.avg_pool2d(x, window, (out_h, out_w), bool(count_include_pad), divisor)
     return out[0] if unbatched else out
 
 
@@ -318,39 +254,13 @@ def avg_pool2d_backward(
             g, (n, c, h, w), window, bool(count_include_pad), divisor
         )
         return result[0] if unbatched else result
-    grad_input = np.empty((n, c, h, w), dtype=g.dtype)
-    if n > 0:
-        g = _host_contiguous(g)
-        _C.avg_pool2d_backward(
-            g.reshape(n * c, *out_hw),
-            grad_input.reshape(n * c, h, w),
-            _native_window(window, count_include_pad, divisor),
-        )
+    grad_input = _cpu.avg_pool2d_backward(
+        g, (n, c, h, w), window, bool(count_include_pad), divisor
+    )
     return grad_input[0] if unbatched else grad_input
 
 
 # --------------------------------------------------------------------------- convolution
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Normalised convolution arguments; padding is explicit per side."""
-
-    stride: tuple[int, int]
-    padding: tuple[int, int, int, int]  # top, bottom, left, right
-    dilation: tuple[int, int]
-    groups: int
-
-    def output_size(self, height: int, width: int, kernel: tuple[int, int]) -> tuple[int, int]:
-        top, bottom, left, right = self.padding
-        return (
-            reference.conv_output_size(
-                height, kernel[0], self.stride[0], (top, bottom), self.dilation[0]
-            ),
-            reference.conv_output_size(
-                width, kernel[1], self.stride[1], (left, right), self.dilation[1]
-            ),
-        )
 
 
 def _conv_geometry(weight_shape, stride, padding, dilation, groups) -> ConvGeometry:
@@ -365,7 +275,7 @@ def _conv_geometry(weight_shape, stride, padding, dilation, groups) -> ConvGeome
             raise ValueError(
                 "padding='same' is not supported for strided convolutions (stride > 1)"
             )
-        (top, bottom), (left, right) = reference.conv_padding(padding, kernel, dilations)
+        (top, bottom), (left, right) = conv_padding(padding, kernel, dilations)
     else:
         ph, pw = chk.non_negative_pair(padding, "padding")
         top, bottom, left, right = ph, ph, pw, pw
@@ -433,28 +343,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     chk.check_same_dtype(input=input, weight=weight, bias=bias)
     geometry = _conv_geometry(weight.shape, stride, padding, dilation, groups)
     out_h, out_w = _check_conv_shapes(input.shape, weight.shape, geometry, "input", "weight")
-    algorithm_index = _algorithm_index(algorithm)
+    _check_algorithm(algorithm, device)
     x, unbatched = _batched(input)
-    if algorithm is not None and not device:
-        single = np.dtype(x.dtype) == np.float32
-        if not _C.conv2d_algorithm_supports(
-            algorithm_index,
-            tuple(x.shape),
-            tuple(weight.shape),
-            (out_h, out_w),
-            _native_geometry(geometry),
-            single,
-        ):
-            raise ValueError(
-                f"algorithm={algorithm!r} does not support this convolution: "
-                f"{_ALGORITHM_LIMITS[algorithm]}"
-            )
     if device:
         out = _cuda_backend().conv2d(x, weight, bias, geometry)
     elif x.shape[0] == 0:
         out = np.empty((0, weight.shape[0], out_h, out_w), dtype=x.dtype)
     else:
-        out = _cpu_conv2d(x, weight, bias, geometry, (out_h, out_w), algorithm_index)
+        out = _cpu.conv2d(x, weight, bias, geometry, (out_h, out_w), algorithm)
     return out[0] if unbatched else out
 
 
@@ -476,7 +372,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     elif g.shape[0] == 0:
         result = np.zeros(full_size, dtype=g.dtype)
     else:
-        result = _cpu_conv2d_input(full_size, weight, g, geometry)
+        result = _cpu.conv2d_input(full_size, weight, g, geometry)
     return result[0] if unbatched else result
 
 
@@ -498,7 +394,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         return _cuda_backend().conv2d_weight(x, wsize, g, geometry)
     if x.shape[0] == 0:
         return np.zeros(wsize, dtype=x.dtype)
-    return _cpu_conv2d_weight(x, wsize, g, geometry)
+    return _cpu.conv2d_weight(x, wsize, g, geometry)
 
 
 def conv2d_bias_grad(grad_output):
@@ -516,54 +412,21 @@ def conv2d_bias_grad(grad_output):
     return g.sum(axis=(0, 2, 3), dtype=g.dtype)
 
 
-def _native_geometry(geometry: ConvGeometry) -> tuple:
-    top, _, left, _ = geometry.padding
-    return (*geometry.stride, top, left, *geometry.dilation, geometry.groups)
+CONV2D_ALGORITHMS = _cpu.conv2d_algorithms()
 
 
-def _cpu_conv2d(x, weight, bias, geometry, out_hw, algorithm):
-    x, weight = _host_contiguous(x), _host_contiguous(weight)
-    bias = None if bias is None else _host_contiguous(bias)
-    out = np.empty((x.shape[0], weight.shape[0], *out_hw), dtype=x.dtype)
-    _C.conv2d_forward(x, weight, bias, out, _native_geometry(geometry), algorithm)
-    return out
-
-
-def _cpu_conv2d_input(input_size, weight, grad_output, geometry):
-    grad_input = np.empty(input_size, dtype=weight.dtype)
-    _C.conv2d_backward_input(
-        _host_contiguous(grad_output),
-        _host_contiguous(weight),
-        grad_input,
-        _native_geometry(geometry),
-    )
-    return grad_input
-
-
-def _cpu_conv2d_weight(x, weight_size, grad_output, geometry):
-    grad_weight = np.empty(weight_size, dtype=x.dtype)
-    _C.conv2d_backward_weight(
-        _host_contiguous(x), _host_contiguous(grad_output), grad_weight, _native_geometry(geometry)
-    )
-    return grad_weight
-
-
-CONV2D_ALGORITHMS = tuple(_C.conv2d_algorithms)
-_ALGORITHM_LIMITS = {
-    "pointwise_gemm": "it needs a 1x1, stride-1, unpadded convolution",
-    "depthwise": "",
-    "direct": "",
-    "implicit_gemm": "",
-    "winograd": "it needs a 3x3, stride-1, dilation-1, groups=1, float32 convolution",
-}
-
-
-def _algorithm_index(algorithm) -> int:
+def _check_algorithm(algorithm, device: bool) -> None:
+    """A forced CPU algorithm must exist; whether it fits the problem is checked by the
+    kernel call itself, before it touches any array."""
     if algorithm is None:
-        return -1
+        return
     if algorithm not in CONV2D_ALGORITHMS:
         raise ValueError(f"algorithm must be None or one of {CONV2D_ALGORITHMS}, got {algorithm!r}")
-    return CONV2D_ALGORITHMS.index(algorithm)
+    if device:
+        raise ValueError(
+            f"algorithm={algorithm!r} chooses a CPU algorithm; CUDA arrays run the CUDA "
+            "backend's own kernels (pass algorithm=None)"
+        )
 
 
 def conv2d_algorithm(
@@ -577,43 +440,28 @@ def conv2d_algorithm(
     an indirect GEMM whose taps point into zero-padded input rows), 'implicit_gemm'
     (the general path: GEMM with im2col panels packed on the fly), 'winograd'
     (F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers with >= 32 channels
-    and output rows >= 48 wide).
+    and outputs at least 7x7, above 64 MFLOP).
     """
+    return _conv_plan(
+        "forward", input_shape, weight_shape, stride, padding, dilation, groups, dtype
+    )
+
+
+def _conv_plan(direction, input_shape, weight_shape, stride, padding, dilation, groups, dtype):
     in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
     w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))
     if len(in_shape) == 3:
         in_shape = (1, *in_shape)
     geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
     out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
-    return _C.conv2d_algorithm(
-        in_shape, w_shape, out_hw, _native_geometry(geometry), np.dtype(dtype) == np.float32
-    )
-
-
-def _backward_algorithm(
-    direction, input_shape, weight_shape, stride, padding, dilation, groups, dtype
-):
-    in_shape = chk.size_tuple(input_shape, "input_shape", (3, 4))
-    w_shape = chk.size_tuple(weight_shape, "weight_shape", (4,))
-    if len(in_shape) == 3:
-        in_shape = (1, *in_shape)
-    geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
-    out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
-    return _C.conv2d_backward_algorithm(
-        direction,
-        in_shape,
-        w_shape,
-        out_hw,
-        _native_geometry(geometry),
-        np.dtype(dtype) == np.float32,
-    )
+    return _cpu.conv2d_plan(direction, in_shape, w_shape, out_hw, geometry, np.dtype(dtype))
 
 
 def conv2d_input_algorithm(
     input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
 ) -> str:
     """What conv2d_input runs on the CPU for these shapes, e.g. 'winograd (transposed)'."""
-    return _backward_algorithm(
+    return _conv_plan(
         "input", input_shape, weight_shape, stride, padding, dilation, groups, dtype
     )
 
@@ -622,9 +470,105 @@ def conv2d_weight_algorithm(
     input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
 ) -> str:
     """What conv2d_weight runs on the CPU for these shapes."""
-    return _backward_algorithm(
+    return _conv_plan(
         "weight", input_shape, weight_shape, stride, padding, dilation, groups, dtype
     )
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+def batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    *,
+    return_saved=False,
+):
+    """Batch normalisation over N and the spatial dims (torch.nn.functional.batch_norm).
+
+    ``input`` is (N, C, ...). With ``training`` (or with no running statistics) each
+    channel is normalised by the batch's mean and biased variance, and the running
+    statistics, when given, are updated in place with ``momentum`` (the unbiased
+    variance, as PyTorch does); otherwise the running statistics normalise. With
+    ``return_saved=True`` it returns ``(out, saved)``: what batch_norm_backward needs.
+    CPU (NumPy arrays) only.
+    """
+    chk.check_array(input, "input")
+    if input.ndim < 2:
+        raise ValueError(f"input must be (N, C, ...), got shape {tuple(input.shape)}")
+    n, c = input.shape[:2]
+    stats = {"running_mean": running_mean, "running_var": running_var}
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None")
+    for name, value in {**stats, "weight": weight, "bias": bias}.items():
+        if value is not None:
+            chk.check_array(value, name)
+            chk.check_shape(value, (c,), name)
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    for name, value in stats.items():
+        if value is not None and not value.flags.writeable and training:
+            raise ValueError(f"{name} must be writable: training updates it in place")
+    count = input.size // max(c, 1)  # values per channel
+    if training and count <= 1:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input shape "
+            f"{tuple(input.shape)}"
+        )
+    x = np.ascontiguousarray(input)
+    rows = x.reshape(n, c, -1)  # (N, C, S): the layout of the fused kernels
+    dt = x.dtype.type
+    batch_statistics = bool(training) or running_mean is None
+    if batch_statistics:
+        mean, var = _cpu.batch_norm_stats(rows)  # var: biased
+        if training and running_mean is not None:
+            running_mean *= 1.0 - momentum
+            running_mean += momentum * mean
+            running_var *= 1.0 - momentum
+            running_var += (momentum * count / (count - 1)) * var  # unbiased
+    else:
+        mean = running_mean.astype(x.dtype, copy=False)
+        var = running_var.astype(x.dtype, copy=False)
+    invstd = np.ascontiguousarray(dt(1) / np.sqrt(var + dt(eps)), dtype=x.dtype)
+    weight = None if weight is None else np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias)
+    xhat, out = _cpu.batch_norm_apply(rows, np.ascontiguousarray(mean), invstd, weight, bias)
+    out = out.reshape(x.shape)
+    return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out
+
+
+def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
+    """Gradients of batch_norm: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``saved`` is what ``batch_norm(..., return_saved=True)`` returned and ``weight``
+    the forward's. ``grad_weight`` and ``grad_bias`` are always computed (they cost
+    one pass); ``grad_input`` is None unless ``input_grad``.
+    """
+    if not isinstance(saved, BatchNormSaved):
+        raise TypeError("saved must be the BatchNormSaved that batch_norm(return_saved=True) gave")
+    chk.check_array(grad_output, "grad_output")
+    xhat = saved.xhat
+    if grad_output.size != xhat.size or grad_output.shape[:2] != xhat.shape[:2]:
+        raise ValueError(
+            f"grad_output has shape {tuple(grad_output.shape)}, but the forward's input had "
+            f"{xhat.shape[0]} x {xhat.shape[1]} x {xhat.shape[2]} values"
+        )
+    if weight is not None:
+        chk.check_array(weight, "weight")
+        chk.check_shape(weight, (xhat.shape[1],), "weight")
+    chk.check_same_dtype(grad_output=grad_output, weight=weight, saved=xhat)
+    g = np.ascontiguousarray(grad_output).reshape(xhat.shape)
+    scale = saved.invstd if weight is None else weight * saved.invstd
+    grad, sum_g, sum_gx = _cpu.batch_norm_backward(
+        g, xhat, np.ascontiguousarray(scale), saved.batch_statistics, input_grad
+    )
+    grad_input = None if grad is None else grad.reshape(grad_output.shape)
+    return grad_input, sum_gx, sum_g
 
 
 # --------------------------------------------------------------------------- GEMM
@@ -665,26 +609,28 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
 
 
 def _cpu_gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index=-1):
+    """Allocation and aliasing rules of gemm on the CPU; kernel_index picks a micro-kernel
+    of ``_cpu.gemm_kernels`` (tests and benchmarks run each), -1 the active tier's."""
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
     a, b = _itemsize_strided(a), _itemsize_strided(b)
     if c is None:
         out = np.empty((m, n), dtype=a.dtype)
-        _C.gemm(a, b, out, alpha, 0.0, trans_a, trans_b, kernel_index)
+        _cpu.gemm(a, b, out, alpha, 0.0, trans_a, trans_b, kernel_index)
         return out
     writable = c.flags.writeable
     # The kernel reads A and B while writing C: never let them overlap.
     if writable and not (np.may_share_memory(c, a) or np.may_share_memory(c, b)):
         target = _itemsize_strided(c)
         if target is c:
-            _C.gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index)
+            _cpu.gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index)
             return c
     out = (
         np.array(c, dtype=a.dtype, order="C", copy=True)
         if beta != 0.0
         else np.empty((m, n), a.dtype)
     )
-    _C.gemm(a, b, out, alpha, beta, trans_a, trans_b, kernel_index)
+    _cpu.gemm(a, b, out, alpha, beta, trans_a, trans_b, kernel_index)
     if writable:
         c[...] = out
         return c

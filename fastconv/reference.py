@@ -19,7 +19,12 @@ windows), pooling is a scan over the kh*kw window offsets in row-major order.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+# The window arithmetic (re-exported: part of the spec's vocabulary).
+from .geometry import conv_output_size, conv_padding, pair, pool_output_size, same_padding
 
 __all__ = [
     "pair",
@@ -37,80 +42,10 @@ __all__ = [
     "gemm",
     "matmul",
     "linear",
+    "BatchNormSaved",
+    "batch_norm",
+    "batch_norm_backward",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# Argument helpers (shared with fastconv.functional)
-# --------------------------------------------------------------------------------------
-
-
-def pair(x):
-    """Normalise an int or a 1- or 2-sequence of ints to an ``(h, w)`` tuple of ints."""
-    if isinstance(x, (int, np.integer)):
-        return (int(x), int(x))
-    t = tuple(int(v) for v in x)
-    if len(t) == 1:
-        return (t[0], t[0])
-    if len(t) != 2:
-        raise ValueError(f"expected an int or a pair of ints, got {x!r}")
-    return t
-
-
-def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
-    """Output length of a convolution along one dimension.
-
-    ``out = floor((size + p_lo + p_hi - dilation*(kernel-1) - 1) / stride) + 1``
-
-    ``padding`` is an int (the same on both sides) or a ``(p_lo, p_hi)`` pair.
-    """
-    lo, hi = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
-    return (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
-    """Output length of a pooling op along one dimension (PyTorch's ``pooling_output_shape``).
-
-    ``out = floor_or_ceil((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``;
-    with ``ceil_mode``, a last window that would start inside the right padding
-    (``(out-1)*stride >= size + padding``) is dropped.
-    """
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + padding:
-            out -= 1
-    else:
-        out = span // stride + 1
-    return out
-
-
-def same_padding(kernel_size, dilation=1):
-    """PyTorch's ``padding='same'`` split: ``((top, bottom), (left, right))``.
-
-    Per dim the total padding is ``dilation*(kernel-1)``; ``total // 2`` goes before and the
-    odd pixel, if any, after (bottom/right).  Only meaningful with stride 1.
-    """
-    pads = []
-    for k, d in zip(pair(kernel_size), pair(dilation)):
-        total = d * (k - 1)
-        pads.append((total // 2, total - total // 2))
-    return tuple(pads)
-
-
-def conv_padding(padding, kernel_size, dilation=1):
-    """Any conv ``padding`` argument as explicit ``((top, bottom), (left, right))``.
-
-    Accepts an int, an ``(ph, pw)`` pair, ``'valid'`` (no padding) or ``'same'``.
-    """
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0), (0, 0))
-        if padding == "same":
-            return same_padding(kernel_size, dilation)
-        raise ValueError(f"invalid padding string {padding!r}")
-    ph, pw = pair(padding)
-    return ((ph, ph), (pw, pw))
 
 
 def _batched(x):
@@ -470,3 +405,90 @@ def linear(input, weight, bias=None):
     if bias is not None:
         out = out + np.asarray(bias, dtype=out.dtype)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Batch normalisation
+# --------------------------------------------------------------------------------------
+
+
+class BatchNormSaved(NamedTuple):
+    """What batch_norm keeps for its backward pass (``return_saved=True``)."""
+
+    xhat: np.ndarray  # the normalised input, (N, C, S) with S = H*W (or 1)
+    invstd: np.ndarray  # 1 / sqrt(var + eps) per channel
+    batch_statistics: bool  # normalised by the batch's statistics (True) or running ones
+
+
+def batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    *,
+    return_saved=False,
+):
+    """Batch normalisation over N and the spatial dims (torch.nn.functional.batch_norm).
+
+    ``input`` is (N, C, ...). With ``training`` (or without running statistics) each
+    channel is normalised by the batch's mean and biased variance, and the running
+    statistics, when given, move in place toward the batch's:
+    ``running = (1 - momentum) * running + momentum * batch`` (the unbiased variance).
+    Otherwise the running statistics normalise. Then ``out = xhat * weight + bias``.
+    """
+    x = np.asarray(input)
+    n, c = x.shape[:2]
+    rows = x.reshape(n, c, -1).astype(np.float64)
+    batch_statistics = training or running_mean is None
+    if batch_statistics:
+        mean = rows.mean(axis=(0, 2))
+        var = ((rows - mean[None, :, None]) ** 2).mean(axis=(0, 2))
+        if training and running_mean is not None:
+            count = rows.shape[0] * rows.shape[2]
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * var * count / (count - 1)
+    else:
+        mean = np.asarray(running_mean, np.float64)
+        var = np.asarray(running_var, np.float64)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (rows - mean[None, :, None]) * invstd[None, :, None]
+    out = xhat
+    if weight is not None:
+        out = out * np.asarray(weight, np.float64)[None, :, None]
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64)[None, :, None]
+    out = out.astype(x.dtype).reshape(x.shape)
+    if not return_saved:
+        return out
+    return out, BatchNormSaved(xhat.astype(x.dtype), invstd.astype(x.dtype), batch_statistics)
+
+
+def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
+    """Gradients of batch_norm: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``grad_bias = sum g`` and ``grad_weight = sum g * xhat`` over N and the spatial dims;
+    ``grad_input = (g - mean(g) - xhat * mean(g * xhat)) * weight * invstd`` with batch
+    statistics, ``g * weight * invstd`` with running ones. ``grad_input`` is None unless
+    ``input_grad``.
+    """
+    xhat = saved.xhat.astype(np.float64)
+    g = np.asarray(grad_output).reshape(xhat.shape).astype(np.float64)
+    grad_bias = g.sum(axis=(0, 2))
+    grad_weight = (g * xhat).sum(axis=(0, 2))
+    grad_input = None
+    if input_grad:
+        scale = saved.invstd.astype(np.float64)
+        if weight is not None:
+            scale = scale * np.asarray(weight, np.float64)
+        if saved.batch_statistics:
+            g = g - g.mean(axis=(0, 2))[None, :, None] - xhat * (g * xhat).mean(axis=(0, 2))[
+                None, :, None
+            ]
+        grad_input = (g * scale[None, :, None]).astype(saved.xhat.dtype)
+        grad_input = grad_input.reshape(np.shape(grad_output))
+    dtype = saved.xhat.dtype
+    return grad_input, grad_weight.astype(dtype), grad_bias.astype(dtype)

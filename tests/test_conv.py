@@ -24,15 +24,12 @@ agrees with the default path.
 
 from __future__ import annotations
 
-import os
-import textwrap
 import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
-from helpers import assert_close_scaled, run_python
+from helpers import assert_close_scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -600,10 +597,10 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel for rows >= 10 wide (>= 7 below 64 MFLOP) and reductions >= 64,
-# plane-wide dot products for short reductions with <= 8 output channels, or <= 32 with
-# AVX-512's 4 x 6 dot tile (both "direct"), GEMM otherwise.
-WIDE_DOT_TILE = fastconv._C.isa() == "avx512f"
+# gathered-A kernel ("direct") for rows >= 10 wide (>= 7 below 64 MFLOP) and reductions
+# >= 64, plane-wide dot products ("direct_dot") for short reductions with <= 8 output
+# channels, or <= 32 with AVX-512's 4 x 6 dot tile, GEMM otherwise.
+WIDE_DOT_TILE = fastconv._cpu.isa() == "avx512f"
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
     "resnet_3x3_56": "direct",
@@ -617,8 +614,8 @@ WEIGHT_GRAD_TABLE = {
     "googlenet_5x5_28": "direct",
     "alexnet_3x3_13": "direct",
     "mobilenet_dw3x3_56": "depthwise",
-    "cifar_first_3x3": "direct" if WIDE_DOT_TILE else "implicit_gemm",
-    "lenet_5x5": "direct",
+    "cifar_first_3x3": "direct_dot" if WIDE_DOT_TILE else "implicit_gemm",
+    "lenet_5x5": "direct_dot",
 }
 
 
@@ -627,6 +624,15 @@ def test_weight_grad_selector_table(row):
     name, in_shape, w_shape, stride, padding, dilation, groups, _ = row
     got = fastconv.conv2d_weight_algorithm(in_shape, w_shape, stride, padding, dilation, groups)
     assert got == WEIGHT_GRAD_TABLE[name]
+
+
+def test_weight_grad_selector_reads_the_active_tier():
+    """The dot tile's width is the ISA's: below AVX-512, CIFAR's first layer runs as GEMM."""
+    row = next(row for row in LAYER_SET if row[0] == "cifar_first_3x3")
+    for isa in fastconv._cpu.isa_tiers():
+        with fastconv._cpu.use_isa(isa):
+            got = fastconv.conv2d_weight_algorithm(*row[1:7])
+        assert got == ("direct_dot" if isa == "avx512f" else "implicit_gemm"), isa
 
 
 # Each weight-gradient path on shapes it is chosen for, at 1 and 2 threads: the gathered
@@ -644,15 +650,15 @@ WEIGHT_GRAD_CASES = [
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
     (C(2, 3, 12, 12, 40, 3, 3, padding=1), "implicit_gemm"),
     # plane-wide dot products: few output channels, short reductions, ragged rows
-    (C(3, 2, 12, 19, 5, 3, 3, padding=1), "direct"),
-    (C(2, 4, 15, 13, 8, 3, 2, stride=2, padding=(1, 0), dilation=(1, 2)), "direct"),
-    (C(3, 6, 11, 11, 6, 3, 3, padding=1, groups=2), "direct"),
-    (C(8, 1, 28, 28, 6, 5, 5), "direct"),
-    (C(2, 3, 10, 10, 4, 3, 3, padding=1, dtype="float64"), "direct"),
+    (C(3, 2, 12, 19, 5, 3, 3, padding=1), "direct_dot"),
+    (C(2, 4, 15, 13, 8, 3, 2, stride=2, padding=(1, 0), dilation=(1, 2)), "direct_dot"),
+    (C(3, 6, 11, 11, 6, 3, 3, padding=1, groups=2), "direct_dot"),
+    (C(8, 1, 28, 28, 6, 5, 5), "direct_dot"),
+    (C(2, 3, 10, 10, 4, 3, 3, padding=1, dtype="float64"), "direct_dot"),
     # up to 32 output channels with AVX-512's 4 x 6 dot tile: partial tiles both ways
     # (13 = 3 x 4 + 1 channels, 27 = 4 x 6 + 3 taps) and a masked row end (19 = 16 + 3)
-    (C(3, 3, 20, 21, 32, 3, 3, padding=1), "direct" if WIDE_DOT_TILE else "implicit_gemm"),
-    (C(2, 3, 9, 19, 13, 3, 3, padding=1), "direct" if WIDE_DOT_TILE else "implicit_gemm"),
+    (C(3, 3, 20, 21, 32, 3, 3, padding=1), "direct_dot" if WIDE_DOT_TILE else "implicit_gemm"),
+    (C(2, 3, 9, 19, 13, 3, 3, padding=1), "direct_dot" if WIDE_DOT_TILE else "implicit_gemm"),
 ]
 
 
@@ -1092,48 +1098,24 @@ def compute_isa_cases() -> dict[str, np.ndarray]:
     return out
 
 
-_ISA_CHILD = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
-    import numpy as np
-    import fastconv
-    assert fastconv._C.isa() == {isa!r}, fastconv._C.isa()
-    assert all({kernel!r} in k for k in fastconv._C.gemm_kernels("float32")[-1:]), "registry"
-    import test_conv
-    results = test_conv.compute_isa_cases()
-    np.savez({out!r}, **results)
-    print("isa", fastconv._C.isa(), len(results))
-""")
-
-
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
-def test_lower_isa_agrees_with_default(tmp_path, isa):
-    """FASTCONV_ISA caps the tier: every lower tier's kernels agree with the default's."""
-    tiers = ["baseline", "avx2+fma", "avx512f"]
-    name = {"baseline": "baseline", "avx2": "avx2+fma"}[isa]
-    if tiers.index(fastconv._C.isa()) <= tiers.index(name):
-        pytest.skip(f"this CPU's default tier is {fastconv._C.isa()}: nothing above {name}")
-    out = tmp_path / f"{isa}.npz"
-    child = run_python(
-        _ISA_CHILD.format(
-            tests=str(Path(__file__).parent),
-            out=str(out),
-            isa=name,
-            kernel={"baseline": "portable", "avx2": "avx2"}[isa],
-        ),
-        env={**os.environ, "FASTCONV_ISA": isa},
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    assert child.stdout.startswith(f"isa {name}")
+@pytest.mark.parametrize("isa", ["baseline", "avx2+fma"])
+def test_lower_isa_agrees_with_default(isa):
+    """Every lower ISA tier's kernels (switched in-process) agree with the default's."""
+    tiers = fastconv._cpu.isa_tiers()
+    if isa not in tiers[:-1]:
+        pytest.skip(f"this CPU's default tier is {tiers[-1]}: nothing above {isa}")
     mine = compute_isa_cases()
-    with np.load(out) as theirs:
-        assert sorted(theirs.files) == sorted(mine)
-        for key, value in mine.items():
-            case = ISA_CASES[int(key.split("_")[0])]
-            k = {"gx": case.k_input(), "gw": case.k_weight()}.get(
-                key.split("_")[1], case.k_forward()
-            )
-            assert_matches(value, theirs[key], k, case, f"{key}: default vs {isa} ISA")
+    with fastconv._cpu.use_isa(isa):
+        assert fastconv._cpu.isa() == isa
+        kernel = {"baseline": "portable", "avx2+fma": "avx2"}[isa]
+        assert kernel in fastconv._cpu.gemm_kernels("float32")[-1], "registry"
+        theirs = compute_isa_cases()
+    assert fastconv._cpu.isa() == tiers[-1]
+    assert sorted(theirs) == sorted(mine)
+    for key, value in mine.items():
+        case = ISA_CASES[int(key.split("_")[0])]
+        k = {"gx": case.k_input(), "gw": case.k_weight()}.get(key.split("_")[1], case.k_forward())
+        assert_matches(value, theirs[key], k, case, f"{key}: default vs {isa} ISA")
 
 
 # --------------------------------------------------------------------------- hypothesis

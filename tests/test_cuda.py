@@ -39,7 +39,7 @@ import fastconv  # noqa: E402
 import fastconv.cuda as fc  # noqa: E402
 from fastconv import reference as ref  # noqa: E402
 from fastconv.cuda import _runtime as rt  # noqa: E402
-from fastconv.functional import ConvGeometry, PoolWindow  # noqa: E402
+from fastconv.geometry import ConvGeometry, PoolWindow  # noqa: E402
 
 SIM = rt.SIMULATOR
 if not SIM and not cuda.is_available():
@@ -653,3 +653,10 @@ def test_import_fastconv_does_not_import_numba():
     code = "import sys, fastconv; assert 'numba' not in sys.modules, sorted(sys.modules)"
     child = run_python(code)
     assert child.returncode == 0, child.stderr[-3000:]
+
+
+def test_forced_cpu_algorithm_is_refused_for_device_arrays(rng):
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="CPU algorithm"):
+        fastconv.conv2d(D(x), D(w), algorithm="direct")

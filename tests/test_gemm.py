@@ -1,6 +1,6 @@
 """The CPU GEMM (issue 3): fastconv.gemm / matmul / linear and every registered micro-kernel.
 
-Every micro-kernel usable on this CPU (``fastconv._C.gemm_kernels(dtype)``: the portable
+Every micro-kernel usable on this CPU (``fastconv._cpu.gemm_kernels(dtype)``: the portable
 one and, where CPUID allows, the AVX2+FMA one) is run on its own through
 ``fastconv.functional._cpu_gemm(..., kernel_index)``, as XNNPACK tests every kernel of its
 registry; the public ``fastconv.gemm`` runs the dispatched one.
@@ -32,7 +32,7 @@ TRANS = [(False, False), (False, True), (True, False), (True, True)]
 
 
 def kernels(dtype) -> list[str]:
-    return list(fastconv._C.gemm_kernels(np.dtype(dtype).name))
+    return list(fastconv._cpu.gemm_kernels(np.dtype(dtype).name))
 
 
 def kernel_params():
@@ -97,7 +97,7 @@ def test_kernel_registry(dtype):
     # One kernel per ISA tier the CPU runs, in tier order.
     tiers = {"baseline": ["portable"], "avx2+fma": ["portable", "avx2"]}
     tiers["avx512f"] = tiers["avx2+fma"] + ["avx512"]
-    expected = tiers[fastconv._C.isa()]
+    expected = tiers[fastconv._cpu.isa()]
     assert len(names) == len(expected), names
     assert all(tier in name for tier, name in zip(expected, names)), names
 

@@ -24,6 +24,7 @@ identical, bit for bit, to the default (AVX2 where the CPU has it) path.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import sys
@@ -649,21 +650,14 @@ def compute_all(cases) -> dict[str, np.ndarray]:
     return results
 
 
-_BASELINE_CHILD = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
-    import numpy as np
+_ENV_CAP_CHILD = textwrap.dedent("""
     import fastconv
-    assert fastconv._C.isa() == "baseline", fastconv._C.isa()
-    import test_pooling
-    results = test_pooling.compute_all(test_pooling.isa_cases())
-    np.savez({out!r}, **results)
-    print("isa", fastconv._C.isa(), len(results))
+    print(fastconv._cpu.isa(), fastconv._cpu.isa_tiers())
 """)
 
 
 def _cpu_isa() -> str | None:
-    """The ISA tier /proc/cpuinfo's flags allow, named as fastconv._C.isa() names it."""
+    """The ISA tier /proc/cpuinfo's flags allow, named as fastconv._cpu.isa() names it."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -681,28 +675,34 @@ def test_default_isa_matches_the_cpu():
     expected = _cpu_isa()
     if expected is None or os.environ.get("FASTCONV_ISA"):
         pytest.skip("CPU flags unknown, or the ISA is forced by FASTCONV_ISA")
-    assert fastconv._C.isa() == expected
+    assert fastconv._cpu.isa() == expected
 
 
-def test_baseline_and_default_isa_agree_bit_for_bit(tmp_path):
-    out = tmp_path / "baseline.npz"
-    child = run_python(
-        _BASELINE_CHILD.format(tests=str(Path(__file__).parent), out=str(out)),
-        env={**os.environ, "FASTCONV_ISA": "baseline"},
-    )
+@pytest.mark.parametrize("cap", ["baseline", "avx2"])
+def test_fastconv_isa_environment_variable_caps_the_tier(cap):
+    child = run_python(_ENV_CAP_CHILD, env={**os.environ, "FASTCONV_ISA": cap})
     assert child.returncode == 0, child.stderr[-3000:]
-    assert child.stdout.startswith("isa baseline")
+    active, tiers = child.stdout.split(" ", 1)
+    allowed = ["baseline"] if cap == "baseline" else ["baseline", "avx2+fma"]
+    assert active in allowed
+    assert ast.literal_eval(tiers) == allowed[: allowed.index(active) + 1]
+
+
+def test_baseline_and_default_isa_agree_bit_for_bit():
+    if fastconv._cpu.isa() == "baseline":
+        pytest.skip("the default tier is the baseline")
     cases = isa_cases()
     mine = compute_all(cases)
-    with np.load(out) as theirs:
-        assert sorted(theirs.files) == sorted(mine)
-        for key, value in mine.items():
-            case = cases[int(key.split("_")[0])]
-            other = theirs[key]
-            assert value.dtype == other.dtype and value.shape == other.shape, key
-            assert (
-                value.tobytes() == other.tobytes()
-            ), f"{key}: the {fastconv._C.isa()} and baseline kernels differ\n{case}"
+    with fastconv._cpu.use_isa("baseline"):
+        theirs = compute_all(cases)
+    assert sorted(theirs) == sorted(mine)
+    for key, value in mine.items():
+        case = cases[int(key.split("_")[0])]
+        other = theirs[key]
+        assert value.dtype == other.dtype and value.shape == other.shape, key
+        assert (
+            value.tobytes() == other.tobytes()
+        ), f"{key}: the {fastconv._cpu.isa()} and baseline kernels differ\n{case}"
 
 
 # --------------------------------------------------------------------------- memory bounds

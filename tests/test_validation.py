@@ -181,10 +181,10 @@ def assert_same_results(actual, expected):
 
 
 class _NoNative:
-    """Stands in for fastconv._C: touching any attribute is a test failure."""
+    """Stands in for the CPU backend: touching any attribute is a test failure."""
 
     def __getattr__(self, name):
-        raise AssertionError(f"fastconv._C.{name} was reached before validation failed")
+        raise AssertionError(f"fastconv._cpu.{name} was reached before validation failed")
 
 
 def _forbidden(name):
@@ -197,7 +197,7 @@ def _forbidden(name):
 @pytest.fixture
 def no_backend(monkeypatch):
     """Every backend raises AssertionError: a ValueError/TypeError must come first."""
-    monkeypatch.setattr(functional, "_C", _NoNative())
+    monkeypatch.setattr(functional, "_cpu", _NoNative())
     monkeypatch.setattr(functional, "_cuda_backend", _forbidden("cuda"))
     for name in OPS:  # the reference ops double as CPU backends for some ops
         monkeypatch.setattr(reference, name, _forbidden(f"reference.{name}"))

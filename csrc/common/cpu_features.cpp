@@ -1,6 +1,7 @@
 #include "common/cpu_features.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -20,11 +21,22 @@ Isa detect_isa() {
   if (forced != nullptr && std::strcmp(forced, "avx2") == 0) return std::min(best, Isa::kAvx2Fma);
   return best;
 }
+
+std::atomic<Isa>& active_tier() {
+  static std::atomic<Isa> tier{detected_isa()};
+  return tier;
+}
 }  // namespace
 
-Isa active_isa() {
+Isa detected_isa() {
   static const Isa isa = detect_isa();
   return isa;
+}
+
+Isa active_isa() { return active_tier().load(std::memory_order_relaxed); }
+
+void set_active_isa(Isa isa) {
+  active_tier().store(std::min(isa, detected_isa()), std::memory_order_relaxed);
 }
 
 const char* isa_name(Isa isa) {

@@ -4,14 +4,10 @@
 
 #include <chrono>
 
-#include "common/cpu_features.h"
-
 namespace fastconv {
 
-double fma_peak_gflops(int threads, int64_t iterations) {
-  if (active_isa() >= Isa::kAvx512) return fma_peak_gflops_avx512(threads, iterations);
-  if (active_isa() >= Isa::kAvx2Fma) return fma_peak_gflops_avx2(threads, iterations);
-  // Portable: 4-wide chains the compiler can keep in SSE registers.
+// Portable: 4-wide chains the compiler can keep in SSE registers.
+double fma_peak_gflops_portable(int threads, int64_t iterations) {
   const auto start = std::chrono::steady_clock::now();
   double sink = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : sink)

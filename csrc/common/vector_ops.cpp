@@ -1,6 +1,5 @@
 #include "common/vector_ops.h"
 
-#include "common/cpu_features.h"
 #include "common/vector_ops_generic.h"
 
 namespace fastconv {
@@ -56,36 +55,16 @@ void rows_mul_add_portable(int64_t n, const T* x, int64_t taps, const T* const* 
   }
 }
 
+}  // namespace
+
 template <typename T>
-VectorOps<T> portable_ops() {
+VectorOps<T> vector_ops_portable() {
   return {axpy_portable<T>,         dot_portable<T>,     weighted_rows_portable<T>,
           rows_mul_add_portable<T>, dot_tile_generic<T>, kGenericDotTileA,
           kGenericDotTileB};
 }
 
-template <typename T>
-VectorOps<T> choose();
-template <>
-VectorOps<float> choose<float>() {
-  if (active_isa() >= Isa::kAvx512) return vector_ops_f32_avx512(vector_ops_f32_avx2());
-  if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f32_avx2();
-  return portable_ops<float>();
-}
-template <>
-VectorOps<double> choose<double>() {
-  if (active_isa() >= Isa::kAvx2Fma) return vector_ops_f64_avx2();
-  return portable_ops<double>();
-}
-
-}  // namespace
-
-template <typename T>
-const VectorOps<T>& vector_ops() {
-  static const VectorOps<T> ops = choose<T>();
-  return ops;
-}
-
-template const VectorOps<float>& vector_ops<float>();
-template const VectorOps<double>& vector_ops<double>();
+template VectorOps<float> vector_ops_portable<float>();
+template VectorOps<double> vector_ops_portable<double>();
 
 }  // namespace fastconv

@@ -1,6 +1,6 @@
 // Level-1 row primitives used by the direct convolution kernels, dispatched
-// by ISA (portable versions fill the table; AVX2+FMA, then AVX-512, override
-// at run time).
+// by ISA through the kernel table (portable versions fill every slot; AVX2+FMA,
+// then AVX-512, override some).
 #pragma once
 
 #include <cstdint>
@@ -29,9 +29,13 @@ struct VectorOps {
 
 constexpr int kDotTileMaxA = 4, kDotTileMaxB = 6;
 
+// The active ISA tier's ops (from the kernel table).
 template <typename T>
 const VectorOps<T>& vector_ops();
 
+// Constructors for the kernel table, one per ISA tier that has its own.
+template <typename T>
+VectorOps<T> vector_ops_portable();
 VectorOps<float> vector_ops_f32_avx2();
 VectorOps<double> vector_ops_f64_avx2();
 // The AVX2 table with the AVX-512 dot tile.

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/cpu_features.h"
-#include "common/vector_ops.h"
+#include "kernel_table.h"
 
 namespace fastconv {
 namespace {
@@ -77,30 +77,9 @@ ConvParams transposed_stride1_params(const ConvParams& p) {
   return t;
 }
 
-bool weight_grad_is_narrow(const ConvParams& p) {
-  const int tile_rows =
-      p.single_precision ? vector_ops<float>().dot_tile_a : vector_ops<double>().dot_tile_a;
-  const int64_t max_out = tile_rows >= 4 ? kTuning.narrow_weight_grad_max_out_wide_tile
-                                         : kTuning.narrow_weight_grad_max_out;
-  return p.taps() > 1 && p.out_per_group() <= max_out &&
-         p.reduction() < kTuning.direct_weight_grad_min_reduction;
-}
-
-bool weight_grad_runs_direct(const ConvParams& p) {
-  const int64_t min_out_w = p.flops() < kTuning.small_max_flops
-                                ? kTuning.direct_weight_grad_min_out_w_small
-                                : kTuning.direct_weight_grad_min_out_w;
-  return p.taps() > 1 && p.out_w >= min_out_w &&
-         p.reduction() >= kTuning.direct_weight_grad_min_reduction;
-}
-
 void run_winograd(const float* input, const FilterView& weight, const float* bias, float* output,
                   const ConvParams& p) {
-  if (active_isa() >= Isa::kAvx512)
-    return conv2d_winograd_forward_f32_avx512(input, weight, bias, output, p);
-  if (active_isa() >= Isa::kAvx2Fma)
-    return conv2d_winograd_forward_f32_avx2(input, weight, bias, output, p);
-  conv2d_winograd_forward_f32_portable(input, weight, bias, output, p);
+  cpu_kernels().winograd_f32(input, weight, bias, output, p);
 }
 
 template <typename T>
@@ -119,19 +98,7 @@ std::vector<T> flipped_transposed_weight(const T* weight, const ConvParams& p) {
 }  // namespace
 
 const char* conv_algorithm_name(ConvAlgorithm a) {
-  switch (a) {
-    case ConvAlgorithm::kPointwiseGemm:
-      return "pointwise_gemm";
-    case ConvAlgorithm::kDepthwise:
-      return "depthwise";
-    case ConvAlgorithm::kDirect:
-      return "direct";
-    case ConvAlgorithm::kGemm:
-      return "implicit_gemm";
-    case ConvAlgorithm::kWinograd:
-      return "winograd";
-  }
-  return "unknown";
+  return kConvAlgorithms[static_cast<int>(a)].name;
 }
 
 bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
@@ -165,40 +132,34 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
 }
 
 template <typename T>
-void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const ConvParams& p,
-                    ConvAlgorithm algorithm) {
+const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* output,
+                           const ConvParams& p, ConvAlgorithm algorithm) {
   if (!conv_algorithm_supports(algorithm, p))
-    throw std::invalid_argument(std::string("algorithm ") + conv_algorithm_name(algorithm) +
-                                " does not support this convolution");
+    throw std::invalid_argument(std::string("algorithm='") + conv_algorithm_name(algorithm) +
+                                "' does not support this convolution: " +
+                                kConvAlgorithms[static_cast<int>(algorithm)].requirement);
   switch (algorithm) {
     case ConvAlgorithm::kPointwiseGemm:
-      return conv2d_pointwise_forward(input, weight, bias, output, p);
+      conv2d_pointwise_forward(input, weight, bias, output, p);
+      break;
     case ConvAlgorithm::kDepthwise:
-      return conv2d_depthwise_forward(input, weight, bias, output, p);
+      conv2d_depthwise_forward(input, weight, bias, output, p);
+      break;
     case ConvAlgorithm::kDirect:
-      return conv2d_direct_forward(input, weight, bias, output, p);
+      conv2d_direct_forward(input, weight, bias, output, p);
+      break;
     case ConvAlgorithm::kGemm:
-      return conv2d_gemm_forward(input, weight, bias, output, p);
+      conv2d_gemm_forward(input, weight, bias, output, p);
+      break;
     case ConvAlgorithm::kWinograd:
       if constexpr (std::is_same_v<T, float>) {
         const int64_t c = p.in_channels;
-        return run_winograd(input, {weight, 9 * c, 9, 1}, bias, output, p);
+        run_winograd(input, {weight, 9 * c, 9, 1}, bias, output, p);
       }
-      throw std::invalid_argument("winograd supports float32 only");
+      break;
   }
+  return conv_algorithm_name(algorithm);
 }
-
-namespace {
-
-// How the input gradient runs, chosen in one place for both dispatch and the
-// name reported to Python.
-enum class InputGradPlan {
-  kPointwiseGemm,        // dX = W^T @ dY per image
-  kDepthwiseTransposed,  // stride 1, multiplier 1: the depthwise forward kernel
-  kDirect,               // few output channels per group: direct scatter
-  kTransposed,           // stride 1: forward conv of dY with the flipped kernel
-  kCol2im,               // GEMM into column tiles, then col2im
-};
 
 InputGradPlan select_input_grad_plan(const ConvParams& p) {
   if (p.is_pointwise()) return InputGradPlan::kPointwiseGemm;
@@ -209,10 +170,8 @@ InputGradPlan select_input_grad_plan(const ConvParams& p) {
   return InputGradPlan::kCol2im;
 }
 
-}  // namespace
-
-std::string conv_backward_input_algorithm(const ConvParams& p) {
-  switch (select_input_grad_plan(p)) {
+std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p) {
+  switch (plan) {
     case InputGradPlan::kPointwiseGemm:
       return "pointwise_gemm";
     case InputGradPlan::kDepthwiseTransposed:
@@ -228,58 +187,101 @@ std::string conv_backward_input_algorithm(const ConvParams& p) {
   return "implicit_gemm (col2im)";
 }
 
-std::string conv_backward_weight_algorithm(const ConvParams& p) {
-  if (p.is_depthwise()) return "depthwise";
-  return weight_grad_is_narrow(p) || weight_grad_runs_direct(p) ? "direct" : "implicit_gemm";
+WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
+  if (p.is_depthwise()) return WeightGradPlan::kDepthwise;
+  const CpuKernels& kernels = kernels_for(isa);
+  const int tile_rows =
+      p.single_precision ? kernels.f32.vector.dot_tile_a : kernels.f64.vector.dot_tile_a;
+  const int64_t max_out = tile_rows >= 4 ? kTuning.narrow_weight_grad_max_out_wide_tile
+                                         : kTuning.narrow_weight_grad_max_out;
+  const bool short_reduction = p.reduction() < kTuning.direct_weight_grad_min_reduction;
+  if (p.taps() > 1 && p.out_per_group() <= max_out && short_reduction)
+    return WeightGradPlan::kDirectDot;
+  const int64_t min_out_w = p.flops() < kTuning.small_max_flops
+                                ? kTuning.direct_weight_grad_min_out_w_small
+                                : kTuning.direct_weight_grad_min_out_w;
+  if (p.taps() > 1 && p.out_w >= min_out_w && !short_reduction) return WeightGradPlan::kDirect;
+  return WeightGradPlan::kGemm;
+}
+
+const char* weight_grad_plan_name(WeightGradPlan plan) {
+  switch (plan) {
+    case WeightGradPlan::kDepthwise:
+      return "depthwise";
+    case WeightGradPlan::kDirectDot:
+      return "direct_dot";
+    case WeightGradPlan::kDirect:
+      return "direct";
+    case WeightGradPlan::kGemm:
+      break;
+  }
+  return "implicit_gemm";
 }
 
 template <typename T>
-void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
-                           const ConvParams& p) {
-  switch (select_input_grad_plan(p)) {
+std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p) {
+  const InputGradPlan plan = select_input_grad_plan(p);
+  switch (plan) {
     case InputGradPlan::kPointwiseGemm:
     case InputGradPlan::kCol2im:
-      return conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
+      conv2d_gemm_backward_input(grad_output, weight, grad_input, p);
+      break;
     case InputGradPlan::kDirect:
-      return conv2d_direct_backward_input(grad_output, weight, grad_input, p);
+      conv2d_direct_backward_input(grad_output, weight, grad_input, p);
+      break;
     case InputGradPlan::kDepthwiseTransposed:
     case InputGradPlan::kTransposed: {
       const ConvParams t = transposed_stride1_params(p);
       if constexpr (std::is_same_v<T, float>) {
         // Winograd reads the forward weights flipped and transposed in place:
         // w'[k'][c'][tap] = w[c'][k'][8 - tap] (groups == 1).
-        if (select_input_grad_plan(p) == InputGradPlan::kTransposed &&
-            select_conv_algorithm(t) == ConvAlgorithm::kWinograd)
-          return run_winograd(grad_output, {weight + 8, 9, 9 * t.out_channels, -1}, nullptr,
-                              grad_input, t);
+        if (plan == InputGradPlan::kTransposed &&
+            select_conv_algorithm(t) == ConvAlgorithm::kWinograd) {
+          run_winograd(grad_output, {weight + 8, 9, 9 * t.out_channels, -1}, nullptr, grad_input,
+                       t);
+          break;
+        }
       }
       const std::vector<T> w = flipped_transposed_weight(weight, p);
-      if (select_input_grad_plan(p) == InputGradPlan::kDepthwiseTransposed)
-        return conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr),
-                                        grad_input, t);
-      return conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t,
-                            select_conv_algorithm(t));
+      if (plan == InputGradPlan::kDepthwiseTransposed)
+        conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input,
+                                 t);
+      else
+        conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t,
+                       select_conv_algorithm(t));
+      break;
     }
   }
+  return input_grad_plan_name(plan, p);
 }
 
 template <typename T>
-void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                            const ConvParams& p) {
-  // Keep in step with conv_backward_weight_algorithm.
-  if (p.is_depthwise()) return conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
-  if (weight_grad_is_narrow(p))
-    return conv2d_narrow_backward_weight(input, grad_output, grad_weight, p);
-  if (weight_grad_runs_direct(p))
-    return conv2d_direct_backward_weight(input, grad_output, grad_weight, p);
-  conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
+const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                   const ConvParams& p) {
+  const WeightGradPlan plan = select_weight_grad_plan(p, active_isa());
+  switch (plan) {
+    case WeightGradPlan::kDepthwise:
+      conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
+      break;
+    case WeightGradPlan::kDirectDot:
+      conv2d_direct_dot_backward_weight(input, grad_output, grad_weight, p);
+      break;
+    case WeightGradPlan::kDirect:
+      conv2d_direct_backward_weight(input, grad_output, grad_weight, p);
+      break;
+    case WeightGradPlan::kGemm:
+      conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
+      break;
+  }
+  return weight_grad_plan_name(plan);
 }
 
-#define FASTCONV_INSTANTIATE(T)                                                        \
-  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const ConvParams&, \
-                                  ConvAlgorithm);                                      \
-  template void conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
-  template void conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+#define FASTCONV_INSTANTIATE(T)                                                               \
+  template const char* conv2d_forward<T>(const T*, const T*, const T*, T*, const ConvParams&, \
+                                         ConvAlgorithm);                                      \
+  template std::string conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
+  template const char* conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/cpu_features.h"
+
 namespace fastconv {
 
 struct ConvParams {
@@ -42,8 +44,8 @@ struct ConvParams {
   }
 };
 
-// Algorithms, in the order the selector prefers them. kGemm is the general
-// path and accepts every valid problem.
+// Forward algorithms. kGemm is the general path and accepts every valid
+// problem. Their names (what Python sees) come from kConvAlgorithms below.
 enum class ConvAlgorithm : int {
   kPointwiseGemm = 0,  // 1x1, stride 1, no padding: out = W @ X per image, no im2col
   kDepthwise = 1,      // groups == in_channels: direct kernel vectorised along the width
@@ -52,23 +54,63 @@ enum class ConvAlgorithm : int {
   kWinograd = 4,       // F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers
 };
 
+struct ConvAlgorithmInfo {
+  ConvAlgorithm algorithm;
+  const char* name;
+  const char* requirement;  // what a problem needs for it ("" when it takes every problem)
+};
+// In enum order.
+inline constexpr ConvAlgorithmInfo kConvAlgorithms[] = {
+    {ConvAlgorithm::kPointwiseGemm, "pointwise_gemm",
+     "it needs a 1x1, stride-1, unpadded convolution"},
+    {ConvAlgorithm::kDepthwise, "depthwise", ""},
+    {ConvAlgorithm::kDirect, "direct", ""},
+    {ConvAlgorithm::kGemm, "implicit_gemm", ""},
+    {ConvAlgorithm::kWinograd, "winograd",
+     "it needs a 3x3, stride-1, dilation-1, groups=1, float32 convolution"},
+};
+
 const char* conv_algorithm_name(ConvAlgorithm a);
 bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p);
 // Pure: the algorithm the forward pass runs for p.
 ConvAlgorithm select_conv_algorithm(const ConvParams& p);
-// What the backward passes run for p, as reported to Python.
-std::string conv_backward_input_algorithm(const ConvParams& p);
-std::string conv_backward_weight_algorithm(const ConvParams& p);
 
+// How the input gradient runs.
+enum class InputGradPlan {
+  kPointwiseGemm,        // dX = W^T @ dY per image
+  kDepthwiseTransposed,  // stride 1, multiplier 1: the depthwise forward kernel
+  kDirect,               // few output channels per group: direct scatter
+  kTransposed,           // stride 1: forward conv of dY with the flipped kernel
+  kCol2im,               // GEMM into column tiles, then col2im
+};
+// Pure: the plan conv2d_backward_input runs for p.
+InputGradPlan select_input_grad_plan(const ConvParams& p);
+// Its name, e.g. "winograd (transposed)": a transposed plan names the forward
+// algorithm it runs.
+std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p);
+
+// How the weight gradient runs.
+enum class WeightGradPlan {
+  kDepthwise,  // one thread per channel, rows of taps
+  kDirectDot,  // short reductions, few output channels: plane-wide dot-product tiles
+  kDirect,     // gathered GEMM reading im2col in place along output rows
+  kGemm,       // implicit GEMM, pixel tiles spanning images
+};
+// Pure: the plan conv2d_backward_weight runs for p on ISA tier isa (the width of
+// the dot-product tile depends on it).
+WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa);
+const char* weight_grad_plan_name(WeightGradPlan plan);
+
+// Each returns the name of what it ran.
 template <typename T>
-void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const ConvParams& p,
-                    ConvAlgorithm algorithm);
+const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* output,
+                           const ConvParams& p, ConvAlgorithm algorithm);
 template <typename T>
-void conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
-                           const ConvParams& p);
+std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p);
 template <typename T>
-void conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                            const ConvParams& p);
+const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                   const ConvParams& p);
 
 // Algorithm implementations (one file each).
 template <typename T>
@@ -107,8 +149,8 @@ template <typename T>
 void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p);
 template <typename T>
-void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                   const ConvParams& p);
+void conv2d_direct_dot_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                       const ConvParams& p);
 template <typename T>
 void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                                    const ConvParams& p);

@@ -163,4 +163,44 @@ inline void for_each_output_row_segment(int64_t j0, int64_t n, int64_t out_w, Fn
   }
 }
 
+// Phase-split copies of the input rows [ih0, ih0 + slots) of `plane`, one per
+// slot `layout.size()` apart; rows outside the input (padding) are zero.
+template <typename T>
+void fill_phase_rows(const T* plane, const ConvParams& p, const PhaseLayout& layout, int64_t ih0,
+                     int64_t slots, T* dst) {
+  for (int64_t slot = 0; slot < slots; ++slot, dst += layout.size()) {
+    const int64_t ih = ih0 + slot;
+    if (ih >= 0 && ih < p.in_h) {
+      fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
+    } else {
+      std::fill(dst, dst + layout.size(), T(0));
+    }
+  }
+}
+
+// For each tap t = (c, r, s) of a group, where its run for the first output row
+// starts in phase rows laid out per channel `span` slots apart (slot 0 under
+// the first output row's top tap); each further output row is stride_h slots on.
+inline std::vector<int64_t> tap_run_offsets(const ConvParams& p, const PhaseLayout& layout,
+                                            int64_t span) {
+  std::vector<int64_t> offsets(static_cast<size_t>(p.reduction()));
+  for (int64_t t = 0; t < p.reduction(); ++t) {
+    const int64_t c = t / p.taps(), r = (t / p.kernel_w) % p.kernel_h, s = t % p.kernel_w;
+    offsets[t] = (c * span + r * p.dilation_h) * layout.size() + layout.tap_offset(s, p.dilation_w);
+  }
+  return offsets;
+}
+
+// Adds a phase-split row back onto a plain row (the adjoint of fill_phase_row).
+template <typename T>
+void add_phase_row(const T* src, const PhaseLayout& layout, int64_t width, T* row) {
+  for (int64_t q = 0; q < layout.stride; ++q) {
+    const T* phase = src + q * layout.length;
+    for (int64_t i = 0; i < layout.length; ++i) {
+      const int64_t iw = i * layout.stride + q - layout.pad_left;
+      if (iw >= 0 && iw < width) row[iw] += phase[i];
+    }
+  }
+}
+
 }  // namespace fastconv

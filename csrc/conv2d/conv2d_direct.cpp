@@ -1,5 +1,5 @@
-// Direct convolution, without an im2col buffer: depthwise layers; layers with
-// few input channels, wide rows or little work (indirect GEMMs); and weight
+// Direct convolution without an im2col buffer: layers with few input channels,
+// wide rows or little work (indirect GEMMs), their input gradients, and weight
 // gradients that read the im2col matrix in place.
 //
 // Every input row a kernel row touches is copied once into a zero-padded,
@@ -17,98 +17,6 @@
 #include "gemm/gemm.h"
 
 namespace fastconv {
-namespace {
-
-// Phase-split copies of the input rows [ih0, ih0 + slots) of `plane`, one per
-// slot `layout.size()` apart; rows outside the input (padding) are zero.
-template <typename T>
-void fill_phase_rows(const T* plane, const ConvParams& p, const PhaseLayout& layout, int64_t ih0,
-                     int64_t slots, T* dst) {
-  for (int64_t slot = 0; slot < slots; ++slot, dst += layout.size()) {
-    const int64_t ih = ih0 + slot;
-    if (ih >= 0 && ih < p.in_h) {
-      fill_phase_row(plane + ih * p.in_w, p.in_w, layout, dst);
-    } else {
-      std::fill(dst, dst + layout.size(), T(0));
-    }
-  }
-}
-
-// For each tap t = (c, r, s) of a group, where its run for the first output row
-// starts in phase rows laid out per channel `span` slots apart (slot 0 under
-// the first output row's top tap); each further output row is stride_h slots on.
-std::vector<int64_t> tap_run_offsets(const ConvParams& p, const PhaseLayout& layout, int64_t span) {
-  std::vector<int64_t> offsets(static_cast<size_t>(p.reduction()));
-  for (int64_t t = 0; t < p.reduction(); ++t) {
-    const int64_t c = t / p.taps(), r = (t / p.kernel_w) % p.kernel_h, s = t % p.kernel_w;
-    offsets[t] = (c * span + r * p.dilation_h) * layout.size() + layout.tap_offset(s, p.dilation_w);
-  }
-  return offsets;
-}
-
-// Adds a phase-split row back onto a plain row (the adjoint of fill_phase_row).
-template <typename T>
-void add_phase_row(const T* src, const PhaseLayout& layout, int64_t width, T* row) {
-  for (int64_t q = 0; q < layout.stride; ++q) {
-    const T* phase = src + q * layout.length;
-    for (int64_t i = 0; i < layout.length; ++i) {
-      const int64_t iw = i * layout.stride + q - layout.pad_left;
-      if (iw >= 0 && iw < width) row[iw] += phase[i];
-    }
-  }
-}
-
-}  // namespace
-
-// Depthwise (one input channel per group; forced elsewhere it sums the group's
-// channels): per image and group, every input row is phase-split once; each
-// output row is then a weighted sum of Cg * R * S shifted rows, accumulated in
-// registers 16 columns at a time.
-template <typename T>
-void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
-                              const ConvParams& p) {
-  const VectorOps<T>& ops = vector_ops<T>();
-  const PhaseLayout layout(p, p.out_w);
-  const int64_t kg = p.out_per_group(), cg = p.in_per_group();
-  const int64_t taps = p.reduction();  // cg * R * S: one group's weights for one output channel
-  const int64_t plane_rows = p.in_h * layout.size();
-  const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
-  const std::vector<int64_t> tap_offsets = layout.tap_offsets(p.kernel_w, p.dilation_w);
-  const int64_t tasks = p.batch * p.groups;
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
-  PerThread<T> phases(threads, static_cast<size_t>(cg * plane_rows));
-  PerThread<const T*> row_lists(threads, static_cast<size_t>(taps));
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<T>& phase = phases.mine();
-    std::vector<const T*>& rows = row_lists.mine();
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t n = task / p.groups, g = task % p.groups;
-      for (int64_t c = 0; c < cg; ++c) {
-        const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
-        for (int64_t ih = 0; ih < p.in_h; ++ih)
-          fill_phase_row(plane + ih * p.in_w, p.in_w, layout,
-                         phase.data() + c * plane_rows + ih * layout.size());
-      }
-      for (int64_t oh = 0; oh < p.out_h; ++oh) {
-        for (int64_t c = 0; c < cg; ++c)
-          for (int64_t r = 0; r < p.kernel_h; ++r) {
-            const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
-            const T* row = (ih >= 0 && ih < p.in_h)
-                               ? phase.data() + c * plane_rows + ih * layout.size()
-                               : zeros.data();
-            for (int64_t s = 0; s < p.kernel_w; ++s)
-              rows[(c * p.kernel_h + r) * p.kernel_w + s] = row + tap_offsets[s];
-          }
-        for (int64_t k = g * kg; k < (g + 1) * kg; ++k)
-          ops.weighted_rows(p.out_w, taps, rows.data(), weight + k * taps,
-                            bias != nullptr ? bias[k] : T(0),
-                            output + (n * p.out_channels + k) * p.out_plane() + oh * p.out_w);
-      }
-    }
-  }
-}
 
 // Taps per micro-kernel call of the direct kernel: mr x 256 packed weights
 // (6 KB for f32) stay in L1.
@@ -317,57 +225,6 @@ void conv2d_direct_backward_input(const T* grad_output, const T* weight, T* grad
   }
 }
 
-template <typename T>
-void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                      const ConvParams& p) {
-  const VectorOps<T>& ops = vector_ops<T>();
-  const PhaseLayout layout(p, p.out_w);
-  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.taps();
-  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
-  // One thread owns each output channel: no partial sums, fixed order. Per
-  // output row, dY's row times every tap's input run is accumulated lane by
-  // lane (taps x OW accumulators, in L1); the lanes are summed once per
-  // channel, not once per row as dot products would.
-  PerThread<T> phases(threads, static_cast<size_t>(p.in_h * layout.size()));
-  PerThread<T> lane_sums(threads, static_cast<size_t>(taps * p.out_w));
-  PerThread<const T*> tap_lists(threads, static_cast<size_t>(taps));
-  const std::vector<T> zeros(static_cast<size_t>(layout.size()), T(0));
-  const std::vector<int64_t> tap_offsets = layout.tap_offsets(p.kernel_w, p.dilation_w);
-#pragma omp parallel num_threads(threads)
-  {
-    T* phase = phases.mine().data();
-    T* acc = lane_sums.mine().data();
-    const T** rows = tap_lists.mine().data();
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < p.out_channels; ++k) {
-      const int64_t g = k / kg;
-      for (int64_t c = 0; c < cg; ++c) {
-        std::fill(acc, acc + taps * p.out_w, T(0));
-        for (int64_t n = 0; n < p.batch; ++n) {
-          const T* plane = input + (n * p.in_channels + g * cg + c) * p.in_plane();
-          const T* dy = grad_output + (n * p.out_channels + k) * p.out_plane();
-          fill_phase_rows(plane, p, layout, 0, p.in_h, phase);
-          for (int64_t oh = 0; oh < p.out_h; ++oh) {
-            for (int64_t r = 0; r < p.kernel_h; ++r) {
-              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_top;
-              const T* row = (ih >= 0 && ih < p.in_h) ? phase + ih * layout.size() : zeros.data();
-              for (int64_t s = 0; s < p.kernel_w; ++s)
-                rows[r * p.kernel_w + s] = row + tap_offsets[s];
-            }
-            ops.rows_mul_add(p.out_w, dy + oh * p.out_w, taps, rows, acc);
-          }
-        }
-        for (int64_t t = 0; t < taps; ++t) {
-          const T* lanes = acc + t * p.out_w;
-          T sum = T(0);
-          for (int64_t w = 0; w < p.out_w; ++w) sum += lanes[w];
-          grad_weight[(k * cg + c) * taps + t] = sum;
-        }
-      }
-    }
-  }
-}
-
 // Weight gradient as a gathered-A GEMM: dW^T[tap][k] = sum over pixels of
 // x_tap[pixel] * dY[k][pixel]. Under output row oh, tap (c, r, s) reads a
 // contiguous run of a phase-split input row, so the micro-kernel reads the
@@ -496,69 +353,10 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
   }
 }
 
-// Weight gradient of a layer with few output channels and a short reduction
-// (LeNet, CIFAR stems), where both GEMM paths would spend their time packing
-// for tiles that are mostly empty: dW[k][tap] is a dot product over every
-// pixel of an image of dY's plane with the tap's input runs, and the kernel
-// (VectorOps::dot_tile) keeps a 3 x 4 tile of those sums in vector lanes over
-// the whole plane. Each thread sums fixed images into its own partials,
-// reduced in thread order.
-template <typename T>
-void conv2d_narrow_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                   const ConvParams& p) {
-  const VectorOps<T>& ops = vector_ops<T>();
-  const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.reduction();
-  const int64_t weight_size = p.out_channels * taps;
-  const PhaseLayout layout(p, p.out_w);
-  // Input rows under every output row and tap, from row -pad_top on.
-  const int64_t span = (p.out_h - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
-  const int64_t tasks = p.batch * p.groups;
-  const int threads = static_cast<int>(std::min<int64_t>(
-      threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread), std::max<int64_t>(1, tasks)));
-  PerThread<T> partials(threads, static_cast<size_t>(weight_size));
-  PerThread<T> phases(threads, static_cast<size_t>(cg * span * layout.size()));
-  const std::vector<int64_t> tap_base = tap_run_offsets(p, layout, span);
-#pragma omp parallel num_threads(threads)
-  {
-    T* dw = partials.mine().data();  // [k][tap], zero from PerThread
-    T* phase = phases.mine().data();
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t n = task / p.groups, g = task % p.groups;
-      for (int64_t c = 0; c < cg; ++c)
-        fill_phase_rows(input + (n * p.in_channels + g * cg + c) * p.in_plane(), p, layout,
-                        -p.pad_top, span, phase + c * span * layout.size());
-      for (int64_t k0 = 0; k0 < kg; k0 += ops.dot_tile_a) {
-        const int na = static_cast<int>(std::min<int64_t>(ops.dot_tile_a, kg - k0));
-        const T* a[kDotTileMaxA];
-        for (int i = 0; i < na; ++i)
-          a[i] = grad_output + (n * p.out_channels + g * kg + k0 + i) * p.out_plane();
-        for (int64_t t0 = 0; t0 < taps; t0 += ops.dot_tile_b) {
-          const int nb = static_cast<int>(std::min<int64_t>(ops.dot_tile_b, taps - t0));
-          const T* b[kDotTileMaxB];
-          for (int j = 0; j < nb; ++j) b[j] = phase + tap_base[t0 + j];
-          T tile[kDotTileMaxA * kDotTileMaxB] = {};
-          ops.dot_tile(p.out_h, p.out_w, a, p.out_w, na, b, p.stride_h * layout.size(), nb, tile);
-          for (int i = 0; i < na; ++i)
-            for (int j = 0; j < nb; ++j) dw[(g * kg + k0 + i) * taps + t0 + j] += tile[i * nb + j];
-        }
-      }
-    }
-  }
-  for (int64_t i = 0; i < weight_size; ++i) {
-    T sum = T(0);
-    for (int th = 0; th < threads; ++th) sum += partials.at(th)[i];
-    grad_weight[i] = sum;
-  }
-}
-
-#define FASTCONV_INSTANTIATE(T)                                                                   \
-  template void conv2d_narrow_backward_weight<T>(const T*, const T*, T*, const ConvParams&);      \
-  template void conv2d_direct_backward_weight<T>(const T*, const T*, T*, const ConvParams&);      \
-  template void conv2d_direct_forward<T>(const T*, const T*, const T*, T*, const ConvParams&);    \
-  template void conv2d_depthwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
-  template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);       \
-  template void conv2d_depthwise_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+#define FASTCONV_INSTANTIATE(T)                                                                \
+  template void conv2d_direct_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
+  template void conv2d_direct_backward_input<T>(const T*, const T*, T*, const ConvParams&);    \
+  template void conv2d_direct_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

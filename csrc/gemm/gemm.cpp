@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "common/aligned_buffer.h"
-#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "common/transpose.h"
 
@@ -274,40 +273,7 @@ int64_t split_point(int64_t extent, int unit, int parts, int index) {
   return std::min(extent, (units * index / parts) * unit);
 }
 
-// The GEMM micro-kernel of ISA tier `tier` (0 portable, 1 AVX2, 2 AVX-512).
-template <typename T>
-GemmKernelInfo<T> kernel_of_tier(int tier) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (tier == 2) return gemm_f32_12x32_avx512();
-    if (tier == 1) return gemm_f32_6x16_avx2_fma();
-    return gemm_f32_6x8_portable();
-  } else {
-    if (tier == 2) return gemm_f64_12x16_avx512();
-    if (tier == 1) return gemm_f64_6x8_avx2_fma();
-    return gemm_f64_6x4_portable();
-  }
-}
-
 }  // namespace
-
-// The registry, in dispatch order: portable, then one kernel per ISA tier the
-// CPU has.
-template <typename T>
-int gemm_kernel_count() {
-  return 1 + static_cast<int>(active_isa());
-}
-
-template <typename T>
-GemmKernelInfo<T> gemm_kernel_at(int index) {
-  const int tier = std::clamp(index, 0, static_cast<int>(active_isa()));
-  return kernel_of_tier<T>(tier);
-}
-
-template <typename T>
-GemmKernelInfo<T> gemm_kernel() {
-  static const GemmKernelInfo<T> chosen = gemm_kernel_at<T>(gemm_kernel_count<T>() - 1);
-  return chosen;
-}
 
 template <typename T>
 int64_t gemm_packed_a_size(int64_t m, int64_t k) {
@@ -325,50 +291,10 @@ void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst) {
   }
 }
 
-// The variant of a kernel family for the best ISA tier this CPU runs, for T:
-// (portable, AVX2, AVX-512) constructors for float, then for double.
-template <typename T, typename F32, typename F64>
-auto by_tier(F32 (*f32_portable)(), F32 (*f32_avx2)(), F32 (*f32_avx512)(), F64 (*f64_portable)(),
-             F64 (*f64_avx2)(), F64 (*f64_avx512)()) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (active_isa() >= Isa::kAvx512) return f32_avx512();
-    if (active_isa() >= Isa::kAvx2Fma) return f32_avx2();
-    return f32_portable();
-  } else {
-    if (active_isa() >= Isa::kAvx512) return f64_avx512();
-    if (active_isa() >= Isa::kAvx2Fma) return f64_avx2();
-    return f64_portable();
-  }
-}
-
-template <typename T>
-PixelIgemmKernelInfo<T> pixel_igemm_kernel() {
-  static const PixelIgemmKernelInfo<T> chosen = by_tier<T>(
-      pixel_igemm_f32_6x8_portable, pixel_igemm_f32_6x16_avx2_fma, pixel_igemm_f32_12x32_avx512,
-      pixel_igemm_f64_6x4_portable, pixel_igemm_f64_6x8_avx2_fma, pixel_igemm_f64_12x16_avx512);
-  return chosen;
-}
-
-template <typename T>
-GatherGemmKernelInfo<T> gather_gemm_kernel() {
-  static const GatherGemmKernelInfo<T> chosen = by_tier<T>(
-      gather_gemm_f32_6x8_portable, gather_gemm_f32_6x16_avx2_fma, gather_gemm_f32_8x32_avx512,
-      gather_gemm_f64_6x4_portable, gather_gemm_f64_6x8_avx2_fma, gather_gemm_f64_8x16_avx512);
-  return chosen;
-}
-
 template <typename T>
 PackedBLayout gemm_packed_b_layout(int64_t k, int64_t n) {
   const GemmKernelInfo<T> kinfo = gemm_kernel<T>();
   return {k, round_up(n, kinfo.nr), balanced_block(k, kinfo.blocking.kc, 1), kinfo.nr};
-}
-
-template <typename T>
-IgemmKernelInfo<T> igemm_kernel() {
-  static const IgemmKernelInfo<T> chosen =
-      by_tier<T>(igemm_f32_6x8_portable, igemm_f32_6x16_avx2_fma, igemm_f32_12x32_avx512,
-                 igemm_f64_6x4_portable, igemm_f64_6x8_avx2_fma, igemm_f64_12x16_avx512);
-  return chosen;
 }
 
 // Multiply-adds the micro-kernels spend on a rows x cols C: columns come in
@@ -486,15 +412,9 @@ double gemm_kernel_peak_gflops(int threads, int64_t calls) {
 #define FASTCONV_INSTANTIATE_GEMM(T)                                                       \
   template void gemm<T>(const GemmProblem<T>&, int);                                       \
   template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
-  template GemmKernelInfo<T> gemm_kernel<T>();                                             \
-  template IgemmKernelInfo<T> igemm_kernel<T>();                                           \
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                \
   template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);                \
-  template PackedBLayout gemm_packed_b_layout<T>(int64_t, int64_t);                        \
-  template GatherGemmKernelInfo<T> gather_gemm_kernel<T>();                                \
-  template PixelIgemmKernelInfo<T> pixel_igemm_kernel<T>();                                \
-  template int gemm_kernel_count<T>();                                                     \
-  template GemmKernelInfo<T> gemm_kernel_at<T>(int);
+  template PackedBLayout gemm_packed_b_layout<T>(int64_t, int64_t);
 FASTCONV_INSTANTIATE_GEMM(float)
 FASTCONV_INSTANTIATE_GEMM(double)
 #undef FASTCONV_INSTANTIATE_GEMM

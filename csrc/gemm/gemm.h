@@ -112,12 +112,12 @@ struct GemmKernelInfo {
   GemmBlocking blocking;
 };
 
-// The micro-kernel the dispatch chose for this CPU (portable one first, ISA
-// variants override it when CPUID allows).
+// The active ISA tier's micro-kernel (from the kernel table, kernel_table.h).
 template <typename T>
 GemmKernelInfo<T> gemm_kernel();
 
-// Every registered micro-kernel usable on this CPU (tests and benchmarks read it).
+// The GEMM micro-kernels of every ISA tier up to the active one, lowest first
+// (tests and benchmarks run each).
 template <typename T>
 int gemm_kernel_count();
 template <typename T>

@@ -13,8 +13,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "kernel_table.h"
 #include "pool2d/pool2d_row_scalar.h"
 
 namespace fastconv {
@@ -28,26 +28,6 @@ void max_row_generic(const PoolRow& row, T* best, int32_t* tap) {
 template <typename T>
 void sum_row_generic(const PoolRow& row, T* acc) {
   for (int64_t ow = 0; ow < row.out_w; ++ow) sum_pool_column<T>(row, acc, ow);
-}
-
-template <typename T>
-struct RowKernels {
-  void (*max_row)(const PoolRow&, T*, int32_t*);
-  void (*sum_row)(const PoolRow&, T*);
-};
-
-template <typename T>
-RowKernels<T> row_kernels() {
-  return {max_row_generic<T>, sum_row_generic<T>};
-}
-
-template <>
-RowKernels<float> row_kernels<float>() {
-  if (active_isa() >= Isa::kAvx2Fma) {
-    const PoolRowKernelsF32 k = pool_row_kernels_f32_avx2();
-    return {k.max_row, k.sum_row};
-  }
-  return {max_row_generic<float>, sum_row_generic<float>};
 }
 
 // Output columns [begin, end) whose tap at column offset `offset` lands inside [0, width).
@@ -196,7 +176,7 @@ template <typename T>
 void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolParams& p) {
   if (p.is_empty()) return;
   if (is_plain_2x2(p) && p.out_w < 16) return max_pool2d_2x2_narrow(input, output, indices, p);
-  const RowKernels<T> kernels = row_kernels<T>();
+  const PoolRowKernels<T> kernels = kernel_table<T>().pool_rows;
   // Flat offset of tap r * kernel_w + s from the window origin: a table for
   // ordinary kernels (no division per output), arithmetic for huge ones.
   constexpr int64_t kTableTaps = 4096;
@@ -262,7 +242,7 @@ void max_pool2d_backward(const T* grad_output, const int64_t* indices, T* grad_i
 template <typename T>
 void avg_pool2d_forward(const T* input, T* output, const PoolParams& p) {
   if (p.is_empty()) return;
-  const RowKernels<T> kernels = row_kernels<T>();
+  const PoolRowKernels<T> kernels = kernel_table<T>().pool_rows;
   // The divisor depends only on the output position: one table for all planes.
   // Windows with no input element sum to 0 and get divisor 1, giving 0 as PyTorch.
   std::vector<T> divisor(static_cast<size_t>(p.out_plane()));
@@ -322,6 +302,13 @@ void avg_pool2d_backward(const T* grad_output, T* grad_input, const PoolParams& 
     }
   });
 }
+
+template <typename T>
+PoolRowKernels<T> pool_row_kernels_portable() {
+  return {max_row_generic<T>, sum_row_generic<T>};
+}
+template PoolRowKernels<float> pool_row_kernels_portable<float>();
+template PoolRowKernels<double> pool_row_kernels_portable<double>();
 
 #define FASTCONV_INSTANTIATE_POOL(T)                                                     \
   template void max_pool2d_forward<T>(const T*, T*, int64_t*, const PoolParams&);        \

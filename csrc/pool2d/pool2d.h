@@ -49,12 +49,10 @@ struct PoolRow {
   int64_t kernel_w, stride_w, pad_w, dilation_w;
   int64_t in_w, out_w;
 };
-using MaxPoolRowF32 = void (*)(const PoolRow& row, float* best, int32_t* tap);
-using SumPoolRowF32 = void (*)(const PoolRow& row, float* acc);
-
-struct PoolRowKernelsF32 {
-  MaxPoolRowF32 max_row;
-  SumPoolRowF32 sum_row;
+template <typename T>
+struct PoolRowKernels {
+  void (*max_row)(const PoolRow& row, T* best, int32_t* tap);
+  void (*sum_row)(const PoolRow& row, T* acc);
 };
 
 // Output columns whose whole window lies inside the row: [begin, end).
@@ -71,7 +69,10 @@ inline ColumnRange interior_columns(const PoolRow& row) {
   return {begin, end};
 }
 
-// AVX2 versions live in pool2d_rows_f32_avx2.cpp.
-PoolRowKernelsF32 pool_row_kernels_f32_avx2();
+// Row kernels for the kernel table: scalar ones for every dtype, AVX2 ones
+// (pool2d_rows_f32_avx2.cpp) for float32.
+template <typename T>
+PoolRowKernels<T> pool_row_kernels_portable();
+PoolRowKernels<float> pool_row_kernels_f32_avx2();
 
 }  // namespace fastconv

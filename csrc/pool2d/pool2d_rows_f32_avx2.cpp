@@ -127,7 +127,7 @@ void sum_row_avx2(const PoolRow& row, float* acc) {
 
 }  // namespace
 
-PoolRowKernelsF32 pool_row_kernels_f32_avx2() { return {max_row_avx2, sum_row_avx2}; }
+PoolRowKernels<float> pool_row_kernels_f32_avx2() { return {max_row_avx2, sum_row_avx2}; }
 
 }  // namespace fastconv
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import _C
 from .. import functional as F
 from .._checks import int_pair
 from . import init
@@ -642,10 +641,6 @@ class BatchNorm2d(Module):
             )
         if input.dtype not in (np.float32, np.float64):
             raise TypeError(f"BatchNorm2d: input must be float32 or float64, got {input.dtype}")
-        x = np.ascontiguousarray(input)
-        n, c = x.shape[:2]
-        rows = x.reshape(n, c, -1)  # (N, C, H*W) for the fused kernels in fastconv._C
-        dt = x.dtype.type
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked += 1
@@ -653,47 +648,34 @@ class BatchNorm2d(Module):
                 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             )
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        count = x.size // max(c, 1)  # values per channel
-        if use_batch:
-            if self.training and count <= 1:
-                raise ValueError(
-                    "Expected more than 1 value per channel when training, got "
-                    f"input size {x.shape}"
-                )
-            mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)  # var: biased
-            _C.batch_norm_stats(rows, mean, var)
-            if self.training and self.running_mean is not None:
-                self.running_mean *= dt(1.0 - factor)
-                self.running_mean += dt(factor) * mean
-                self.running_var *= dt(1.0 - factor)
-                self.running_var += dt(factor * count / (count - 1)) * var  # unbiased
-        else:
-            mean = self.running_mean.astype(x.dtype, copy=False)
-            var = self.running_var.astype(x.dtype, copy=False)
-        invstd = (dt(1) / np.sqrt(var + dt(self.eps))).astype(x.dtype, copy=False)
-        weight = None if self.weight is None else np.ascontiguousarray(self.weight.data, x.dtype)
-        bias = None if self.bias is None else np.ascontiguousarray(self.bias.data, x.dtype)
-        xhat, out = np.empty_like(rows), np.empty_like(rows)
-        _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out)
-        self.save_for_backward(xhat, invstd, use_batch)
-        return out.reshape(x.shape)
+        dtype = input.dtype
+        weight = None if self.weight is None else self.weight.data.astype(dtype, copy=False)
+        bias = None if self.bias is None else self.bias.data.astype(dtype, copy=False)
+        out, saved = F.batch_norm(
+            input,
+            # running statistics update only in training; otherwise the batch normalises
+            self.running_mean if not use_batch or self.training else None,
+            self.running_var if not use_batch or self.training else None,
+            weight,
+            bias,
+            training=use_batch,
+            momentum=factor,
+            eps=self.eps,
+            return_saved=True,
+        )
+        self.save_for_backward(saved, weight, input.dtype)
+        return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        xhat, invstd, use_batch = self.saved_tensors()
-        shape = grad_output.shape
-        g = np.ascontiguousarray(grad_output, dtype=xhat.dtype).reshape(xhat.shape)
-        scale = invstd if self.weight is None else self.weight.data * invstd
-        scale = np.ascontiguousarray(scale, dtype=xhat.dtype)
-        c = xhat.shape[1]
-        sum_g, sum_gx = np.empty(c, dtype=xhat.dtype), np.empty(c, dtype=xhat.dtype)
-        grad = np.empty_like(xhat)
-        # grad = (g - mean(g) - xhat * mean(g * xhat)) * weight * invstd (batch statistics)
-        _C.batch_norm_backward(g, xhat, scale, use_batch, sum_g, sum_gx, grad)
+        saved, weight, dtype = self.saved_tensors()
+        grad_input, grad_weight, grad_bias = F.batch_norm_backward(
+            np.asarray(grad_output, dtype=dtype), saved, weight
+        )
         if self.weight is not None and self.weight.requires_grad:
-            self.weight.accumulate_grad(sum_gx)
+            self.weight.accumulate_grad(grad_weight)
         if self.bias is not None and self.bias.requires_grad:
-            self.bias.accumulate_grad(sum_g)
-        return grad.reshape(shape)
+            self.bias.accumulate_grad(grad_bias)
+        return grad_input
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,296 @@
+"""The CPU backend: the only Python that calls the compiled kernels in ``fastconv._C``.
+
+``functional`` validates and normalises every argument, then calls one function here per
+op; these pass contiguous arrays and the normalised geometry to C++ in one call.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from .geometry import ConvGeometry, PoolWindow
+
+try:
+    from . import _C
+except ImportError as exc:  # an unbuilt checkout: say how to build, not just "no module"
+    from pathlib import Path
+
+    raise ImportError(
+        f"fastconv's compiled kernels (fastconv._C) could not be imported from "
+        f"{Path(__file__).parent}: {exc}. In a source checkout, run ./dev-build.sh first "
+        "(or install the package: python -m pip install .)."
+    ) from exc
+
+__version__ = _C.__version__
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def isa() -> str:
+    """The ISA tier the kernels run: 'baseline', 'avx2+fma' or 'avx512f'."""
+    return _C.isa()
+
+
+def openmp_version() -> int:
+    return int(_C.openmp_version())
+
+
+def fma_peak_gflops(threads: int, iterations: int = 20_000_000) -> float:
+    """GFLOP/s of a register-only FMA loop on ``threads`` threads: the machine's peak."""
+    return float(_C.fma_peak_gflops(threads, iterations))
+
+
+def gemm_kernel_peak_gflops(threads: int, calls: int = 20_000) -> float:
+    """GFLOP/s of the GEMM micro-kernel with its operands in L1: no blocking beats it."""
+    return float(_C.gemm_kernel_peak_gflops(threads, calls))
+
+
+def isa_tiers() -> list[str]:
+    """Every ISA tier this CPU runs, lowest first (FASTCONV_ISA caps the list)."""
+    return list(_C.isa_tiers())
+
+
+def set_isa(name: str) -> None:
+    """Run the kernels of ISA tier ``name`` (one of ``isa_tiers()``) from now on.
+
+    Process-wide; it waits for running kernels to finish. Meant for tests and
+    benchmarks that compare tiers in one process.
+    """
+    if name not in isa_tiers():
+        raise ValueError(f"ISA tier must be one of {isa_tiers()}, got {name!r}")
+    _C.set_isa(name)
+
+
+@contextmanager
+def use_isa(name: str):
+    """Run the kernels of ISA tier ``name`` inside the block, then restore the tier."""
+    previous = isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def gemm_kernels(dtype: str) -> list[str]:
+    """The GEMM micro-kernels of every ISA tier up to the active one, lowest first."""
+    return list(_C.gemm_kernels(dtype))
+
+
+def set_num_threads(n: int) -> None:
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return int(_C.get_num_threads())
+
+
+# --------------------------------------------------------------------------- what ran
+
+_last = threading.local()
+
+
+def last_algorithms() -> dict[str, str]:
+    """What the calling thread's last CPU call of each conv op ran, by op name."""
+    return dict(getattr(_last, "algorithms", {}))
+
+
+def _record(op: str, algorithm: str) -> None:
+    record = getattr(_last, "algorithms", None)
+    if record is None:
+        record = _last.algorithms = {}
+    record[op] = algorithm
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv_params(input_shape, weight_shape, out_hw, geometry: ConvGeometry, dtype) -> _C.ConvParams:
+    """The C++ description of one convolution (input_shape is NCHW)."""
+    n, c, h, w = input_shape
+    k, _, r, s = weight_shape
+    top, _, left, _ = geometry.padding
+    return _C.ConvParams(
+        batch=n,
+        in_channels=c,
+        in_h=h,
+        in_w=w,
+        out_channels=k,
+        kernel_h=r,
+        kernel_w=s,
+        out_h=out_hw[0],
+        out_w=out_hw[1],
+        stride_h=geometry.stride[0],
+        stride_w=geometry.stride[1],
+        pad_top=top,
+        pad_left=left,
+        dilation_h=geometry.dilation[0],
+        dilation_w=geometry.dilation[1],
+        groups=geometry.groups,
+        single_precision=np.dtype(dtype) == np.float32,
+    )
+
+
+def conv2d(x, weight, bias, geometry: ConvGeometry, out_hw, algorithm=None) -> np.ndarray:
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias)
+    out = np.empty((x.shape[0], weight.shape[0], *out_hw), dtype=x.dtype)
+    params = conv_params(x.shape, weight.shape, out_hw, geometry, x.dtype)
+    _record("conv2d", _C.conv2d_forward(x, weight, bias, out, params, algorithm))
+    return out
+
+
+def conv2d_input(input_size, weight, grad_output, geometry: ConvGeometry) -> np.ndarray:
+    grad_input = np.empty(input_size, dtype=weight.dtype)
+    params = conv_params(input_size, weight.shape, grad_output.shape[2:], geometry, weight.dtype)
+    ran = _C.conv2d_backward_input(
+        np.ascontiguousarray(grad_output), np.ascontiguousarray(weight), grad_input, params
+    )
+    _record("conv2d_input", ran)
+    return grad_input
+
+
+def conv2d_weight(x, weight_size, grad_output, geometry: ConvGeometry) -> np.ndarray:
+    grad_weight = np.empty(weight_size, dtype=x.dtype)
+    params = conv_params(x.shape, weight_size, grad_output.shape[2:], geometry, x.dtype)
+    ran = _C.conv2d_backward_weight(
+        np.ascontiguousarray(x), np.ascontiguousarray(grad_output), grad_weight, params
+    )
+    _record("conv2d_weight", ran)
+    return grad_weight
+
+
+def conv2d_algorithms() -> tuple[str, ...]:
+    return tuple(_C.conv2d_algorithms)
+
+
+def conv2d_plan(direction: str, input_shape, weight_shape, out_hw, geometry, dtype) -> str:
+    """What a conv pass ('forward', 'input' or 'weight') runs for these shapes (pure)."""
+    params = conv_params(input_shape, weight_shape, out_hw, geometry, dtype)
+    select = {
+        "forward": _C.select_conv_algorithm,
+        "input": _C.select_input_grad_plan,
+        "weight": _C.select_weight_grad_plan,
+    }[direction]
+    return select(params)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def pool_params(planes, in_hw, out_hw, window: PoolWindow, count_include_pad=True, divisor=0):
+    return _C.PoolParams(
+        planes=planes,
+        in_h=in_hw[0],
+        in_w=in_hw[1],
+        out_h=out_hw[0],
+        out_w=out_hw[1],
+        kernel_h=window.kernel[0],
+        kernel_w=window.kernel[1],
+        stride_h=window.stride[0],
+        stride_w=window.stride[1],
+        pad_h=window.padding[0],
+        pad_w=window.padding[1],
+        dilation_h=window.dilation[0],
+        dilation_w=window.dilation[1],
+        count_include_pad=bool(count_include_pad),
+        divisor_override=int(divisor),
+    )
+
+
+def max_pool2d(x, window: PoolWindow, out_hw, return_indices: bool):
+    n, c, h, w = x.shape
+    out = np.empty((n, c, *out_hw), dtype=x.dtype)
+    # Indices cost 8 bytes per output to write: only made when asked for.
+    indices = np.empty((n, c, *out_hw), dtype=np.int64) if return_indices else None
+    if n > 0:
+        _C.max_pool2d_forward(
+            np.ascontiguousarray(x).reshape(n * c, h, w),
+            out.reshape(n * c, *out_hw),
+            None if indices is None else indices.reshape(n * c, *out_hw),
+            pool_params(n * c, (h, w), out_hw, window),
+        )
+    return out, indices
+
+
+def max_pool2d_backward(grad_output, indices, input_size) -> np.ndarray:
+    n, c, h, w = input_size
+    out_hw = grad_output.shape[2:]
+    grad_input = np.empty(input_size, dtype=grad_output.dtype)
+    if grad_input.size:
+        if out_hw[0] * out_hw[1] == 0:
+            grad_input.fill(0)
+        else:
+            window = PoolWindow((1, 1), (1, 1), (0, 0), (1, 1), False)  # unused by the scatter
+            _C.max_pool2d_backward(
+                np.ascontiguousarray(grad_output).reshape(n * c, *out_hw),
+                np.ascontiguousarray(indices).reshape(n * c, *out_hw),
+                grad_input.reshape(n * c, h, w),
+                pool_params(n * c, (h, w), out_hw, window),
+            )
+    return grad_input
+
+
+def avg_pool2d(x, window: PoolWindow, out_hw, count_include_pad, divisor) -> np.ndarray:
+    n, c, h, w = x.shape
+    out = np.empty((n, c, *out_hw), dtype=x.dtype)
+    if n > 0:
+        _C.avg_pool2d_forward(
+            np.ascontiguousarray(x).reshape(n * c, h, w),
+            out.reshape(n * c, *out_hw),
+            pool_params(n * c, (h, w), out_hw, window, count_include_pad, divisor),
+        )
+    return out
+
+
+def avg_pool2d_backward(grad_output, input_size, window: PoolWindow, count_include_pad, divisor):
+    n, c, h, w = input_size
+    out_hw = grad_output.shape[2:]
+    grad_input = np.empty(input_size, dtype=grad_output.dtype)
+    if n > 0:
+        _C.avg_pool2d_backward(
+            np.ascontiguousarray(grad_output).reshape(n * c, *out_hw),
+            grad_input.reshape(n * c, h, w),
+            pool_params(n * c, (h, w), out_hw, window, count_include_pad, divisor),
+        )
+    return grad_input
+
+
+# --------------------------------------------------------------------------- GEMM
+
+
+def gemm(a, b, out, alpha: float, beta: float, trans_a: bool, trans_b: bool, kernel_index=-1):
+    """out = alpha * op(a) @ op(b) + beta * out, in place; operands may be strided views
+    whose strides are whole elements, and must not overlap out."""
+    _C.gemm(a, b, out, alpha, beta, trans_a, trans_b, kernel_index)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+def batch_norm_stats(rows):
+    """Per-channel mean and biased variance of (N, C, S) rows."""
+    c = rows.shape[1]
+    mean, var = np.empty(c, dtype=rows.dtype), np.empty(c, dtype=rows.dtype)
+    _C.batch_norm_stats(rows, mean, var)
+    return mean, var
+
+
+def batch_norm_apply(rows, mean, invstd, weight, bias):
+    """(xhat, out): xhat = (x - mean) * invstd, out = xhat * weight + bias, on (N, C, S)."""
+    xhat, out = np.empty_like(rows), np.empty_like(rows)
+    _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out)
+    return xhat, out
+
+
+def batch_norm_backward(grad_rows, xhat, scale, batch_statistics: bool, input_grad: bool):
+    """(grad_input or None, sum_g, sum_gx) on (N, C, S) rows; scale = weight * invstd."""
+    c = xhat.shape[1]
+    sum_g, sum_gx = np.empty(c, dtype=xhat.dtype), np.empty(c, dtype=xhat.dtype)
+    grad = np.empty_like(xhat) if input_grad else None
+    _C.batch_norm_backward(grad_rows, xhat, scale, batch_statistics, sum_g, sum_gx, grad)
+    return grad, sum_g, sum_gx
