@@ -1,4 +1,4 @@
-"""Conv2d on the CPU (issue 4): forward, conv2d_input, conv2d_weight and the algorithm selector.
+"""Conv2d on the CPU: forward, conv2d_input, conv2d_weight and the algorithm selector.
 
 Every result is checked against ``fastconv.reference`` (evaluated in float64 on the same
 inputs) and, on a subset, against PyTorch's autograd (float64), over a broad generated set:

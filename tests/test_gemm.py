@@ -1,4 +1,4 @@
-"""The CPU GEMM (issue 3): fastconv.gemm / matmul / linear and every registered micro-kernel.
+"""The CPU GEMM: fastconv.gemm / matmul / linear and every registered micro-kernel.
 
 Every micro-kernel usable on this CPU (``fastconv._cpu.gemm_kernels(dtype)``: the portable
 one and, where CPUID allows, the AVX2+FMA one) is run on its own through
@@ -11,7 +11,7 @@ when beta * C adds one more term). Integer-valued inputs make every summation or
 so those cases are compared bit for bit: they catch indexing, packing and edge-tile errors
 that a tolerance could hide.
 
-Determinism (design.md / gemm.h): each C element is reduced over K in the same order
+Determinism (gemm.h): each C element is reduced over K in the same order
 whatever the thread count, so results are bit-identical across repeated runs and between 1
 and 2 threads.
 """

@@ -1,4 +1,4 @@
-"""The C++ pooling kernels (issue 2, item 6) against the NumPy reference and PyTorch.
+"""The C++ pooling kernels against the NumPy reference and PyTorch.
 
 A broad generated set of arguments -- kernels 1-5 (non-square), strides 1-3, padding
 0..k//2, dilation 1-3, ceil_mode, count_include_pad, divisor_override (negative too),

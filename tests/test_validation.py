@@ -1,4 +1,4 @@
-"""The validation layer of ``fastconv.functional`` (issue 2, item 5).
+"""The validation layer of ``fastconv.functional``.
 
 Every bad input raises the stated error type -- TypeError for wrong kinds and dtypes,
 ValueError for wrong values and shapes -- with the offending argument named in the

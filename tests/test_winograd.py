@@ -1,6 +1,6 @@
 """Winograd F(4x4, 3x3): accuracy bound, selection, and limits.
 
-Documented error (README): over the dense 3x3 stride-1 layers of the design.md
+Documented error (README): over the dense 3x3 stride-1 layers of the benchmark
 layer set (batch 1) with standard-normal and uniform data, 100 draws of each, the
 largest |winograd - reference_float64| / max|reference_float64| measured 1.8e-05
 (the exact GEMM path: 6.3e-07). WINOGRAD_ERROR_BOUND is the bound this file

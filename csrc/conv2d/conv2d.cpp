@@ -13,7 +13,7 @@
 namespace fastconv {
 namespace {
 
-// Tuning thresholds, all in one place (measured on the design.md layer set).
+// Tuning thresholds, all in one place (measured on the benchmark layer set).
 struct ConvTuning {
   // At most this many input channels per group: the direct kernel beats
   // implicit GEMM, whose packing cost is amortised over too short a reduction.

@@ -211,11 +211,6 @@ def _conv_ints(n, c, h, w, k, oh, ow, r, s, geometry):
     return (n, c, h, w, k, oh, ow, r, s, sh, sw, pt, pl, dh, dw, geometry.groups)
 
 
-def _out_hw(h, w, r, s, geometry):
-    (sh, sw), (pt, pb, pl, pr), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    return ((h + pt + pb - dh * (r - 1) - 1) // sh + 1, (w + pl + pr - dw * (s - 1) - 1) // sw + 1)
-
-
 # --------------------------------------------------------------------------- convolution
 
 
@@ -224,7 +219,7 @@ def conv2d(x, weight, bias, geometry):
     stream, (x, weight, bias) = _prepare(x, weight, bias)
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
-    oh, ow = _out_hw(h, w, r, s, geometry)
+    oh, ow = geometry.output_size(h, w, (r, s))
     out = rt.empty((n, k, oh, ow), x.dtype, stream)
     if out.size == 0:
         return out

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import int_pair
+from ..geometry import conv_padding
 from . import init
 from .module import Module, Parameter
 
@@ -137,16 +138,8 @@ class Conv2d(Module):
 
     def _explicit_padding(self) -> tuple[int, int, int, int]:
         """(top, bottom, left, right), as PyTorch pads for non-zero padding modes."""
-        if self.padding == "valid":
-            return 0, 0, 0, 0
-        if self.padding == "same":
-            pads = []
-            for d, k in zip(self.dilation, self.kernel_size):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            return tuple(pads)
-        ph, pw = self.padding
-        return ph, ph, pw, pw
+        (top, bottom), (left, right) = conv_padding(self.padding, self.kernel_size, self.dilation)
+        return top, bottom, left, right
 
     def _pad_maps(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         top, bottom, left, right = self._explicit_padding()
