@@ -4,7 +4,7 @@ Every benchmark runs fastconv, PyTorch and numpy's BLAS on 2 threads (this machi
 count, and the setting the issue's speed targets are stated for); the previous settings
 come back after each benchmark module. ``pytest benchmarks --benchmark-disable`` runs each
 case once, on reduced shapes, as a smoke test (CI); ``--benchmark-only`` times them on the
-design.md shapes. The cases, the NumPy peers and the checks come from ``fastconv.bench``
+layer-set shapes. The cases, the NumPy peers and the checks come from ``fastconv.bench``
 (the code behind ``fastconv bench``), so both always measure the same thing.
 """
 

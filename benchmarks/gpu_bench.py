@@ -20,7 +20,7 @@ reduction length: a kernel that is wrong is reported as such, not timed.
 Convolutions are reported in GFLOP/s (2*N*K*OH*OW*Cg*R*S for forward and both
 gradients), SGEMM in GFLOP/s (2*M*N*K), pooling in GB/s (bytes read + written, int64
 indices included). torch runs with TF32 disabled (fp32 against fp32) unless --tf32.
-The layer set is design.md's (batch as there, or --batch).
+The conv layers are ``fastconv.bench.catalogue.CONV_LAYERS`` (batch as there, or --batch).
 
 This file is a plain script: pytest does not collect it.
 """
@@ -28,6 +28,7 @@ This file is a plain script: pytest does not collect it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -37,27 +38,13 @@ import time
 
 import numpy as np
 
-# (name, N, C, H=W, K, R=S, stride, pad, groups) -- design.md's conv layer set
-LAYERS = [
-    ("resnet_stem_7x7s2", 8, 3, 224, 64, 7, 2, 3, 1),
-    ("resnet_3x3_56", 8, 64, 56, 64, 3, 1, 1, 1),
-    ("resnet_1x1_56_up", 8, 64, 56, 256, 1, 1, 0, 1),
-    ("resnet_1x1_56_down", 8, 256, 56, 64, 1, 1, 0, 1),
-    ("resnet_1x1s2_56", 8, 256, 56, 128, 1, 2, 0, 1),
-    ("resnet_3x3_28", 8, 128, 28, 128, 3, 1, 1, 1),
-    ("resnet_3x3_14", 8, 256, 14, 256, 3, 1, 1, 1),
-    ("resnet_3x3_7", 8, 512, 7, 512, 3, 1, 1, 1),
-    ("vgg_3x3_112", 2, 64, 112, 128, 3, 1, 1, 1),
-    ("googlenet_5x5_28", 8, 192, 28, 32, 5, 1, 2, 1),
-    ("alexnet_3x3_13", 8, 384, 13, 384, 3, 1, 1, 1),
-    ("mobilenet_dw3x3_56", 8, 144, 56, 144, 3, 1, 1, 144),
-    ("cifar_first_3x3", 64, 3, 32, 32, 3, 1, 1, 1),
-    ("lenet_5x5", 64, 1, 28, 6, 5, 1, 0, 1),
-]
-SMOKE_LAYERS = [
-    ("smoke_3x3", 2, 16, 6, 20, 3, 1, 1, 1),
-    ("smoke_dw", 1, 4, 5, 4, 3, 2, 1, 4),
-]
+from fastconv.bench.catalogue import CONV_LAYERS, ConvLayer
+from fastconv.geometry import pool_output_size
+
+SMOKE_LAYERS = (
+    ConvLayer("smoke_3x3", 2, 16, 6, 20, 3, 1, 1),
+    ConvLayer("smoke_dw", 1, 4, 5, 4, 3, 2, 1, 4),
+)
 
 # (M, N, K)
 GEMMS = [
@@ -167,19 +154,22 @@ def conv_cases(args, cuda, torch):
     import fastconv
     import fastconv.cuda as fcuda
     from fastconv import reference as ref
-    from fastconv.functional import ConvGeometry
+    from fastconv.geometry import ConvGeometry
 
-    layers = SMOKE_LAYERS if args.smoke else LAYERS
+    layers = SMOKE_LAYERS if args.smoke else CONV_LAYERS
     rng = np.random.default_rng(0)
-    for name, n, c, hw, k, rs, stride, pad, groups in layers:
-        if args.layers and name not in args.layers:
+    for layer in layers:
+        if args.layers and layer.name not in args.layers:
             continue
-        n = args.batch or n
+        if args.batch:
+            layer = dataclasses.replace(layer, n=args.batch)
+        name, n, c, hw, k, rs = layer.name, layer.n, layer.c, layer.h, layer.k, layer.r
+        stride, pad, groups = layer.stride, layer.pad, layer.groups
         x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
         w = (
             rng.standard_normal((k, c // groups, rs, rs)) / math.sqrt(c // groups * rs * rs)
         ).astype(np.float32)
-        oh = (hw + 2 * pad - rs) // stride + 1
+        oh = layer.out_hw
         g = rng.standard_normal((n, k, oh, oh)).astype(np.float32)
         kw = dict(stride=stride, padding=pad, groups=groups)
         dx, dw_, dg = cuda.to_device(x), cuda.to_device(w), cuda.to_device(g)
@@ -282,7 +272,7 @@ def pool_cases(args, cuda, torch):
         x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
         dx = cuda.to_device(x)
         is_max = name.startswith("max")
-        oh = (hw + 2 * pad - ks) // stride + 1
+        oh = pool_output_size(hw, ks, stride, pad)
         out_bytes = n * c * oh * oh * (4 + (8 if is_max else 0))
         work = float(x.nbytes + out_bytes)
         if is_max:

@@ -12,31 +12,29 @@ import argparse
 import subprocess
 import sys
 
-# (N, C, H=W, K, R=S, stride, padding), as in the benchmark layer set.
-LAYERS = {
-    "vgg_3x3_112": (2, 64, 112, 128, 3, 1, 1),
-    "resnet_stem_7x7s2": (8, 3, 224, 64, 7, 2, 3),
-}
+from fastconv.bench.catalogue import CONV_BY_NAME
+
+# Two layers of the benchmark's conv table, each direction in a fresh process.
+LAYERS = [CONV_BY_NAME[name] for name in ("vgg_3x3_112", "resnet_stem_7x7s2")]
 
 _CHILD = """
 import resource, sys
 import numpy as np
 import fastconv
 fastconv.set_num_threads({threads})
-n, c, h, k, r, stride, pad = {layer}
+stride, pad, groups = {stride}, {pad}, {groups}
 rng = np.random.default_rng(0)
-x = rng.random((n, c, h, h), dtype=np.float32)
-w = rng.random((k, c, r, r), dtype=np.float32)
-oh = (h + 2 * pad - r) // stride + 1
-gy = rng.random((n, k, oh, oh), dtype=np.float32)
-fastconv.conv2d(x[:1, :, :8, :8], w, None, stride, pad)  # load the module, start threads
+x = rng.random({input_shape}, dtype=np.float32)
+w = rng.random({weight_shape}, dtype=np.float32)
+gy = rng.random({output_shape}, dtype=np.float32)
+fastconv.conv2d(x[:1, :, :8, :8], w, None, stride, pad, 1, groups)  # load, start threads
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if "{direction}" == "fwd":
-    out = fastconv.conv2d(x, w, None, stride, pad)
+    out = fastconv.conv2d(x, w, None, stride, pad, 1, groups)
 elif "{direction}" == "dx":
-    out = fastconv.conv2d_input(x.shape, w, gy, stride, pad)
+    out = fastconv.conv2d_input(x.shape, w, gy, stride, pad, 1, groups)
 else:
-    out = fastconv.conv2d_weight(x, w.shape, gy, stride, pad)
+    out = fastconv.conv2d_weight(x, w.shape, gy, stride, pad, 1, groups)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(f"{name} {direction}: peak RSS growth {{(after - before) / 1024:.1f}} MB "
       f"(output {{out.nbytes / 2**20:.1f}} MB)")
@@ -47,9 +45,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    for name, layer in LAYERS.items():
+    for layer in LAYERS:
         for direction in ("fwd", "dx", "dw"):
-            code = _CHILD.format(threads=args.threads, layer=layer, name=name, direction=direction)
+            code = _CHILD.format(
+                threads=args.threads,
+                name=layer.name,
+                direction=direction,
+                stride=layer.stride,
+                pad=layer.pad,
+                groups=layer.groups,
+                input_shape=layer.input_shape,
+                weight_shape=layer.weight_shape,
+                output_shape=layer.output_shape,
+            )
             subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,4 @@
-"""Conv layer-set benchmarks (issues 4 and 5): every layer of the design.md set, forward,
+"""Conv layer-set benchmarks : every layer of the benchmark layer set, forward,
 conv2d_input (dx) and conv2d_weight (dw), fastconv vs the im2col + matmul NumPy peer vs
 PyTorch CPU, float32, 2 threads; grouped by layer and direction (``conv <layer> <dir>``).
 
@@ -66,7 +66,7 @@ def test_numpy_peer_matches_reference():
 
 
 def test_summary_targets():
-    """The geomean summary that issues 4 and 5 are judged on."""
+    """The geomean summary the speed targets are judged on."""
 
     def result(name, direction, ratio):
         return {
@@ -80,4 +80,6 @@ def test_summary_targets():
     rows.append(result("lenet_5x5", "fwd", 0.5))
     (s,) = bench.summarize(rows)
     assert s["geomean_3x3_s1"] == pytest.approx(1.5)
-    assert s["min"] == 0.5 and s["min_case"] == "lenet_5x5" and not s["meets"]
+    assert s["min"] == 0.5
+    assert s["min_case"] == "lenet_5x5"
+    assert not s["meets"]

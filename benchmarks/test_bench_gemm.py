@@ -1,4 +1,4 @@
-"""GEMM benchmarks (issue 3): fastconv.gemm vs numpy matmul (OpenBLAS) vs torch.mm.
+"""GEMM benchmarks : fastconv.gemm vs numpy matmul (OpenBLAS) vs torch.mm.
 
 float32, C = A @ B into a preallocated C (no allocation timed), 2 threads: square 512,
 1024, 2048 and the conv-shaped 64x3136x576, 256x3136x64, 512x49x4608, 128x784x1152
@@ -58,20 +58,27 @@ def test_bench_command_smoke(tmp_path, capsys):
     )
     text = capsys.readouterr().out
     assert status == 0
-    assert "ISA path" in text and "threads" in text and "GFLOP/s fp32 FMA" in text
+    assert "ISA path" in text
+    assert "threads" in text
+    assert "GFLOP/s fp32 FMA" in text
     assert "conv fwd: fastconv vs" in text
     report = json.loads(out_json.read_text())
-    assert report["meta"]["isa"] and report["meta"]["threads"] >= 1
+    assert report["meta"]["isa"]
+    assert report["meta"]["threads"] >= 1
     got = {(r["op"], r["case"], r["direction"]) for r in report["results"]}
-    assert ("conv", "resnet_3x3_56", "dw") in got and ("gemm", "square_512", "") in got
+    assert ("conv", "resnet_3x3_56", "dw") in got
+    assert ("gemm", "square_512", "") in got
     for r in report["results"]:
         fc = r["impls"]["fastconv"]
-        assert fc["ok"] and fc["best_ms"] > 0 and fc["rate"] > 0
+        assert fc["ok"]
+        assert fc["best_ms"] > 0
+        assert fc["rate"] > 0
         assert set(fc["speedup"]) == set(r["impls"]) - {"fastconv"}
         # GEMM cases time the FMA loop and the micro-kernel alongside; the probes
         # are ceilings, not implementations.
         want = {"fma_loop", "micro_kernel"} if r["op"] == "gemm" else set()
-        assert set(r["ceilings"]) == want and set(fc["pct_ceilings"]) == want
+        assert set(r["ceilings"]) == want
+        assert set(fc["pct_ceilings"]) == want
         assert all(v > 0 for v in r["ceilings"].values())
         assert not any(name.startswith("probe") for name in r["impls"])
     assert "| case |" in out_md.read_text()
@@ -98,20 +105,22 @@ def gemm_result(name, ratio, pct_peak, pct_ceilings):
 def test_summary_judges_peak_at_2048_against_the_fma_loop_timed_alongside():
     rows = [gemm_result("square_512", 1.1, 70.0, {})]
     big = gemm_result("square_2048", 1.0, 76.0, {"fma_loop": 81.0, "micro_kernel": 95.0})
-    (s,) = bench.summarize(rows + [big])
-    assert s["pct_peak_2048"] == 76.0 and s["pct_fma_loop_2048"] == 81.0 and s["meets"]
+    (s,) = bench.summarize([*rows, big])
+    assert s["pct_peak_2048"] == 76.0
+    assert s["pct_fma_loop_2048"] == 81.0
+    assert s["meets"]
     assert "76% of the cached peak at 2048 (81% of the FMA loop" in bench.format_summary([s])
     big["impls"]["fastconv"]["pct_ceilings"]["fma_loop"] = 79.0
-    (s,) = bench.summarize(rows + [big])
+    (s,) = bench.summarize([*rows, big])
     assert not s["meets"]
     # Without probes the cached peak decides.
-    (s,) = bench.summarize(rows + [gemm_result("square_2048", 1.0, 80.5, {})])
+    (s,) = bench.summarize([*rows, gemm_result("square_2048", 1.0, 80.5, {})])
     assert s["meets"]
 
 
 def test_micro_kernel_probe():
-    from fastconv import _C
+    from fastconv import _cpu
 
-    assert _C.gemm_kernel_peak_gflops(1, 200) > 0
+    assert _cpu.gemm_kernel_peak_gflops(1, 200) > 0
     with pytest.raises(ValueError, match="positive"):
-        _C.gemm_kernel_peak_gflops(1, 0)
+        _cpu.gemm_kernel_peak_gflops(1, 0)

@@ -1,4 +1,4 @@
-"""Pooling benchmark (issue 2, item 6): fastconv vs PyTorch vs a plain copy.
+"""Pooling benchmark : fastconv vs PyTorch vs a plain copy.
 
 On a (32, 64, 112, 112) float32 input, 2 threads:
 
@@ -27,10 +27,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers, when run as a script
 
-from peers import format_table, gbps, thread_count, time_alternating, torch_or_none  # noqa: E402
+from peers import format_table, gbps, thread_count, time_alternating, torch_or_none
 
-import fastconv  # noqa: E402
-from fastconv import reference  # noqa: E402
+import fastconv
+from fastconv import reference
 
 SHAPE = (32, 64, 112, 112)
 CHECK_IMAGES = 2  # images checked against the reference

@@ -53,12 +53,21 @@ void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(what);
 }
 
+// The kernels read T through T* (Python copies unaligned arrays first).
+template <typename Array>
+void require_aligned(const Array& a, const char* name) {
+  using T = typename Array::value_type;
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0)
+    throw std::invalid_argument(std::string("internal: unaligned data for ") + name);
+}
+
 template <typename T>
 void require_shape(const CArray<T>& a, std::initializer_list<int64_t> shape, const char* name) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   int axis = 0;
   for (int64_t extent : shape) ok = ok && a.shape(axis++) == extent;
   if (!ok) throw std::invalid_argument(std::string("internal: unexpected shape for ") + name);
+  require_aligned(a, name);
 }
 
 // Pool arrays are passed as (planes, H, W) views; their shapes must be the
@@ -196,6 +205,7 @@ int64_t element_stride(const py::array& a, int axis, const char* name) {
 template <typename T>
 fastconv::MatrixView<T> matrix_view(const StridedArray<T>& a, bool transpose, const char* name) {
   require(a.ndim() == 2, "internal: gemm operands must be 2-D");
+  require_aligned(a, name);
   fastconv::MatrixView<T> v{a.data(), element_stride<T>(a, 0, name), element_stride<T>(a, 1, name)};
   if (transpose) std::swap(v.row_stride, v.col_stride);
   return v;
@@ -216,6 +226,7 @@ void bind_gemm(py::module_& m) {
         require((trans_b ? b.shape(1) : b.shape(0)) == pr.k, "internal: gemm inner dims differ");
         require(c.ndim() == 2 && c.shape(0) == pr.m && c.shape(1) == pr.n,
                 "internal: gemm output has the wrong shape");
+        require_aligned(c, "c");
         pr.c = {c.mutable_data(), element_stride<T>(c, 0, "c"), element_stride<T>(c, 1, "c")};
         pr.alpha = static_cast<T>(alpha);
         pr.beta = static_cast<T>(beta);

@@ -27,6 +27,14 @@ except ImportError as exc:  # an unbuilt checkout: say how to build, not just "n
 __version__ = _C.__version__
 
 
+def contiguous(x: np.ndarray) -> np.ndarray:
+    """x when it is C-contiguous and aligned to its itemsize (what the kernels index),
+    else such a copy (an array over an odd byte offset is contiguous but unaligned)."""
+    if x.flags.c_contiguous and x.flags.aligned:
+        return x
+    return np.array(x, order="C")
+
+
 # --------------------------------------------------------------------------- machine
 
 
@@ -136,8 +144,8 @@ def conv_params(input_shape, weight_shape, out_hw, geometry: ConvGeometry, dtype
 
 
 def conv2d(x, weight, bias, geometry: ConvGeometry, out_hw, algorithm=None) -> np.ndarray:
-    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-    bias = None if bias is None else np.ascontiguousarray(bias)
+    x, weight = contiguous(x), contiguous(weight)
+    bias = None if bias is None else contiguous(bias)
     out = np.empty((x.shape[0], weight.shape[0], *out_hw), dtype=x.dtype)
     params = conv_params(x.shape, weight.shape, out_hw, geometry, x.dtype)
     _record("conv2d", _C.conv2d_forward(x, weight, bias, out, params, algorithm))
@@ -147,9 +155,7 @@ def conv2d(x, weight, bias, geometry: ConvGeometry, out_hw, algorithm=None) -> n
 def conv2d_input(input_size, weight, grad_output, geometry: ConvGeometry) -> np.ndarray:
     grad_input = np.empty(input_size, dtype=weight.dtype)
     params = conv_params(input_size, weight.shape, grad_output.shape[2:], geometry, weight.dtype)
-    ran = _C.conv2d_backward_input(
-        np.ascontiguousarray(grad_output), np.ascontiguousarray(weight), grad_input, params
-    )
+    ran = _C.conv2d_backward_input(contiguous(grad_output), contiguous(weight), grad_input, params)
     _record("conv2d_input", ran)
     return grad_input
 
@@ -157,9 +163,7 @@ def conv2d_input(input_size, weight, grad_output, geometry: ConvGeometry) -> np.
 def conv2d_weight(x, weight_size, grad_output, geometry: ConvGeometry) -> np.ndarray:
     grad_weight = np.empty(weight_size, dtype=x.dtype)
     params = conv_params(x.shape, weight_size, grad_output.shape[2:], geometry, x.dtype)
-    ran = _C.conv2d_backward_weight(
-        np.ascontiguousarray(x), np.ascontiguousarray(grad_output), grad_weight, params
-    )
+    ran = _C.conv2d_backward_weight(contiguous(x), contiguous(grad_output), grad_weight, params)
     _record("conv2d_weight", ran)
     return grad_weight
 
@@ -209,7 +213,7 @@ def max_pool2d(x, window: PoolWindow, out_hw, return_indices: bool):
     indices = np.empty((n, c, *out_hw), dtype=np.int64) if return_indices else None
     if n > 0:
         _C.max_pool2d_forward(
-            np.ascontiguousarray(x).reshape(n * c, h, w),
+            contiguous(x).reshape(n * c, h, w),
             out.reshape(n * c, *out_hw),
             None if indices is None else indices.reshape(n * c, *out_hw),
             pool_params(n * c, (h, w), out_hw, window),
@@ -227,8 +231,8 @@ def max_pool2d_backward(grad_output, indices, input_size) -> np.ndarray:
         else:
             window = PoolWindow((1, 1), (1, 1), (0, 0), (1, 1), False)  # unused by the scatter
             _C.max_pool2d_backward(
-                np.ascontiguousarray(grad_output).reshape(n * c, *out_hw),
-                np.ascontiguousarray(indices).reshape(n * c, *out_hw),
+                contiguous(grad_output).reshape(n * c, *out_hw),
+                contiguous(indices).reshape(n * c, *out_hw),
                 grad_input.reshape(n * c, h, w),
                 pool_params(n * c, (h, w), out_hw, window),
             )
@@ -240,7 +244,7 @@ def avg_pool2d(x, window: PoolWindow, out_hw, count_include_pad, divisor) -> np.
     out = np.empty((n, c, *out_hw), dtype=x.dtype)
     if n > 0:
         _C.avg_pool2d_forward(
-            np.ascontiguousarray(x).reshape(n * c, h, w),
+            contiguous(x).reshape(n * c, h, w),
             out.reshape(n * c, *out_hw),
             pool_params(n * c, (h, w), out_hw, window, count_include_pad, divisor),
         )
@@ -253,7 +257,7 @@ def avg_pool2d_backward(grad_output, input_size, window: PoolWindow, count_inclu
     grad_input = np.empty(input_size, dtype=grad_output.dtype)
     if n > 0:
         _C.avg_pool2d_backward(
-            np.ascontiguousarray(grad_output).reshape(n * c, *out_hw),
+            contiguous(grad_output).reshape(n * c, *out_hw),
             grad_input.reshape(n * c, h, w),
             pool_params(n * c, (h, w), out_hw, window, count_include_pad, divisor),
         )

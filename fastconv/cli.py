@@ -13,13 +13,13 @@ import sys
 
 def info() -> dict:
     """What this installation runs on: version, ISA path, threads, CUDA."""
-    from . import _C, __version__, get_num_threads
+    from . import __version__, _cpu, get_num_threads
 
     return {
         "version": __version__,
-        "isa": _C.isa(),
+        "isa": _cpu.isa(),
         "threads": get_num_threads(),
-        "openmp": _C.openmp_version(),
+        "openmp": _cpu.openmp_version(),
         "cuda": cuda_status(),
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -33,10 +33,10 @@ __all__ = [
     "conv2d",
     "conv2d_algorithm",
     "conv2d_bias_grad",
-    "conv2d_input_algorithm",
-    "conv2d_weight_algorithm",
     "conv2d_input",
+    "conv2d_input_algorithm",
     "conv2d_weight",
+    "conv2d_weight_algorithm",
     "gemm",
     "get_num_threads",
     "last_algorithms",
@@ -254,9 +254,7 @@ def avg_pool2d_backward(
             g, (n, c, h, w), window, bool(count_include_pad), divisor
         )
         return result[0] if unbatched else result
-    grad_input = _cpu.avg_pool2d_backward(
-        g, (n, c, h, w), window, bool(count_include_pad), divisor
-    )
+    grad_input = _cpu.avg_pool2d_backward(g, (n, c, h, w), window, bool(count_include_pad), divisor)
     return grad_input[0] if unbatched else grad_input
 
 
@@ -461,18 +459,14 @@ def conv2d_input_algorithm(
     input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
 ) -> str:
     """What conv2d_input runs on the CPU for these shapes, e.g. 'winograd (transposed)'."""
-    return _conv_plan(
-        "input", input_shape, weight_shape, stride, padding, dilation, groups, dtype
-    )
+    return _conv_plan("input", input_shape, weight_shape, stride, padding, dilation, groups, dtype)
 
 
 def conv2d_weight_algorithm(
     input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, dtype=np.float32
 ) -> str:
     """What conv2d_weight runs on the CPU for these shapes."""
-    return _conv_plan(
-        "weight", input_shape, weight_shape, stride, padding, dilation, groups, dtype
-    )
+    return _conv_plan("weight", input_shape, weight_shape, stride, padding, dilation, groups, dtype)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -520,7 +514,7 @@ def batch_norm(
             f"expected more than 1 value per channel when training, got input shape "
             f"{tuple(input.shape)}"
         )
-    x = np.ascontiguousarray(input)
+    x = _cpu.contiguous(input)
     rows = x.reshape(n, c, -1)  # (N, C, S): the layout of the fused kernels
     dt = x.dtype.type
     batch_statistics = bool(training) or running_mean is None
@@ -535,9 +529,9 @@ def batch_norm(
         mean = running_mean.astype(x.dtype, copy=False)
         var = running_var.astype(x.dtype, copy=False)
     invstd = np.ascontiguousarray(dt(1) / np.sqrt(var + dt(eps)), dtype=x.dtype)
-    weight = None if weight is None else np.ascontiguousarray(weight)
-    bias = None if bias is None else np.ascontiguousarray(bias)
-    xhat, out = _cpu.batch_norm_apply(rows, np.ascontiguousarray(mean), invstd, weight, bias)
+    weight = None if weight is None else _cpu.contiguous(weight)
+    bias = None if bias is None else _cpu.contiguous(bias)
+    xhat, out = _cpu.batch_norm_apply(rows, _cpu.contiguous(mean), invstd, weight, bias)
     out = out.reshape(x.shape)
     return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out
 
@@ -562,10 +556,10 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
         chk.check_array(weight, "weight")
         chk.check_shape(weight, (xhat.shape[1],), "weight")
     chk.check_same_dtype(grad_output=grad_output, weight=weight, saved=xhat)
-    g = np.ascontiguousarray(grad_output).reshape(xhat.shape)
+    g = _cpu.contiguous(grad_output).reshape(xhat.shape)
     scale = saved.invstd if weight is None else weight * saved.invstd
     grad, sum_g, sum_gx = _cpu.batch_norm_backward(
-        g, xhat, np.ascontiguousarray(scale), saved.batch_statistics, input_grad
+        g, xhat, _cpu.contiguous(scale), saved.batch_statistics, input_grad
     )
     grad_input = None if grad is None else grad.reshape(grad_output.shape)
     return grad_input, sum_gx, sum_g
@@ -638,10 +632,11 @@ def _cpu_gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel_index=-1):
 
 
 def _itemsize_strided(x):
-    """x itself when its strides are whole elements (every normal view), else a copy."""
-    if all(s % x.itemsize == 0 for s in x.strides):
+    """x itself when it is aligned and its strides are whole elements (every normal view),
+    else a contiguous copy."""
+    if x.flags.aligned and all(s % x.itemsize == 0 for s in x.strides):
         return x
-    return np.ascontiguousarray(x)
+    return np.array(x, order="C")
 
 
 def matmul(a, b):

@@ -504,6 +504,6 @@ class CosineAnnealingLR(_LRScheduler):
         )
 
 
-class lr_scheduler:  # noqa: N801 - a namespace, as torch.optim.lr_scheduler
+class lr_scheduler:  # a namespace, as torch.optim.lr_scheduler
     StepLR = StepLR
     CosineAnnealingLR = CosineAnnealingLR

@@ -27,24 +27,24 @@ import numpy as np
 from .geometry import conv_output_size, conv_padding, pair, pool_output_size, same_padding
 
 __all__ = [
-    "pair",
-    "conv_output_size",
-    "pool_output_size",
-    "same_padding",
-    "conv_padding",
+    "BatchNormSaved",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_input",
     "conv2d_weight",
+    "conv_output_size",
+    "conv_padding",
+    "gemm",
+    "linear",
+    "matmul",
     "max_pool2d",
     "max_pool2d_backward",
-    "avg_pool2d",
-    "avg_pool2d_backward",
-    "gemm",
-    "matmul",
-    "linear",
-    "BatchNormSaved",
-    "batch_norm",
-    "batch_norm_backward",
+    "pair",
+    "pool_output_size",
+    "same_padding",
 ]
 
 
@@ -485,9 +485,11 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
         if weight is not None:
             scale = scale * np.asarray(weight, np.float64)
         if saved.batch_statistics:
-            g = g - g.mean(axis=(0, 2))[None, :, None] - xhat * (g * xhat).mean(axis=(0, 2))[
-                None, :, None
-            ]
+            g = (
+                g
+                - g.mean(axis=(0, 2))[None, :, None]
+                - xhat * (g * xhat).mean(axis=(0, 2))[None, :, None]
+            )
         grad_input = (g * scale[None, :, None]).astype(saved.xhat.dtype)
         grad_input = grad_input.reshape(np.shape(grad_output))
     dtype = saved.xhat.dtype

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import data as fdata
 from . import nn, optim
+from ._progress import Progress
 from .functional import get_num_threads, set_num_threads
 
 __all__ = ["TrainConfig", "add_arguments", "build_model", "evaluate", "run", "train"]
@@ -145,37 +146,6 @@ def evaluate(
     return total_loss / len(y), correct / len(y)
 
 
-class _Progress:
-    """A tqdm bar when tqdm is installed, else one text line per epoch."""
-
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
-        self.bar = None
-        self.enabled = enabled
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(
-                    total=total,
-                    desc=desc,
-                    unit="batch",
-                    leave=False,
-                    file=sys.stderr,
-                    dynamic_ncols=True,
-                )
-
-    def update(self, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _log(config: TrainConfig, message: str) -> None:
     if config.verbose:
         print(message, flush=True)
@@ -234,7 +204,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     history: list[dict[str, float]] = []
     for epoch in range(1, config.epochs + 1):
-        progress = _Progress(config.progress, len(loader), f"epoch {epoch}/{config.epochs}")
+        progress = Progress(
+            len(loader),
+            enabled=config.progress,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+        )
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -248,7 +223,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 loss_sum += loss * len(yb)
                 correct += int((logits.argmax(axis=1) == yb).sum())
                 seen += len(yb)
-                progress.update(loss)
+                progress.step(loss=f"{loss:.4f}")
         finally:
             progress.close()
         epoch_time = time.perf_counter() - t0

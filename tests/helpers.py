@@ -78,3 +78,25 @@ def run_python(code, *, env=None, timeout=120):
         text=True,
         timeout=timeout,
     )
+
+
+def fuzz_settings(default_examples):
+    """hypothesis settings of the fuzz tests.
+
+    By default a fixed, derandomised set of ``default_examples`` draws (the suite gives the
+    same verdict every run). ``FASTCONV_FUZZ_EXAMPLES=N`` asks for N draws from a fresh
+    seed instead: the sanitized CI run takes a new slice of the input space each time
+    (hypothesis prints how to reproduce a failure).
+    """
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    requested = os.environ.get("FASTCONV_FUZZ_EXAMPLES")
+    return settings(
+        max_examples=int(requested) if requested else default_examples,
+        deadline=None,
+        database=None,
+        derandomize=not requested,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )

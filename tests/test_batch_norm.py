@@ -46,7 +46,8 @@ def test_matches_reference(shape, dtype, training, affine):
     expected, expected_saved = ref.batch_norm(
         x, means[1], variances[1], weight, bias, training, 0.3, 1e-3, return_saved=True
     )
-    assert out.dtype == dtype and out.shape == x.shape
+    assert out.dtype == dtype
+    assert out.shape == x.shape
     assert_close_scaled(out, expected, k=4 * count)
     assert_close_scaled(means[0], means[1], k=count)
     assert_close_scaled(variances[0], variances[1], k=4 * count)

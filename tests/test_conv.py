@@ -24,13 +24,14 @@ agrees with the default path.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 import pytest
-from helpers import assert_close_scaled
-from hypothesis import HealthCheck, given, settings
+from helpers import assert_close_scaled, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv
@@ -376,7 +377,7 @@ def check_forward(case: Case, algorithms=ALGORITHMS):
     )
     for algorithm in algorithms:
         if not supports(algorithm, case):
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match=f"algorithm='{algorithm}' does not support"):
                 fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
             continue
         got = fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
@@ -437,7 +438,8 @@ def test_generated_cases(case):
 def test_generated_set_covers_the_argument_space():
     """The generated set really holds what the issue asks for."""
     cases = ALL_CASES
-    assert {c.kh for c in cases} >= set(range(1, 8)) and {c.kw for c in cases} >= set(range(1, 8))
+    assert {c.kh for c in cases} >= set(range(1, 8))
+    assert {c.kw for c in cases} >= set(range(1, 8))
     assert any(c.kh != c.kw for c in cases)
     assert {s for c in cases for s in c.stride} >= {1, 2, 3}
     assert {d for c in cases for d in c.dilation} >= {1, 2, 3}
@@ -513,7 +515,7 @@ def test_restricted_algorithms_on_unsupported_shapes(algorithm):
             if supports(algorithm, variant):
                 continue
             x, w, b, _ = make_data(variant)
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match=f"algorithm='{algorithm}' does not support"):
                 fastconv.conv2d(x, w, b, **variant.args(), algorithm=algorithm)
             refused += 1
     assert refused > 10
@@ -522,12 +524,13 @@ def test_restricted_algorithms_on_unsupported_shapes(algorithm):
 def test_unknown_algorithm_is_refused():
     x = np.ones((1, 2, 5, 5), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="algorithm must be None or one of .*'no_such_algorithm'"):
         fastconv.conv2d(x, w, algorithm="no_such_algorithm")
 
 
 def test_algorithms_tuple():
-    assert len(ALGORITHMS) >= 4 and len(set(ALGORITHMS)) == len(ALGORITHMS)
+    assert len(ALGORITHMS) >= 4
+    assert len(set(ALGORITHMS)) == len(ALGORITHMS)
     assert POINTWISE in ALGORITHMS
     assert all(isinstance(a, str) for a in ALGORITHMS)
 
@@ -568,7 +571,7 @@ SELECTOR_EXTRA = [
 
 
 @pytest.mark.parametrize(
-    "name, in_shape, w_shape, stride, padding, dilation, groups, expected",
+    ("name", "in_shape", "w_shape", "stride", "padding", "dilation", "groups", "expected"),
     LAYER_SET + SELECTOR_EXTRA,
     ids=[row[0] for row in LAYER_SET + SELECTOR_EXTRA],
 )
@@ -662,7 +665,7 @@ WEIGHT_GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,path", WEIGHT_GRAD_CASES, ids=lambda v: str(v)[:60])
+@pytest.mark.parametrize(("case", "path"), WEIGHT_GRAD_CASES, ids=lambda v: str(v)[:60])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_weight_grad_paths_match_reference(case, path, n_threads, threads):
     chosen = fastconv.conv2d_weight_algorithm(
@@ -812,7 +815,8 @@ def test_bias_grad(dtype):
         want = gy.astype(np.float64).sum(axis=(0, 2, 3))
         k = shape[0] * shape[2] * shape[3]
         got = fastconv.conv2d_bias_grad(gy)
-        assert got.dtype == gy.dtype and got.shape == (shape[1],)
+        assert got.dtype == gy.dtype
+        assert got.shape == (shape[1],)
         assert_close_scaled(got, want, k)
         assert_close_scaled(fastconv.conv2d_bias_grad(_strided_copy(gy, rng)), want, k)
         unbatched = fastconv.conv2d_bias_grad(gy[0])  # (K, OH, OW)
@@ -822,7 +826,8 @@ def test_bias_grad(dtype):
     ints = rng.integers(-3, 4, (3, 6, 11, 13)).astype(dtype)
     np.testing.assert_array_equal(fastconv.conv2d_bias_grad(ints), ints.sum(axis=(0, 2, 3)))
     empty = fastconv.conv2d_bias_grad(np.zeros((0, 5, 3, 3), dtype))
-    assert empty.shape == (5,) and empty.dtype == dtype
+    assert empty.shape == (5,)
+    assert empty.dtype == dtype
     np.testing.assert_array_equal(empty, np.zeros(5))
 
 
@@ -860,11 +865,14 @@ def test_zero_size_batch(case):
         if algorithm is not None and not supports(algorithm, case):
             continue
         out = fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
-        assert out.shape == (0, case.k, oh, ow) and out.dtype == x.dtype
+        assert out.shape == (0, case.k, oh, ow)
+        assert out.dtype == x.dtype
     gx = fastconv.conv2d_input(x.shape, w, gy, **case.args())
-    assert gx.shape == x.shape and gx.dtype == x.dtype
+    assert gx.shape == x.shape
+    assert gx.dtype == x.dtype
     gw = fastconv.conv2d_weight(x, w.shape, gy, **case.args())
-    assert gw.shape == w.shape and gw.dtype == x.dtype
+    assert gw.shape == w.shape
+    assert gw.dtype == x.dtype
     np.testing.assert_array_equal(gw, np.zeros(w.shape))
 
 
@@ -1143,10 +1151,7 @@ def conv_cases(draw):
             st.just("same"), st.just("valid"), st.tuples(st.integers(0, 3), st.integers(0, 3))
         )
     )
-    if padding == "same":
-        stride = (1, 1)
-    else:
-        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     pads = ref.conv_padding(padding, (kh, kw), dilation)
     dims = []
     for k, d, (lo, hi) in zip((kh, kw), dilation, pads):
@@ -1171,13 +1176,7 @@ def conv_cases(draw):
     )
 
 
-FUZZ = settings(
-    max_examples=50,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+FUZZ = fuzz_settings(50)
 
 
 def _prepare_failure_report():
@@ -1186,10 +1185,8 @@ def _prepare_failure_report():
     would become an INTERNALERROR. Importing it first, warnings silenced, keeps it readable."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
+        with contextlib.suppress(ImportError):  # libcst not installed
             import hypothesis.extra._patching  # noqa: F401
-        except ImportError:  # pragma: no cover - libcst not installed
-            pass
 
 
 @FUZZ

@@ -270,7 +270,8 @@ def test_conv_production_tiles(op, case, rng):
     x, weight, bias, geometry, kwargs = _conv_setup(case, rng)
     grad_out = rng.standard_normal(ref.conv2d(x, weight, **kwargs).shape).astype(np.float32)
     choice = fc.conv_algorithm(op, x.shape, weight.shape, grad_out.shape[2:], geometry)
-    assert choice.algorithm == "implicit_gemm" and choice.tile.bm == 64, choice
+    assert choice.algorithm == "implicit_gemm", choice
+    assert choice.tile.bm == 64, choice
     if op == "forward":
         out = fc.conv2d(D(x), D(weight), D(bias), geometry)
         expected, k = ref.conv2d(x, weight, bias, **kwargs), weight[0].size
@@ -533,7 +534,8 @@ def test_gemm_new_result_and_empty_reduction(rng, test_tile):
     a = rng.standard_normal((5, 3)).astype(np.float64)
     b = rng.standard_normal((3, 4)).astype(np.float64)
     out = fc.gemm(D(a), D(b), None, 1.0, 0.0, False, False)
-    assert out.dtype == np.float64 and out.shape == (5, 4)
+    assert out.dtype == np.float64
+    assert out.shape == (5, 4)
     assert_close_scaled(H(out), a @ b, k=3)
     empty = fc.gemm(
         cuda.device_array((5, 0), np.float32),

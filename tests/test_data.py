@@ -32,7 +32,8 @@ def test_split_partitions_and_is_seeded(stratify):
     ids = [s.x[:, 0, 0, 0].astype(int) for s in (train, val, test)]
     everything = np.concatenate(ids)
     assert sorted(everything) == list(range(200))  # disjoint and complete
-    assert len(test.y) == 50 and len(val.y) == 30
+    assert len(test.y) == 50
+    assert len(val.y) == 30
     for split, idx in zip((train, val, test), ids):
         np.testing.assert_array_equal(split.y, y[idx])  # labels stay aligned
         assert split.x.dtype == np.float32
@@ -53,17 +54,20 @@ def test_stratified_split_keeps_class_proportions():
     # small classes: per-class rounding would give no validation set at all
     y = np.repeat(np.arange(10), 4)
     _, val, test = data.train_val_test_split(np.zeros((40, 1)), y, 0.1, 0.25, seed=0)
-    assert len(val.y) == 4 and len(test.y) == 10 and len(set(val.y)) == 4
+    assert len(val.y) == 4
+    assert len(test.y) == 10
+    assert len(set(val.y)) == 4
 
 
 def test_split_validation_and_empty_parts():
     x, y = labelled(20)
     train, val, test = data.train_val_test_split(x, y, 0.0, 0.5, seed=0)
-    assert len(val.y) == 0 and val.x.shape == (0, 1, 2, 2)
+    assert len(val.y) == 0
+    assert val.x.shape == (0, 1, 2, 2)
     assert len(train.y) + len(test.y) == 20
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="val_fraction and test_fraction must be"):
         data.train_val_test_split(x, y, 0.5, 0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="x has 20 samples but y has 5"):
         data.train_val_test_split(x, y[:5])
 
 
@@ -76,12 +80,14 @@ def test_loader_batches_in_order():
     x, y = labelled(10)
     loader = data.DataLoader(x, y, batch_size=4)
     batches = list(loader)
-    assert len(loader) == 3 and [len(b[1]) for b in batches] == [4, 4, 2]
+    assert len(loader) == 3
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
     assert len(data.DataLoader(x, y, batch_size=4, drop_last=True)) == 2
     assert [len(b[1]) for b in data.DataLoader(x, y, batch_size=4, drop_last=True)] == [4, 4]
     single = list(data.DataLoader(x, batch_size=5))
-    assert isinstance(single[0], np.ndarray) and single[0].shape == (5, 1, 2, 2)
+    assert isinstance(single[0], np.ndarray)
+    assert single[0].shape == (5, 1, 2, 2)
 
 
 def test_loader_shuffles_every_epoch_reproducibly():
@@ -103,11 +109,11 @@ def test_loader_shuffles_every_epoch_reproducibly():
 
 def test_loader_validation():
     x, y = labelled(10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"different lengths: \[10, 3\]"):
         data.DataLoader(x, y[:3])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
         data.DataLoader(x, y, batch_size=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="DataLoader needs at least one array"):
         data.DataLoader()
 
 
@@ -126,7 +132,8 @@ def test_normalizer_fits_on_train_per_channel():
     test = train[:10] + np.float32(1.0)
     norm = data.Normalizer()
     out = norm.fit_transform(train)
-    assert out.dtype == np.float32 and norm.mean.shape == (1, 3, 1, 1)
+    assert out.dtype == np.float32
+    assert norm.mean.shape == (1, 3, 1, 1)
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, atol=1e-4)
     # the test set uses the training statistics
@@ -148,12 +155,16 @@ def test_normalizer_fits_on_train_per_channel():
 def test_load_digits():
     pytest.importorskip("sklearn")
     digits = data.load_digits()
-    assert digits.x.shape == (1797, 1, 8, 8) and digits.x.dtype == np.float32
-    assert digits.y.dtype == np.int64 and set(digits.y) == set(range(10))
-    assert digits.x.min() == 0.0 and digits.x.max() == 1.0
+    assert digits.x.shape == (1797, 1, 8, 8)
+    assert digits.x.dtype == np.float32
+    assert digits.y.dtype == np.int64
+    assert set(digits.y) == set(range(10))
+    assert digits.x.min() == 0.0
+    assert digits.x.max() == 1.0
     splits = data.load_dataset("digits", seed=0)
     sizes = [len(s.y) for s in splits[:3]]
-    assert sum(sizes) == 1797 and sizes[2] == pytest.approx(0.2 * 1797, abs=10)
+    assert sum(sizes) == 1797
+    assert sizes[2] == pytest.approx(0.2 * 1797, abs=10)
     assert splits.num_classes == 10
 
 
@@ -195,8 +206,10 @@ def write_mnist(directory, n_train=12, n_test=5, gz=False, dotted=False, size=28
 def test_load_mnist(tmp_path, gz):
     arrays = write_mnist(tmp_path, gz=gz)
     train, test = data.load_mnist(tmp_path)
-    assert train.x.shape == (12, 1, 28, 28) and test.x.shape == (5, 1, 28, 28)
-    assert train.x.dtype == np.float32 and train.y.dtype == np.int64
+    assert train.x.shape == (12, 1, 28, 28)
+    assert test.x.shape == (5, 1, 28, 28)
+    assert train.x.dtype == np.float32
+    assert train.y.dtype == np.int64
     np.testing.assert_allclose(train.x[:, 0], arrays["train"][0] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(test.y, arrays["t10k"][1])
 
@@ -217,7 +230,8 @@ def test_load_mnist_missing_files_name_the_path(tmp_path):
     os.remove(tmp_path / "t10k-labels-idx1-ubyte")
     with pytest.raises(FileNotFoundError) as info:
         data.load_mnist(tmp_path)
-    assert "t10k-labels-idx1-ubyte" in str(info.value) and str(tmp_path) in str(info.value)
+    assert "t10k-labels-idx1-ubyte" in str(info.value)
+    assert str(tmp_path) in str(info.value)
     assert "never downloads" in str(info.value)
 
 
@@ -233,7 +247,8 @@ def test_read_idx_types_and_corruption(tmp_path):
         path = tmp_path / f"a{code}"
         path.write_bytes(idx_bytes(values, code))
         out = data.read_idx(path)
-        assert out.dtype == np.dtype(dtype) and out.dtype.isnative
+        assert out.dtype == np.dtype(dtype)
+        assert out.dtype.isnative
         np.testing.assert_array_equal(out, values)
     bad = tmp_path / "bad"
     bad.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
@@ -281,13 +296,15 @@ def write_cifar(directory, batches):
 
 def check_cifar(train, test, batches):
     expected = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
-    assert train.x.shape == (len(expected), 3, 32, 32) and train.x.dtype == np.float32
+    assert train.x.shape == (len(expected), 3, 32, 32)
+    assert train.x.dtype == np.float32
     np.testing.assert_allclose(train.x.reshape(len(expected), -1), expected / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(
         train.y, np.concatenate([batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)])
     )
     n_test = len(batches["test_batch"][b"labels"])
-    assert test.x.shape == (n_test, 3, 32, 32) and test.y.dtype == np.int64
+    assert test.x.shape == (n_test, 3, 32, 32)
+    assert test.y.dtype == np.int64
     # channel-major layout: the first 1024 bytes are the red plane
     np.testing.assert_allclose(
         test.x[0, 0].ravel(), batches["test_batch"][b"data"][0, :1024] / 255.0, rtol=1e-6
@@ -340,10 +357,12 @@ def test_load_cifar10_missing_and_unsafe_files(tmp_path):
 def test_load_dataset_dispatch(tmp_path):
     write_mnist(tmp_path / "m", n_train=40)
     splits = data.load_dataset("mnist", tmp_path / "m", val_fraction=0.25, seed=0)
-    assert len(splits.train.y) + len(splits.val.y) == 40 and len(splits.test.y) == 5
+    assert len(splits.train.y) + len(splits.val.y) == 40
+    assert len(splits.test.y) == 5
     write_cifar(tmp_path / "c", cifar_batches(n=8))
     splits = data.load_dataset("cifar10", tmp_path / "c")
-    assert splits.class_names[0] == "airplane" and splits.train.x.shape[1:] == (3, 32, 32)
+    assert splits.class_names[0] == "airplane"
+    assert splits.train.x.shape[1:] == (3, 32, 32)
     with pytest.raises(ValueError, match="data-dir"):
         data.load_dataset("mnist")
     with pytest.raises(ValueError, match="unknown dataset"):

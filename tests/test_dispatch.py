@@ -74,9 +74,14 @@ def test_unknown_or_unavailable_tier_is_refused():
 
 def test_use_isa_restores_the_tier_after_an_error():
     top = _cpu.isa()
-    with pytest.raises(RuntimeError), _cpu.use_isa("baseline"):
-        assert _cpu.isa() == "baseline"
-        raise RuntimeError
+
+    def fail_inside_baseline():
+        with _cpu.use_isa("baseline"):
+            assert _cpu.isa() == "baseline"
+            raise RuntimeError("failed inside use_isa")
+
+    with pytest.raises(RuntimeError, match="failed inside use_isa"):
+        fail_inside_baseline()
     assert _cpu.isa() == top
 
 
@@ -170,3 +175,36 @@ def test_mismatched_arrays_never_reach_a_kernel():
     out = np.empty((2, 16, 9, 10), np.float32)  # one row short
     with pytest.raises(ValueError, match="internal: unexpected shape"):
         _cpu._C.conv2d_forward(x, w, None, out, params, None)
+
+
+def _unaligned(x):
+    """A copy of x over an odd byte offset: C-contiguous but not aligned to its itemsize."""
+    raw = bytearray(x.nbytes + 1)
+    out = np.frombuffer(raw, dtype=x.dtype, count=x.size, offset=1).reshape(x.shape)
+    out[...] = x
+    assert out.flags.c_contiguous
+    assert not out.flags.aligned
+    return out
+
+
+def test_unaligned_arrays_are_copied_before_the_kernels():
+    x, w = conv_operands(4)
+    ux, uw = _unaligned(x), _unaligned(w)
+    np.testing.assert_array_equal(
+        fastconv.conv2d(ux, uw, padding=1), fastconv.conv2d(x, w, padding=1)
+    )
+    y = fastconv.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(
+        fastconv.conv2d_weight(ux, w.shape, _unaligned(y), padding=1),
+        fastconv.conv2d_weight(x, w.shape, y, padding=1),
+    )
+    np.testing.assert_array_equal(fastconv.max_pool2d(ux, 2), fastconv.max_pool2d(x, 2))
+    m = np.random.default_rng(5).standard_normal((9, 9)).astype(np.float32)
+    np.testing.assert_array_equal(fastconv.gemm(_unaligned(m), m), fastconv.gemm(m, m))
+    params = _cpu.conv_params(x.shape, w.shape, (12, 12), _geometry(1), np.float32)
+    with pytest.raises(ValueError, match="internal: unaligned"):
+        _cpu._C.conv2d_forward(ux, w, None, np.empty((2, 16, 12, 12), np.float32), params, None)
+
+
+def _geometry(pad):
+    return fastconv.geometry.ConvGeometry((1, 1), (pad,) * 4, (1, 1), 1)

@@ -306,7 +306,8 @@ def test_forward_backward_match_torch(case, dtype):
         tol = dict(rtol=1e-9, atol=1e-11)
     else:
         tol = dict(rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(ty).max())))
-    assert y.dtype == dtype and grad_x.dtype == dtype
+    assert y.dtype == dtype
+    assert grad_x.dtype == dtype
     np.testing.assert_allclose(y, ty, **tol, err_msg="forward")
     gtol = (
         tol
@@ -363,7 +364,8 @@ def test_float32_stays_float32(case):
     grad_x = module.backward(np.ones_like(y))
     assert grad_x.dtype == np.float32
     for name, p in module.named_parameters():
-        assert p.data.dtype == np.float32 and p.grad.dtype == np.float32, name
+        assert p.data.dtype == np.float32, name
+        assert p.grad.dtype == np.float32, name
     for name, buf in module.named_buffers():
         assert buf.dtype in (np.float32, np.int64), name
     if module.num_parameters():
@@ -393,8 +395,10 @@ def test_conv_and_linear_init_follow_torch():
     conv = nn.Conv2d(16, 32, 3)
     bound = 1 / np.sqrt(16 * 9)  # kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), ...)
     w = conv.weight.data
-    assert w.dtype == np.float32 and w.shape == (32, 16, 3, 3)
-    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    assert w.dtype == np.float32
+    assert w.shape == (32, 16, 3, 3)
+    assert np.abs(w).max() <= bound
+    assert np.abs(w).max() > 0.95 * bound
     assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound
     assert abs(w.mean()) < 0.05 * bound
     assert np.abs(conv.bias.data).max() <= bound
@@ -407,7 +411,8 @@ def test_conv_and_linear_init_follow_torch():
     np.testing.assert_array_equal(bn.weight.data, 1)
     np.testing.assert_array_equal(bn.bias.data, 0)
     np.testing.assert_array_equal(bn.running_var, 1)
-    assert bn.num_batches_tracked.dtype == np.int64 and bn.num_batches_tracked.shape == ()
+    assert bn.num_batches_tracked.dtype == np.int64
+    assert bn.num_batches_tracked.shape == ()
 
 
 def test_manual_seed_makes_init_reproducible():
@@ -431,19 +436,21 @@ def test_init_helpers():
 
 
 def test_constructor_validation_matches_torch():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
         nn.Conv2d(3, 4, 3, stride=2, padding="same")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Invalid padding string 'full'"):
         nn.Conv2d(3, 4, 3, padding="full")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="padding_mode must be one of .*'mirror'"):
         nn.Conv2d(3, 4, 3, padding_mode="mirror")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
         nn.Dropout(1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"label_smoothing must be between 0\.0 and 1\.0"):
         nn.CrossEntropyLoss(label_smoothing=2.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"padding \(3, 3\) is too large for padding_mode='reflect'"
+    ):
         nn.Conv2d(1, 1, 3, padding=3, padding_mode="reflect")(np.zeros((1, 1, 3, 3), np.float32))
 
 
@@ -589,7 +596,7 @@ CE_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,kind", CE_PARAMS, ids=[f"{k}-{c}" for c, k in CE_PARAMS])
+@pytest.mark.parametrize(("kwargs", "kind"), CE_PARAMS, ids=[f"{k}-{c}" for c, k in CE_PARAMS])
 def test_cross_entropy_matches_torch(kwargs, kind):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -643,7 +650,7 @@ def test_cross_entropy_errors():
     crit = nn.CrossEntropyLoss()
     with pytest.raises(IndexError, match="out of bounds"):
         crit(np.zeros((2, 3)), np.array([0, 3]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target has shape \(3,\), expected \(2,\)"):
         crit(np.zeros((2, 3)), np.array([0, 1, 2]))
     with pytest.raises(TypeError):
         crit(np.zeros((2, 3)), np.array(["a", "b"]))
@@ -670,7 +677,9 @@ def test_mse_matches_torch(reduction):
         assert loss == pytest.approx(float(tloss.detach()), rel=1e-12)
         tloss.backward()
     np.testing.assert_allclose(crit.backward(g), xt.grad.numpy(), rtol=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"target shape \(2, 3\) differs from input shape \(4, 3\)"
+    ):
         crit(x, t[:2])
 
 
@@ -722,9 +731,11 @@ def test_parameters_and_named_parameters():
 def test_sequential_indexing():
     model = small_model()
     assert len(model) == 9
-    assert isinstance(model[0], nn.Conv2d) and isinstance(model[-1], nn.Linear)
+    assert isinstance(model[0], nn.Conv2d)
+    assert isinstance(model[-1], nn.Linear)
     head = model[:4]
-    assert isinstance(head, nn.Sequential) and len(head) == 4
+    assert isinstance(head, nn.Sequential)
+    assert len(head) == 4
     assert head[0] is model[0]
     assert list(head.state_dict()) == [
         "0.weight",
@@ -740,11 +751,13 @@ def test_sequential_indexing():
     seq = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3), act=nn.ReLU()))
     assert list(seq.state_dict()) == ["conv.weight", "conv.bias"]
     seq.append(nn.Flatten())
-    assert len(seq) == 3 and [type(m).__name__ for m in seq] == ["Conv2d", "ReLU", "Flatten"]
+    assert len(seq) == 3
+    assert [type(m).__name__ for m in seq] == ["Conv2d", "ReLU", "Flatten"]
     del seq[1]
     assert [type(m).__name__ for m in seq] == ["Conv2d", "Flatten"]
     modules = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
-    assert len(list(modules.parameters())) == 4 and len(modules) == 2
+    assert len(list(modules.parameters())) == 4
+    assert len(modules) == 2
 
 
 def test_state_dict_round_trip_with_torch():
@@ -763,7 +776,8 @@ def test_state_dict_round_trip_with_torch():
     )
     tmodel(torch.randn(4, 1, 8, 8))  # non-trivial running stats
     result = model.load_state_dict(tmodel.state_dict())
-    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert result.missing_keys == []
+    assert result.unexpected_keys == []
     for key, value in tmodel.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key], value.numpy())
         assert model.state_dict()[key].dtype == (np.int64 if "num_batches" in key else np.float32)
@@ -790,7 +804,8 @@ def test_load_state_dict_errors():
         model.load_state_dict(bad)
     assert 'Unexpected key(s) in state_dict: "extra"' in str(info.value)
     result = model.load_state_dict(bad, strict=False)
-    assert result.missing_keys == ["0.weight"] and result.unexpected_keys == ["extra"]
+    assert result.missing_keys == ["0.weight"]
+    assert result.unexpected_keys == ["extra"]
     wrong = dict(state)
     wrong["5.weight"] = np.zeros((3, 3), np.float32)
     with pytest.raises(RuntimeError, match="size mismatch for 5.weight"):
@@ -963,9 +978,12 @@ def test_summary_lecture_example(capsys):
     summary = model.summary((3, 32, 32))
     printed = capsys.readouterr().out
     assert summary.rows == [("0", "Conv2d", (10, 32, 32), 760)]
-    assert summary.total_params == 760 and summary.trainable_params == 760
+    assert summary.total_params == 760
+    assert summary.trainable_params == 760
     assert summary.output_shape == (10, 32, 32)
-    assert "0 (Conv2d)" in printed and "10x32x32" in printed and "760" in printed
+    assert "0 (Conv2d)" in printed
+    assert "10x32x32" in printed
+    assert "760" in printed
     assert "Total params: 760" in printed
     # a single layer summarises itself
     single = nn.Conv2d(3, 10, 5, stride=1, padding=2).summary((3, 32, 32), print_summary=False)
@@ -1004,9 +1022,11 @@ def test_maxpool_return_indices_and_module_hooks():
     pool = nn.MaxPool2d(2, return_indices=True)
     x = make_input((1, 1, 4, 4), "distinct", np.float32)
     out, idx = pool(x)
-    assert idx.dtype == np.int64 and out.shape == (1, 1, 2, 2)
+    assert idx.dtype == np.int64
+    assert out.shape == (1, 1, 2, 2)
     grad = pool.backward(np.ones_like(out))
-    assert grad.sum() == 4 and (grad.reshape(-1)[idx.reshape(-1)] == 1).all()
+    assert grad.sum() == 4
+    assert (grad.reshape(-1)[idx.reshape(-1)] == 1).all()
     seen = []
     handle = pool.register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
     pool(x)
@@ -1017,7 +1037,10 @@ def test_maxpool_return_indices_and_module_hooks():
 
 def test_parameter_basics():
     p = nn.Parameter(np.ones((2, 3), np.float32))
-    assert p.shape == (2, 3) and p.dtype == np.float32 and p.numel() == 6 and p.ndim == 2
+    assert p.shape == (2, 3)
+    assert p.dtype == np.float32
+    assert p.numel() == 6
+    assert p.ndim == 2
     assert np.asarray(p) is p.data
     assert "requires_grad=False" in repr(p.requires_grad_(False))
     with pytest.raises(TypeError):
@@ -1209,8 +1232,10 @@ def test_needs_input_grad_false_skips_the_input_gradient(monkeypatch):
     model.zero_grad()
     model(x)
     assert model.backward(g) is None
-    assert calls == [] and all(len(m._saved) == 0 for m in model.modules())
-    assert model[5].weight.grad is not None and model[1].weight.grad is None
+    assert calls == []
+    assert all(len(m._saved) == 0 for m in model.modules())
+    assert model[5].weight.grad is not None
+    assert model[1].weight.grad is None
     # stopping before trainable layers would silently skip their update: refused
     model[:5].requires_grad_(True)
     model(x)

@@ -111,7 +111,7 @@ def run_both(name, kwargs, dtype, steps=STEPS, check=None):
     return model, tmodel, opt, topt
 
 
-@pytest.mark.parametrize("name,kwargs", OPTIMIZER_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("name", "kwargs"), OPTIMIZER_CASES, ids=CASE_IDS)
 def test_float64_trajectory_matches_torch(name, kwargs):
     def check(step, loss, tloss, state, tstate):
         assert loss == pytest.approx(tloss, rel=1e-10), f"loss at step {step}"
@@ -125,7 +125,7 @@ def test_float64_trajectory_matches_torch(name, kwargs):
 
 
 @pytest.mark.parametrize(
-    "name,kwargs",
+    ("name", "kwargs"),
     [OPTIMIZER_CASES[i] for i in (1, 8, 13, 18)],
     ids=[CASE_IDS[i] for i in (1, 8, 13, 18)],
 )
@@ -143,7 +143,7 @@ def test_float32_trajectory_matches_torch(name, kwargs):
 
 
 @pytest.mark.parametrize(
-    "name,kwargs",
+    ("name", "kwargs"),
     [OPTIMIZER_CASES[i] for i in (2, 7, 13, 18)],
     ids=[CASE_IDS[i] for i in (2, 7, 13, 18)],
 )
@@ -166,7 +166,7 @@ def test_optimizer_state_matches_torch(name, kwargs):
 
 
 @pytest.mark.parametrize(
-    "name,kwargs",
+    ("name", "kwargs"),
     [OPTIMIZER_CASES[i] for i in (1, 8, 14, 18)],
     ids=[CASE_IDS[i] for i in (1, 8, 14, 18)],
 )
@@ -254,15 +254,15 @@ def test_param_groups_and_zero_grad():
 
 def test_validation():
     p = [nn.Parameter(np.zeros(2, np.float32))]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty parameter list"):
         optim.SGD([], lr=0.1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Invalid learning rate: -1"):
         optim.SGD(p, lr=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum"):
         optim.SGD(p, lr=0.1, nesterov=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 0"):
         optim.Adam(p, betas=(1.0, 0.9))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Invalid alpha value: -0\.1"):
         optim.RMSprop(p, alpha=-0.1)
     with pytest.raises(TypeError):
         optim.SGD([np.zeros(2)], lr=0.1)
@@ -303,7 +303,7 @@ def test_lr_schedulers_match_torch(kind):
 
 
 @pytest.mark.parametrize(
-    "name,kwargs",
+    ("name", "kwargs"),
     [OPTIMIZER_CASES[i] for i in (2, 8, 13, 18)],
     ids=[CASE_IDS[i] for i in (2, 8, 13, 18)],
 )

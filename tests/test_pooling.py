@@ -25,6 +25,7 @@ identical, bit for bit, to the default (AVX2 where the CPU has it) path.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import os
 import sys
@@ -35,8 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from helpers import assert_close_scaled, run_python
-from hypothesis import HealthCheck, given, settings
+from helpers import assert_close_scaled, fuzz_settings, run_python
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv
@@ -184,7 +185,8 @@ def grad_like(out: np.ndarray, seed: int) -> np.ndarray:
 
 
 def assert_identical(actual, expected, what, case):
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (what, case)
+    assert actual.dtype == expected.dtype, (what, case)
+    assert actual.shape == expected.shape, (what, case)
     if not np.array_equal(actual, expected, equal_nan=actual.dtype.kind == "f"):
         diff = np.argwhere(
             ~(
@@ -327,7 +329,8 @@ def test_generated_set_is_broad():
     assert seen(lambda c: c.dtype) == {"float32", "float64"}
     assert seen(lambda c: c.kind) == set(KINDS)
     assert any(c.padding[1] == c.kernel[1] // 2 > 0 for c in cases)
-    assert any(c.shape[3] >= 64 for c in cases) and any(c.shape[2:] == (1, 1) for c in cases)
+    assert any(c.shape[3] >= 64 for c in cases)
+    assert any(c.shape[2:] == (1, 1) for c in cases)
     assert any(c.shape[2] == 1 and c.shape[3] > 1 for c in cases)
     assert any(c.shape[3] == 1 and c.shape[2] > 1 for c in cases)
 
@@ -456,9 +459,12 @@ def test_nan_wins_and_the_last_nan_gives_the_index(torch):
         x[0, 0, 1, 0] = np.nan  # both in window (0, 0) of a 2x2 kernel: the last one wins
         x[0, 0, 1, 3] = np.nan
         out, idx = fastconv.max_pool2d(x, 2, stride=1, return_indices=True)
-        assert np.isnan(out[0, 0, 0, 0]) and idx[0, 0, 0, 0] == w  # row 1, col 0
-        assert np.isnan(out[0, 0, 0, 1]) and idx[0, 0, 0, 1] == 1  # only (0, 1) is NaN
-        assert np.isnan(out[0, 0, 0, 2]) and idx[0, 0, 0, 2] == w + 3
+        assert np.isnan(out[0, 0, 0, 0])
+        assert idx[0, 0, 0, 0] == w
+        assert np.isnan(out[0, 0, 0, 1])
+        assert idx[0, 0, 0, 1] == 1
+        assert np.isnan(out[0, 0, 0, 2])
+        assert idx[0, 0, 0, 2] == w + 3
         assert not np.isnan(out[0, 0, 0, 4:]).any()
         t_out, t_idx = torch.nn.functional.max_pool2d(
             torch.from_numpy(x), 2, 1, return_indices=True
@@ -475,8 +481,10 @@ def test_all_neg_inf_window_gives_neg_inf_and_first_in_bounds_index(torch):
         assert out[0, 0, 0, 0] == -np.inf
         assert idx[0, 0, 0, 0] == 0  # window starts at (-1, -1): first in-bounds is (0, 0)
         for col in range(1, w - 3):  # rows 0-1 of these windows are all -inf
-            assert out[0, 0, 0, col] == -np.inf and idx[0, 0, 0, col] == col - 1
-        assert out[0, 0, 2, -1] == 1.0 and idx[0, 0, 2, -1] == 3 * w - 1
+            assert out[0, 0, 0, col] == -np.inf
+            assert idx[0, 0, 0, col] == col - 1
+        assert out[0, 0, 2, -1] == 1.0
+        assert idx[0, 0, 2, -1] == 3 * w - 1
         t_out, t_idx = torch.nn.functional.max_pool2d(
             torch.from_numpy(x), 3, 1, 1, return_indices=True
         )
@@ -494,13 +502,15 @@ def test_ties_first_maximum_wins(torch):
         np.testing.assert_array_equal(out, t_out.numpy())
         np.testing.assert_array_equal(idx, t_idx.numpy())
         # first in-bounds element of each window
-        assert idx[0, 0, 0, 0] == 0 and idx[0, 0, 1, 1] == 1 * w + 1
+        assert idx[0, 0, 0, 0] == 0
+        assert idx[0, 0, 1, 1] == 1 * w + 1
 
 
 def test_plus_inf_beats_everything_but_nan():
     x = np.array([[[[1.0, np.inf, 3.0, np.inf, -np.inf]]]], np.float32)
     out, idx = fastconv.max_pool2d(x, (1, 5), return_indices=True)
-    assert out.ravel().tolist() == [np.inf] and idx.ravel().tolist() == [1]
+    assert out.ravel().tolist() == [np.inf]
+    assert idx.ravel().tolist() == [1]
 
 
 EMPTY_WINDOW_CASES = [
@@ -605,9 +615,11 @@ def test_whole_plane_window():
     x = np.zeros((1, 1, h, w), np.float32)
     x[0, 0, -1, -1] = 1.0
     out, idx = fastconv.max_pool2d(x, (1024, 2048), return_indices=True)
-    assert out.ravel().tolist() == [1.0] and idx.ravel().tolist() == [h * w - 1]
+    assert out.ravel().tolist() == [1.0]
+    assert idx.ravel().tolist() == [h * w - 1]
     g = fastconv.max_pool2d_backward(np.full_like(out, 2.0), idx, x.shape)
-    assert g[0, 0, -1, -1] == 2.0 and g.sum() == 2.0
+    assert g[0, 0, -1, -1] == 2.0
+    assert g.sum() == 2.0
 
 
 # --------------------------------------------------------------------------- ISA paths
@@ -699,7 +711,8 @@ def test_baseline_and_default_isa_agree_bit_for_bit():
     for key, value in mine.items():
         case = cases[int(key.split("_")[0])]
         other = theirs[key]
-        assert value.dtype == other.dtype and value.shape == other.shape, key
+        assert value.dtype == other.dtype, key
+        assert value.shape == other.shape, key
         assert (
             value.tobytes() == other.tobytes()
         ), f"{key}: the {fastconv._cpu.isa()} and baseline kernels differ\n{case}"
@@ -810,22 +823,15 @@ def readable_failures(test):
         except BaseException:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                try:
+                # libcst not installed: nothing to pre-import
+                with contextlib.suppress(ImportError):
                     import hypothesis.extra._patching  # noqa: F401
-                except ImportError:  # libcst not installed: nothing to pre-import
-                    pass
             raise
 
     return run
 
 
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(60)
 
 
 @FUZZ

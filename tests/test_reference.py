@@ -221,7 +221,7 @@ def test_avg_pool2d_brute(case, count_include_pad, divisor_override):
 
 
 @pytest.mark.parametrize(
-    "shape,kshape,stride,dilation",
+    ("shape", "kshape", "stride", "dilation"),
     [
         ((9, 7), (3, 3), 1, 1),
         ((10, 11), (4, 2), 1, 1),
@@ -280,7 +280,8 @@ def test_conv2d_backward_fd(case):
     g = rng.standard_normal(y.shape)
     gx = ref.conv2d_input(x.shape, w, g, stride, padding, dilation, groups)
     gw = ref.conv2d_weight(x, w.shape, g, stride, padding, dilation, groups)
-    assert gx.shape == x.shape and gw.shape == w.shape
+    assert gx.shape == x.shape
+    assert gw.shape == w.shape
     fd_check(lambda t: ref.conv2d(t, w, None, stride, padding, dilation, groups), x, g, gx)
     fd_check(lambda t: ref.conv2d(x, t, None, stride, padding, dilation, groups), w, g, gw)
 
@@ -298,7 +299,7 @@ def test_max_pool2d_backward_fd(case):
 
 @pytest.mark.parametrize("case", BRUTE_AVG_POOL, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize(
-    "count_include_pad,divisor_override", [(True, None), (False, None), (True, 5)]
+    ("count_include_pad", "divisor_override"), [(True, None), (False, None), (True, 5)]
 )
 def test_avg_pool2d_backward_fd(case, count_include_pad, divisor_override):
     k, s, p, _, ceil_mode, H, W = case
@@ -351,7 +352,9 @@ def test_gemm_backward_fd(trans_a, trans_b):
 
 
 def test_helpers():
-    assert ref.pair(3) == (3, 3) and ref.pair((2, 5)) == (2, 5) and ref.pair([4]) == (4, 4)
+    assert ref.pair(3) == (3, 3)
+    assert ref.pair((2, 5)) == (2, 5)
+    assert ref.pair([4]) == (4, 4)
     assert ref.pair(np.int64(2)) == (2, 2)
     assert ref.conv_output_size(7, 3, 2, 1, 1) == 4
     assert ref.conv_output_size(6, 2, 1, (0, 1), 1) == 6
@@ -376,18 +379,25 @@ def test_dtypes_preserved_and_unbatched(dtype):
     x = rng.standard_normal((3, 6, 5)).astype(dtype)
     w = rng.standard_normal((4, 3, 2, 2)).astype(dtype)
     y = ref.conv2d(x, w, np.ones(4, dtype), 1, "same")
-    assert y.dtype == dtype and y.shape == (4, 6, 5)
+    assert y.dtype == dtype
+    assert y.shape == (4, 6, 5)
     np.testing.assert_array_equal(y, ref.conv2d(x[None], w, np.ones(4, dtype), 1, "same")[0])
     gx = ref.conv2d_input(x.shape, w, y, 1, "same")
     gw = ref.conv2d_weight(x, w.shape, y, 1, "same")
-    assert gx.dtype == gw.dtype == dtype and gx.shape == x.shape and gw.shape == w.shape
+    assert gx.dtype == gw.dtype == dtype
+    assert gx.shape == x.shape
+    assert gw.shape == w.shape
     m, i = ref.max_pool2d(x, 2, return_indices=True)
-    assert m.dtype == dtype and i.dtype == np.int64 and m.shape == (3, 3, 2)
+    assert m.dtype == dtype
+    assert i.dtype == np.int64
+    assert m.shape == (3, 3, 2)
     assert ref.max_pool2d_backward(m, i, x.shape).dtype == dtype
     a = ref.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
-    assert a.dtype == dtype and a.ndim == 3
+    assert a.dtype == dtype
+    assert a.ndim == 3
     ga = ref.avg_pool2d_backward(a, x.shape, 3, 2, 1, True, False)
-    assert ga.dtype == dtype and ga.shape == x.shape
+    assert ga.dtype == dtype
+    assert ga.shape == x.shape
     mat = x.reshape(3, 30)
     assert ref.gemm(mat, mat, mat[:, :3], alpha=2.0, beta=0.5, trans_b=True).dtype == dtype
     assert ref.matmul(mat, mat.T).dtype == dtype
@@ -410,16 +420,20 @@ def test_non_contiguous_inputs():
 def test_max_pool_nan_and_inf_rules():
     x = np.array([[[[1.0, np.nan, 7.0], [np.nan, 5.0, 2.0], [3.0, 3.0, 0.0]]]])
     out, idx = ref.max_pool2d(x, 2, 1, return_indices=True)
-    assert np.isnan(out[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 3  # last NaN in scan order
-    assert np.isnan(out[0, 0, 0, 1]) and idx[0, 0, 0, 1] == 1
-    assert out[0, 0, 1, 1] == 5.0 and idx[0, 0, 1, 1] == 4
+    assert np.isnan(out[0, 0, 0, 0])
+    assert idx[0, 0, 0, 0] == 3
+    assert np.isnan(out[0, 0, 0, 1])
+    assert idx[0, 0, 0, 1] == 1
+    assert out[0, 0, 1, 1] == 5.0
+    assert idx[0, 0, 1, 1] == 4
     x = np.full((1, 1, 3, 3), -np.inf)
     out, idx = ref.max_pool2d(x, 3, 2, 1, return_indices=True)
     assert np.all(out == -np.inf)
     np.testing.assert_array_equal(idx[0, 0], [[0, 1], [3, 4]])  # first in-bounds element
     x = np.array([[[[-0.0, 0.0, 2.0, 2.0]]]])
     out, idx = ref.max_pool2d(x, (1, 2), 2, return_indices=True)
-    assert np.signbit(out[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 0  # ties: first wins
+    assert np.signbit(out[0, 0, 0, 0])
+    assert idx[0, 0, 0, 0] == 0
     assert idx[0, 0, 0, 1] == 2
 
 
@@ -527,7 +541,7 @@ def test_conv2d_vs_torch(case):
 
 
 @pytest.mark.parametrize(
-    "xshape,wshape,stride,padding,dilation,groups",
+    ("xshape", "wshape", "stride", "padding", "dilation", "groups"),
     [
         ((2, 4, 8, 8), (6, 2, 3, 3), 2, 0, 1, 2),  # input taller than the output implies
         ((1, 3, 9, 10), (3, 1, 2, 3), (3, 2), (1, 0), (2, 1), 3),
@@ -612,7 +626,8 @@ def test_max_pool2d_vs_torch(case):
         g = rng.standard_normal(tuple(yt.shape)).astype(c["dtype"])
         yt.backward(torch.tensor(g))
     y, idx = ref.max_pool2d(x, *args, return_indices=True)
-    assert y.dtype == c["dtype"] and idx.dtype == np.int64
+    assert y.dtype == c["dtype"]
+    assert idx.dtype == np.int64
     np.testing.assert_array_equal(y, yt.detach().numpy())  # exact, NaN and signs included
     np.testing.assert_array_equal(idx, it.numpy())
     np.testing.assert_array_equal(ref.max_pool2d(x, *args), y)
@@ -630,7 +645,8 @@ def test_max_pool2d_empty_window_vs_torch():
     yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), 2, 1, 1, 2, return_indices=True)
     np.testing.assert_array_equal(y, yt.numpy())
     np.testing.assert_array_equal(idx, it.numpy())
-    assert y[0, 0, 0, 0] == -np.inf and idx[0, 0, 0, 0] == 2
+    assert y[0, 0, 0, 0] == -np.inf
+    assert idx[0, 0, 0, 0] == 2
     assert not ref.max_pool2d_backward(np.ones_like(y), idx, x.shape).any()
 
 
@@ -667,7 +683,7 @@ def test_avg_pool2d_vs_torch(case):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize(
-    "alpha,beta,nan_c",
+    ("alpha", "beta", "nan_c"),
     [(1.0, 0.0, False), (0.5, 0.0, True), (1.0, 1.0, False), (-2.0, 0.25, False)],
 )
 def test_gemm_vs_torch(dtype, trans_a, trans_b, alpha, beta, nan_c):
@@ -683,7 +699,8 @@ def test_gemm_vs_torch(dtype, trans_a, trans_b, alpha, beta, nan_c):
     expected = torch.addmm(
         torch.tensor(c), ta.T if trans_a else ta, tb.T if trans_b else tb, beta=beta, alpha=alpha
     ).numpy()
-    assert out.dtype == dtype and out is not c
+    assert out.dtype == dtype
+    assert out is not c
     assert not np.isnan(out).any() or not nan_c
     np.testing.assert_array_equal(c, c_before)
     assert_close_scaled(out, expected, K + 1)

@@ -61,7 +61,8 @@ def run_job(job: dict) -> list[np.ndarray]:
 def assert_bitwise_equal(results, expected, what):
     assert len(results) == len(expected)
     for i, (a, e) in enumerate(zip(results, expected)):
-        assert a.dtype == e.dtype and a.shape == e.shape, (what, i)
+        assert a.dtype == e.dtype, (what, i)
+        assert a.shape == e.shape, (what, i)
         assert a.tobytes() == e.tobytes(), f"{what}: result {i} differs"
 
 
@@ -134,17 +135,19 @@ def test_set_num_threads_rejects_bad_values():
             fastconv.set_num_threads(bad)
     # a refused value leaves the setting alone
     fastconv.set_num_threads(2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\bn must be positive, got 0"):
         fastconv.set_num_threads(0)
     assert fastconv.get_num_threads() == 2
 
 
 def test_get_num_threads_round_trips():
-    assert isinstance(fastconv.get_num_threads(), int) and fastconv.get_num_threads() >= 1
+    assert isinstance(fastconv.get_num_threads(), int)
+    assert fastconv.get_num_threads() >= 1
     for n in (1, 2, 3, 7, 1, np.int64(4)):
         fastconv.set_num_threads(n)
         got = fastconv.get_num_threads()
-        assert got == n and type(got) is int
+        assert got == n
+        assert type(got) is int
 
 
 def _max_gap_while_running(fn):

@@ -50,16 +50,19 @@ def test_train_digits_end_to_end(digits_run):
     out, metrics, has_plot = digits_run
     assert metrics["dataset"] == "digits"
     assert metrics["test_accuracy"] > 0.8  # chance is 0.1
-    assert len(metrics["val_accuracy"]) == 3 and len(metrics["epoch_time_s"]) == 3
+    assert len(metrics["val_accuracy"]) == 3
+    assert len(metrics["epoch_time_s"]) == 3
     assert all(0 <= a <= 1 for a in metrics["val_accuracy"])
     assert all(t > 0 for t in metrics["epoch_time_s"])
     assert metrics["train_loss"][-1] < metrics["train_loss"][0]
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert metrics["samples"]["test"] == pytest.approx(0.2 * 1797, abs=10)
-    assert metrics["config"]["optimizer"] == "adam" and metrics["config"]["seed"] == 1
+    assert metrics["config"]["optimizer"] == "adam"
+    assert metrics["config"]["seed"] == 1
     assert metrics["num_parameters"] > 0
     with np.load(out / "w.npz") as weights:
-        assert "0.weight" in weights.files and "1.running_mean" in weights.files
+        assert "0.weight" in weights.files
+        assert "1.running_mean" in weights.files
     if has_plot:
         assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -175,7 +178,8 @@ def test_train_mnist_and_cifar10_from_local_files(tmp_path, capsys):
         == 0
     )
     metrics = json.loads((tmp_path / "cifar.json").read_text())  # strict JSON: no NaN
-    assert metrics["val_accuracy"] == [None] and metrics["samples"]["val"] == 0
+    assert metrics["val_accuracy"] == [None]
+    assert metrics["samples"]["val"] == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == 1  # --quiet prints nothing
 
@@ -186,7 +190,8 @@ def test_missing_data_gives_a_clear_error(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "error" in err and str(tmp_path / "absent") in err
+    assert "error" in err
+    assert str(tmp_path / "absent") in err
     assert run_cli(["--dataset", "cifar10", "--quiet"]) == 2
     assert "--data-dir is required" in capsys.readouterr().err
 
@@ -208,7 +213,8 @@ def test_progress_output(tmp_path, monkeypatch, capsys, tqdm_installed):
     )
     metrics = training.train(config)
     captured = capsys.readouterr()
-    assert "epoch   1/1" in captured.out and "test accuracy" in captured.out
+    assert "epoch   1/1" in captured.out
+    assert "test accuracy" in captured.out
     if tqdm_installed:
         assert "epoch 1/1" in captured.err  # the bar
     assert isinstance(metrics["model"], nn.Sequential)

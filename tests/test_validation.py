@@ -173,7 +173,8 @@ def assert_same_results(actual, expected):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
         assert isinstance(a, np.ndarray)
-        assert a.dtype == e.dtype and a.shape == e.shape
+        assert a.dtype == e.dtype
+        assert a.shape == e.shape
         np.testing.assert_array_equal(a, e, strict=True)
 
 
@@ -223,7 +224,8 @@ def test_good_call_matches_reference(op, dtype):
     actual = call(op, kwargs)
     actual, expected = as_list(actual), as_list(expected)
     for a, e in zip(actual, expected):
-        assert a.dtype == e.dtype and a.shape == e.shape
+        assert a.dtype == e.dtype
+        assert a.shape == e.shape
         if op == "avg_pool2d_backward":  # divisions, then sums in another order
             assert_close_scaled(a, e, k=6)
         else:

@@ -32,7 +32,9 @@ def relative_error(actual, expected):
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name,c,hw,k", DENSE_3X3_LAYERS, ids=[row[0] for row in DENSE_3X3_LAYERS])
+@pytest.mark.parametrize(
+    ("name", "c", "hw", "k"), DENSE_3X3_LAYERS, ids=[row[0] for row in DENSE_3X3_LAYERS]
+)
 @pytest.mark.parametrize("dist", ["normal", "uniform"])
 def test_error_bound_on_layer_set(name, c, hw, k, dist):
     rng = np.random.default_rng(zlib.crc32(f"{name}-{dist}".encode()))
@@ -117,7 +119,7 @@ def test_input_gradient_through_winograd_matches_reference():
 
 
 @pytest.mark.parametrize(
-    "weight_shape,kwargs",
+    ("weight_shape", "kwargs"),
     [
         ((4, 4, 5, 5), {}),
         ((4, 4, 3, 3), {"stride": 2}),

@@ -46,9 +46,9 @@ from ._tiles import THRESHOLDS, TILES, TileConfig, force
 
 __all__ = [
     "THRESHOLDS",
-    "add_batch_dim",
     "TILES",
     "TileConfig",
+    "add_batch_dim",
     "avg_pool2d",
     "avg_pool2d_backward",
     "broadcast_rows",

@@ -61,10 +61,7 @@ def gemm_kernel(cfg: TileConfig, dtype, trans_a: bool, trans_b: bool):
                     gk = k0 + kk
                     v = SC(0)
                     if gm < M and gk < K:
-                        if TA:
-                            v = A[gk, gm]
-                        else:
-                            v = A[gm, gk]
+                        v = A[gk, gm] if TA else A[gm, gk]
                     As[kk, m] = v
                 for t in range(LB):
                     e = tid + t * NT
@@ -78,10 +75,7 @@ def gemm_kernel(cfg: TileConfig, dtype, trans_a: bool, trans_b: bool):
                     gk = k0 + kk
                     v = SC(0)
                     if gn < N and gk < K:
-                        if TB:
-                            v = B[gn, gk]
-                        else:
-                            v = B[gk, gn]
+                        v = B[gn, gk] if TB else B[gk, gn]
                     Bs[kk, n] = v
                 cuda.syncthreads()
                 mma(As, Bs, acc, ra, rb, ty, tx)

@@ -107,7 +107,7 @@ class Parameter:
     optimizers do not update it.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "__weakref__")
+    __slots__ = ("__weakref__", "data", "grad", "requires_grad")
 
     def __init__(self, data: Any, requires_grad: bool = True) -> None:
         data = np.asarray(data)

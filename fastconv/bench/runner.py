@@ -1,0 +1,198 @@
+"""Running cases: check every implementation, time them alternately, and turn the
+timings into result rows; and the plan of which catalogue cases a run builds.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .._progress import Progress
+from .cases import Case, conv_case, gemm_case, pool_case, train_case
+from .catalogue import (
+    CONV_BY_NAME,
+    CONV_DIRECTIONS,
+    GEMM_BY_NAME,
+    OPS,
+    POOL_BY_NAME,
+    POOL_DIRECTIONS,
+    TRAIN_BY_NAME,
+)
+from .timing import settle_times, time_alternating
+
+__all__ = ["Plan", "build_plan", "run_case", "run_plan"]
+
+
+def run_case(
+    case: Case,
+    *,
+    rounds: int = 7,
+    min_sample_s: float = 0.05,
+    settle_s: float | None = None,
+    peaks: dict | None = None,
+) -> dict:
+    """Check every implementation against the reference, then time them alternately.
+
+    Returns a result dict: op, case, direction, shape, algorithm, unit, work and, per
+    implementation, best_ms, median_ms, rate (GFLOP/s or GB/s at the best time),
+    pct_peak, max_err, ok (max_err within tolerance) and speedup {peer: peer best / best}.
+    """
+    errors = case.check()
+    probe_rates: dict[str, list[float]] = {name: [] for name in case.probes}
+
+    def recording(name: str, probe: Callable[[], float]) -> Callable[[], None]:
+        return lambda: probe_rates[name].append(probe())
+
+    timed = {**case.impls, **{f"probe {n}": recording(n, p) for n, p in case.probes.items()}}
+    timings = time_alternating(
+        timed,
+        rounds=rounds,
+        min_sample_s=min_sample_s,
+        settle=settle_times(timed, case.op, settle_s),
+    )
+    timings = {name: t for name, t in timings.items() if name in case.impls}
+    ceilings = {name: max(rates) for name, rates in probe_rates.items() if rates}
+    peak = None
+    if peaks is not None:
+        peak = peaks.get("copy_gbps") if case.unit == "GB/s" else peaks.get("fma_gflops")
+    impls = {}
+    for name, t in timings.items():
+        rate = case.work / t.best / 1e9
+        err = errors.get(name)
+        impls[name] = {
+            "best_ms": t.best * 1e3,
+            "median_ms": t.median * 1e3,
+            "rate": rate,
+            "pct_peak": (100.0 * rate / peak) if peak else None,
+            "pct_ceilings": {c: 100.0 * rate / v for c, v in ceilings.items()},
+            "max_err": err,
+            "ok": None if err is None or case.tolerance is None else bool(err <= case.tolerance),
+            "samples_ms": [s * 1e3 for s in t.samples],
+            "speedup": {peer: pt.best / t.best for peer, pt in timings.items() if peer != name},
+        }
+    return {
+        "op": case.op,
+        "case": case.name,
+        "direction": case.direction,
+        "shape": case.shape,
+        "algorithm": case.algorithm,
+        "unit": case.unit,
+        "work": case.work,
+        "tolerance": case.tolerance,
+        "note": case.note,
+        "ceilings": ceilings,
+        "impls": impls,
+        **case.extra,
+    }
+
+
+# =========================================================================== plans
+
+
+def _match(names: Sequence[str], patterns: list[str] | None) -> list[str]:
+    if not patterns:
+        return list(names)
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+@dataclass
+class Plan:
+    """Which cases to build, lazily: (label, builder) pairs."""
+
+    items: list[tuple[str, Callable[[], Case]]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def build_plan(
+    ops: Sequence[str],
+    *,
+    layers: list[str] | None = None,
+    directions: list[str] | None = None,
+    impls: list[str] | None = None,
+    mode: str = "full",
+) -> Plan:
+    """The cases of ``ops`` filtered by case name patterns (``layers``) and directions.
+
+    ``mode``: 'full' (the catalogue's shapes), 'quick' (conv batch <= 2, pool batch
+    <= 4) or 'smoke' (tiny shapes, for tests).
+    """
+    plan = Plan()
+    all_names = list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME) + list(TRAIN_BY_NAME)
+    if layers:
+        unknown = [p for p in layers if not _match(all_names, [p])]
+        if unknown:
+            raise ValueError(f"no case matches {', '.join(unknown)}; cases: {', '.join(all_names)}")
+    for op in ops:
+        if op == "gemm":
+            for name in _match(list(GEMM_BY_NAME), layers):
+                case = GEMM_BY_NAME[name]
+                if mode == "smoke":
+                    case = case.reduced(96)
+                plan.items.append((f"gemm {name}", lambda c=case: gemm_case(c, impls=impls)))
+        elif op == "conv":
+            dirs = [d for d in CONV_DIRECTIONS if directions is None or d in directions]
+            for name in _match(list(CONV_BY_NAME), layers):
+                layer = CONV_BY_NAME[name]
+                if mode == "quick":
+                    layer = layer.reduced(batch=2)
+                elif mode == "smoke":
+                    layer = layer.reduced(batch=1, max_hw=12)
+                for d in dirs:
+                    plan.items.append(
+                        (f"conv {name} {d}", lambda ly=layer, d=d: conv_case(ly, d, impls=impls))
+                    )
+        elif op == "pool":
+            dirs = [d for d in POOL_DIRECTIONS if directions is None or d in directions]
+            for name in _match(list(POOL_BY_NAME), layers):
+                case = POOL_BY_NAME[name]
+                if mode == "quick":
+                    case = case.reduced(batch=4)
+                elif mode == "smoke":
+                    case = case.reduced(batch=2, max_hw=16)
+                for d in dirs:
+                    plan.items.append(
+                        (f"pool {name} {d}", lambda c=case, d=d: pool_case(c, d, impls=impls))
+                    )
+        elif op == "train":
+            for name in _match(list(TRAIN_BY_NAME), layers):
+                case = TRAIN_BY_NAME[name]
+                if mode == "smoke":
+                    case = case.reduced(batch=4)
+                plan.items.append((f"train {name}", lambda c=case: train_case(c, impls=impls)))
+        else:
+            raise ValueError(f"unknown op {op!r}: choose from {', '.join(OPS)} or all")
+    return plan
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    rounds: int,
+    min_sample_s: float,
+    settle_s: float | None,
+    peaks: dict,
+    progress: bool = True,
+) -> tuple[list[dict], list[str]]:
+    """Build and run every case of ``plan`` in turn; returns (results, skipped reasons)."""
+    results, skipped = [], list(plan.skipped)
+    bar = Progress(len(plan.items), enabled=progress, unit="case", terminal_only=True)
+    try:
+        for label, build in plan.items:
+            bar.describe(label)
+            try:
+                case = build()
+            except LookupError as exc:
+                skipped.append(f"{label}: {exc}")
+                bar.step()
+                continue
+            results.append(
+                run_case(
+                    case, rounds=rounds, min_sample_s=min_sample_s, settle_s=settle_s, peaks=peaks
+                )
+            )
+            del case
+            bar.step()
+    finally:
+        bar.close()
+    return results, skipped
