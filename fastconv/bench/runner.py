@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .._progress import Progress
+from ..functional import last_algorithms
 from .cases import Case, conv_case, gemm_case, pool_case, train_case
 from .catalogue import (
     CONV_BY_NAME,
@@ -20,6 +21,9 @@ from .catalogue import (
     TRAIN_BY_NAME,
 )
 from .timing import settle_times, time_alternating
+
+# The conv op each benchmark direction runs, as fastconv.last_algorithms() names it.
+_CONV_PASSES = {"fwd": "conv2d", "dx": "conv2d_input", "dw": "conv2d_weight"}
 
 __all__ = ["Plan", "build_plan", "run_case", "run_plan"]
 
@@ -52,6 +56,10 @@ def run_case(
         settle=settle_times(timed, case.op, settle_s),
     )
     timings = {name: t for name, t in timings.items() if name in case.impls}
+    algorithm = case.algorithm
+    if case.op == "conv" and "fastconv" in timings:
+        # What the timed calls ran (this thread's last fastconv call), not a prediction.
+        algorithm = last_algorithms().get(_CONV_PASSES[case.direction], algorithm)
     ceilings = {name: max(rates) for name, rates in probe_rates.items() if rates}
     peak = None
     if peaks is not None:
@@ -76,7 +84,7 @@ def run_case(
         "case": case.name,
         "direction": case.direction,
         "shape": case.shape,
-        "algorithm": case.algorithm,
+        "algorithm": algorithm,
         "unit": case.unit,
         "work": case.work,
         "tolerance": case.tolerance,
