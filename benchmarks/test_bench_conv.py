@@ -1,4 +1,4 @@
-"""Conv layer-set benchmarks : every layer of the benchmark layer set, forward,
+"""Conv layer-set benchmarks: every layer of the benchmark layer set, forward,
 conv2d_input (dx) and conv2d_weight (dw), fastconv vs the im2col + matmul NumPy peer vs
 PyTorch CPU, float32, 2 threads; grouped by layer and direction (``conv <layer> <dir>``).
 

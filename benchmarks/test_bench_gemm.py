@@ -1,4 +1,4 @@
-"""GEMM benchmarks : fastconv.gemm vs numpy matmul (OpenBLAS) vs torch.mm.
+"""GEMM benchmarks: fastconv.gemm vs numpy matmul (OpenBLAS) vs torch.mm.
 
 float32, C = A @ B into a preallocated C (no allocation timed), 2 threads: square 512,
 1024, 2048 and the conv-shaped 64x3136x576, 256x3136x64, 512x49x4608, 128x784x1152

@@ -1,4 +1,4 @@
-"""Pooling benchmark : fastconv vs PyTorch vs a plain copy.
+"""Pooling benchmark: fastconv vs PyTorch vs a plain copy.
 
 On a (32, 64, 112, 112) float32 input, 2 threads:
 

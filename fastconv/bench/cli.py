@@ -13,7 +13,7 @@ from .catalogue import CONV_DIRECTIONS, OPS
 from .machine import OtherLoad, describe_machine, load_average, machine_peaks
 from .peers import IMPLS
 from .report import format_header, publish_report, summarize
-from .runner import build_plan, run_plan
+from .runner import CORPUS_OPS, build_plan, run_plan
 from .timing import OMP_SETTLE_S, default_settle_s, thread_count
 
 __all__ = ["add_arguments", "run"]
@@ -29,7 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--op",
         default="all",
-        help="conv, gemm, pool, train or all (comma-separated list allowed; default all)",
+        help="conv, gemm, pool, train or all (comma-separated list allowed; default all); "
+        "corpus (conv layers of whole networks at 224 and 32, batch 1, 8, 32) and random "
+        "(random conv layers) run only when named",
+    )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=60,
+        metavar="N",
+        help="corpus: time N distinct layers drawn with --seed (0: all of them); "
+        "random: N draws (default 60)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="which corpus sample or random draws (default 0)"
     )
     parser.add_argument(
         "--layers",
@@ -148,12 +161,15 @@ def run(args: argparse.Namespace) -> int:
         return publish_report(meta, results, summarize(results), saved.get("skipped", []), args)
     ops_arg = _split(args.op) or ["all"]
     ops = list(OPS) if "all" in ops_arg else ops_arg
-    bad = [o for o in ops if o not in OPS]
+    bad = [o for o in ops if o not in OPS + CORPUS_OPS]
     impls = _split(args.impls)
     directions = _split(args.direction)
     errors = []
     if bad:
-        errors.append(f"--op: unknown {', '.join(bad)} (choose from {', '.join(OPS)}, all)")
+        choices = ", ".join(OPS + CORPUS_OPS)
+        errors.append(f"--op: unknown {', '.join(bad)} (choose from {choices}, all)")
+    if args.sample < 0:
+        errors.append("--sample must be >= 0")
     if impls and not set(impls) <= set(IMPLS):
         errors.append(f"--impls: choose from {', '.join(IMPLS)}")
     if directions and not set(directions) <= set(CONV_DIRECTIONS):
@@ -167,7 +183,13 @@ def run(args: argparse.Namespace) -> int:
     if not errors:
         try:
             plan = build_plan(
-                ops, layers=_split(args.layers), directions=directions, impls=impls, mode=mode
+                ops,
+                layers=_split(args.layers),
+                directions=directions,
+                impls=impls,
+                mode=mode,
+                sample=args.sample,
+                seed=args.seed,
             )
         except ValueError as exc:
             errors.append(str(exc))

@@ -218,7 +218,17 @@ def summarize(results: list[dict], targets: dict | None = None) -> list[dict]:
                 "geomean": geomean(v for _, v in pairs),
                 "min": min(v for _, v in pairs),
                 "min_case": min(pairs, key=lambda p: p[1])[0],
+                "below_1": sum(v < 1.0 for _, v in pairs) / len(pairs),
             }
+            shapes = targets.get(op) if op in ("corpus", "random") else None
+            if shapes is not None and peer == shapes["peer"]:
+                geo = shapes["geomean_speedup"]["min"]
+                entry["target"] = f"geomean >= {geo}"
+                entry["meets"] = entry["geomean"] >= geo
+                if "slowest_case_speedup" in shapes:
+                    slowest = shapes["slowest_case_speedup"]["min"]
+                    entry["target"] += f", no layer < {slowest}"
+                    entry["meets"] = entry["meets"] and entry["min"] >= slowest
             if op == "conv" and peer == conv["peer"]:
                 geo, slowest = conv["geomean_speedup"]["min"], conv["slowest_case_speedup"]["min"]
                 entry["target"] = f"geomean >= {geo}, no layer < {slowest}"
@@ -266,6 +276,8 @@ def format_summary(summary: list[dict]) -> str:
         )
         if "geomean_3x3_s1" in s:
             line += f", 3x3 stride-1 geomean {s['geomean_3x3_s1']:.2f}x"
+        if s["op"] in ("corpus", "random"):
+            line += f", {100 * s['below_1']:.0f}% of cases below 1.0x"
         if s.get(f"pct_peak_{size}") is not None:
             line += f", {s[f'pct_peak_{size}']:.0f}% of the cached peak at {size}"
         if s.get(f"pct_fma_loop_{size}") is not None:

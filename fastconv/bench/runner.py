@@ -5,6 +5,7 @@ timings into result rows; and the plan of which catalogue cases a run builds.
 from __future__ import annotations
 
 import fnmatch
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from .catalogue import (
     POOL_DIRECTIONS,
     TRAIN_BY_NAME,
 )
+from .corpus import CorpusLayer, corpus, random_layers
 from .timing import settle_times, time_alternating
 
 # The conv op each benchmark direction runs, as fastconv.last_algorithms() names it.
@@ -97,6 +99,18 @@ def run_case(
 
 # =========================================================================== plans
 
+# Ops that run conv layers of the shape corpus ('all' leaves them out: they take long).
+CORPUS_OPS = ("corpus", "random")
+
+
+def corpus_case(layer, direction: str, op: str, count: int, impls) -> Case:
+    """A conv case of a corpus layer, reported under ``op``; the NumPy peer only when
+    asked for (it costs minutes on the large layers)."""
+    case = conv_case(layer, direction, impls=impls or ["fastconv", "torch"])
+    case.op = op
+    case.extra["count"] = count
+    return case
+
 
 def _match(names: Sequence[str], patterns: list[str] | None) -> list[str]:
     if not patterns:
@@ -112,6 +126,17 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
 
 
+def corpus_sample(op: str, sample: int, seed: int) -> list[CorpusLayer]:
+    """The layers a corpus op runs: for 'corpus', ``sample`` distinct network layers
+    drawn with ``seed`` (0: every one); for 'random', ``sample`` random draws."""
+    if op == "random":
+        return random_layers(sample, seed)
+    layers = corpus()
+    if 0 < sample < len(layers):
+        layers = random.Random(seed).sample(layers, sample)
+    return layers
+
+
 def build_plan(
     ops: Sequence[str],
     *,
@@ -119,14 +144,20 @@ def build_plan(
     directions: list[str] | None = None,
     impls: list[str] | None = None,
     mode: str = "full",
+    sample: int = 60,
+    seed: int = 0,
 ) -> Plan:
     """The cases of ``ops`` filtered by case name patterns (``layers``) and directions.
 
     ``mode``: 'full' (the catalogue's shapes), 'quick' (conv batch <= 2, pool batch
-    <= 4) or 'smoke' (tiny shapes, for tests).
+    <= 4) or 'smoke' (tiny shapes, for tests). The corpus ops ('corpus', 'random') run
+    ``sample`` layers chosen with ``seed`` (``corpus_sample``), fastconv and torch only
+    unless ``impls`` says otherwise.
     """
     plan = Plan()
+    corpus_layers = {op: corpus_sample(op, sample, seed) for op in ops if op in CORPUS_OPS}
     all_names = list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME) + list(TRAIN_BY_NAME)
+    all_names += [entry.layer.name for entries in corpus_layers.values() for entry in entries]
     if layers:
         unknown = [p for p in layers if not _match(all_names, [p])]
         if unknown:
@@ -162,6 +193,24 @@ def build_plan(
                     plan.items.append(
                         (f"pool {name} {d}", lambda c=case, d=d: pool_case(c, d, impls=impls))
                     )
+        elif op in CORPUS_OPS:
+            dirs = [d for d in CONV_DIRECTIONS if directions is None or d in directions]
+            chosen = [e for e in corpus_layers[op] if _match([e.layer.name], layers)]
+            for entry in chosen:
+                layer = entry.layer
+                if mode == "quick":
+                    layer = layer.reduced(batch=2)
+                elif mode == "smoke":
+                    layer = layer.reduced(batch=1, max_hw=8)
+                for d in dirs:
+                    plan.items.append(
+                        (
+                            f"{op} {layer.name} {d}",
+                            lambda ly=layer, d=d, op=op, e=entry: corpus_case(
+                                ly, d, op, e.count, impls
+                            ),
+                        )
+                    )
         elif op == "train":
             for name in _match(list(TRAIN_BY_NAME), layers):
                 case = TRAIN_BY_NAME[name]
@@ -169,7 +218,7 @@ def build_plan(
                     case = case.reduced(batch=4)
                 plan.items.append((f"train {name}", lambda c=case: train_case(c, impls=impls)))
         else:
-            raise ValueError(f"unknown op {op!r}: choose from {', '.join(OPS)} or all")
+            raise ValueError(f"unknown op {op!r}: choose from {', '.join(OPS + CORPUS_OPS)} or all")
     return plan
 
 
