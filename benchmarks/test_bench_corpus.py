@@ -1,4 +1,5 @@
-"""The shape corpus (every conv layer of whole networks) and the random draws.
+"""The shape corpus (every conv layer of whole networks), the random draws, and the
+per-call overhead cases.
 
     python -m fastconv bench --op corpus                 # 60 layers drawn with --seed 0
     python -m fastconv bench --op corpus --sample 0      # all of them (hours)
@@ -129,3 +130,12 @@ def test_all_leaves_the_corpus_out_and_unknown_ops_are_refused(capsys):
     assert "random" not in OPS
     assert cli.main(["bench", "--smoke", "--op", "corpus,nope"]) == 2
     assert "unknown nope" in capsys.readouterr().err
+
+
+def test_overhead_command_smoke(capsys):
+    """The per-call overhead cases end to end (tiny calls against torch and numpy)."""
+    status = cli.main(["bench", "--smoke", "--op", "overhead", "--no-progress"])
+    text = capsys.readouterr().out
+    assert status == 0
+    for call in ("conv2d", "max_pool2d", "gemm"):
+        assert f"overhead {call}: fastconv vs" in text

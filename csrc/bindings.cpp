@@ -12,6 +12,8 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
@@ -34,6 +36,15 @@ namespace {
 std::shared_mutex& tier_mutex() {
   static std::shared_mutex mutex;
   return mutex;
+}
+
+// What the calling thread's last call of each conv pass ran (fastconv.last_algorithms).
+struct LastAlgorithms {
+  std::string forward, input, weight;
+};
+LastAlgorithms& last_algorithms() {
+  static thread_local LastAlgorithms record;
+  return record;
 }
 
 // Drops the GIL and holds the tier lock shared, for the duration of a kernel call.
@@ -276,8 +287,12 @@ void bind_conv(py::module_& m) {
         const T* w = weight.data();
         const T* b = bias ? bias->data() : nullptr;
         T* y = output.mutable_data();
-        KernelScope scope;
-        return std::string(fastconv::conv2d_forward<T>(x, w, b, y, p, chosen));
+        std::string ran;
+        {
+          KernelScope scope;
+          ran = fastconv::conv2d_forward<T>(x, w, b, y, p, chosen);
+        }
+        last_algorithms().forward = ran;
       },
       py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("params"),
       py::arg("algorithm"));
@@ -289,8 +304,12 @@ void bind_conv(py::module_& m) {
         const T* dy = grad_output.data();
         const T* w = weight.data();
         T* dx = grad_input.mutable_data();
-        KernelScope scope;
-        return fastconv::conv2d_backward_input<T>(dy, w, dx, p);
+        std::string ran;
+        {
+          KernelScope scope;
+          ran = fastconv::conv2d_backward_input<T>(dy, w, dx, p);
+        }
+        last_algorithms().input = ran;
       },
       py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("params"));
   m.def(
@@ -301,10 +320,334 @@ void bind_conv(py::module_& m) {
         const T* x = input.data();
         const T* dy = grad_output.data();
         T* dw = grad_weight.mutable_data();
-        KernelScope scope;
-        return std::string(fastconv::conv2d_backward_weight<T>(x, dy, dw, p));
+        std::string ran;
+        {
+          KernelScope scope;
+          ran = fastconv::conv2d_backward_weight<T>(x, dy, dw, p);
+        }
+        last_algorithms().weight = ran;
       },
       py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("params"));
+}
+
+// ---------------------------------------------------------------------------
+// Plain calls in one step. A conv2d, max_pool2d or gemm call whose arguments are
+// all of the plain, valid kind (exact NumPy arrays of one float dtype, C-contiguous
+// and aligned where the kernel needs it; exact ints, 2-tuples of ints and bools;
+// nothing empty, nothing out of range) runs here without a trip through Python's
+// validation. Anything else -- every error included -- returns None and takes the
+// Python path, which validates and raises the errors that name the argument. So
+// these accept a subset of what the Python path accepts, and mean the same by it.
+
+constexpr int64_t kInt32Max = 2147483647;
+
+bool is_plain_array(py::handle h) {
+  return Py_TYPE(h.ptr()) == py::detail::npy_api::get().PyArray_Type_;
+}
+
+// The dtype of a plain float32/float64 array in native byte order, else 0.
+template <typename T>
+bool has_dtype(const py::array& a) {
+  // The descriptor outlives every call (deliberately never released).
+  static PyObject* const wanted = py::dtype::of<T>().release().ptr();
+  return py::detail::npy_api::get().PyArray_EquivTypes_(py::detail::array_proxy(a.ptr())->descr,
+                                                        wanted);
+}
+
+bool contiguous_aligned(const py::array& a) {
+  const int flags = py::detail::array_proxy(a.ptr())->flags;
+  constexpr int kWanted =
+      py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  return (flags & kWanted) == kWanted;
+}
+
+// An exact int in [lo, kInt32Max].
+std::optional<int64_t> plain_int(py::handle h, int64_t lo) {
+  if (!PyLong_CheckExact(h.ptr())) return std::nullopt;
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(h.ptr(), &overflow);
+  if (overflow != 0 || v < lo || v > kInt32Max) return std::nullopt;
+  return static_cast<int64_t>(v);
+}
+
+// An exact int, or an exact 2-tuple of them, each in [lo, kInt32Max].
+std::optional<std::pair<int64_t, int64_t>> plain_pair(py::handle h, int64_t lo) {
+  if (PyTuple_CheckExact(h.ptr())) {
+    if (PyTuple_GET_SIZE(h.ptr()) != 2) return std::nullopt;
+    const auto a = plain_int(PyTuple_GET_ITEM(h.ptr(), 0), lo);
+    const auto b = plain_int(PyTuple_GET_ITEM(h.ptr(), 1), lo);
+    if (!a || !b) return std::nullopt;
+    return std::make_pair(*a, *b);
+  }
+  const auto v = plain_int(h, lo);
+  if (!v) return std::nullopt;
+  return std::make_pair(*v, *v);
+}
+
+std::optional<bool> plain_bool(py::handle h) {
+  if (h.ptr() == Py_True) return true;
+  if (h.ptr() == Py_False) return false;
+  return std::nullopt;
+}
+
+template <typename T>
+py::object conv2d_plain(py::handle input_h, py::handle weight_h, py::handle bias_h,
+                        py::handle stride_h, py::handle padding_h, py::handle dilation_h,
+                        py::handle groups_h) {
+  if (!is_plain_array(input_h) || !is_plain_array(weight_h)) return py::none();
+  const bool has_bias = !bias_h.is_none();
+  if (has_bias && !is_plain_array(bias_h)) return py::none();
+  const auto input = py::reinterpret_borrow<py::array>(input_h);
+  const auto weight = py::reinterpret_borrow<py::array>(weight_h);
+  if (!has_dtype<T>(input) || !has_dtype<T>(weight)) return py::none();
+  if (!contiguous_aligned(input) || !contiguous_aligned(weight)) return py::none();
+  const py::ssize_t ndim = input.ndim();
+  if ((ndim != 3 && ndim != 4) || weight.ndim() != 4) return py::none();
+  const int64_t n = ndim == 4 ? input.shape(0) : 1;
+  const int64_t c = input.shape(ndim - 3), h = input.shape(ndim - 2), w = input.shape(ndim - 1);
+  const int64_t k = weight.shape(0), cg = weight.shape(1), r = weight.shape(2), s = weight.shape(3);
+  if (n <= 0 || c <= 0 || h <= 0 || w <= 0 || k <= 0 || cg <= 0 || r <= 0 || s <= 0)
+    return py::none();
+  py::array bias;
+  if (has_bias) {
+    bias = py::reinterpret_borrow<py::array>(bias_h);
+    if (!has_dtype<T>(bias) || !contiguous_aligned(bias) || bias.ndim() != 1 || bias.shape(0) != k)
+      return py::none();
+  }
+  const auto stride = plain_pair(stride_h, 1);
+  const auto padding = plain_pair(padding_h, 0);
+  const auto dilation = plain_pair(dilation_h, 1);
+  const auto groups = plain_int(groups_h, 1);
+  if (!stride || !padding || !dilation || !groups) return py::none();
+  const int64_t g = *groups;
+  if (c % g != 0 || k % g != 0 || cg * g != c) return py::none();
+  const int64_t out_h =
+      (h + 2 * padding->first - dilation->first * (r - 1) - 1) / stride->first + 1;
+  const int64_t out_w =
+      (w + 2 * padding->second - dilation->second * (s - 1) - 1) / stride->second + 1;
+  if (h + 2 * padding->first - dilation->first * (r - 1) - 1 < 0 ||
+      w + 2 * padding->second - dilation->second * (s - 1) - 1 < 0)
+    return py::none();  // an empty output: the Python path says why
+  ConvParams p;
+  p.batch = n;
+  p.in_channels = c;
+  p.in_h = h;
+  p.in_w = w;
+  p.out_channels = k;
+  p.kernel_h = r;
+  p.kernel_w = s;
+  p.out_h = out_h;
+  p.out_w = out_w;
+  p.stride_h = stride->first;
+  p.stride_w = stride->second;
+  p.pad_top = padding->first;
+  p.pad_left = padding->second;
+  p.dilation_h = dilation->first;
+  p.dilation_w = dilation->second;
+  p.groups = g;
+  p.single_precision = std::is_same_v<T, float>;
+  std::vector<py::ssize_t> shape{k, out_h, out_w};
+  if (ndim == 4) shape.insert(shape.begin(), n);
+  py::array_t<T> output(shape);
+  const T* x = static_cast<const T*>(input.data());
+  const T* wp = static_cast<const T*>(weight.data());
+  const T* b = has_bias ? static_cast<const T*>(bias.data()) : nullptr;
+  T* y = output.mutable_data();
+  const fastconv::ConvAlgorithm algorithm = fastconv::select_conv_algorithm(p);
+  std::string ran;
+  {
+    KernelScope scope;
+    ran = fastconv::conv2d_forward<T>(x, wp, b, y, p, algorithm);
+  }
+  last_algorithms().forward = ran;
+  return std::move(output);
+}
+
+template <typename T>
+py::object max_pool2d_plain(py::handle input_h, py::handle kernel_h, py::handle stride_h,
+                            py::handle padding_h, py::handle dilation_h, py::handle ceil_h,
+                            py::handle indices_h) {
+  if (!is_plain_array(input_h)) return py::none();
+  const auto input = py::reinterpret_borrow<py::array>(input_h);
+  if (!has_dtype<T>(input) || !contiguous_aligned(input)) return py::none();
+  const py::ssize_t ndim = input.ndim();
+  if (ndim != 3 && ndim != 4) return py::none();
+  const int64_t n = ndim == 4 ? input.shape(0) : 1;
+  const int64_t c = input.shape(ndim - 3), h = input.shape(ndim - 2), w = input.shape(ndim - 1);
+  if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return py::none();
+  const auto kernel = plain_pair(kernel_h, 1);
+  const auto stride = stride_h.is_none() ? kernel : plain_pair(stride_h, 1);
+  const auto padding = plain_pair(padding_h, 0);
+  const auto dilation = plain_pair(dilation_h, 1);
+  const auto ceil_mode = plain_bool(ceil_h);
+  const auto return_indices = plain_bool(indices_h);
+  if (!kernel || !stride || !padding || !dilation || !ceil_mode || !return_indices)
+    return py::none();
+  if (kernel->first * kernel->second > kInt32Max || padding->first > kernel->first / 2 ||
+      padding->second > kernel->second / 2)
+    return py::none();
+  // PyTorch's pooling_output_shape, as fastconv.geometry.pool_output_size.
+  const auto out_size = [&](int64_t size, int64_t k, int64_t st, int64_t pad, int64_t d) {
+    const int64_t span = size + 2 * pad - d * (k - 1) - 1;
+    if (!*ceil_mode) return span < 0 ? int64_t(0) : span / st + 1;
+    if (span < 0) return int64_t(0);
+    int64_t out = (span + st - 1) / st + 1;
+    if ((out - 1) * st >= size + pad) --out;
+    return out;
+  };
+  const int64_t out_h = out_size(h, kernel->first, stride->first, padding->first, dilation->first);
+  const int64_t out_w =
+      out_size(w, kernel->second, stride->second, padding->second, dilation->second);
+  if (out_h < 1 || out_w < 1) return py::none();
+  PoolParams p;
+  p.planes = n * c;
+  p.in_h = h;
+  p.in_w = w;
+  p.out_h = out_h;
+  p.out_w = out_w;
+  p.kernel_h = kernel->first;
+  p.kernel_w = kernel->second;
+  p.stride_h = stride->first;
+  p.stride_w = stride->second;
+  p.pad_h = padding->first;
+  p.pad_w = padding->second;
+  p.dilation_h = dilation->first;
+  p.dilation_w = dilation->second;
+  std::vector<py::ssize_t> shape{c, out_h, out_w};
+  if (ndim == 4) shape.insert(shape.begin(), n);
+  py::array_t<T> output(shape);
+  py::array_t<int64_t> indices;
+  if (*return_indices) indices = py::array_t<int64_t>(shape);
+  const T* x = static_cast<const T*>(input.data());
+  T* y = output.mutable_data();
+  int64_t* idx = *return_indices ? indices.mutable_data() : nullptr;
+  {
+    KernelScope scope;
+    fastconv::max_pool2d_forward<T>(x, y, idx, p);
+  }
+  if (*return_indices) return py::make_tuple(output, indices);
+  return std::move(output);
+}
+
+// A gemm operand as the kernels read it: aligned, strides whole elements.
+template <typename T>
+std::optional<fastconv::MatrixView<T>> plain_matrix(const py::array& a, bool transpose) {
+  if (a.ndim() != 2 || !has_dtype<T>(a)) return std::nullopt;
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0) return std::nullopt;
+  const py::ssize_t item = static_cast<py::ssize_t>(sizeof(T));
+  if (a.strides(0) % item != 0 || a.strides(1) % item != 0) return std::nullopt;
+  fastconv::MatrixView<T> v{static_cast<const T*>(a.data()), a.strides(0) / item,
+                            a.strides(1) / item};
+  if (transpose) std::swap(v.row_stride, v.col_stride);
+  return v;
+}
+
+std::optional<double> plain_number(py::handle h) {
+  if (PyFloat_CheckExact(h.ptr())) return PyFloat_AS_DOUBLE(h.ptr());
+  if (const auto v = plain_int(h, -kInt32Max)) return static_cast<double>(*v);
+  return std::nullopt;
+}
+
+template <typename T>
+py::object gemm_plain(py::handle a_h, py::handle b_h, py::handle alpha_h, py::handle trans_a_h,
+                      py::handle trans_b_h) {
+  if (!is_plain_array(a_h) || !is_plain_array(b_h)) return py::none();
+  const auto trans_a = plain_bool(trans_a_h), trans_b = plain_bool(trans_b_h);
+  const auto alpha = plain_number(alpha_h);
+  if (!trans_a || !trans_b || !alpha) return py::none();
+  const auto a = py::reinterpret_borrow<py::array>(a_h);
+  const auto b = py::reinterpret_borrow<py::array>(b_h);
+  const auto av = plain_matrix<T>(a, *trans_a), bv = plain_matrix<T>(b, *trans_b);
+  if (!av || !bv) return py::none();
+  fastconv::GemmProblem<T> pr;
+  pr.a = *av;
+  pr.b = *bv;
+  pr.m = *trans_a ? a.shape(1) : a.shape(0);
+  pr.k = *trans_a ? a.shape(0) : a.shape(1);
+  pr.n = *trans_b ? b.shape(0) : b.shape(1);
+  if ((*trans_b ? b.shape(1) : b.shape(0)) != pr.k || pr.m <= 0 || pr.n <= 0 || pr.k <= 0)
+    return py::none();
+  py::array_t<T> out({pr.m, pr.n});
+  pr.c = {out.mutable_data(), pr.n, 1};
+  pr.alpha = static_cast<T>(*alpha);
+  pr.beta = T(0);
+  const fastconv::GemmKernelInfo<T> info = fastconv::gemm_kernel<T>();
+  const int threads = fastconv::get_num_threads();
+  {
+    KernelScope scope;
+    fastconv::gemm_with_kernel<T>(pr, threads, info);
+  }
+  return std::move(out);
+}
+
+// Which instantiation runs: the first array's dtype (the others must match it).
+enum class PlainDtype { kNone, kFloat32, kFloat64 };
+PlainDtype plain_dtype(py::handle h) {
+  if (!is_plain_array(h)) return PlainDtype::kNone;
+  const auto a = py::reinterpret_borrow<py::array>(h);
+  if (has_dtype<float>(a)) return PlainDtype::kFloat32;
+  if (has_dtype<double>(a)) return PlainDtype::kFloat64;
+  return PlainDtype::kNone;
+}
+
+void bind_plain_calls(py::module_& m) {
+  m.def(
+      "conv2d_plain",
+      [](py::handle input, py::handle weight, py::handle bias, py::handle stride,
+         py::handle padding, py::handle dilation, py::handle groups) -> py::object {
+        switch (plain_dtype(input)) {
+          case PlainDtype::kFloat32:
+            return conv2d_plain<float>(input, weight, bias, stride, padding, dilation, groups);
+          case PlainDtype::kFloat64:
+            return conv2d_plain<double>(input, weight, bias, stride, padding, dilation, groups);
+          case PlainDtype::kNone:
+            break;
+        }
+        return py::none();
+      },
+      py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+      py::arg("dilation"), py::arg("groups"));
+  m.def(
+      "max_pool2d_plain",
+      [](py::handle input, py::handle kernel_size, py::handle stride, py::handle padding,
+         py::handle dilation, py::handle ceil_mode, py::handle return_indices) -> py::object {
+        switch (plain_dtype(input)) {
+          case PlainDtype::kFloat32:
+            return max_pool2d_plain<float>(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                           return_indices);
+          case PlainDtype::kFloat64:
+            return max_pool2d_plain<double>(input, kernel_size, stride, padding, dilation,
+                                            ceil_mode, return_indices);
+          case PlainDtype::kNone:
+            break;
+        }
+        return py::none();
+      },
+      py::arg("input"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+      py::arg("dilation"), py::arg("ceil_mode"), py::arg("return_indices"));
+  m.def(
+      "gemm_plain",
+      [](py::handle a, py::handle b, py::handle alpha, py::handle trans_a,
+         py::handle trans_b) -> py::object {
+        switch (plain_dtype(a)) {
+          case PlainDtype::kFloat32:
+            return gemm_plain<float>(a, b, alpha, trans_a, trans_b);
+          case PlainDtype::kFloat64:
+            return gemm_plain<double>(a, b, alpha, trans_a, trans_b);
+          case PlainDtype::kNone:
+            break;
+        }
+        return py::none();
+      },
+      py::arg("a"), py::arg("b"), py::arg("alpha"), py::arg("trans_a"), py::arg("trans_b"));
+  m.def("last_algorithms", [] {
+    const LastAlgorithms& record = last_algorithms();
+    py::dict out;
+    if (!record.forward.empty()) out["conv2d"] = record.forward;
+    if (!record.input.empty()) out["conv2d_input"] = record.input;
+    if (!record.weight.empty()) out["conv2d_weight"] = record.weight;
+    return out;
+  });
 }
 
 // The parameter structs, bound with named fields. Python validated every value;
@@ -443,6 +786,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("threads"), py::arg("calls") = 20000);
   m.def("set_num_threads", &fastconv::set_num_threads, py::arg("n"));
   bind_params(m);
+  bind_plain_calls(m);
   bind_pool<float>(m);
   bind_pool<double>(m);
   bind_batch_norm<float>(m);

@@ -6,7 +6,6 @@ op; these pass contiguous arrays and the normalised geometry to C++ in one call.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -97,21 +96,19 @@ def get_num_threads() -> int:
     return int(_C.get_num_threads())
 
 
-# --------------------------------------------------------------------------- what ran
+# --------------------------------------------------------------------------- plain calls
 
-_last = threading.local()
+# The common valid call in one C++ step (no Python validation): each returns the result,
+# or None when any argument is not of the plain kind -- errors included -- and the
+# caller then takes the validating path. See bindings.cpp.
+conv2d_plain = _C.conv2d_plain
+max_pool2d_plain = _C.max_pool2d_plain
+gemm_plain = _C.gemm_plain
 
 
 def last_algorithms() -> dict[str, str]:
     """What the calling thread's last CPU call of each conv op ran, by op name."""
-    return dict(getattr(_last, "algorithms", {}))
-
-
-def _record(op: str, algorithm: str) -> None:
-    record = getattr(_last, "algorithms", None)
-    if record is None:
-        record = _last.algorithms = {}
-    record[op] = algorithm
+    return _C.last_algorithms()
 
 
 # --------------------------------------------------------------------------- convolution
@@ -148,23 +145,21 @@ def conv2d(x, weight, bias, geometry: ConvGeometry, out_hw, algorithm=None) -> n
     bias = None if bias is None else contiguous(bias)
     out = np.empty((x.shape[0], weight.shape[0], *out_hw), dtype=x.dtype)
     params = conv_params(x.shape, weight.shape, out_hw, geometry, x.dtype)
-    _record("conv2d", _C.conv2d_forward(x, weight, bias, out, params, algorithm))
+    _C.conv2d_forward(x, weight, bias, out, params, algorithm)
     return out
 
 
 def conv2d_input(input_size, weight, grad_output, geometry: ConvGeometry) -> np.ndarray:
     grad_input = np.empty(input_size, dtype=weight.dtype)
     params = conv_params(input_size, weight.shape, grad_output.shape[2:], geometry, weight.dtype)
-    ran = _C.conv2d_backward_input(contiguous(grad_output), contiguous(weight), grad_input, params)
-    _record("conv2d_input", ran)
+    _C.conv2d_backward_input(contiguous(grad_output), contiguous(weight), grad_input, params)
     return grad_input
 
 
 def conv2d_weight(x, weight_size, grad_output, geometry: ConvGeometry) -> np.ndarray:
     grad_weight = np.empty(weight_size, dtype=x.dtype)
     params = conv_params(x.shape, weight_size, grad_output.shape[2:], geometry, x.dtype)
-    ran = _C.conv2d_backward_weight(contiguous(x), contiguous(grad_output), grad_weight, params)
-    _record("conv2d_weight", ran)
+    _C.conv2d_backward_weight(contiguous(x), contiguous(grad_output), grad_weight, params)
     return grad_weight
 
 

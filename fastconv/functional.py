@@ -143,6 +143,11 @@ def max_pool2d(
     A NaN in a window wins; an all -inf window gives -inf. Indices (int64) are
     flat positions h * W + w inside each input plane, as PyTorch returns them.
     """
+    out = _cpu.max_pool2d_plain(
+        input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
+    )
+    if out is not None:
+        return out
     input, device, unbatched = _pool_input(input)
     window = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
     out_h, out_w = _pool_output_hw(window, input.shape, "input")
@@ -333,6 +338,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     out[n, k, i, j] = bias[k] + sum_{c, r, s} input[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw]
                                               * weight[k, c, r, s],   g = k // (K / groups)
     """
+    if algorithm is None:
+        out = _cpu.conv2d_plain(input, weight, bias, stride, padding, dilation, groups)
+        if out is not None:
+            return out
     device = _on_device(input, weight, bias)
     chk.check_array(input, "input", device=device)
     chk.check_ndim(input, "input", (3, 4), "(N, C, H, W) or (C, H, W)")
@@ -581,6 +590,10 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     written into c when c is given and is a writable (M, N) array of the same
     dtype and kind; otherwise a new array is returned.
     """
+    if c is None:
+        out = _cpu.gemm_plain(a, b, alpha, trans_a, trans_b)
+        if out is not None:
+            return out
     device = _on_device(a, b, c)
     _check_matrix(a, "a", device)
     _check_matrix(b, "b", device)

@@ -26,7 +26,7 @@ import pytest
 from helpers import assert_close_scaled, run_python
 
 import fastconv
-from fastconv import functional, reference
+from fastconv import _cpu, functional, reference
 
 OPS = [
     "conv2d",
@@ -182,9 +182,22 @@ def assert_same_results(actual, expected):
 
 
 class _NoNative:
-    """Stands in for the CPU backend: touching any attribute is a test failure."""
+    """Stands in for the CPU backend: reaching it is a test failure. The one-step plain
+    calls run for real: declining a call (None) is how they pass it to validation, and
+    running one counts as reaching the backend (an invalid call must never run)."""
 
     def __getattr__(self, name):
+        if name.endswith("_plain"):
+            real = getattr(_cpu, name)
+
+            def declining(*args):
+                if real(*args) is not None:
+                    raise AssertionError(
+                        f"fastconv._cpu.{name} was reached before validation failed"
+                    )
+                return None
+
+            return declining
         raise AssertionError(f"fastconv._cpu.{name} was reached before validation failed")
 
 

@@ -185,6 +185,59 @@ def conv_case(
     )
 
 
+# =========================================================================== per-call overhead
+
+# The smallest calls of each op family, where the time is all argument handling.
+OVERHEAD_CALLS = ("conv2d", "max_pool2d", "gemm")
+
+
+def overhead_case(call: str, *, impls: Sequence[str] | None = None) -> Case:
+    """One tiny call (conv2d 1x8x4x4 with a 3x3 kernel, max_pool2d 2x2 on it, gemm 4x4);
+    ``work`` is 1e3, so the rate column reads calls per microsecond."""
+    import fastconv
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 4, 4), dtype=np.float32)
+    w = rng.standard_normal((8, 8, 3, 3), dtype=np.float32)
+    a = rng.standard_normal((4, 4), dtype=np.float32)
+    torch = torch_or_none()
+    if call == "conv2d":
+        shape = "N1 C8 4x4 K8 3x3 p1"
+        makers = {"fastconv": lambda: fastconv.conv2d(x, w, padding=1)}
+        expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+        if torch is not None:
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            makers["torch"] = lambda: torch.nn.functional.conv2d(tx, tw, padding=1)
+    elif call == "max_pool2d":
+        shape = "N1 C8 4x4 2x2"
+        makers = {"fastconv": lambda: fastconv.max_pool2d(x, 2)}
+        expected = reference.max_pool2d(x.astype(np.float64), 2)
+        if torch is not None:
+            tx = torch.from_numpy(x)
+            makers["torch"] = lambda: torch.nn.functional.max_pool2d(tx, 2)
+    elif call == "gemm":
+        shape = "4x4x4"
+        makers = {"fastconv": lambda: fastconv.gemm(a, a), "numpy": lambda: a @ a}
+        expected = a.astype(np.float64) @ a.astype(np.float64)
+        if torch is not None:
+            ta = torch.from_numpy(a)
+            makers["torch"] = lambda: torch.mm(ta, ta)
+    else:
+        raise ValueError(f"call must be one of {OVERHEAD_CALLS}, got {call!r}")
+    names = _select_impls(impls, makers)
+    return Case(
+        op="overhead",
+        name=f"{call}_tiny",
+        direction=call,
+        shape=shape,
+        impls={name: makers[name] for name in names},
+        check=lambda: {name: max_error(makers[name](), expected) for name in names},
+        work=1e3,
+        unit="call/us",
+        tolerance=1e-5,
+    )
+
+
 # =========================================================================== GEMM
 
 

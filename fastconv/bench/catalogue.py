@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # The op groups, in the order the reports list them.
-OPS = ("gemm", "conv", "pool", "train")
+OPS = ("gemm", "conv", "pool", "train", "overhead")
 
 # =========================================================================== convolution
 

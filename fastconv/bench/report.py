@@ -220,6 +220,10 @@ def summarize(results: list[dict], targets: dict | None = None) -> list[dict]:
                 "min_case": min(pairs, key=lambda p: p[1])[0],
                 "below_1": sum(v < 1.0 for _, v in pairs) / len(pairs),
             }
+            calls = targets["overhead"]
+            if op == "overhead" and peer == calls["peers"].get(direction):
+                entry["target"] = f"no more than {peer}'s time per call"
+                entry["meets"] = entry["min"] >= calls["speedup"]["min"]
             shapes = targets.get(op) if op in ("corpus", "random") else None
             if shapes is not None and peer == shapes["peer"]:
                 geo = shapes["geomean_speedup"]["min"]

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 
 from .._progress import Progress
 from ..functional import last_algorithms
-from .cases import Case, conv_case, gemm_case, pool_case, train_case
+from .cases import (
+    OVERHEAD_CALLS,
+    Case,
+    conv_case,
+    gemm_case,
+    overhead_case,
+    pool_case,
+    train_case,
+)
 from .catalogue import (
     CONV_BY_NAME,
     CONV_DIRECTIONS,
@@ -65,7 +73,7 @@ def run_case(
     ceilings = {name: max(rates) for name, rates in probe_rates.items() if rates}
     peak = None
     if peaks is not None:
-        peak = peaks.get("copy_gbps") if case.unit == "GB/s" else peaks.get("fma_gflops")
+        peak = {"GB/s": peaks.get("copy_gbps"), "GFLOP/s": peaks.get("fma_gflops")}.get(case.unit)
     impls = {}
     for name, t in timings.items():
         rate = case.work / t.best / 1e9
@@ -157,6 +165,7 @@ def build_plan(
     plan = Plan()
     corpus_layers = {op: corpus_sample(op, sample, seed) for op in ops if op in CORPUS_OPS}
     all_names = list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME) + list(TRAIN_BY_NAME)
+    all_names += [f"{call}_tiny" for call in OVERHEAD_CALLS]
     all_names += [entry.layer.name for entries in corpus_layers.values() for entry in entries]
     if layers:
         unknown = [p for p in layers if not _match(all_names, [p])]
@@ -210,6 +219,12 @@ def build_plan(
                                 ly, d, op, e.count, impls
                             ),
                         )
+                    )
+        elif op == "overhead":
+            for call in OVERHEAD_CALLS:
+                if _match([f"{call}_tiny"], layers):
+                    plan.items.append(
+                        (f"overhead {call}", lambda c=call: overhead_case(c, impls=impls))
                     )
         elif op == "train":
             for name in _match(list(TRAIN_BY_NAME), layers):
