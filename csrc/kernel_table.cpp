@@ -11,12 +11,14 @@ namespace {
 CpuKernels portable_kernels() {
   CpuKernels k{};
   k.isa = Isa::kBaseline;
-  k.f32 = {gemm_f32_6x8_portable(),        igemm_f32_6x8_portable(),
-           pixel_igemm_f32_6x8_portable(), gather_gemm_f32_6x8_portable(),
-           vector_ops_portable<float>(),   pool_row_kernels_portable<float>()};
-  k.f64 = {gemm_f64_6x4_portable(),        igemm_f64_6x4_portable(),
-           pixel_igemm_f64_6x4_portable(), gather_gemm_f64_6x4_portable(),
-           vector_ops_portable<double>(),  pool_row_kernels_portable<double>()};
+  k.f32 = {gemm_f32_6x8_portable(),         igemm_f32_6x8_portable(),
+           pixel_igemm_f32_6x8_portable(),  gather_gemm_f32_6x8_portable(),
+           vector_ops_portable<float>(),    pool_row_kernels_portable<float>(),
+           depthwise_blocked_f32_portable()};
+  k.f64 = {gemm_f64_6x4_portable(),         igemm_f64_6x4_portable(),
+           pixel_igemm_f64_6x4_portable(),  gather_gemm_f64_6x4_portable(),
+           vector_ops_portable<double>(),   pool_row_kernels_portable<double>(),
+           depthwise_blocked_f64_portable()};
   k.winograd_f32 = conv2d_winograd_forward_f32_portable;
   k.fma_peak = fma_peak_gflops_portable;
   return k;
@@ -30,6 +32,8 @@ void override_avx2(CpuKernels& k) {
   k.f32.gather_gemm = gather_gemm_f32_6x16_avx2_fma();
   k.f32.vector = vector_ops_f32_avx2();
   k.f32.pool_rows = pool_row_kernels_f32_avx2();
+  k.f32.depthwise_blocked = depthwise_blocked_f32_avx2();
+  k.f64.depthwise_blocked = depthwise_blocked_f64_avx2();
   k.f64.gemm = gemm_f64_6x8_avx2_fma();
   k.f64.igemm = igemm_f64_6x8_avx2_fma();
   k.f64.pixel_igemm = pixel_igemm_f64_6x8_avx2_fma();
@@ -51,6 +55,8 @@ void override_avx512(CpuKernels& k) {
   k.f64.igemm = igemm_f64_12x16_avx512();
   k.f64.pixel_igemm = pixel_igemm_f64_12x16_avx512();
   k.f64.gather_gemm = gather_gemm_f64_8x16_avx512();
+  k.f32.depthwise_blocked = depthwise_blocked_f32_avx512();
+  k.f64.depthwise_blocked = depthwise_blocked_f64_avx512();
   k.winograd_f32 = conv2d_winograd_forward_f32_avx512;
   k.fma_peak = fma_peak_gflops_avx512;
 }

@@ -27,6 +27,7 @@ struct KernelTable {
   GatherGemmKernelInfo<T> gather_gemm;
   VectorOps<T> vector;
   PoolRowKernels<T> pool_rows;
+  DepthwiseBlockedKernels<T> depthwise_blocked;
 };
 
 struct CpuKernels {

@@ -78,6 +78,7 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p);
 // How the input gradient runs.
 enum class InputGradPlan {
   kPointwiseGemm,        // dX = W^T @ dY per image
+  kDepthwise,            // depthwise on channel blocks: dY scattered through the taps
   kDepthwiseTransposed,  // stride 1, multiplier 1: the depthwise forward kernel
   kDirect,               // few output channels per group: direct scatter
   kTransposed,           // stride 1: forward conv of dY with the flipped kernel
@@ -125,6 +126,24 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_direct_forward(const T* input, const T* weight, const T* bias, T* output,
                            const ConvParams& p);
+// Depthwise kernels on blocks of 64 bytes of channels (channels innermost), one
+// build per ISA (conv2d_depthwise_blocked_impl.h); depthwise_uses_blocks says
+// when they run instead of the row kernels.
+template <typename T>
+struct DepthwiseBlockedKernels {
+  void (*forward)(const T* input, const T* weight, const T* bias, T* output, const ConvParams& p);
+  void (*backward_input)(const T* grad_output, const T* weight, T* grad_input, const ConvParams& p);
+  void (*backward_weight)(const T* input, const T* grad_output, T* grad_weight,
+                          const ConvParams& p);
+};
+DepthwiseBlockedKernels<float> depthwise_blocked_f32_portable();
+DepthwiseBlockedKernels<double> depthwise_blocked_f64_portable();
+DepthwiseBlockedKernels<float> depthwise_blocked_f32_avx2();
+DepthwiseBlockedKernels<double> depthwise_blocked_f64_avx2();
+DepthwiseBlockedKernels<float> depthwise_blocked_f32_avx512();
+DepthwiseBlockedKernels<double> depthwise_blocked_f64_avx512();
+bool depthwise_uses_blocks(const ConvParams& p);
+
 // How the Winograd kernel reads its 3x3 filters: element (k, c, tap) of the
 // K x C x 9 filter bank at base[k * k_stride + c * c_stride + tap * tap_stride]
 // (tap = 3 * r + s), so conv2d_input can read the forward weights flipped and

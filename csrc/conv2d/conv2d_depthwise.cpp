@@ -14,6 +14,7 @@
 #include "common/vector_ops.h"
 #include "conv2d/conv2d_common.h"
 #include "gemm/gemm.h"
+#include "kernel_table.h"
 
 namespace fastconv {
 
@@ -24,6 +25,8 @@ namespace fastconv {
 template <typename T>
 void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p) {
+  if (depthwise_uses_blocks(p))
+    return kernel_table<T>().depthwise_blocked.forward(input, weight, bias, output, p);
   const VectorOps<T>& ops = vector_ops<T>();
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group();
@@ -70,6 +73,8 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                                       const ConvParams& p) {
+  if (depthwise_uses_blocks(p))
+    return kernel_table<T>().depthwise_blocked.backward_weight(input, grad_output, grad_weight, p);
   const VectorOps<T>& ops = vector_ops<T>();
   const PhaseLayout layout(p, p.out_w);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.taps();
