@@ -1197,3 +1197,30 @@ def test_fuzz_against_reference(case):
     except BaseException:
         _prepare_failure_report()
         raise
+
+
+# Pointwise layers on 1x1 planes (squeeze-excitation, the last stage of small inputs)
+# run one GEMM across the batch per group instead of one matrix-vector product per image.
+@pytest.mark.parametrize(
+    ("n", "c", "k", "groups", "bias"),
+    [(32, 64, 40, 1, True), (5, 12, 8, 4, False), (1, 8, 6, 2, True), (7, 16, 16, 16, True)],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_pointwise_on_single_pixel_planes(n, c, k, groups, bias, dtype):
+    rng = np.random.default_rng(n + c)
+    x = rng.standard_normal((n, c, 1, 1)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if bias else None
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    b64 = None if b is None else b.astype(np.float64)
+    y = fastconv.conv2d(x, w, b, groups=groups)
+    assert fastconv.last_algorithms()["conv2d"] == "pointwise_gemm"
+    assert_close_scaled(y, ref.conv2d(x64, w64, b64, groups=groups), k=c // groups + 1)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    strided_gy = np.repeat(gy, 2, axis=1)[:, ::2]
+    gx = fastconv.conv2d_input(x.shape, w, strided_gy, groups=groups)
+    want = ref.conv2d_input(x.shape, w64, gy.astype(np.float64), groups=groups)
+    assert_close_scaled(gx, want, k=k // groups)
+    gw = fastconv.conv2d_weight(x, w.shape, gy, groups=groups)
+    want = ref.conv2d_weight(x64, w.shape, gy.astype(np.float64), groups=groups)
+    assert_close_scaled(gw, want, k=n)

@@ -165,10 +165,36 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
   });
 }
 
+// Planes of one pixel (squeeze-excitation convs, the last stage of a small input):
+// one GEMM per group across the whole batch, Y (N x Kg) = X (N x Cg) @ W^T, instead
+// of N matrix-vector products.
+template <typename T>
+void pointwise_single_pixel_forward(const T* input, const T* weight, const T* bias, T* output,
+                                    const ConvParams& p) {
+  const int64_t kg = p.out_per_group(), cg = p.in_per_group();
+  const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+  if (bias != nullptr)
+    for (int64_t n = 0; n < p.batch; ++n)
+      std::copy(bias, bias + p.out_channels, output + n * p.out_channels);
+  for (int64_t g = 0; g < p.groups; ++g) {
+    GemmProblem<T> pr;
+    pr.m = p.batch;
+    pr.n = kg;
+    pr.k = cg;
+    pr.a = {input + g * cg, p.in_channels, 1};
+    pr.b = {weight + g * kg * cg, 1, cg};  // B[c][k] = W[k][c]
+    pr.c = {output + g * kg, p.out_channels, 1};
+    pr.beta = bias != nullptr ? T(1) : T(0);
+    gemm(pr, threads);
+  }
+}
+
 template <typename T>
 void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p) {
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  if (pixels == 1 && p.batch > 1)
+    return pointwise_single_pixel_forward(input, weight, bias, output, p);
   const std::vector<T> packed = packed_weights(weight, p.groups, kg, cg);
   const int64_t per_group = gemm_packed_a_size<T>(kg, cg);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
@@ -189,8 +215,23 @@ void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                 const ConvParams& p) {
-  const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
+  if (p.is_pointwise() && pixels == 1 && p.batch > 1) {
+    // One GEMM per group across the batch: dX (N x Cg) = dY (N x Kg) @ W (Kg x Cg).
+    const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+    for (int64_t g = 0; g < p.groups; ++g) {
+      GemmProblem<T> pr;
+      pr.m = p.batch;
+      pr.n = cg;
+      pr.k = kg;
+      pr.a = {grad_output + g * kg, p.out_channels, 1};
+      pr.b = {weight + g * kg * cg, cg, 1};
+      pr.c = {grad_input + g * cg, p.in_channels, 1};
+      gemm(pr, threads);
+    }
+    return;
+  }
+  const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t red = p.reduction();
   const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
