@@ -18,11 +18,15 @@ struct ConvTuning {
   // At most this many input channels per group: the direct kernel beats
   // implicit GEMM, whose packing cost is amortised over too short a reduction.
   int64_t direct_max_in_per_group = 4;
-  // Output rows at least this wide also run direct: its nr-wide tiles are then
-  // mostly full and it skips GEMM's per-image im2col packing. Not for 1x1
-  // kernels (strided or padded): their im2col is a plain strided copy, and
-  // GEMM measured faster (resnet_1x1s2_56: 2.5 vs 3.8 ms).
-  int64_t direct_min_out_w = 16;
+  // Output rows at least this wide also run direct: it skips GEMM's im2col
+  // packing, which costs most on small planes with big kernels. Measured on the
+  // corpus layers implicit GEMM chose before (batch 8, forward, GEMM time /
+  // direct time): 5x5 and 7x7 kernels 1.3-2.9x (AVX-512) and 1.1-1.9x (AVX2);
+  // 3x3 on 4x4 to 28x28 outputs 0.93-1.39x (AVX-512), 0.79-1.22x (AVX2); 3x3 on
+  // 2x2 outputs 0.47x, so those stay GEMM. Not for 1x1 kernels (strided or
+  // padded): their im2col is a plain strided copy, and GEMM measured faster
+  // (0.37-1.18x, geomean 0.76x).
+  int64_t direct_min_out_w = 3;
   // Winograd F(4x4, 3x3) where it wins: its GEMMs put the tiles of several
   // images on the M side, so planes down to 7x7 (2 x 2 tiles) win against
   // implicit GEMM and direct (measured on the layer set with the AVX2 and

@@ -19,6 +19,7 @@
 
 #include "common/aligned_buffer.h"
 #include "common/parallel.h"
+#include "common/transpose.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_common.h"
 
@@ -64,6 +65,15 @@ void pack_input_block(const T* image, const ConvParams& p, const BlockGeometry& 
   const int64_t col0 = std::max<int64_t>(0, p.pad_left);
   const int64_t ih_end = std::min(p.in_h, g.rows - p.pad_top);
   const int64_t iw_end = std::min(p.in_w, g.cols - p.pad_left);
+  if (multiplier == 1) {  // consecutive planes: 4x4 transposes, row by row
+    const T* planes = image + k0 * p.in_plane();
+    for (int64_t ih = row0 - p.pad_top; ih < ih_end; ++ih) {
+      const int64_t iw0 = col0 - p.pad_left;
+      transpose_into(planes + ih * p.in_w + iw0, p.in_plane(), lanes, iw_end - iw0,
+                     xb + ((ih + p.pad_top) * g.cols + iw0 + p.pad_left) * L, L);
+    }
+    return;
+  }
   // Pixel by pixel, lanes inside: one contiguous block row written, `lanes`
   // sequential plane rows read.
   const T* planes[L];
@@ -82,15 +92,13 @@ template <typename T>
 void pack_planes(const T* planes, int64_t plane, int64_t lanes, T* dst) {
   constexpr int64_t L = kBlock<T>;
   if (lanes < L) std::memset(dst, 0, sizeof(T) * static_cast<size_t>(plane * L));
-  for (int64_t i = 0; i < plane; ++i)
-    for (int64_t l = 0; l < lanes; ++l) dst[i * L + l] = planes[l * plane + i];
+  transpose_into(planes, plane, lanes, plane, dst, L);
 }
 
 template <typename T>
 void unpack_planes(const T* src, int64_t plane, int64_t lanes, T* planes) {
   constexpr int64_t L = kBlock<T>;
-  for (int64_t i = 0; i < plane; ++i)
-    for (int64_t l = 0; l < lanes; ++l) planes[l * plane + i] = src[i * L + l];
+  transpose_into(src, L, plane, lanes, planes, plane);
 }
 
 // wb[tap][l] = weight of output channel k0 + l at tap.
