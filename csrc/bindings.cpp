@@ -281,8 +281,8 @@ void bind_conv(py::module_& m) {
         if (bias) require_shape(*bias, {p.out_channels}, "bias");
         // A forced algorithm that cannot run this problem is refused by
         // conv2d_forward before it touches any array.
-        const fastconv::ConvAlgorithm chosen =
-            algorithm ? algorithm_by_name(*algorithm) : fastconv::select_conv_algorithm(p);
+        const std::optional<fastconv::ConvAlgorithm> forced =
+            algorithm ? std::optional(algorithm_by_name(*algorithm)) : std::nullopt;
         const T* x = input.data();
         const T* w = weight.data();
         const T* b = bias ? bias->data() : nullptr;
@@ -290,7 +290,7 @@ void bind_conv(py::module_& m) {
         std::string ran;
         {
           KernelScope scope;
-          ran = fastconv::conv2d_forward<T>(x, w, b, y, p, chosen);
+          ran = fastconv::conv2d_forward_selected<T>(x, w, b, y, p, forced);
         }
         last_algorithms().forward = ran;
       },
@@ -453,11 +453,10 @@ py::object conv2d_plain(py::handle input_h, py::handle weight_h, py::handle bias
   const T* wp = static_cast<const T*>(weight.data());
   const T* b = has_bias ? static_cast<const T*>(bias.data()) : nullptr;
   T* y = output.mutable_data();
-  const fastconv::ConvAlgorithm algorithm = fastconv::select_conv_algorithm(p);
   std::string ran;
   {
     KernelScope scope;
-    ran = fastconv::conv2d_forward<T>(x, wp, b, y, p, algorithm);
+    ran = fastconv::conv2d_forward_selected<T>(x, wp, b, y, p);
   }
   last_algorithms().forward = ran;
   return std::move(output);
@@ -798,20 +797,22 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "select_conv_algorithm",
       [](const ConvParams& p) {
-        return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(p)));
+        const ConvParams live = fastconv::live_taps(p);
+        return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(live)));
       },
       py::arg("params"));
   m.def(
       "select_input_grad_plan",
       [](const ConvParams& p) {
-        return fastconv::input_grad_plan_name(fastconv::select_input_grad_plan(p), p);
+        const ConvParams live = fastconv::live_taps(p);
+        return fastconv::input_grad_plan_name(fastconv::select_input_grad_plan(live), live);
       },
       py::arg("params"));
   m.def(
       "select_weight_grad_plan",
       [](const ConvParams& p) {
         return std::string(fastconv::weight_grad_plan_name(
-            fastconv::select_weight_grad_plan(p, fastconv::active_isa())));
+            fastconv::select_weight_grad_plan(fastconv::live_taps(p), fastconv::active_isa())));
       },
       py::arg("params"));
   py::tuple algorithms(std::size(fastconv::kConvAlgorithms));

@@ -442,10 +442,12 @@ def conv2d_algorithm(
     """The algorithm conv2d's CPU forward pass chooses for these shapes (a pure function).
 
     One of ``CONV2D_ALGORITHMS``: 'pointwise_gemm' (1x1, stride 1, unpadded: a GEMM
-    per image), 'depthwise' (groups == in_channels > 1: direct kernel along the width),
-    'direct' (at most 4 input channels per group, or output rows at least 16 wide:
-    an indirect GEMM whose taps point into zero-padded input rows), 'implicit_gemm'
-    (the general path: GEMM with im2col panels packed on the fly), 'winograd'
+    per image, or one across the batch on 1x1 planes), 'depthwise' (groups ==
+    in_channels > 1: channel blocks on small planes, row kernels on wide ones),
+    'direct' (kernels above 1x1 with at most 4 input channels per group or output rows
+    at least 3 wide: an indirect GEMM whose taps point into zero-padded input rows),
+    'implicit_gemm' (the general path: GEMM with im2col panels packed on the fly),
+    'winograd'
     (F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers with >= 32 channels
     and outputs at least 7x7, above 64 MFLOP).
     """

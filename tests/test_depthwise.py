@@ -29,7 +29,8 @@ CASES = [
     (2, 12, 27, 27, 1, 7, 1, 3, 1),  # 27 wide: blocks
     (1, 10, 28, 30, 1, 3, 1, 1, 1),  # 28 wide: rows
     (1, 12, 56, 56, 1, 3, 2, 1, 1),  # 28 wide after stride 2: rows
-    (2, 17, 6, 9, 1, 1, 1, 1, 1),  # 1x1 depthwise, padded (unpadded is a plain GEMM)
+    (2, 17, 6, 9, 1, 1, 1, 1, 1),  # 1x1 depthwise, padded
+    (3, 19, 5, 4, 1, 1, 1, 0, 1),  # 1x1 depthwise: a per-channel scale, not a GEMM
     (1, 40, 14, 14, 1, 3, 1, 3, 3),  # padding as wide as the dilated kernel
 ]
 
@@ -87,13 +88,6 @@ def test_strided_views(case):
     w_view = np.ascontiguousarray(wt.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     y, gx, gw = check_all_passes(case, np.float32, view, w_view, b)
     np.testing.assert_array_equal(y, fastconv.conv2d(x, wt, b, **kwargs(case)))
-
-
-@pytest.fixture
-def threads():
-    before = fastconv.get_num_threads()
-    yield fastconv.set_num_threads
-    fastconv.set_num_threads(before)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[8]], ids=str)

@@ -208,3 +208,21 @@ def test_unaligned_arrays_are_copied_before_the_kernels():
 
 def _geometry(pad):
     return fastconv.geometry.ConvGeometry((1, 1), (pad,) * 4, (1, 1), 1)
+
+
+def test_an_unbuilt_checkout_says_how_to_build(tmp_path):
+    """Importing a source tree without the compiled module names the fix."""
+    import shutil
+    from pathlib import Path
+
+    from helpers import run_python
+
+    source = Path(fastconv.__file__).parent
+    shutil.copytree(
+        source, tmp_path / "fastconv", ignore=shutil.ignore_patterns("_C*", "__pycache__")
+    )
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import fastconv"
+    child = run_python(code)
+    assert child.returncode != 0
+    assert "./dev-build.sh" in child.stderr
+    assert "fastconv._C" in child.stderr

@@ -2,7 +2,8 @@
 
 A plain call must give exactly what the validating path gives, and must decline (return
 None, so that the validating path runs and raises) every call outside its plain domain.
-``test_validation`` runs every invalid call with the plain calls live as well.
+The validation tests (``test_validation``, ``test_validation_arrays``) run every invalid
+call with the plain calls live as well.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 #include "conv2d/conv2d.h"
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -92,6 +93,45 @@ void run_winograd(const float* input, const FilterView& weight, const float* bia
   cpu_kernels().winograd_f32(input, weight, bias, output, p);
 }
 
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// The first and last kernel index along one dimension whose tap reads the input
+// (index o * stride + t * dilation - pad in [0, in)) for some output o < out;
+// first > last when none does.
+std::pair<int64_t, int64_t> live_range(int64_t in, int64_t out, int64_t kernel, int64_t stride,
+                                       int64_t pad, int64_t dilation) {
+  int64_t first = kernel, last = -1;
+  for (int64_t t = 0; t < kernel; ++t) {
+    const int64_t offset = t * dilation - pad;
+    const int64_t lo = std::max<int64_t>(0, -floor_div(offset, stride));
+    const int64_t hi = std::min(out - 1, floor_div(in - 1 - offset, stride));
+    if (lo <= hi) {
+      first = std::min(first, t);
+      last = t;
+    }
+  }
+  return {first, last};
+}
+
+// The kernel window of `live` cut out of p's weights.
+template <typename T>
+std::vector<T> live_weight(const T* weight, const ConvParams& p, const ConvParams& live) {
+  const int64_t r0 = (p.pad_top - live.pad_top) / p.dilation_h;
+  const int64_t s0 = (p.pad_left - live.pad_left) / p.dilation_w;
+  const int64_t filters = p.out_channels * p.in_per_group();
+  std::vector<T> w(static_cast<size_t>(filters * live.taps()));
+  for (int64_t f = 0; f < filters; ++f)
+    for (int64_t r = 0; r < live.kernel_h; ++r)
+      for (int64_t s = 0; s < live.kernel_w; ++s)
+        w[(f * live.kernel_h + r) * live.kernel_w + s] =
+            weight[(f * p.kernel_h + r0 + r) * p.kernel_w + s0 + s];
+  return w;
+}
+
+bool has_dead_taps(const ConvParams& p, const ConvParams& live) {
+  return live.kernel_h != p.kernel_h || live.kernel_w != p.kernel_w;
+}
+
 template <typename T>
 std::vector<T> flipped_transposed_weight(const T* weight, const ConvParams& p) {
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), taps = p.taps();
@@ -106,6 +146,22 @@ std::vector<T> flipped_transposed_weight(const T* weight, const ConvParams& p) {
 }
 
 }  // namespace
+
+ConvParams live_taps(const ConvParams& p) {
+  const auto [r0, r1] =
+      live_range(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_top, p.dilation_h);
+  const auto [s0, s1] =
+      live_range(p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_left, p.dilation_w);
+  if (r0 > r1 || s0 > s1) return p;  // no tap reads the input: nothing to gain
+  ConvParams live = p;
+  live.kernel_h = r1 - r0 + 1;
+  live.kernel_w = s1 - s0 + 1;
+  live.pad_top = p.pad_top - r0 * p.dilation_h;
+  live.pad_left = p.pad_left - s0 * p.dilation_w;
+  // The kernels take non-negative padding; a window that would need less stays.
+  if (live.pad_top < 0 || live.pad_left < 0) return p;
+  return live;
+}
 
 bool depthwise_uses_blocks(const ConvParams& p) {
   const int64_t lanes = p.single_precision ? 16 : 8;  // a 64-byte block
@@ -132,8 +188,9 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
 }
 
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
-  if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
+  // Depthwise first: a 1x1 depthwise layer is a per-channel scale, not a GEMM.
   if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
+  if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
   const bool small = p.flops() < kTuning.small_max_flops;
   // Winograd wins on every ISA tier (portable SSE2 kernels: resnet_3x3_28
   // 6.4 ms against 19 ms implicit GEMM and 23 ms direct).
@@ -178,7 +235,7 @@ const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* ou
 }
 
 InputGradPlan select_input_grad_plan(const ConvParams& p) {
-  if (p.is_pointwise()) return InputGradPlan::kPointwiseGemm;
+  if (p.is_pointwise() && !p.is_depthwise()) return InputGradPlan::kPointwiseGemm;
   // Stride 1, multiplier 1: the forward kernel on the flipped filters (blocks or
   // rows) gathers; the blocked scatter is for the others.
   if (depthwise_uses_blocks(p) && !(p.is_unit_stride() && p.out_per_group() == 1))
@@ -241,8 +298,29 @@ const char* weight_grad_plan_name(WeightGradPlan plan) {
 }
 
 template <typename T>
+const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
+                                    const ConvParams& p, std::optional<ConvAlgorithm> forced) {
+  const ConvParams live = live_taps(p);
+  // A forced algorithm must take the problem as given; it then runs on the live
+  // taps too when it can (the same sums as the selector's run of it).
+  if (forced && !conv_algorithm_supports(*forced, p))
+    return conv2d_forward(input, weight, bias, output, p, *forced);  // refuses it
+  if (!has_dead_taps(p, live) || (forced && !conv_algorithm_supports(*forced, live)))
+    return conv2d_forward(input, weight, bias, output, p,
+                          forced ? *forced : select_conv_algorithm(p));
+  const std::vector<T> w = live_weight(weight, p, live);
+  return conv2d_forward(input, w.data(), bias, output, live,
+                        forced ? *forced : select_conv_algorithm(live));
+}
+
+template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p) {
+  const ConvParams live = live_taps(p);
+  if (has_dead_taps(p, live)) {
+    const std::vector<T> w = live_weight(weight, p, live);
+    return conv2d_backward_input(grad_output, w.data(), grad_input, live);
+  }
   const InputGradPlan plan = select_input_grad_plan(p);
   switch (plan) {
     case InputGradPlan::kPointwiseGemm:
@@ -284,6 +362,22 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
 template <typename T>
 const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                                    const ConvParams& p) {
+  const ConvParams live = live_taps(p);
+  if (has_dead_taps(p, live)) {
+    // Dead taps' gradients are zero; the live window's go to their place.
+    std::vector<T> dw(static_cast<size_t>(p.out_channels * p.in_per_group() * live.taps()));
+    const char* ran = conv2d_backward_weight(input, grad_output, dw.data(), live);
+    const int64_t r0 = (p.pad_top - live.pad_top) / p.dilation_h;
+    const int64_t s0 = (p.pad_left - live.pad_left) / p.dilation_w;
+    const int64_t filters = p.out_channels * p.in_per_group();
+    std::fill(grad_weight, grad_weight + filters * p.taps(), T(0));
+    for (int64_t f = 0; f < filters; ++f)
+      for (int64_t r = 0; r < live.kernel_h; ++r)
+        for (int64_t s = 0; s < live.kernel_w; ++s)
+          grad_weight[(f * p.kernel_h + r0 + r) * p.kernel_w + s0 + s] =
+              dw[(f * live.kernel_h + r) * live.kernel_w + s];
+    return ran;
+  }
   const WeightGradPlan plan = select_weight_grad_plan(p, active_isa());
   switch (plan) {
     case WeightGradPlan::kDepthwise:
@@ -305,6 +399,8 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
 #define FASTCONV_INSTANTIATE(T)                                                               \
   template const char* conv2d_forward<T>(const T*, const T*, const T*, T*, const ConvParams&, \
                                          ConvAlgorithm);                                      \
+  template const char* conv2d_forward_selected<T>(                                            \
+      const T*, const T*, const T*, T*, const ConvParams&, std::optional<ConvAlgorithm>);     \
   template std::string conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
   template const char* conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)

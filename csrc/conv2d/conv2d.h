@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "common/cpu_features.h"
@@ -70,6 +71,12 @@ inline constexpr ConvAlgorithmInfo kConvAlgorithms[] = {
      "it needs a 3x3, stride-1, dilation-1, groups=1, float32 convolution"},
 };
 
+// p without the kernel rows and columns whose taps read only padding for every
+// output pixel (a 3x3 kernel on a 1x1 plane keeps its centre tap), or p itself
+// when every tap reads the input somewhere. The output is the same: a padded
+// tap contributes nothing. Every pass runs on the live taps.
+ConvParams live_taps(const ConvParams& p);
+
 const char* conv_algorithm_name(ConvAlgorithm a);
 bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p);
 // Pure: the algorithm the forward pass runs for p.
@@ -102,10 +109,16 @@ enum class WeightGradPlan {
 WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa);
 const char* weight_grad_plan_name(WeightGradPlan plan);
 
-// Each returns the name of what it ran.
+// Each returns the name of what it ran. conv2d_forward runs `algorithm` on p as
+// given; conv2d_forward_selected runs `forced` (or, without it, the selector's
+// choice) on p's live taps.
 template <typename T>
 const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* output,
                            const ConvParams& p, ConvAlgorithm algorithm);
+template <typename T>
+const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
+                                    const ConvParams& p,
+                                    std::optional<ConvAlgorithm> forced = std::nullopt);
 template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p);
