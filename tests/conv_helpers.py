@@ -126,7 +126,60 @@ def f64(a):
 
 # Algorithms that run only on some shapes (forcing them elsewhere is a ValueError); every
 # other algorithm of CONV2D_ALGORITHMS must run any valid convolution.
-RESTRICTED = {POINTWISE: Case.is_pointwise, WINOGRAD: Case.winograd_shape}
+def live_window(case: Case):
+    """(kh, kw, pad_top, pad_left) of the kernel window whose taps read the input for
+    some output pixel -- the library cuts the rest before every pass -- or None when
+    nothing is cut (every row and column is live, or cutting would need negative
+    padding)."""
+    (pt, _), (pl, _) = case.pads()
+    oh, ow = case.out_hw()
+
+    def live(size, out, k, stride, pad, d):
+        taps = [
+            t for t in range(k) if any(0 <= o * stride + t * d - pad < size for o in range(out))
+        ]
+        return (taps[0], taps[-1]) if taps else None
+
+    rows = live(case.h, oh, case.kh, case.stride[0], pt, case.dilation[0])
+    cols = live(case.w, ow, case.kw, case.stride[1], pl, case.dilation[1])
+    if rows is None or cols is None:
+        return None
+    kh, kw = rows[1] - rows[0] + 1, cols[1] - cols[0] + 1
+    top, left = pt - rows[0] * case.dilation[0], pl - cols[0] * case.dilation[1]
+    if (kh, kw) == (case.kh, case.kw) or top < 0 or left < 0:
+        return None
+    return kh, kw, top, left
+
+
+def pointwise_runs(case: Case) -> bool:
+    """pointwise_gemm takes 1x1, stride-1, unpadded convolutions, after dead taps are cut."""
+    if case.is_pointwise():
+        return True
+    window = live_window(case)
+    return (
+        window is not None
+        and window == (1, 1, 0, 0)
+        and tuple(case.stride) == (1, 1)
+        and case.out_hw() == (case.h, case.w)
+    )
+
+
+def winograd_runs(case: Case) -> bool:
+    """winograd takes 3x3 stride-1 ungrouped float32 convolutions, after dead taps are cut."""
+    if case.winograd_shape():
+        return True
+    window = live_window(case)
+    return (
+        window is not None
+        and window[:2] == (3, 3)
+        and case.dtype == "float32"
+        and tuple(case.stride) == (1, 1)
+        and tuple(case.dilation) == (1, 1)
+        and case.groups == 1
+    )
+
+
+RESTRICTED = {POINTWISE: pointwise_runs, WINOGRAD: winograd_runs}
 # Transform-based algorithms: not exact on integer-valued data (their transforms divide).
 TRANSFORMED = {WINOGRAD}
 

@@ -301,10 +301,9 @@ template <typename T>
 const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
                                     const ConvParams& p, std::optional<ConvAlgorithm> forced) {
   const ConvParams live = live_taps(p);
-  // A forced algorithm must take the problem as given; it then runs on the live
-  // taps too when it can (the same sums as the selector's run of it).
-  if (forced && !conv_algorithm_supports(*forced, p))
-    return conv2d_forward(input, weight, bias, output, p, *forced);  // refuses it
+  // A forced algorithm runs on the live taps when it can (the same sums as the
+  // selector's run of it, which may have chosen it for them), else on the whole
+  // kernel, where conv2d_forward refuses it if it cannot run that either.
   if (!has_dead_taps(p, live) || (forced && !conv_algorithm_supports(*forced, live)))
     return conv2d_forward(input, weight, bias, output, p,
                           forced ? *forced : select_conv_algorithm(p));
