@@ -15,6 +15,7 @@ __all__ = [
     "CONV_BY_NAME",
     "CONV_DIRECTIONS",
     "CONV_LAYERS",
+    "CORPUS_OPS",
     "GEMM_BY_NAME",
     "GEMM_CASES",
     "OPS",
@@ -32,6 +33,8 @@ __all__ = [
 
 # The op groups, in the order the reports list them.
 OPS = ("gemm", "conv", "pool", "train", "overhead")
+# Ops that run conv layers of the shape corpus ('all' leaves them out: they take long).
+CORPUS_OPS = ("corpus", "random")
 
 # =========================================================================== convolution
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from ..functional import get_num_threads
-from .catalogue import CONV_DIRECTIONS, OPS
+from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS
 from .machine import OtherLoad, describe_machine, load_average, machine_peaks
 from .peers import IMPLS
 from .report import format_header, publish_report, summarize
-from .runner import CORPUS_OPS, build_plan, run_plan
+from .runner import build_plan, run_plan
 from .timing import OMP_SETTLE_S, default_settle_s, thread_count
 
 __all__ = ["add_arguments", "run"]

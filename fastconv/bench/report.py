@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import CONV_DIRECTIONS, OPS, THREE_BY_THREE_S1
+from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS, THREE_BY_THREE_S1
 from .peers import IMPLS
 from .timing import geomean
 
@@ -378,7 +378,7 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
     ]
     if busy_warning(meta):
         out += [f"*{busy_warning(meta)}*", ""]
-    for op in OPS:
+    for op in OPS + CORPUS_OPS:
         rows = [r for r in results if r["op"] == op]
         if not rows:
             continue
@@ -487,7 +487,7 @@ def publish_report(
     if args.markdown == "-":
         print(text)
     else:
-        for op in OPS:
+        for op in OPS + CORPUS_OPS:
             rows = [r for r in results if r["op"] == op]
             if rows:
                 print(

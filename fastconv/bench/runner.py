@@ -23,6 +23,7 @@ from .cases import (
 from .catalogue import (
     CONV_BY_NAME,
     CONV_DIRECTIONS,
+    CORPUS_OPS,
     GEMM_BY_NAME,
     OPS,
     POOL_BY_NAME,
@@ -106,9 +107,6 @@ def run_case(
 
 
 # =========================================================================== plans
-
-# Ops that run conv layers of the shape corpus ('all' leaves them out: they take long).
-CORPUS_OPS = ("corpus", "random")
 
 
 def corpus_case(layer, direction: str, op: str, count: int, impls) -> Case:
