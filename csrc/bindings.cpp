@@ -243,11 +243,11 @@ void bind_gemm(py::module_& m) {
         pr.beta = static_cast<T>(beta);
         const int count = fastconv::gemm_kernel_count<T>();
         require(kernel_index >= -1 && kernel_index < count, "internal: no such gemm kernel");
+        const int threads = fastconv::get_num_threads();
+        KernelScope scope;  // the kernel is looked up under the tier lock
         const fastconv::GemmKernelInfo<T> info = kernel_index < 0
                                                      ? fastconv::gemm_kernel<T>()
                                                      : fastconv::gemm_kernel_at<T>(kernel_index);
-        const int threads = fastconv::get_num_threads();
-        KernelScope scope;
         fastconv::gemm_with_kernel<T>(pr, threads, info);
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha"), py::arg("beta"),
@@ -345,7 +345,7 @@ bool is_plain_array(py::handle h) {
   return Py_TYPE(h.ptr()) == py::detail::npy_api::get().PyArray_Type_;
 }
 
-// The dtype of a plain float32/float64 array in native byte order, else 0.
+// Whether a plain array has dtype T (float32 or float64) in native byte order.
 template <typename T>
 bool has_dtype(const py::array& a) {
   // The descriptor outlives every call (deliberately never released).
@@ -570,11 +570,10 @@ py::object gemm_plain(py::handle a_h, py::handle b_h, py::handle alpha_h, py::ha
   pr.c = {out.mutable_data(), pr.n, 1};
   pr.alpha = static_cast<T>(*alpha);
   pr.beta = T(0);
-  const fastconv::GemmKernelInfo<T> info = fastconv::gemm_kernel<T>();
   const int threads = fastconv::get_num_threads();
   {
-    KernelScope scope;
-    fastconv::gemm_with_kernel<T>(pr, threads, info);
+    KernelScope scope;  // the kernel is looked up under the tier lock
+    fastconv::gemm_with_kernel<T>(pr, threads, fastconv::gemm_kernel<T>());
   }
   return std::move(out);
 }

@@ -117,3 +117,21 @@ def test_forced_depthwise_on_a_dense_layer_still_sums_the_group():
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     got = fastconv.conv2d(x, w, padding=1, groups=4, algorithm="depthwise")
     assert_close_scaled(got, ref.conv2d(x, w, padding=1, groups=4), k=18)
+
+
+def test_far_reaching_taps_stay_bounded():
+    """A tiny output whose taps reach far (a 3x3 output of a 1x1 plane with stride and
+    padding 2000: a block would span 4001 x 4001 pixels, 1 GB) must not size a block by
+    the reach: the row kernels take it, with the right result."""
+    x = np.ones((1, 2, 1, 1), np.float32)
+    w = np.ones((2, 1, 1, 1), np.float32)
+    kw = {"stride": 2000, "padding": 2000, "groups": 2}
+    y = fastconv.conv2d(x, w, **kw)
+    gy = np.ones_like(y)
+    np.testing.assert_array_equal(y, ref.conv2d(x, w, **kw))
+    np.testing.assert_array_equal(
+        fastconv.conv2d_input(x.shape, w, gy, **kw), ref.conv2d_input(x.shape, w, gy, **kw)
+    )
+    np.testing.assert_array_equal(
+        fastconv.conv2d_weight(x, w.shape, gy, **kw), ref.conv2d_weight(x, w.shape, gy, **kw)
+    )

@@ -68,6 +68,9 @@ struct ConvTuning {
   // stride 2 1.16 -> 0.51 ms on blocks; N8 C144 56x56 1.26 ms on rows, 2.6 on
   // blocks; out_w 28 about even).
   int64_t depthwise_blocks_max_out_w = 28;
+  // ...and whose padded block holds at most this many pixels (1 MB of float32
+  // lanes per thread; the networks' layers need a few thousand).
+  double depthwise_blocks_max_pixels = 16384;
 };
 constexpr ConvTuning kTuning{};
 
@@ -165,8 +168,16 @@ ConvParams live_taps(const ConvParams& p) {
 
 bool depthwise_uses_blocks(const ConvParams& p) {
   const int64_t lanes = p.single_precision ? 16 : 8;  // a 64-byte block
+  // The padded block spans every row and column a tap reads: with a large stride,
+  // padding or dilation that is far more than the output (computed in double: it
+  // may not fit in 64 bits); such layers keep the row kernels.
+  const double rows = (p.out_h - 1) * static_cast<double>(p.stride_h) +
+                      (p.kernel_h - 1) * static_cast<double>(p.dilation_h) + 1;
+  const double cols = (p.out_w - 1) * static_cast<double>(p.stride_w) +
+                      (p.kernel_w - 1) * static_cast<double>(p.dilation_w) + 1;
   return p.is_depthwise() && p.out_per_group() <= lanes &&
-         p.out_w < kTuning.depthwise_blocks_max_out_w;
+         p.out_w < kTuning.depthwise_blocks_max_out_w &&
+         rows * cols <= kTuning.depthwise_blocks_max_pixels;
 }
 
 const char* conv_algorithm_name(ConvAlgorithm a) {
