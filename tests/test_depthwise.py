@@ -20,6 +20,8 @@ from fastconv import reference as ref
 CASES = [
     (2, 20, 7, 7, 1, 3, 1, 1, 1),  # small plane, partial block (20 = 16 + 4)
     (3, 16, 1, 1, 1, 3, 1, 1, 1),  # 1x1 plane: every tap but the centre reads padding
+    (4, 6, 1, 1, 3, 3, 2, 1, 1),  # ... with multiplier 3 and stride 2: one product each
+    (3, 2, 1, 1, 17, 3, 1, 1, 1),  # ... with more lanes than a block
     (2, 24, 4, 5, 1, 5, 1, 2, 1),
     (2, 33, 12, 12, 1, 3, 2, 1, 1),  # strided: dX scatters
     (1, 8, 13, 11, 2, 3, 2, 0, 1),  # multiplier 2, no padding

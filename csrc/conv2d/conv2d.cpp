@@ -341,7 +341,10 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
       conv2d_direct_backward_input(grad_output, weight, grad_input, p);
       break;
     case InputGradPlan::kDepthwise:
-      kernel_table<T>().depthwise_blocked.backward_input(grad_output, weight, grad_input, p);
+      if (is_channel_scale(p))
+        channel_scale_backward_input(grad_output, weight, grad_input, p);
+      else
+        kernel_table<T>().depthwise_blocked.backward_input(grad_output, weight, grad_input, p);
       break;
     case InputGradPlan::kDepthwiseTransposed:
     case InputGradPlan::kTransposed: {

@@ -156,6 +156,11 @@ DepthwiseBlockedKernels<double> depthwise_blocked_f64_avx2();
 DepthwiseBlockedKernels<float> depthwise_blocked_f32_avx512();
 DepthwiseBlockedKernels<double> depthwise_blocked_f64_avx512();
 bool depthwise_uses_blocks(const ConvParams& p);
+// A depthwise layer that is one product per output (conv2d_depthwise.cpp).
+bool is_channel_scale(const ConvParams& p);
+template <typename T>
+void channel_scale_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p);
 
 // How the Winograd kernel reads its 3x3 filters: element (k, c, tap) of the
 // K x C x 9 filter bank at base[k * k_stride + c * c_stride + tap * tap_stride]

@@ -18,6 +18,28 @@
 
 namespace fastconv {
 
+// A depthwise layer on one-pixel planes whose one live tap reads that pixel (what
+// 3x3 on 1x1 planes becomes once its dead taps are cut): each output is a single
+// product, and NCHW already keeps an image's channels contiguous, so plain loops
+// over (image, channel) beat packing channel blocks of one pixel.
+bool is_channel_scale(const ConvParams& p) {
+  return p.is_depthwise() && p.taps() == 1 && p.in_plane() == 1 && p.out_plane() == 1 &&
+         p.pad_top == 0 && p.pad_left == 0;
+}
+
+template <typename T>
+void channel_scale_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p) {
+  const int64_t m = p.out_per_group();
+  for (int64_t n = 0; n < p.batch; ++n)
+    for (int64_t c = 0; c < p.in_channels; ++c) {
+      T sum = T(0);
+      for (int64_t j = 0; j < m; ++j)
+        sum += weight[c * m + j] * grad_output[n * p.out_channels + c * m + j];
+      grad_input[n * p.in_channels + c] = sum;
+    }
+}
+
 // Depthwise (one input channel per group; forced elsewhere it sums the group's
 // channels): per image and group, every input row is phase-split once; each
 // output row is then a weighted sum of Cg * R * S shifted rows, accumulated in
@@ -25,6 +47,19 @@ namespace fastconv {
 template <typename T>
 void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p) {
+  if (is_channel_scale(p)) {
+    const int64_t m = p.out_per_group();
+    for (int64_t n = 0; n < p.batch; ++n) {
+      const T* x = input + n * p.in_channels;
+      T* y = output + n * p.out_channels;
+      for (int64_t c = 0; c < p.in_channels; ++c)
+        for (int64_t j = 0; j < m; ++j) {
+          const int64_t k = c * m + j;
+          y[k] = (bias != nullptr ? bias[k] : T(0)) + weight[k] * x[c];
+        }
+    }
+    return;
+  }
   if (depthwise_uses_blocks(p))
     return kernel_table<T>().depthwise_blocked.forward(input, weight, bias, output, p);
   const VectorOps<T>& ops = vector_ops<T>();
@@ -73,6 +108,16 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                                       const ConvParams& p) {
+  if (is_channel_scale(p)) {
+    const int64_t m = p.out_per_group();
+    for (int64_t k = 0; k < p.out_channels; ++k) {
+      T sum = T(0);
+      for (int64_t n = 0; n < p.batch; ++n)
+        sum += input[n * p.in_channels + k / m] * grad_output[n * p.out_channels + k];
+      grad_weight[k] = sum;
+    }
+    return;
+  }
   if (depthwise_uses_blocks(p))
     return kernel_table<T>().depthwise_blocked.backward_weight(input, grad_output, grad_weight, p);
   const VectorOps<T>& ops = vector_ops<T>();
@@ -125,7 +170,8 @@ void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* g
 
 #define FASTCONV_INSTANTIATE(T)                                                                   \
   template void conv2d_depthwise_forward<T>(const T*, const T*, const T*, T*, const ConvParams&); \
-  template void conv2d_depthwise_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+  template void conv2d_depthwise_backward_weight<T>(const T*, const T*, T*, const ConvParams&);   \
+  template void channel_scale_backward_input<T>(const T*, const T*, T*, const ConvParams&);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE
