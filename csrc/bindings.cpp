@@ -81,6 +81,68 @@ void require_shape(const CArray<T>& a, std::initializer_list<int64_t> shape, con
   require_aligned(a, name);
 }
 
+// The parameter structs from their fields, checked for what the kernels need
+// (Python validated every value; a wrong call never reaches a kernel).
+ConvParams make_conv_params(int64_t batch, int64_t in_channels, int64_t in_h, int64_t in_w,
+                            int64_t out_channels, int64_t kernel_h, int64_t kernel_w, int64_t out_h,
+                            int64_t out_w, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                            int64_t pad_left, int64_t dilation_h, int64_t dilation_w,
+                            int64_t groups, bool single_precision) {
+  ConvParams p;
+  p.batch = batch;
+  p.in_channels = in_channels;
+  p.in_h = in_h;
+  p.in_w = in_w;
+  p.out_channels = out_channels;
+  p.kernel_h = kernel_h;
+  p.kernel_w = kernel_w;
+  p.out_h = out_h;
+  p.out_w = out_w;
+  p.stride_h = stride_h;
+  p.stride_w = stride_w;
+  p.pad_top = pad_top;
+  p.pad_left = pad_left;
+  p.dilation_h = dilation_h;
+  p.dilation_w = dilation_w;
+  p.groups = groups;
+  p.single_precision = single_precision;
+  require(batch >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 && kernel_h > 0 &&
+              kernel_w > 0 && stride_h > 0 && stride_w > 0 && dilation_h > 0 && dilation_w > 0 &&
+              pad_top >= 0 && pad_left >= 0,
+          "internal: invalid conv geometry");
+  require(groups > 0 && in_channels > 0 && out_channels > 0 && in_channels % groups == 0 &&
+              out_channels % groups == 0,
+          "internal: channels do not match groups");
+  return p;
+}
+
+PoolParams make_pool_params(int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
+                            int64_t out_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                            int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                            int64_t dilation_w, bool count_include_pad, int64_t divisor_override) {
+  PoolParams p;
+  p.planes = planes;
+  p.in_h = in_h;
+  p.in_w = in_w;
+  p.out_h = out_h;
+  p.out_w = out_w;
+  p.kernel_h = kernel_h;
+  p.kernel_w = kernel_w;
+  p.stride_h = stride_h;
+  p.stride_w = stride_w;
+  p.pad_h = pad_h;
+  p.pad_w = pad_w;
+  p.dilation_h = dilation_h;
+  p.dilation_w = dilation_w;
+  p.count_include_pad = count_include_pad;
+  p.divisor_override = divisor_override;
+  require(planes >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 && kernel_h > 0 &&
+              kernel_w > 0 && stride_h > 0 && stride_w > 0 && dilation_h > 0 && dilation_w > 0 &&
+              pad_h >= 0 && pad_w >= 0,
+          "internal: invalid pooling window");
+  return p;
+}
+
 // Pool arrays are passed as (planes, H, W) views; their shapes must be the
 // params' (memory safety: the kernels index by the params).
 template <typename T>
@@ -421,31 +483,15 @@ py::object conv2d_plain(py::handle input_h, py::handle weight_h, py::handle bias
   if (!stride || !padding || !dilation || !groups) return py::none();
   const int64_t g = *groups;
   if (c % g != 0 || k % g != 0 || cg * g != c) return py::none();
-  const int64_t out_h =
-      (h + 2 * padding->first - dilation->first * (r - 1) - 1) / stride->first + 1;
-  const int64_t out_w =
-      (w + 2 * padding->second - dilation->second * (s - 1) - 1) / stride->second + 1;
-  if (h + 2 * padding->first - dilation->first * (r - 1) - 1 < 0 ||
-      w + 2 * padding->second - dilation->second * (s - 1) - 1 < 0)
-    return py::none();  // an empty output: the Python path says why
-  ConvParams p;
-  p.batch = n;
-  p.in_channels = c;
-  p.in_h = h;
-  p.in_w = w;
-  p.out_channels = k;
-  p.kernel_h = r;
-  p.kernel_w = s;
-  p.out_h = out_h;
-  p.out_w = out_w;
-  p.stride_h = stride->first;
-  p.stride_w = stride->second;
-  p.pad_top = padding->first;
-  p.pad_left = padding->second;
-  p.dilation_h = dilation->first;
-  p.dilation_w = dilation->second;
-  p.groups = g;
-  p.single_precision = std::is_same_v<T, float>;
+  // Output size, as fastconv.geometry.conv_output_size (an empty output: the Python
+  // path says why).
+  const int64_t span_h = h + 2 * padding->first - dilation->first * (r - 1) - 1;
+  const int64_t span_w = w + 2 * padding->second - dilation->second * (s - 1) - 1;
+  if (span_h < 0 || span_w < 0) return py::none();
+  const int64_t out_h = span_h / stride->first + 1, out_w = span_w / stride->second + 1;
+  const ConvParams p = make_conv_params(
+      n, c, h, w, k, r, s, out_h, out_w, stride->first, stride->second, padding->first,
+      padding->second, dilation->first, dilation->second, g, std::is_same_v<T, float>);
   std::vector<py::ssize_t> shape{k, out_h, out_w};
   if (ndim == 4) shape.insert(shape.begin(), n);
   py::array_t<T> output(shape);
@@ -498,20 +544,9 @@ py::object max_pool2d_plain(py::handle input_h, py::handle kernel_h, py::handle 
   const int64_t out_w =
       out_size(w, kernel->second, stride->second, padding->second, dilation->second);
   if (out_h < 1 || out_w < 1) return py::none();
-  PoolParams p;
-  p.planes = n * c;
-  p.in_h = h;
-  p.in_w = w;
-  p.out_h = out_h;
-  p.out_w = out_w;
-  p.kernel_h = kernel->first;
-  p.kernel_w = kernel->second;
-  p.stride_h = stride->first;
-  p.stride_w = stride->second;
-  p.pad_h = padding->first;
-  p.pad_w = padding->second;
-  p.dilation_h = dilation->first;
-  p.dilation_w = dilation->second;
+  const PoolParams p = make_pool_params(
+      n * c, h, w, out_h, out_w, kernel->first, kernel->second, stride->first, stride->second,
+      padding->first, padding->second, dilation->first, dilation->second, true, 0);
   std::vector<py::ssize_t> shape{c, out_h, out_w};
   if (ndim == 4) shape.insert(shape.begin(), n);
   py::array_t<T> output(shape);
@@ -648,83 +683,25 @@ void bind_plain_calls(py::module_& m) {
   });
 }
 
-// The parameter structs, bound with named fields. Python validated every value;
-// these checks keep a wrong call from reaching a kernel.
+// The parameter structs, bound with named (keyword-only) fields.
 void bind_params(py::module_& m) {
   py::class_<ConvParams>(m, "ConvParams")
-      .def(py::init([](int64_t batch, int64_t in_channels, int64_t in_h, int64_t in_w,
-                       int64_t out_channels, int64_t kernel_h, int64_t kernel_w, int64_t out_h,
-                       int64_t out_w, int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                       int64_t pad_left, int64_t dilation_h, int64_t dilation_w, int64_t groups,
-                       bool single_precision) {
-             ConvParams p;
-             p.batch = batch;
-             p.in_channels = in_channels;
-             p.in_h = in_h;
-             p.in_w = in_w;
-             p.out_channels = out_channels;
-             p.kernel_h = kernel_h;
-             p.kernel_w = kernel_w;
-             p.out_h = out_h;
-             p.out_w = out_w;
-             p.stride_h = stride_h;
-             p.stride_w = stride_w;
-             p.pad_top = pad_top;
-             p.pad_left = pad_left;
-             p.dilation_h = dilation_h;
-             p.dilation_w = dilation_w;
-             p.groups = groups;
-             p.single_precision = single_precision;
-             require(batch >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 &&
-                         kernel_h > 0 && kernel_w > 0 && stride_h > 0 && stride_w > 0 &&
-                         dilation_h > 0 && dilation_w > 0 && pad_top >= 0 && pad_left >= 0,
-                     "internal: invalid conv geometry");
-             require(groups > 0 && in_channels > 0 && out_channels > 0 &&
-                         in_channels % groups == 0 && out_channels % groups == 0,
-                     "internal: channels do not match groups");
-             return p;
-           }),
-           py::kw_only(), py::arg("batch"), py::arg("in_channels"), py::arg("in_h"),
-           py::arg("in_w"), py::arg("out_channels"), py::arg("kernel_h"), py::arg("kernel_w"),
-           py::arg("out_h"), py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"),
-           py::arg("pad_top"), py::arg("pad_left"), py::arg("dilation_h"), py::arg("dilation_w"),
-           py::arg("groups"), py::arg("single_precision"))
+      .def(py::init(&make_conv_params), py::kw_only(), py::arg("batch"), py::arg("in_channels"),
+           py::arg("in_h"), py::arg("in_w"), py::arg("out_channels"), py::arg("kernel_h"),
+           py::arg("kernel_w"), py::arg("out_h"), py::arg("out_w"), py::arg("stride_h"),
+           py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_left"), py::arg("dilation_h"),
+           py::arg("dilation_w"), py::arg("groups"), py::arg("single_precision"))
       .def_readonly("batch", &ConvParams::batch)
       .def_readonly("in_channels", &ConvParams::in_channels)
       .def_readonly("out_channels", &ConvParams::out_channels)
       .def_readonly("groups", &ConvParams::groups)
       .def_property_readonly("flops", &ConvParams::flops);
   py::class_<PoolParams>(m, "PoolParams")
-      .def(py::init([](int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                       int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w,
-                       int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
-                       bool count_include_pad, int64_t divisor_override) {
-             PoolParams p;
-             p.planes = planes;
-             p.in_h = in_h;
-             p.in_w = in_w;
-             p.out_h = out_h;
-             p.out_w = out_w;
-             p.kernel_h = kernel_h;
-             p.kernel_w = kernel_w;
-             p.stride_h = stride_h;
-             p.stride_w = stride_w;
-             p.pad_h = pad_h;
-             p.pad_w = pad_w;
-             p.dilation_h = dilation_h;
-             p.dilation_w = dilation_w;
-             p.count_include_pad = count_include_pad;
-             p.divisor_override = divisor_override;
-             require(planes >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 &&
-                         kernel_h > 0 && kernel_w > 0 && stride_h > 0 && stride_w > 0 &&
-                         dilation_h > 0 && dilation_w > 0 && pad_h >= 0 && pad_w >= 0,
-                     "internal: invalid pooling window");
-             return p;
-           }),
-           py::kw_only(), py::arg("planes"), py::arg("in_h"), py::arg("in_w"), py::arg("out_h"),
-           py::arg("out_w"), py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"),
-           py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"), py::arg("dilation_h"),
-           py::arg("dilation_w"), py::arg("count_include_pad"), py::arg("divisor_override"));
+      .def(py::init(&make_pool_params), py::kw_only(), py::arg("planes"), py::arg("in_h"),
+           py::arg("in_w"), py::arg("out_h"), py::arg("out_w"), py::arg("kernel_h"),
+           py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+           py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"),
+           py::arg("count_include_pad"), py::arg("divisor_override"));
 }
 
 fastconv::Isa isa_by_name(const std::string& name) {

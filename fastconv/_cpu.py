@@ -216,6 +216,10 @@ def max_pool2d(x, window: PoolWindow, out_hw, return_indices: bool):
     return out, indices
 
 
+# max_pool2d's backward scatters to the recorded indices: no window is read.
+_SCATTER_WINDOW = PoolWindow((1, 1), (1, 1), (0, 0), (1, 1), False)
+
+
 def max_pool2d_backward(grad_output, indices, input_size) -> np.ndarray:
     n, c, h, w = input_size
     out_hw = grad_output.shape[2:]
@@ -224,12 +228,11 @@ def max_pool2d_backward(grad_output, indices, input_size) -> np.ndarray:
         if out_hw[0] * out_hw[1] == 0:
             grad_input.fill(0)
         else:
-            window = PoolWindow((1, 1), (1, 1), (0, 0), (1, 1), False)  # unused by the scatter
             _C.max_pool2d_backward(
                 contiguous(grad_output).reshape(n * c, *out_hw),
                 contiguous(indices).reshape(n * c, *out_hw),
                 grad_input.reshape(n * c, h, w),
-                pool_params(n * c, (h, w), out_hw, window),
+                pool_params(n * c, (h, w), out_hw, _SCATTER_WINDOW),
             )
     return grad_input
 

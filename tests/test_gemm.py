@@ -44,14 +44,6 @@ def kernel_params():
     ]
 
 
-@pytest.fixture
-def threads():
-    """Set the thread count inside a test; restored afterwards."""
-    before = fastconv.get_num_threads()
-    yield fastconv.set_num_threads
-    fastconv.set_num_threads(before)
-
-
 def operands(rng, m, n, k, dtype, trans_a=False, trans_b=False, ints=False):
     """a, b such that op(a) is m x k and op(b) is k x n (C-contiguous storage)."""
     a_shape = (k, m) if trans_a else (m, k)

@@ -116,18 +116,26 @@ std::pair<int64_t, int64_t> live_range(int64_t in, int64_t out, int64_t kernel, 
   return {first, last};
 }
 
-// The kernel window of `live` cut out of p's weights.
-template <typename T>
-std::vector<T> live_weight(const T* weight, const ConvParams& p, const ConvParams& live) {
+// Visits every tap of `live`'s kernel window: fn(index in the window's filters,
+// index of the same tap in p's filters).
+template <typename Fn>
+void for_each_live_tap(const ConvParams& p, const ConvParams& live, Fn&& fn) {
   const int64_t r0 = (p.pad_top - live.pad_top) / p.dilation_h;
   const int64_t s0 = (p.pad_left - live.pad_left) / p.dilation_w;
   const int64_t filters = p.out_channels * p.in_per_group();
-  std::vector<T> w(static_cast<size_t>(filters * live.taps()));
   for (int64_t f = 0; f < filters; ++f)
     for (int64_t r = 0; r < live.kernel_h; ++r)
       for (int64_t s = 0; s < live.kernel_w; ++s)
-        w[(f * live.kernel_h + r) * live.kernel_w + s] =
-            weight[(f * p.kernel_h + r0 + r) * p.kernel_w + s0 + s];
+        fn((f * live.kernel_h + r) * live.kernel_w + s,
+           (f * p.kernel_h + r0 + r) * p.kernel_w + s0 + s);
+}
+
+// The kernel window of `live` cut out of p's weights.
+template <typename T>
+std::vector<T> live_weight(const T* weight, const ConvParams& p, const ConvParams& live) {
+  std::vector<T> w(static_cast<size_t>(p.out_channels * p.in_per_group() * live.taps()));
+  for_each_live_tap(
+      p, live, [&](int64_t in_window, int64_t in_kernel) { w[in_window] = weight[in_kernel]; });
   return w;
 }
 
@@ -380,15 +388,10 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
     // Dead taps' gradients are zero; the live window's go to their place.
     std::vector<T> dw(static_cast<size_t>(p.out_channels * p.in_per_group() * live.taps()));
     const char* ran = conv2d_backward_weight(input, grad_output, dw.data(), live);
-    const int64_t r0 = (p.pad_top - live.pad_top) / p.dilation_h;
-    const int64_t s0 = (p.pad_left - live.pad_left) / p.dilation_w;
-    const int64_t filters = p.out_channels * p.in_per_group();
-    std::fill(grad_weight, grad_weight + filters * p.taps(), T(0));
-    for (int64_t f = 0; f < filters; ++f)
-      for (int64_t r = 0; r < live.kernel_h; ++r)
-        for (int64_t s = 0; s < live.kernel_w; ++s)
-          grad_weight[(f * p.kernel_h + r0 + r) * p.kernel_w + s0 + s] =
-              dw[(f * live.kernel_h + r) * live.kernel_w + s];
+    std::fill(grad_weight, grad_weight + p.out_channels * p.in_per_group() * p.taps(), T(0));
+    for_each_live_tap(p, live, [&](int64_t in_window, int64_t in_kernel) {
+      grad_weight[in_kernel] = dw[in_window];
+    });
     return ran;
   }
   const WeightGradPlan plan = select_weight_grad_plan(p, active_isa());

@@ -132,6 +132,16 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
 
 
+def _sized_for(layer, mode: str, smoke_hw: int):
+    """A conv layer at the size a run mode times: 'quick' caps the batch at 2, 'smoke'
+    runs one image of at most ``smoke_hw`` pixels a side."""
+    if mode == "quick":
+        return layer.reduced(batch=2)
+    if mode == "smoke":
+        return layer.reduced(batch=1, max_hw=smoke_hw)
+    return layer
+
+
 def corpus_sample(op: str, sample: int, seed: int) -> list[CorpusLayer]:
     """The layers a corpus op runs: for 'corpus', ``sample`` distinct network layers
     drawn with ``seed`` (0: every one); for 'random', ``sample`` random draws."""
@@ -179,11 +189,7 @@ def build_plan(
         elif op == "conv":
             dirs = [d for d in CONV_DIRECTIONS if directions is None or d in directions]
             for name in _match(list(CONV_BY_NAME), layers):
-                layer = CONV_BY_NAME[name]
-                if mode == "quick":
-                    layer = layer.reduced(batch=2)
-                elif mode == "smoke":
-                    layer = layer.reduced(batch=1, max_hw=12)
+                layer = _sized_for(CONV_BY_NAME[name], mode, smoke_hw=12)
                 for d in dirs:
                     plan.items.append(
                         (f"conv {name} {d}", lambda ly=layer, d=d: conv_case(ly, d, impls=impls))
@@ -204,11 +210,7 @@ def build_plan(
             dirs = [d for d in CONV_DIRECTIONS if directions is None or d in directions]
             chosen = [e for e in corpus_layers[op] if _match([e.layer.name], layers)]
             for entry in chosen:
-                layer = entry.layer
-                if mode == "quick":
-                    layer = layer.reduced(batch=2)
-                elif mode == "smoke":
-                    layer = layer.reduced(batch=1, max_hw=8)
+                layer = _sized_for(entry.layer, mode, smoke_hw=8)
                 for d in dirs:
                     plan.items.append(
                         (
