@@ -7,6 +7,12 @@
 // transformed filter as its B operand, and the K output channels fill the
 // micro-kernel's vector width however few tiles an image has.
 //
+// The transforms interpolate at 0, 1, -1, 1/2, -2 and infinity rather than the
+// usual 0, +-1, +-2: the transformed-domain GEMMs' rounding errors dominate, and
+// the output transform amplifies them less (max error over the dense 3x3 layers
+// of the layer set 1.5e-5 -> 5.8e-6, against 5e-7 for direct convolution;
+// benchmarks/winograd_error.py measures every variant).
+//
 // Two schedules (winograd_forward picks one): small filter banks are
 // transformed once and each thread runs its own chunks of tile rows
 // (independent); large filter banks or few tiles (narrow planes, whose chunks
@@ -57,20 +63,21 @@ constexpr int64_t kFilterRun = 8;  // input channels gathered at once
 int64_t filter_scratch_floats(int64_t kn) { return (9 * kFilterRun + 18) * kn; }
 
 // G of F(4, 3) applied to three vectors g0..g2 of n lanes, r_a = sum_j G[a][j] g_j,
-// G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
+// G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1]
+// (the interpolation points named at the top of this file).
 // Each row is its own chain of multiply-adds (zeros skipped): factoring out
-// the shared sums saved no measurable time and raised the worst error over the
-// layer set from 1.8e-5 to 2.2e-5.
+// the shared sums saved no measurable time and raised the error.
 inline void filter_transform_1d(int64_t n, const float* g0, const float* g1, const float* g2,
                                 float* r0, float* r1, float* r2, float* r3, float* r4, float* r5) {
+  constexpr float third = 1.0f / 3;
 #pragma GCC ivdep
   for (int64_t k = 0; k < n; ++k) {
     const float a = g0[k], b = g1[k], c = g2[k];
-    r0[k] = a * 0.25f;
-    r1[k] = (-1.0f / 6) * a + (-1.0f / 6) * b + (-1.0f / 6) * c;
-    r2[k] = (-1.0f / 6) * a + (1.0f / 6) * b + (-1.0f / 6) * c;
-    r3[k] = (1.0f / 24) * a + (1.0f / 12) * b + (1.0f / 6) * c;
-    r4[k] = (1.0f / 24) * a + (-1.0f / 12) * b + (1.0f / 6) * c;
+    r0[k] = a;
+    r1[k] = third * a + third * b + third * c;
+    r2[k] = -third * a + third * b + -third * c;
+    r3[k] = (-16.0f / 15) * a + (-8.0f / 15) * b + (-4.0f / 15) * c;
+    r4[k] = (1.0f / 15) * a + (-2.0f / 15) * b + (4.0f / 15) * c;
     r5[k] = c;
   }
 }
@@ -130,19 +137,22 @@ void winograd_filter_transform(const FilterView& weight, int64_t c0, int64_t c1,
   }
 }
 
-// B^T of F(4, 3) applied to six vectors d0..d5 of n lanes: t_a = sum_i B^T[a][i] d_i.
+// B^T of F(4, 3) applied to six vectors d0..d5 of n lanes: t_a = sum_i B^T[a][i] d_i,
+// B^T = [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0;
+//        0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0; 0 1 -3/2 -2 3/2 1] (all exact in binary).
 inline void input_transform_1d(int64_t n, const float* d0, const float* d1, const float* d2,
                                const float* d3, const float* d4, const float* d5, float* t0,
                                float* t1, float* t2, float* t3, float* t4, float* t5) {
 #pragma GCC ivdep
   for (int64_t j = 0; j < n; ++j) {
     const float a = d1[j], b = d2[j], c = d3[j], e = d4[j];
-    t0[j] = 4.0f * d0[j] - 5.0f * b + e;
-    t1[j] = -4.0f * (a + b) + (c + e);
-    t2[j] = 4.0f * (a - b) + (e - c);
-    t3[j] = 2.0f * (c - a) + (e - b);
-    t4[j] = 2.0f * (a - c) + (e - b);
-    t5[j] = 4.0f * a - 5.0f * c + d5[j];
+    const float ca = c - a, eb = e - b;
+    t0[j] = (d0[j] + e) + 1.5f * ca - 2.0f * b;
+    t1[j] = (e + 0.5f * b) + (2.5f * c - a);
+    t2[j] = (e + 0.5f * c) + (a - 2.5f * b);
+    t3[j] = 2.0f * ca + eb;
+    t4[j] = eb - 0.5f * ca;
+    t5[j] = (d5[j] + a) + 1.5f * eb - 2.0f * c;
   }
 }
 
@@ -373,7 +383,7 @@ void channel_group(const WinogradPlan& plan, int64_t group, int64_t g, int64_t& 
 }
 
 // Output transform y = A^T m A of one tile for output channels [k0, k0 + lanes),
-// A^T of F(4, 3) = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+// A^T of F(4, 3) = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
 // m[xi] = M[xi][tile][k0 ...] (stride `position_stride` between positions);
 // y[(i * 4 + j) * kLanes + l] receives output pixel (i, j) of channel k0 + l.
 inline void output_transform_tile(const float* m, int64_t position_stride, int64_t lanes,
@@ -389,11 +399,10 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
 #pragma GCC ivdep
     for (int64_t l = 0; l < lanes; ++l) {
       const float s12 = m1[l] + m2[l], d12 = m1[l] - m2[l];
-      const float s34 = m3[l] + m4[l], d34 = m3[l] - m4[l];
-      s[0][b][l] = m0[l] + s12 + s34;
-      s[1][b][l] = d12 + 2.0f * d34;
-      s[2][b][l] = s12 + 4.0f * s34;
-      s[3][b][l] = d12 + 8.0f * d34 + m5[l];
+      s[0][b][l] = (m0[l] + s12) + (m3[l] + m4[l]);
+      s[1][b][l] = d12 + 0.5f * m3[l] - 2.0f * m4[l];
+      s[2][b][l] = s12 + 0.25f * m3[l] + 4.0f * m4[l];
+      s[3][b][l] = (d12 + m5[l]) + 0.125f * m3[l] - 8.0f * m4[l];
     }
   }
   for (int i = 0; i < kTile; ++i) {
@@ -405,11 +414,10 @@ inline void output_transform_tile(const float* m, int64_t position_stride, int64
 #pragma GCC ivdep
     for (int64_t l = 0; l < lanes; ++l) {
       const float s12 = r[1][l] + r[2][l], d12 = r[1][l] - r[2][l];
-      const float s34 = r[3][l] + r[4][l], d34 = r[3][l] - r[4][l];
-      y0[l] = r[0][l] + s12 + s34;
-      y1[l] = d12 + 2.0f * d34;
-      y2[l] = s12 + 4.0f * s34;
-      y3[l] = d12 + 8.0f * d34 + r[5][l];
+      y0[l] = (r[0][l] + s12) + (r[3][l] + r[4][l]);
+      y1[l] = d12 + 0.5f * r[3][l] - 2.0f * r[4][l];
+      y2[l] = s12 + 0.25f * r[3][l] + 4.0f * r[4][l];
+      y3[l] = (d12 + r[5][l]) + 0.125f * r[3][l] - 8.0f * r[4][l];
     }
   }
 }
