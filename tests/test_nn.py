@@ -144,11 +144,31 @@ LAYER_CASES = [
         (2, 3, 5, 5),
         "smooth",
     ),
+    ("relu6", lambda: _spread_relu6(), (2, 3, 4, 4), "smooth"),
+    (
+        "concat",
+        lambda: nn.Concat(
+            nn.Conv2d(3, 2, 1),
+            nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()),
+            nn.AvgPool2d(3, stride=1, padding=1),
+        ),
+        (2, 3, 4, 4),
+        "smooth",
+    ),
     ("basic_block", lambda: nn.BasicBlock.make(3, 3), (2, 3, 4, 4), "smooth"),
     ("basic_block_down", lambda: nn.BasicBlock.make(3, 4, stride=2), (2, 3, 5, 5), "smooth"),
+    ("bottleneck", lambda: nn.Bottleneck.make(8, 2), (2, 8, 4, 4), "smooth"),
+    ("bottleneck_down", lambda: nn.Bottleneck.make(3, 2, stride=2), (2, 3, 5, 5), "smooth"),
 ]
 
 CASE_IDS = [c[0] for c in LAYER_CASES]
+
+
+def _spread_relu6():
+    """A ReLU6 fed by a conv whose outputs reach past both kinks (below 0, above 6)."""
+    conv = nn.Conv2d(3, 4, 1)
+    conv.weight.data *= 12
+    return nn.Sequential(conv, nn.ReLU6())
 
 
 def _trained_bn():

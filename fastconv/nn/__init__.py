@@ -29,7 +29,7 @@ Layers run on NumPy (CPU) arrays; conv, pooling and matrix products go through
 """
 
 from . import init
-from .container import BasicBlock, ModuleList, Residual, Sequential
+from .container import BasicBlock, Bottleneck, Concat, ModuleList, Residual, Sequential
 from .init import manual_seed
 from .interop import from_torch, to_torch, to_torch_state_dict
 from .layers import (
@@ -44,6 +44,7 @@ from .layers import (
     Linear,
     MaxPool2d,
     ReLU,
+    ReLU6,
     Sigmoid,
     Tanh,
 )
@@ -56,6 +57,8 @@ __all__ = [
     "AvgPool2d",
     "BasicBlock",
     "BatchNorm2d",
+    "Bottleneck",
+    "Concat",
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
@@ -69,6 +72,7 @@ __all__ = [
     "ModuleList",
     "Parameter",
     "ReLU",
+    "ReLU6",
     "Residual",
     "Sequential",
     "Sigmoid",

@@ -1,4 +1,5 @@
-"""Containers (Sequential, ModuleList) and residual blocks (``Residual``, ``BasicBlock``)."""
+"""Containers (Sequential, ModuleList, Concat) and residual blocks (``Residual``, and
+torchvision's ResNet blocks ``BasicBlock`` and ``Bottleneck``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from .layers import BatchNorm2d, Conv2d, ReLU
 from .module import Module
 
-__all__ = ["BasicBlock", "ModuleList", "Residual", "Sequential"]
+__all__ = ["BasicBlock", "Bottleneck", "Concat", "ModuleList", "Residual", "Sequential"]
 
 
 class Sequential(Module):
@@ -127,6 +128,51 @@ class ModuleList(Module):
         return self
 
 
+class Concat(Module):
+    """Branches applied to the same input, their outputs concatenated along ``dim``.
+
+    torch has no such layer (torchvision's Inception module calls ``torch.cat`` in its
+    forward); this one carries the backward: the gradient is split along ``dim`` and
+    the branches' input gradients add up.  ``Concat(a, b)`` names its branches "0",
+    "1"; ``Concat(OrderedDict(branch1=a, ...))`` keeps the given names, so a subclass
+    gets the state_dict keys of a torch module that holds its branches as attributes.
+    """
+
+    def __init__(self, *args: Any, dim: int = 1) -> None:
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            for name, module in args[0].items():
+                self.add_module(name, module)
+        else:
+            for i, module in enumerate(args):
+                self.add_module(str(i), module)
+        self.dim = dim
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        outputs = [branch(input) for branch in self._modules.values()]
+        self.save_for_backward([out.shape[self.dim] for out in outputs])
+        return np.concatenate(outputs, axis=self.dim)
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        (sizes,) = self.saved_tensors()
+        pieces = np.split(grad_output, np.cumsum(sizes)[:-1], axis=self.dim)
+        grad = None
+        for branch, piece in zip(self._modules.values(), pieces):
+            # the kernels' fast path takes C-contiguous arrays; a channel slice is not one
+            branch_grad = branch.backward(np.ascontiguousarray(piece))
+            grad = branch_grad if grad is None else grad + branch_grad
+        return grad
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}" if self.dim != 1 else ""
+
+
 class Residual(Module):
     """A skip connection: ``block(x) + shortcut(x)`` (``shortcut=None``: identity).
 
@@ -156,7 +202,22 @@ class Residual(Module):
         return grad + self.shortcut.backward(grad_output)
 
 
-class BasicBlock(Module):
+class _ResNetBlock(Module):
+    expansion = 1
+
+    @classmethod
+    def make(cls, inplanes: int, planes: int, stride: int = 1, dtype: Any = None) -> Any:
+        """A block with the standard 1x1-conv + BN downsample when shapes change."""
+        downsample = None
+        if stride != 1 or inplanes != planes * cls.expansion:
+            downsample = Sequential(
+                Conv2d(inplanes, planes * cls.expansion, 1, stride=stride, bias=False, dtype=dtype),
+                BatchNorm2d(planes * cls.expansion, dtype=dtype),
+            )
+        return cls(inplanes, planes, stride, downsample, dtype=dtype)
+
+
+class BasicBlock(_ResNetBlock):
     """torchvision's ResNet ``BasicBlock``: two 3x3 conv-BN layers and a skip connection.
 
     ``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``; ``downsample`` (e.g. a
@@ -184,17 +245,6 @@ class BasicBlock(Module):
         self.downsample = downsample
         self.stride = stride
 
-    @classmethod
-    def make(cls, inplanes: int, planes: int, stride: int = 1, dtype: Any = None) -> BasicBlock:
-        """A block with the standard 1x1-conv + BN downsample when shapes change."""
-        downsample = None
-        if stride != 1 or inplanes != planes * cls.expansion:
-            downsample = Sequential(
-                Conv2d(inplanes, planes * cls.expansion, 1, stride=stride, bias=False, dtype=dtype),
-                BatchNorm2d(planes * cls.expansion, dtype=dtype),
-            )
-        return cls(inplanes, planes, stride, downsample, dtype=dtype)
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
@@ -207,5 +257,69 @@ class BasicBlock(Module):
         grad = self.relu.backward(grad_output)  # the second relu call is popped first
         grad_skip = grad if self.downsample is None else self.downsample.backward(grad)
         grad = self.conv2.backward(self.bn2.backward(grad))
+        grad = self.conv1.backward(self.bn1.backward(self.relu.backward(grad)))
+        return grad + grad_skip
+
+
+class Bottleneck(_ResNetBlock):
+    """torchvision's ResNet ``Bottleneck`` (ResNet-50 and deeper): 1x1, 3x3, 1x1 conv-BN.
+
+    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + downsample(x))``; the
+    3x3 conv carries the stride (ResNet v1.5, as torchvision) and the block widens to
+    ``planes * 4`` channels.  ``groups`` and ``base_width`` give ResNeXt and wide-ResNet
+    blocks as torchvision's do.  ``Bottleneck.make(...)`` adds the 1x1-conv + BN
+    downsample when the shape changes.  Attribute names match torchvision.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out = planes * self.expansion
+        self.conv1 = Conv2d(inplanes, width, 1, bias=False, dtype=dtype)
+        self.bn1 = BatchNorm2d(width, dtype=dtype)
+        self.conv2 = Conv2d(
+            width,
+            width,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+            dtype=dtype,
+        )
+        self.bn2 = BatchNorm2d(width, dtype=dtype)
+        self.conv3 = Conv2d(width, out, 1, bias=False, dtype=dtype)
+        self.bn3 = BatchNorm2d(out, dtype=dtype)
+        self.relu = ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        grad = self.relu.backward(grad_output)  # the relu's three calls pop last first
+        grad_skip = grad if self.downsample is None else self.downsample.backward(grad)
+        grad = self.conv3.backward(self.bn3.backward(grad))
+        grad = self.conv2.backward(self.bn2.backward(self.relu.backward(grad)))
         grad = self.conv1.backward(self.bn1.backward(self.relu.backward(grad)))
         return grad + grad_skip

@@ -68,7 +68,52 @@ def _torch_residual_classes():
                 identity = self.downsample(x)
             return self.relu(out + identity)
 
-    return Residual, BasicBlock
+    class Bottleneck(torch.nn.Module):
+        """torchvision's ResNet Bottleneck (without needing torchvision)."""
+
+        expansion = 4
+
+        def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+            super().__init__()
+            width = int(planes * (base_width / 64.0)) * groups
+            self.conv1 = torch.nn.Conv2d(inplanes, width, 1, bias=False)
+            self.bn1 = torch.nn.BatchNorm2d(width)
+            self.conv2 = torch.nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+            self.bn2 = torch.nn.BatchNorm2d(width)
+            self.conv3 = torch.nn.Conv2d(width, planes * 4, 1, bias=False)
+            self.bn3 = torch.nn.BatchNorm2d(planes * 4)
+            self.relu = torch.nn.ReLU(inplace=True)
+            self.downsample = downsample
+            self.stride = stride
+
+        def forward(self, x):
+            identity = x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            return self.relu(out + identity)
+
+    return Residual, BasicBlock, Bottleneck
+
+
+def _torch_concat_class():
+    import torch
+
+    class Concat(torch.nn.Module):
+        """Branches on one input, outputs concatenated, as fastconv.nn.Concat."""
+
+        def __init__(self, branches, dim=1):
+            super().__init__()
+            for name, branch in branches.items():
+                self.add_module(name, branch)
+            self.dim = dim
+
+        def forward(self, x):
+            return torch.cat([branch(x) for branch in self.children()], self.dim)
+
+    return Concat
 
 
 def _convert_to_torch(m: Module) -> Any:
@@ -110,6 +155,8 @@ def _convert_to_torch(m: Module) -> Any:
         return tnn.AdaptiveAvgPool2d(m.output_size)
     if isinstance(m, layers.ReLU):
         return tnn.ReLU(m.inplace)
+    if isinstance(m, layers.ReLU6):
+        return tnn.ReLU6(m.inplace)
     if isinstance(m, layers.LeakyReLU):
         return tnn.LeakyReLU(m.negative_slope, m.inplace)
     if isinstance(m, layers.Sigmoid):
@@ -126,16 +173,27 @@ def _convert_to_torch(m: Module) -> Any:
         return tnn.Sequential(OrderedDict((k, _convert_to_torch(v)) for k, v in m.named_children()))
     if isinstance(m, container.ModuleList):
         return tnn.ModuleList([_convert_to_torch(v) for v in m])
+    if isinstance(m, container.Concat):
+        branches = OrderedDict((k, _convert_to_torch(v)) for k, v in m.named_children())
+        return _torch_concat_class()(branches, m.dim)
     if isinstance(m, container.Residual):
-        residual, _ = _torch_residual_classes()
+        residual, _, _ = _torch_residual_classes()
         return residual(
             _convert_to_torch(m.block),
             None if m.shortcut is None else _convert_to_torch(m.shortcut),
         )
     if isinstance(m, container.BasicBlock):
-        _, basic = _torch_residual_classes()
+        _, basic, _ = _torch_residual_classes()
         down = None if m.downsample is None else _convert_to_torch(m.downsample)
         return basic(m.conv1.in_channels, m.conv1.out_channels, m.stride, down)
+    if isinstance(m, container.Bottleneck):
+        _, _, bottleneck = _torch_residual_classes()
+        down = None if m.downsample is None else _convert_to_torch(m.downsample)
+        groups = m.conv2.groups
+        planes = m.conv3.out_channels // 4
+        # torchvision's width = planes * base_width / 64 * groups, solved for base_width
+        base_width = m.conv1.out_channels * 64 // (planes * groups)
+        return bottleneck(m.conv1.in_channels, planes, m.stride, down, groups, base_width)
     raise TypeError(f"to_torch does not know how to convert {type(m).__name__}")
 
 
@@ -206,6 +264,7 @@ def _convert_from_torch(m: Any) -> Module:
         return layers.AdaptiveAvgPool2d(m.output_size)
     simple = {
         tnn.ReLU: lambda: layers.ReLU(m.inplace),
+        tnn.ReLU6: lambda: layers.ReLU6(m.inplace),
         tnn.LeakyReLU: lambda: layers.LeakyReLU(m.negative_slope, m.inplace),
         tnn.Sigmoid: layers.Sigmoid,
         tnn.Tanh: layers.Tanh,
@@ -223,6 +282,27 @@ def _convert_from_torch(m: Any) -> Module:
     if isinstance(m, tnn.ModuleList):
         return container.ModuleList([_convert_from_torch(v) for v in m])
     names = {n for n, _ in m.named_children()}
+    conv1 = getattr(m, "conv1", None)
+    block_dtype = (
+        np.float64
+        if isinstance(conv1, tnn.Conv2d) and conv1.weight.dtype == torch.float64
+        else None
+    )
+    if names >= {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"} and hasattr(
+        m, "downsample"
+    ):
+        down = None if m.downsample is None else _convert_from_torch(m.downsample)
+        planes = m.conv3.out_channels // 4
+        groups = m.conv2.groups
+        return container.Bottleneck(
+            m.conv1.in_channels,
+            planes,
+            m.conv2.stride[0],
+            down,
+            groups=groups,
+            base_width=m.conv1.out_channels * 64 // (planes * groups),
+            dtype=block_dtype,
+        )
     if names >= {"conv1", "bn1", "relu", "conv2", "bn2"} and hasattr(m, "downsample"):
         down = None if m.downsample is None else _convert_from_torch(m.downsample)
         return container.BasicBlock(

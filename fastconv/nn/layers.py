@@ -30,6 +30,7 @@ __all__ = [
     "Linear",
     "MaxPool2d",
     "ReLU",
+    "ReLU6",
     "Sigmoid",
     "Tanh",
 ]
@@ -441,6 +442,30 @@ class ReLU(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
         self.save_for_backward(input > 0)
         return np.maximum(input, 0)
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        (mask,) = self.saved_tensors()
+        return grad_output * mask
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class ReLU6(Module):
+    """min(max(x, 0), 6) (``torch.nn.ReLU6``, MobileNetV2's activation).
+
+    As PyTorch's ``hardtanh`` backward, the gradient passes only strictly inside
+    (0, 6).  ``inplace`` is accepted for compatibility; outputs are new arrays.
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        six = input.dtype.type(6)
+        self.save_for_backward((input > 0) & (input < six))
+        return np.clip(input, 0, six)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         (mask,) = self.saved_tensors()
