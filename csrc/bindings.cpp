@@ -106,6 +106,7 @@ ConvParams make_conv_params(int64_t batch, int64_t in_channels, int64_t in_h, in
   p.dilation_w = dilation_w;
   p.groups = groups;
   p.single_precision = single_precision;
+  p.allow_transforms = fastconv::conv_transforms_allowed();
   require(batch >= 0 && in_h >= 0 && in_w >= 0 && out_h >= 0 && out_w >= 0 && kernel_h > 0 &&
               kernel_w > 0 && stride_h > 0 && stride_w > 0 && dilation_h > 0 && dilation_w > 0 &&
               pad_top >= 0 && pad_left >= 0,
@@ -361,35 +362,43 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_backward_input",
       [](const CArray<T>& grad_output, const CArray<T>& weight, CArray<T>& grad_input,
-         const ConvParams& p) {
+         const ConvParams& p, std::optional<std::string> algorithm) {
         require_conv_shapes(grad_input, weight, grad_output, p);
+        const std::optional<fastconv::InputGradAlgorithm> forced =
+            algorithm ? std::optional(fastconv::input_grad_algorithm_by_name(*algorithm))
+                      : std::nullopt;
         const T* dy = grad_output.data();
         const T* w = weight.data();
         T* dx = grad_input.mutable_data();
         std::string ran;
         {
           KernelScope scope;
-          ran = fastconv::conv2d_backward_input<T>(dy, w, dx, p);
+          ran = fastconv::conv2d_backward_input<T>(dy, w, dx, p, forced);
         }
         last_algorithms().input = ran;
       },
-      py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("params"));
+      py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("params"),
+      py::arg("algorithm"));
   m.def(
       "conv2d_backward_weight",
       [](const CArray<T>& input, const CArray<T>& grad_output, CArray<T>& grad_weight,
-         const ConvParams& p) {
+         const ConvParams& p, std::optional<std::string> algorithm) {
         require_conv_shapes(input, grad_weight, grad_output, p);
+        const std::optional<fastconv::WeightGradPlan> forced =
+            algorithm ? std::optional(fastconv::weight_grad_plan_by_name(*algorithm))
+                      : std::nullopt;
         const T* x = input.data();
         const T* dy = grad_output.data();
         T* dw = grad_weight.mutable_data();
         std::string ran;
         {
           KernelScope scope;
-          ran = fastconv::conv2d_backward_weight<T>(x, dy, dw, p);
+          ran = fastconv::conv2d_backward_weight<T>(x, dy, dw, p, forced);
         }
         last_algorithms().weight = ran;
       },
-      py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("params"));
+      py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"), py::arg("params"),
+      py::arg("algorithm"));
 }
 
 // ---------------------------------------------------------------------------
@@ -704,6 +713,16 @@ void bind_params(py::module_& m) {
            py::arg("count_include_pad"), py::arg("divisor_override"));
 }
 
+fastconv::ConvPrecision precision_by_name(const std::string& name) {
+  if (name == "highest") return fastconv::ConvPrecision::kHighest;
+  if (name == "high") return fastconv::ConvPrecision::kHigh;
+  throw std::invalid_argument("no conv precision named '" + name + "'");
+}
+
+std::string precision_name(fastconv::ConvPrecision precision) {
+  return precision == fastconv::ConvPrecision::kHighest ? "highest" : "high";
+}
+
 fastconv::Isa isa_by_name(const std::string& name) {
   for (fastconv::Isa isa :
        {fastconv::Isa::kBaseline, fastconv::Isa::kAvx2Fma, fastconv::Isa::kAvx512})
@@ -795,6 +814,29 @@ PYBIND11_MODULE(_C, m) {
   for (size_t i = 0; i < std::size(fastconv::kConvAlgorithms); ++i)
     algorithms[i] = fastconv::kConvAlgorithms[i].name;
   m.attr("conv2d_algorithms") = algorithms;
+  m.attr("conv2d_input_algorithms") = py::tuple(py::cast(fastconv::input_grad_algorithm_names()));
+  m.attr("conv2d_weight_algorithms") = py::tuple(py::cast(fastconv::weight_grad_algorithm_names()));
+  // The float32 convolution precision: "highest" or "high".
+  m.def(
+      "set_default_conv_precision",
+      [](const std::string& mode) {
+        fastconv::set_default_conv_precision(precision_by_name(mode));
+      },
+      py::arg("mode"));
+  m.def("default_conv_precision",
+        [] { return precision_name(fastconv::default_conv_precision()); });
+  m.def(
+      "set_thread_conv_precision",
+      [](std::optional<std::string> mode) {
+        fastconv::set_thread_conv_precision(mode ? std::optional(precision_by_name(*mode))
+                                                 : std::nullopt);
+      },
+      py::arg("mode"));
+  m.def("thread_conv_precision", []() -> std::optional<std::string> {
+    const std::optional<fastconv::ConvPrecision> mode = fastconv::thread_conv_precision();
+    if (!mode) return std::nullopt;
+    return precision_name(*mode);
+  });
   bind_gemm<double>(m);
   // Registry of micro-kernels usable on this CPU, in dispatch order (last = chosen).
   m.def("gemm_kernels", [](const std::string& dtype) {

@@ -8,6 +8,8 @@ reference of every op, the executable spec the kernels are tested against.
 from . import _cpu, reference
 from .functional import (
     CONV2D_ALGORITHMS,
+    CONV2D_INPUT_ALGORITHMS,
+    CONV2D_WEIGHT_ALGORITHMS,
     avg_pool2d,
     avg_pool2d_backward,
     batch_norm,
@@ -28,11 +30,18 @@ from .functional import (
     max_pool2d_backward,
     set_num_threads,
 )
+from .precision import (
+    float32_conv_precision,
+    get_float32_conv_precision,
+    set_float32_conv_precision,
+)
 
 __version__ = _cpu.__version__
 
 __all__ = [
     "CONV2D_ALGORITHMS",
+    "CONV2D_INPUT_ALGORITHMS",
+    "CONV2D_WEIGHT_ALGORITHMS",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",
@@ -44,7 +53,9 @@ __all__ = [
     "conv2d_input_algorithm",
     "conv2d_weight",
     "conv2d_weight_algorithm",
+    "float32_conv_precision",
     "gemm",
+    "get_float32_conv_precision",
     "get_num_threads",
     "last_algorithms",
     "linear",
@@ -52,6 +63,7 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "reference",
+    "set_float32_conv_precision",
     "set_num_threads",
 ]
 

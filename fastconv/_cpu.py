@@ -149,22 +149,46 @@ def conv2d(x, weight, bias, geometry: ConvGeometry, out_hw, algorithm=None) -> n
     return out
 
 
-def conv2d_input(input_size, weight, grad_output, geometry: ConvGeometry) -> np.ndarray:
+def conv2d_input(
+    input_size, weight, grad_output, geometry: ConvGeometry, algorithm=None
+) -> np.ndarray:
     grad_input = np.empty(input_size, dtype=weight.dtype)
     params = conv_params(input_size, weight.shape, grad_output.shape[2:], geometry, weight.dtype)
-    _C.conv2d_backward_input(contiguous(grad_output), contiguous(weight), grad_input, params)
+    _C.conv2d_backward_input(
+        contiguous(grad_output), contiguous(weight), grad_input, params, algorithm
+    )
     return grad_input
 
 
-def conv2d_weight(x, weight_size, grad_output, geometry: ConvGeometry) -> np.ndarray:
+def conv2d_weight(
+    x, weight_size, grad_output, geometry: ConvGeometry, algorithm=None
+) -> np.ndarray:
     grad_weight = np.empty(weight_size, dtype=x.dtype)
     params = conv_params(x.shape, weight_size, grad_output.shape[2:], geometry, x.dtype)
-    _C.conv2d_backward_weight(contiguous(x), contiguous(grad_output), grad_weight, params)
+    _C.conv2d_backward_weight(
+        contiguous(x), contiguous(grad_output), grad_weight, params, algorithm
+    )
     return grad_weight
 
 
 def conv2d_algorithms() -> tuple[str, ...]:
     return tuple(_C.conv2d_algorithms)
+
+
+def conv2d_input_algorithms() -> tuple[str, ...]:
+    return tuple(_C.conv2d_input_algorithms)
+
+
+def conv2d_weight_algorithms() -> tuple[str, ...]:
+    return tuple(_C.conv2d_weight_algorithms)
+
+
+# The float32 convolution precision ("highest" or "high"): a process-wide default
+# and a per-thread override, both kept in C++ where the plain calls read them.
+set_default_conv_precision = _C.set_default_conv_precision
+default_conv_precision = _C.default_conv_precision
+set_thread_conv_precision = _C.set_thread_conv_precision
+thread_conv_precision = _C.thread_conv_precision
 
 
 def conv2d_plan(direction: str, input_shape, weight_shape, out_hw, geometry, dtype) -> str:

@@ -25,6 +25,8 @@ from .reference import BatchNormSaved
 
 __all__ = [
     "CONV2D_ALGORITHMS",
+    "CONV2D_INPUT_ALGORITHMS",
+    "CONV2D_WEIGHT_ALGORITHMS",
     "BatchNormSaved",
     "avg_pool2d",
     "avg_pool2d_backward",
@@ -361,8 +363,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return out[0] if unbatched else out
 
 
-def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    """Gradient of conv2d wrt its input (torch.nn.grad.conv2d_input)."""
+def conv2d_input(
+    input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, algorithm=None
+):
+    """Gradient of conv2d wrt its input (torch.nn.grad.conv2d_input).
+
+    ``algorithm`` (keyword-only, CPU) forces one of ``CONV2D_INPUT_ALGORITHMS``, the
+    names ``conv2d_input_algorithm`` reports; "X (transposed)" runs forward
+    algorithm X on the flipped problem (stride 1 only).
+    """
     device = _on_device(weight, grad_output)
     _check_weight(weight, device=device)
     chk.check_array(grad_output, "grad_output", device=device)
@@ -372,6 +381,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     geometry = _conv_geometry(weight.shape, stride, padding, dilation, groups)
     out_hw = _check_conv_shapes(size, weight.shape, geometry, "input_size", "weight")
     chk.check_shape(grad_output, (*size[:-3], weight.shape[0], *out_hw), "grad_output")
+    _check_algorithm(algorithm, device, CONV2D_INPUT_ALGORITHMS)
     g, unbatched = _batched(grad_output)
     full_size = (g.shape[0], *size[-3:])
     if device:
@@ -379,12 +389,18 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     elif g.shape[0] == 0:
         result = np.zeros(full_size, dtype=g.dtype)
     else:
-        result = _cpu.conv2d_input(full_size, weight, g, geometry)
+        result = _cpu.conv2d_input(full_size, weight, g, geometry, algorithm)
     return result[0] if unbatched else result
 
 
-def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    """Gradient of conv2d wrt its weight (torch.nn.grad.conv2d_weight)."""
+def conv2d_weight(
+    input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, algorithm=None
+):
+    """Gradient of conv2d wrt its weight (torch.nn.grad.conv2d_weight).
+
+    ``algorithm`` (keyword-only, CPU) forces one of ``CONV2D_WEIGHT_ALGORITHMS``, the
+    names ``conv2d_weight_algorithm`` reports.
+    """
     device = _on_device(input, grad_output)
     chk.check_array(input, "input", device=device)
     chk.check_ndim(input, "input", (3, 4), "(N, C, H, W) or (C, H, W)")
@@ -395,13 +411,14 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     geometry = _conv_geometry(wsize, stride, padding, dilation, groups)
     out_hw = _check_conv_shapes(input.shape, wsize, geometry, "input", "weight_size")
     chk.check_shape(grad_output, (*input.shape[:-3], wsize[0], *out_hw), "grad_output")
+    _check_algorithm(algorithm, device, CONV2D_WEIGHT_ALGORITHMS)
     x, _ = _batched(input)
     g, _ = _batched(grad_output)
     if device:
         return _cuda_backend().conv2d_weight(x, wsize, g, geometry)
     if x.shape[0] == 0:
         return np.zeros(wsize, dtype=x.dtype)
-    return _cpu.conv2d_weight(x, wsize, g, geometry)
+    return _cpu.conv2d_weight(x, wsize, g, geometry, algorithm)
 
 
 def conv2d_bias_grad(grad_output):
@@ -420,15 +437,17 @@ def conv2d_bias_grad(grad_output):
 
 
 CONV2D_ALGORITHMS = _cpu.conv2d_algorithms()
+CONV2D_INPUT_ALGORITHMS = _cpu.conv2d_input_algorithms()
+CONV2D_WEIGHT_ALGORITHMS = _cpu.conv2d_weight_algorithms()
 
 
-def _check_algorithm(algorithm, device: bool) -> None:
+def _check_algorithm(algorithm, device: bool, known: tuple[str, ...] = CONV2D_ALGORITHMS) -> None:
     """A forced CPU algorithm must exist; whether it fits the problem is checked by the
     kernel call itself, before it touches any array."""
     if algorithm is None:
         return
-    if algorithm not in CONV2D_ALGORITHMS:
-        raise ValueError(f"algorithm must be None or one of {CONV2D_ALGORITHMS}, got {algorithm!r}")
+    if not isinstance(algorithm, str) or algorithm not in known:
+        raise ValueError(f"algorithm must be None or one of {known}, got {algorithm!r}")
     if device:
         raise ValueError(
             f"algorithm={algorithm!r} chooses a CPU algorithm; CUDA arrays run the CUDA "

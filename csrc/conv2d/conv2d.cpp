@@ -2,6 +2,7 @@
 #include "conv2d/conv2d.h"
 
 #include <algorithm>
+#include <atomic>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -188,6 +189,28 @@ bool depthwise_uses_blocks(const ConvParams& p) {
          rows * cols <= kTuning.depthwise_blocks_max_pixels;
 }
 
+namespace {
+// "high" by default: Winograd's error (README, numerics) is far below what float32
+// training notices, and PyTorch's own default for convolutions on GPUs (TF32)
+// is looser still.
+std::atomic<int> default_precision{static_cast<int>(ConvPrecision::kHigh)};
+thread_local std::optional<ConvPrecision> thread_precision;
+}  // namespace
+
+void set_default_conv_precision(ConvPrecision precision) {
+  default_precision.store(static_cast<int>(precision), std::memory_order_relaxed);
+}
+ConvPrecision default_conv_precision() {
+  return static_cast<ConvPrecision>(default_precision.load(std::memory_order_relaxed));
+}
+void set_thread_conv_precision(std::optional<ConvPrecision> precision) {
+  thread_precision = precision;
+}
+std::optional<ConvPrecision> thread_conv_precision() { return thread_precision; }
+bool conv_transforms_allowed() {
+  return thread_precision.value_or(default_conv_precision()) == ConvPrecision::kHigh;
+}
+
 const char* conv_algorithm_name(ConvAlgorithm a) {
   return kConvAlgorithms[static_cast<int>(a)].name;
 }
@@ -213,7 +236,7 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   const bool small = p.flops() < kTuning.small_max_flops;
   // Winograd wins on every ISA tier (portable SSE2 kernels: resnet_3x3_28
   // 6.4 ms against 19 ms implicit GEMM and 23 ms direct).
-  if (p.is_winograd_shape() && !small &&
+  if (p.is_winograd_shape() && p.allow_transforms && !small &&
       std::min(p.in_channels, p.out_channels) >= kTuning.winograd_min_channels &&
       p.out_w >= kTuning.winograd_min_out_w && p.out_h >= kTuning.winograd_min_out_h)
     return ConvAlgorithm::kWinograd;
@@ -316,6 +339,75 @@ const char* weight_grad_plan_name(WeightGradPlan plan) {
   return "implicit_gemm";
 }
 
+std::vector<std::string> input_grad_algorithm_names() {
+  std::vector<std::string> names = {"pointwise_gemm", "depthwise", "depthwise (transposed)",
+                                    "direct"};
+  for (const ConvAlgorithmInfo& info : kConvAlgorithms)
+    if (info.algorithm != ConvAlgorithm::kDepthwise)
+      names.push_back(std::string(info.name) + " (transposed)");
+  names.emplace_back("implicit_gemm (col2im)");
+  return names;
+}
+
+InputGradAlgorithm input_grad_algorithm_by_name(const std::string& name) {
+  if (name == "pointwise_gemm") return {InputGradPlan::kPointwiseGemm};
+  if (name == "depthwise") return {InputGradPlan::kDepthwise};
+  if (name == "depthwise (transposed)") return {InputGradPlan::kDepthwiseTransposed};
+  if (name == "direct") return {InputGradPlan::kDirect};
+  if (name == "implicit_gemm (col2im)") return {InputGradPlan::kCol2im};
+  for (const ConvAlgorithmInfo& info : kConvAlgorithms)
+    if (info.algorithm != ConvAlgorithm::kDepthwise &&
+        name == std::string(info.name) + " (transposed)")
+      return {InputGradPlan::kTransposed, info.algorithm};
+  throw std::invalid_argument("no conv2d_input algorithm named '" + name + "'");
+}
+
+std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const ConvParams& p) {
+  switch (a.plan) {
+    case InputGradPlan::kPointwiseGemm:
+      return p.is_pointwise() ? "" : "it needs a 1x1, stride-1, unpadded convolution";
+    case InputGradPlan::kDepthwise:
+      return depthwise_uses_blocks(p) ? ""
+                                      : "it needs a depthwise convolution with outputs under 28 "
+                                        "wide, a multiplier of at most 16 (float32) or 8 "
+                                        "(float64) and a compact window";
+    case InputGradPlan::kDepthwiseTransposed:
+      return p.is_depthwise() && p.is_unit_stride() && p.out_per_group() == 1
+                 ? ""
+                 : "it needs a stride-1 depthwise convolution with one output per channel";
+    case InputGradPlan::kDirect:
+    case InputGradPlan::kCol2im:
+      return "";
+    case InputGradPlan::kTransposed:
+      if (!p.is_unit_stride()) return "it needs a stride-1 convolution";
+      if (!conv_algorithm_supports(a.transposed, transposed_stride1_params(p)))
+        return kConvAlgorithms[static_cast<int>(a.transposed)].requirement;
+      return "";
+  }
+  return "";
+}
+
+std::vector<std::string> weight_grad_algorithm_names() {
+  std::vector<std::string> names;
+  for (WeightGradPlan plan : {WeightGradPlan::kDepthwise, WeightGradPlan::kDirectDot,
+                              WeightGradPlan::kDirect, WeightGradPlan::kGemm})
+    names.emplace_back(weight_grad_plan_name(plan));
+  return names;
+}
+
+WeightGradPlan weight_grad_plan_by_name(const std::string& name) {
+  for (WeightGradPlan plan : {WeightGradPlan::kDepthwise, WeightGradPlan::kDirectDot,
+                              WeightGradPlan::kDirect, WeightGradPlan::kGemm})
+    if (name == weight_grad_plan_name(plan)) return plan;
+  throw std::invalid_argument("no conv2d_weight algorithm named '" + name + "'");
+}
+
+std::string weight_grad_plan_refusal(WeightGradPlan plan, const ConvParams& p) {
+  if (plan == WeightGradPlan::kDepthwise && !p.is_depthwise())
+    return "it needs a depthwise convolution (groups == in_channels)";
+  return "";
+}
+
 template <typename T>
 const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
                                     const ConvParams& p, std::optional<ConvAlgorithm> forced) {
@@ -333,13 +425,27 @@ const char* conv2d_forward_selected(const T* input, const T* weight, const T* bi
 
 template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
-                                  const ConvParams& p) {
-  const ConvParams live = live_taps(p);
-  if (has_dead_taps(p, live)) {
-    const std::vector<T> w = live_weight(weight, p, live);
-    return conv2d_backward_input(grad_output, w.data(), grad_input, live);
+                                  const ConvParams& p, std::optional<InputGradAlgorithm> forced) {
+  if (forced) {
+    const std::string refusal = input_grad_algorithm_refusal(*forced, p);
+    if (!refusal.empty()) {
+      const std::string name =
+          forced->plan == InputGradPlan::kTransposed
+              ? std::string(conv_algorithm_name(forced->transposed)) + " (transposed)"
+              : input_grad_plan_name(forced->plan, p);
+      throw std::invalid_argument("algorithm='" + name +
+                                  "' does not support this convolution: " + refusal);
+    }
   }
-  const InputGradPlan plan = select_input_grad_plan(p);
+  const ConvParams live = live_taps(p);
+  // As in the forward pass: a forced algorithm runs on the live taps when it can.
+  if (has_dead_taps(p, live) && !(forced && !input_grad_algorithm_refusal(*forced, live).empty())) {
+    const std::vector<T> w = live_weight(weight, p, live);
+    return conv2d_backward_input(grad_output, w.data(), grad_input, live, forced);
+  }
+  const InputGradAlgorithm algorithm =
+      forced ? *forced : InputGradAlgorithm{select_input_grad_plan(p)};
+  const InputGradPlan plan = algorithm.plan;
   switch (plan) {
     case InputGradPlan::kPointwiseGemm:
     case InputGradPlan::kCol2im:
@@ -357,24 +463,24 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
     case InputGradPlan::kDepthwiseTransposed:
     case InputGradPlan::kTransposed: {
       const ConvParams t = transposed_stride1_params(p);
-      if constexpr (std::is_same_v<T, float>) {
-        // Winograd reads the forward weights flipped and transposed in place:
-        // w'[k'][c'][tap] = w[c'][k'][8 - tap] (groups == 1).
-        if (plan == InputGradPlan::kTransposed &&
-            select_conv_algorithm(t) == ConvAlgorithm::kWinograd) {
+      const ConvAlgorithm run = forced ? algorithm.transposed : select_conv_algorithm(t);
+      if (plan == InputGradPlan::kTransposed && run == ConvAlgorithm::kWinograd) {
+        if constexpr (std::is_same_v<T, float>) {
+          // Winograd reads the forward weights flipped and transposed in place:
+          // w'[k'][c'][tap] = w[c'][k'][8 - tap] (groups == 1).
           run_winograd(grad_output, {weight + 8, 9, 9 * t.out_channels, -1}, nullptr, grad_input,
                        t);
-          break;
         }
+        return std::string(conv_algorithm_name(run)) + " (transposed)";
       }
       const std::vector<T> w = flipped_transposed_weight(weight, p);
-      if (plan == InputGradPlan::kDepthwiseTransposed)
+      if (plan == InputGradPlan::kDepthwiseTransposed) {
         conv2d_depthwise_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input,
                                  t);
-      else
-        conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t,
-                       select_conv_algorithm(t));
-      break;
+        break;
+      }
+      conv2d_forward(grad_output, w.data(), static_cast<const T*>(nullptr), grad_input, t, run);
+      return std::string(conv_algorithm_name(run)) + " (transposed)";
     }
   }
   return input_grad_plan_name(plan, p);
@@ -382,19 +488,25 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
 
 template <typename T>
 const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                   const ConvParams& p) {
+                                   const ConvParams& p, std::optional<WeightGradPlan> forced) {
+  if (forced) {
+    const std::string refusal = weight_grad_plan_refusal(*forced, p);
+    if (!refusal.empty())
+      throw std::invalid_argument("algorithm='" + std::string(weight_grad_plan_name(*forced)) +
+                                  "' does not support this convolution: " + refusal);
+  }
   const ConvParams live = live_taps(p);
   if (has_dead_taps(p, live)) {
     // Dead taps' gradients are zero; the live window's go to their place.
     std::vector<T> dw(static_cast<size_t>(p.out_channels * p.in_per_group() * live.taps()));
-    const char* ran = conv2d_backward_weight(input, grad_output, dw.data(), live);
+    const char* ran = conv2d_backward_weight(input, grad_output, dw.data(), live, forced);
     std::fill(grad_weight, grad_weight + p.out_channels * p.in_per_group() * p.taps(), T(0));
     for_each_live_tap(p, live, [&](int64_t in_window, int64_t in_kernel) {
       grad_weight[in_kernel] = dw[in_window];
     });
     return ran;
   }
-  const WeightGradPlan plan = select_weight_grad_plan(p, active_isa());
+  const WeightGradPlan plan = forced ? *forced : select_weight_grad_plan(p, active_isa());
   switch (plan) {
     case WeightGradPlan::kDepthwise:
       conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);
@@ -417,8 +529,10 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
                                          ConvAlgorithm);                                      \
   template const char* conv2d_forward_selected<T>(                                            \
       const T*, const T*, const T*, T*, const ConvParams&, std::optional<ConvAlgorithm>);     \
-  template std::string conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&);   \
-  template const char* conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&);
+  template std::string conv2d_backward_input<T>(const T*, const T*, T*, const ConvParams&,    \
+                                                std::optional<InputGradAlgorithm>);           \
+  template const char* conv2d_backward_weight<T>(const T*, const T*, T*, const ConvParams&,   \
+                                                 std::optional<WeightGradPlan>);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

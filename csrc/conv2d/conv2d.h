@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/cpu_features.h"
 
@@ -21,6 +22,10 @@ struct ConvParams {
   int64_t dilation_h = 1, dilation_w = 1;
   int64_t groups = 1;
   bool single_precision = true;  // float32 (some algorithms exist only for it)
+  // Precision "high": the selectors may choose transform algorithms (Winograd),
+  // whose error is several times direct convolution's. Filled from
+  // conv_transforms_allowed() where the params are made.
+  bool allow_transforms = true;
 
   int64_t in_per_group() const { return in_channels / groups; }
   int64_t out_per_group() const { return out_channels / groups; }
@@ -44,6 +49,18 @@ struct ConvParams {
            dilation_h == 1 && dilation_w == 1 && groups == 1;
   }
 };
+
+// The float32 convolution precision (PyTorch's vocabulary): kHighest runs only
+// algorithms with direct convolution's accuracy, kHigh also transform ones. A
+// process-wide default and a per-thread override (the Python context manager).
+enum class ConvPrecision : int { kHighest = 0, kHigh = 1 };
+void set_default_conv_precision(ConvPrecision precision);
+ConvPrecision default_conv_precision();
+// Overrides the default on the calling thread; nullopt removes the override.
+void set_thread_conv_precision(std::optional<ConvPrecision> precision);
+std::optional<ConvPrecision> thread_conv_precision();
+// Whether convolutions made on the calling thread may use transform algorithms.
+bool conv_transforms_allowed();
 
 // Forward algorithms. kGemm is the general path and accepts every valid
 // problem. Their names (what Python sees) come from kConvAlgorithms below.
@@ -97,6 +114,20 @@ InputGradPlan select_input_grad_plan(const ConvParams& p);
 // algorithm it runs.
 std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p);
 
+// An input-gradient algorithm a caller can force: a plan, and for kTransposed
+// the forward algorithm it runs on the flipped problem. Named as
+// input_grad_plan_name names the selector's choice.
+struct InputGradAlgorithm {
+  InputGradPlan plan;
+  ConvAlgorithm transposed = ConvAlgorithm::kGemm;
+};
+// Every name conv2d_backward_input accepts, in a fixed order.
+std::vector<std::string> input_grad_algorithm_names();
+// Throws std::invalid_argument for an unknown name.
+InputGradAlgorithm input_grad_algorithm_by_name(const std::string& name);
+// Empty when `a` can run p, else what p lacks.
+std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const ConvParams& p);
+
 // How the weight gradient runs.
 enum class WeightGradPlan {
   kDepthwise,  // one thread per channel, rows of taps
@@ -108,10 +139,18 @@ enum class WeightGradPlan {
 // the dot-product tile depends on it).
 WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa);
 const char* weight_grad_plan_name(WeightGradPlan plan);
+// Every name conv2d_backward_weight accepts, in enum order.
+std::vector<std::string> weight_grad_algorithm_names();
+// Throws std::invalid_argument for an unknown name.
+WeightGradPlan weight_grad_plan_by_name(const std::string& name);
+// Empty when `plan` can run p, else what p lacks.
+std::string weight_grad_plan_refusal(WeightGradPlan plan, const ConvParams& p);
 
 // Each returns the name of what it ran. conv2d_forward runs `algorithm` on p as
-// given; conv2d_forward_selected runs `forced` (or, without it, the selector's
-// choice) on p's live taps.
+// given; conv2d_forward_selected and the two backward passes run `forced` (or,
+// without it, the selector's choice) on p's live taps where it can run them, and
+// refuse (std::invalid_argument) a forced algorithm that cannot run p before
+// touching any array.
 template <typename T>
 const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* output,
                            const ConvParams& p, ConvAlgorithm algorithm);
@@ -121,10 +160,12 @@ const char* conv2d_forward_selected(const T* input, const T* weight, const T* bi
                                     std::optional<ConvAlgorithm> forced = std::nullopt);
 template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
-                                  const ConvParams& p);
+                                  const ConvParams& p,
+                                  std::optional<InputGradAlgorithm> forced = std::nullopt);
 template <typename T>
 const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                   const ConvParams& p);
+                                   const ConvParams& p,
+                                   std::optional<WeightGradPlan> forced = std::nullopt);
 
 // Algorithm implementations (one file each).
 template <typename T>
