@@ -431,20 +431,82 @@ def check_forward(case: Case, algorithms=ALGORITHMS):
             assert got.tobytes() == default.tobytes(), f"{case}: default != forced {chosen}"
 
 
+# conv2d_input's algorithms that run every valid problem; the others refuse some.
+INPUT_GRAD_GENERAL = {"direct", "implicit_gemm (col2im)"}
+
+
+def input_grad_refusal(case: Case, w, gy, algorithm):
+    """The message of the ValueError a forced conv2d_input algorithm raises, or None."""
+    try:
+        fastconv.conv2d_input(case.input_shape, w, gy, **case.args(), algorithm=algorithm)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def check_input_grad(case: Case):
     _, w, _, gy = make_data(case)
     want = ref.conv2d_input(case.input_shape, f64(w), f64(gy), **case.args())
     got = fastconv.conv2d_input(case.input_shape, w, gy, **case.args())
+    chosen = fastconv.last_algorithms()["conv2d_input"]
+    assert chosen == fastconv.conv2d_input_algorithm(
+        case.input_shape, case.weight_shape, **case.args(), dtype=DTYPES[case.dtype]
+    )
     assert got.shape == case.input_shape
     assert_matches(got, want, case.k_input(), case, "conv2d_input")
+    for algorithm in fastconv.CONV2D_INPUT_ALGORITHMS:
+        stride_one = tuple(case.stride) == (1, 1)
+        refusal = input_grad_refusal(case, w, gy, algorithm)
+        if refusal is not None:
+            assert f"algorithm='{algorithm}' does not support" in refusal, case
+            assert algorithm not in INPUT_GRAD_GENERAL, case
+            assert algorithm != chosen, case
+            if algorithm == "winograd (transposed)":
+                assert not (stride_one and case.winograd_shape()), case
+            continue
+        forced = fastconv.conv2d_input(case.input_shape, w, gy, **case.args(), algorithm=algorithm)
+        assert fastconv.last_algorithms()["conv2d_input"] == algorithm
+        assert stride_one or "(transposed)" not in algorithm, case
+        transformed = algorithm.split(" ")[0] in TRANSFORMED
+        assert_matches(
+            forced,
+            want,
+            case.k_input(),
+            case,
+            f"conv2d_input algorithm={algorithm}",
+            exact=case.ints and not transformed,
+        )
+        if algorithm == chosen:
+            assert forced.tobytes() == got.tobytes(), f"{case}: default != forced {chosen}"
 
 
 def check_weight_grad(case: Case):
     x, _, _, gy = make_data(case)
     want = ref.conv2d_weight(f64(x), case.weight_shape, f64(gy), **case.args())
     got = fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args())
+    chosen = fastconv.last_algorithms()["conv2d_weight"]
     assert got.shape == case.weight_shape
     assert_matches(got, want, case.k_weight(), case, "conv2d_weight", exact=case.ints)
+    depthwise = case.groups > 1 and case.groups == case.c
+    for algorithm in fastconv.CONV2D_WEIGHT_ALGORITHMS:
+        if algorithm == "depthwise" and not depthwise:
+            with pytest.raises(ValueError, match="algorithm='depthwise' does not support"):
+                fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args(), algorithm=algorithm)
+            continue
+        forced = fastconv.conv2d_weight(
+            x, case.weight_shape, gy, **case.args(), algorithm=algorithm
+        )
+        assert fastconv.last_algorithms()["conv2d_weight"] == algorithm
+        assert_matches(
+            forced,
+            want,
+            case.k_weight(),
+            case,
+            f"conv2d_weight algorithm={algorithm}",
+            exact=case.ints,
+        )
+        if algorithm == chosen:
+            assert forced.tobytes() == got.tobytes(), f"{case}: default != forced {chosen}"
 
 
 def check_all(case: Case):

@@ -1,8 +1,8 @@
 """Winograd F(4x4, 3x3): accuracy bound, selection, and limits.
 
 Documented error (README): over the dense 3x3 stride-1 layers of the benchmark
-layer set (batch 1) with standard-normal and uniform data, 100 draws of each, the
-largest |winograd - reference_float64| / max|reference_float64| measured 1.8e-05
+layer set (batch 1) with standard-normal and uniform data, 20 draws of each, the
+largest |winograd - reference_float64| / max|reference_float64| measured 6.0e-06
 (the exact GEMM path: 6.3e-07). WINOGRAD_ERROR_BOUND is the bound this file
 enforces, on fixed draws.
 """
@@ -15,7 +15,7 @@ import pytest
 import fastconv
 from fastconv import reference
 
-WINOGRAD_ERROR_BOUND = 3e-5
+WINOGRAD_ERROR_BOUND = 1e-5
 
 # (name, C, H=W, K) of the dense 3x3 stride-1 pad-1 layers of the layer set.
 DENSE_3X3_LAYERS = [

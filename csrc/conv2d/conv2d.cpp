@@ -426,6 +426,13 @@ const char* conv2d_forward_selected(const T* input, const T* weight, const T* bi
 template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p, std::optional<InputGradAlgorithm> forced) {
+  const ConvParams live = live_taps(p);
+  // As in the forward pass: a forced algorithm runs on the live taps when it
+  // can, else on the whole kernel, where it is refused if it cannot run that.
+  if (has_dead_taps(p, live) && (!forced || input_grad_algorithm_refusal(*forced, live).empty())) {
+    const std::vector<T> w = live_weight(weight, p, live);
+    return conv2d_backward_input(grad_output, w.data(), grad_input, live, forced);
+  }
   if (forced) {
     const std::string refusal = input_grad_algorithm_refusal(*forced, p);
     if (!refusal.empty()) {
@@ -436,12 +443,6 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
       throw std::invalid_argument("algorithm='" + name +
                                   "' does not support this convolution: " + refusal);
     }
-  }
-  const ConvParams live = live_taps(p);
-  // As in the forward pass: a forced algorithm runs on the live taps when it can.
-  if (has_dead_taps(p, live) && !(forced && !input_grad_algorithm_refusal(*forced, live).empty())) {
-    const std::vector<T> w = live_weight(weight, p, live);
-    return conv2d_backward_input(grad_output, w.data(), grad_input, live, forced);
   }
   const InputGradAlgorithm algorithm =
       forced ? *forced : InputGradAlgorithm{select_input_grad_plan(p)};
