@@ -53,15 +53,48 @@ def check_array(x: Any, name: str, *, device: bool = False) -> Any:
                 f"{name} must be a CUDA device array like the other arguments, "
                 f"got {type(x).__name__}"
             )
-    elif not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"{name} must be a numpy.ndarray, got {type(x).__name__}; "
-            "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
-        )
+    else:
+        check_not_masked(x, name)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(
+                f"{name} must be a numpy.ndarray, got {type(x).__name__}; "
+                "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
+            )
     dtype = np.dtype(x.dtype)
+    if dtype.kind == "c":
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {dtype}: the ops are "
+            f"real-valued; pass {name}.real (or np.abs({name})) explicitly"
+        )
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
     return x
+
+
+def check_not_masked(x: Any, name: str) -> None:
+    """Refuse a numpy.ma.MaskedArray: it passes for an ndarray, but every kernel (and
+    NumPy's own conversions) would read its masked entries as data."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray, whose mask fastconv cannot honour; "
+            f"fill the masked entries explicitly: np.ma.filled({name}, fill_value)"
+        )
+
+
+def check_real_array(x: Any, name: str) -> np.ndarray:
+    """A real numeric array to copy into a float one (a state dict's values): bools,
+    ints and floats; masked, complex, object and string arrays are refused rather
+    than cast (a complex value would silently lose its imaginary part)."""
+    check_not_masked(x, name)
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers (bool, int or float), got dtype {array.dtype}"
+        )
+    return array
 
 
 def check_same_dtype(**arrays: Any) -> np.dtype:
@@ -85,25 +118,34 @@ def check_ndim(x: Any, name: str, allowed: tuple[int, ...], layout: str) -> None
 INT32_MAX = 2**31 - 1
 
 
-def as_int(value: Any, name: str, *, limit: int = INT32_MAX) -> int:
+def as_int(value: Any, name: str, *, limit: int = INT32_MAX, expected: str = "an int") -> int:
+    """value as a Python int: an int or a NumPy integer (floats, even 2.0, are refused
+    rather than rounded). ``expected`` says what the argument accepts, for the message."""
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got bool")
+        raise TypeError(f"{name} must be {expected}, got bool {value!r}")
     try:
         v = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        raise TypeError(
+            f"{name} must be {expected} (Python or NumPy integers; floats are not rounded), "
+            f"got {type(value).__name__} {value!r}"
+        ) from None
     if not -limit <= v <= limit:
         raise ValueError(f"{name} must lie in [-{limit}, {limit}], got {v}")
     return v
+
+
+_INT_OR_PAIR = "an int or a pair of ints"
 
 
 def int_pair(value: Any, name: str) -> tuple[int, int]:
     """An int or a pair of ints, as PyTorch's _pair."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return as_int(value[0], name), as_int(value[1], name)
-    v = as_int(value, name)
+            raise ValueError(f"{name} must be {_INT_OR_PAIR}, got {value!r}")
+        first, second = (as_int(v, name, expected=_INT_OR_PAIR) for v in value)
+        return first, second
+    v = as_int(value, name, expected=_INT_OR_PAIR)
     return v, v
 
 
@@ -132,7 +174,7 @@ def size_tuple(value: Any, name: str, allowed: tuple[int, ...]) -> tuple[int, ..
     """A shape argument such as input_size / weight_size."""
     if not isinstance(value, (tuple, list)):
         raise TypeError(f"{name} must be a tuple of ints, got {type(value).__name__}")
-    shape = tuple(as_int(v, name, limit=2**62) for v in value)
+    shape = tuple(as_int(v, f"{name}[{i}]", limit=2**62) for i, v in enumerate(value))
     if len(shape) not in allowed:
         options = " or ".join(str(n) for n in allowed)
         raise ValueError(f"{name} must have {options} entries, got {shape}")

@@ -6,10 +6,14 @@ op; these pass contiguous arrays and the normalised geometry to C++ in one call.
 
 from __future__ import annotations
 
+import operator
+import os
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
 
+from . import _checks as chk
 from .geometry import ConvGeometry, PoolWindow
 
 try:
@@ -88,12 +92,62 @@ def gemm_kernels(dtype: str) -> list[str]:
     return list(_C.gemm_kernels(dtype))
 
 
+# The thread-count bound. Every kernel sizes per-thread buffers and OpenMP teams by the
+# setting, so an absurd one (10**9) crashes the interpreter -- a refused allocation, or
+# libgomp exiting when it cannot create the threads -- instead of raising. Up to
+# THREADS_PER_CPU threads per usable CPU are allowed (mild oversubscription can help
+# around I/O or other work), and never fewer than MIN_THREAD_LIMIT, so code that asks
+# for a fixed count (tests comparing 1, 2, 3 and 8 threads) runs on any machine.
+THREADS_PER_CPU = 4
+MIN_THREAD_LIMIT = 64
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def max_num_threads() -> int:
+    """The largest count set_num_threads accepts: THREADS_PER_CPU per usable CPU, at least
+    MIN_THREAD_LIMIT."""
+    return max(MIN_THREAD_LIMIT, THREADS_PER_CPU * usable_cpus())
+
+
 def set_num_threads(n: int) -> None:
+    """Threads the kernels use, process-wide: 1 to max_num_threads(); ``n`` is an int
+    (functional.set_num_threads checks its kind first)."""
+    n = operator.index(n)
+    limit = max_num_threads()
+    if not 1 <= n <= limit:
+        raise ValueError(
+            f"n must lie in [1, {limit}], got {n}: the bound is {THREADS_PER_CPU} threads "
+            f"per CPU this process may use ({usable_cpus()} CPUs here), never below "
+            f"{MIN_THREAD_LIMIT}; more threads only oversubscribe the machine"
+        )
     _C.set_num_threads(n)
 
 
 def get_num_threads() -> int:
     return int(_C.get_num_threads())
+
+
+def _bound_default_threads() -> None:
+    """The default comes from OpenMP (OMP_NUM_THREADS); an absurd value there is brought
+    down to max_num_threads(), with a warning, before any kernel can run with it."""
+    default, limit = get_num_threads(), max_num_threads()
+    if default > limit:
+        warnings.warn(
+            f"OpenMP's default of {default} threads (OMP_NUM_THREADS?) exceeds fastconv's "
+            f"bound of {limit}; using {limit} threads",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _C.set_num_threads(limit)
+
+
+_bound_default_threads()
 
 
 # --------------------------------------------------------------------------- plain calls
@@ -245,6 +299,10 @@ _SCATTER_WINDOW = PoolWindow((1, 1), (1, 1), (0, 0), (1, 1), False)
 
 
 def max_pool2d_backward(grad_output, indices, input_size) -> np.ndarray:
+    # The one check a backend repeats: the range check on indices reads through a mask,
+    # the kernel writes to the raw values, so a masked index out of range would scatter
+    # outside grad_input.
+    chk.check_not_masked(indices, "indices")
     n, c, h, w = input_size
     out_hw = grad_output.shape[2:]
     grad_input = np.empty(input_size, dtype=grad_output.dtype)

@@ -9,7 +9,9 @@ Loaders return images as float32 NCHW arrays scaled to [0, 1] and labels as int6
   ``cifar-10-python.tar.gz`` archive).
 
 Nothing is ever downloaded: a missing file raises ``FileNotFoundError`` naming the
-path that was searched.
+path that was searched. A truncated or garbled file, an inconsistent idx header, labels
+that are not integers in 0..9 or pixels that are not integers in 0..255 raise
+``ValueError`` naming the file: nothing is wrapped or cast into range.
 
 :func:`train_val_test_split` makes seeded (optionally stratified) splits,
 :class:`Normalizer` standardises with statistics fitted on the training set, and
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Union
@@ -271,12 +275,24 @@ _IDX_DTYPES = {
 }
 
 
+# What a truncated or garbled gzip stream or tar archive raises while it is read.
+_CORRUPT_ARCHIVE = (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error)
+
+# Numpy 1's limit on dims (numpy 2 allows 64): a file reads the same under both. The
+# MNIST files have 1 or 3.
+_IDX_MAX_DIMS = 32
+
+
 def _read_bytes(path: Path) -> bytes:
     with open(path, "rb") as fh:
         head = fh.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
-    with opener(path, "rb") as fh:
-        return fh.read()
+    if head != b"\x1f\x8b":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except _CORRUPT_ARCHIVE as exc:
+        raise ValueError(f"{path} is not a readable gzip file: {exc}") from exc
 
 
 def read_idx(path: PathLike) -> np.ndarray:
@@ -292,11 +308,19 @@ def read_idx(path: PathLike) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an idx file (bad magic number {raw[:4]!r})")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    if ndim > _IDX_MAX_DIMS:
+        raise ValueError(
+            f"{path}: the idx header announces {ndim} dims; at most {_IDX_MAX_DIMS} are read"
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header")
-    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        raise ValueError(
+            f"{path}: truncated idx header ({ndim} dims need {header} bytes, "
+            f"the file holds {len(raw)})"
+        )
+    shape = tuple(int.from_bytes(raw[i : i + 4], "big") for i in range(4, header, 4))
+    # Python ints: exact, where a fixed-width product of 65536 x 65536 x ... wraps.
+    expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:
         raise ValueError(
             f"{path}: idx header announces shape {shape} ({expected} bytes of "
@@ -304,6 +328,34 @@ def read_idx(path: PathLike) -> np.ndarray:
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
+
+
+def _integers_in_range(values: Any, low: int, high: int, what: str) -> np.ndarray:
+    """values as an array whose entries are all integers in [low, high] (ints, or floats
+    that hold integers); a ValueError, starting with ``what``, names the first bad one.
+    Casting unchecked would wrap -1 to 255, and turn NaN into -2**63."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:  # a ragged list, say
+        raise ValueError(f"{what} are not a numeric array: {exc}") from None
+    if array.dtype.kind not in "uif":
+        raise ValueError(f"{what} must be integers in {low}..{high}, got dtype {array.dtype}")
+    if array.dtype.kind in "ui" and np.iinfo(array.dtype).min >= low:
+        if np.iinfo(array.dtype).max <= high:  # uint8 pixels: nothing to check
+            return array
+        bad = array > high
+    elif array.dtype.kind in "ui":
+        bad = (array < low) | (array > high)
+    else:
+        with np.errstate(invalid="ignore"):
+            bad = ~((array >= low) & (array <= high) & (np.floor(array) == array))
+    if bad.any():
+        position = np.unravel_index(int(np.argmax(bad)), array.shape)
+        raise ValueError(
+            f"{what} must be integers in {low}..{high}, got {array[position].item()!r} "
+            f"at index {tuple(int(i) for i in position)}"
+        )
+    return array
 
 
 _MNIST_FILES = {
@@ -357,6 +409,8 @@ def load_mnist(data_dir: PathLike) -> tuple[Dataset, Dataset]:
             )
         if len(images) != len(labels):
             raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
+        _integers_in_range(images, 0, 255, f"{paths[f'{split}_images']}: pixel values")
+        labels = _integers_in_range(labels, 0, 9, f"{paths[f'{split}_labels']}: labels")
         x = (images.astype(np.float32) / np.float32(255.0))[:, None]
         out.append(Dataset(np.ascontiguousarray(x), labels.astype(np.int64)))
     return out[0], out[1]
@@ -416,15 +470,25 @@ def _cifar_batch(entry: dict, source: str) -> Dataset:
         raise ValueError(
             f"{source}: a CIFAR-10 batch needs 'data' and 'labels' entries, got {sorted(entry)}"
         )
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+    data = _integers_in_range(entry["data"], 0, 255, f"{source}: pixel values")
+    labels = _integers_in_range(entry["labels"], 0, 9, f"{source}: labels")
+    if (
+        data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+        or labels.ndim != 1
+        or len(data) != len(labels)
+    ):
         raise ValueError(
             f"{source}: expected (N, 3072) uint8 data and N labels, got "
             f"{data.shape} and {labels.shape}"
         )
     x = data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0)
-    return Dataset(np.ascontiguousarray(x), labels)
+    return Dataset(np.ascontiguousarray(x), labels.astype(np.int64))
+
+
+def _read_cifar_batch(payload: bytes, source: str) -> Dataset:
+    """One pickled batch file's images and labels; errors name ``source``, the file."""
+    return _cifar_batch(_unpickle(payload, source), source)
 
 
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -444,7 +508,7 @@ def load_cifar10(data_dir: PathLike) -> tuple[Dataset, Dataset]:
     for directory in (data_dir, data_dir / "cifar-10-batches-py"):
         if all((directory / name).is_file() for name in names):
             batches = {
-                name: _unpickle((directory / name).read_bytes(), str(directory / name))
+                name: _read_cifar_batch((directory / name).read_bytes(), str(directory / name))
                 for name in names
             }
             break
@@ -452,16 +516,27 @@ def load_cifar10(data_dir: PathLike) -> tuple[Dataset, Dataset]:
         archive = data_dir / "cifar-10-python.tar.gz"
         if archive.is_file():
             batches = {}
-            with tarfile.open(archive, "r:gz") as tar:
-                for member in tar.getmembers():
-                    base = member.name.rsplit("/", 1)[-1]
-                    if base in names and member.isfile():
-                        fh = tar.extractfile(member)
-                        assert fh is not None
-                        batches[base] = _unpickle(fh.read(), f"{archive}:{member.name}")
+            try:
+                with tarfile.open(archive, "r:gz") as tar:
+                    for member in tar.getmembers():
+                        base = member.name.rsplit("/", 1)[-1]
+                        if base in names and member.isfile():
+                            fh = tar.extractfile(member)
+                            assert fh is not None
+                            source = f"{archive}:{member.name}"
+                            batches[base] = _read_cifar_batch(fh.read(), source)
+                    # Reading on to the end of the gzip stream checks its CRC, which covers
+                    # every byte read above (tar itself has no checksum of the data).
+                    while tar.fileobj.read(1 << 20):
+                        pass
+            except _CORRUPT_ARCHIVE as exc:
+                raise ValueError(f"{archive} is not a readable .tar.gz archive: {exc}") from exc
             missing = [n for n in names if n not in batches]
             if missing:
-                raise FileNotFoundError(f"{archive} lacks {', '.join(missing)}")
+                raise ValueError(
+                    f"{archive} lacks {', '.join(missing)}: it is truncated, or not the "
+                    "CIFAR-10 python archive"
+                )
         else:
             missing = [str(data_dir / n) for n in names if not (data_dir / n).is_file()]
             raise FileNotFoundError(
@@ -472,10 +547,9 @@ def load_cifar10(data_dir: PathLike) -> tuple[Dataset, Dataset]:
                 "https://www.cs.toronto.edu/~kriz/cifar.html and put it (or its extracted "
                 "files) in that directory."
             )
-    parts = [_cifar_batch(batches[name], name) for name in _CIFAR_TRAIN]
+    parts = [batches[name] for name in _CIFAR_TRAIN]
     train = Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
-    test = _cifar_batch(batches[_CIFAR_TEST], _CIFAR_TEST)
-    return train, test
+    return train, batches[_CIFAR_TEST]
 
 
 # --------------------------------------------------------------------------- one entry point

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+
+from .._checks import check_real_array
 
 __all__ = [
     "Module",
@@ -194,11 +196,12 @@ def _addindent(text: str, spaces: int) -> str:
     return first + "\n" + "\n".join((" " * spaces + line) if line.strip() else "" for line in lines)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """A NumPy array from an array or a (CPU) torch tensor, without importing torch."""
+def _to_numpy(value: Any) -> Any:
+    """A NumPy array from a (CPU) torch tensor, without importing torch; anything else
+    as it is."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+        return value.detach().cpu().numpy()
+    return value
 
 
 class Module:
@@ -455,8 +458,15 @@ class Module:
 
         Values are cast to the dtype of the module's own arrays; shapes must match.
         With ``strict``, missing or unexpected keys raise a KeyError listing them.
-        Returns ``(missing_keys, unexpected_keys)`` as PyTorch does.
+        Returns ``(missing_keys, unexpected_keys)`` as PyTorch does.  A ``state_dict``
+        that is not a mapping, and values that are masked, complex or not numeric, raise
+        TypeError (a cast would drop the mask or the imaginary part).
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "state_dict must be a mapping of names to arrays (what state_dict() or "
+                f"load_weights returns), got {type(state_dict).__name__}"
+            )
         targets: dict[str, tuple[Module, str, bool]] = {}
         for mod_prefix, module in self.named_modules():
             head = f"{mod_prefix}." if mod_prefix else ""
@@ -485,7 +495,7 @@ class Module:
         for key, (module, name, is_param) in targets.items():
             if key not in state_dict:
                 continue
-            value = _to_numpy(state_dict[key])
+            value = check_real_array(_to_numpy(state_dict[key]), f"state_dict[{key!r}]")
             current = module._parameters[name].data if is_param else module._buffers[name]
             if value.shape != current.shape:
                 errors.append(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -48,12 +51,42 @@ def save_weights(module_or_state: Module | dict, path: str | os.PathLike) -> Non
     np.savez(path, **{k: np.asarray(v) for k, v in state.items()})
 
 
+# What np.load raises on a truncated or garbled open file: BadZipFile for a broken
+# archive, zlib.error or EOFError for a broken member, ValueError for a bad .npy header
+# or pickled data, struct.error for a short zip record, OSError for a seek outside the
+# file, NotImplementedError for a zip feature a corrupted flag asks for.
+_CORRUPT_NPZ = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    ValueError,
+    struct.error,
+    OSError,
+    NotImplementedError,
+)
+
+
 def load_weights(
     path: str | os.PathLike, module: Module | None = None, strict: bool = True
 ) -> OrderedDict[str, Any]:
-    """Read an ``.npz`` state dict; with ``module``, load it into the module too."""
-    with np.load(path, allow_pickle=False) as data:
-        state = OrderedDict((k, data[k]) for k in data.files)
+    """Read an ``.npz`` state dict; with ``module``, load it into the module too.
+
+    A file that is not an ``.npz`` of plain arrays -- truncated, garbled, a single
+    ``.npy`` array, pickled objects -- raises ValueError naming it.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as fh:  # a missing or unreadable file raises as itself
+        try:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError(f"it holds one {type(loaded).__name__}, not an .npz archive")
+            with loaded as data:
+                state = OrderedDict((k, data[k]) for k in data.files)
+        except _CORRUPT_NPZ as exc:
+            raise ValueError(f"{path} is not a readable .npz of weights: {exc}") from exc
+    for name, value in state.items():
+        if not isinstance(value, np.ndarray):  # a zip member that is not a .npy file
+            raise ValueError(f"{path}: entry {name!r} is not a .npy array")
     if module is not None:
         module.load_state_dict(state, strict=strict)
     return state
