@@ -83,3 +83,25 @@ def test_summary_targets():
     assert s["min"] == 0.5
     assert s["min_case"] == "lenet_5x5"
     assert not s["meets"]
+
+
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_bench_measures_and_reports_the_precision(tmp_path, capsys, precision):
+    """``--precision`` sets the mode for the run; the header and the JSON say which."""
+    import json
+
+    import fastconv
+    from fastconv import cli
+
+    out_json = tmp_path / "b.json"
+    argv = ["bench", "--smoke", "--op", "conv", "--layers", "resnet_3x3_28", "--direction"]
+    argv += ["fwd,dx", "--impls", "fastconv", "--no-progress", "--precision", precision]
+    assert cli.main([*argv, "--json", str(out_json)]) == 0
+    assert f"float32 conv precision {precision}" in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert report["meta"]["precision"] == precision
+    ran = {r["algorithm"] for r in report["results"]}
+    assert len(ran) == 2
+    if precision == "highest":
+        assert not any("winograd" in name for name in ran)
+    assert fastconv.get_float32_conv_precision() == "high"  # the run's mode does not leak

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..functional import get_num_threads
+from ..precision import PRECISIONS, float32_conv_precision, get_float32_conv_precision
 from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS
 from .machine import OtherLoad, describe_machine, load_average, machine_peaks
 from .peers import IMPLS
@@ -70,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="threads for fastconv, torch and numpy's BLAS (default: fastconv's current count)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="float32 conv precision to measure fastconv at (default: the current setting, "
+        "'high' unless changed); the report says which",
     )
     parser.add_argument(
         "--repeat",
@@ -209,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     settle = args.settle if args.settle is not None else (0.0 if mode == "smoke" else None)
     threads = args.threads or get_num_threads()
     markdown_only = args.markdown == "-"
-    with thread_count(threads):
+    precision = args.precision or get_float32_conv_precision()
+    with thread_count(threads), float32_conv_precision(precision):
         peaks = machine_peaks(threads, reprobe=args.reprobe, quick=mode == "smoke")
         meta = describe_machine(peaks, threads)
         meta.update(
@@ -224,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
                 mode
             ],
             argv=_command_line(args),
+            precision=precision,
         )
         if not markdown_only:
             print(format_header(meta), flush=True)

@@ -325,7 +325,8 @@ def format_header(meta: dict) -> str:
     la = meta["load_average"]
     return (
         f"fastconv {meta['fastconv']} | {meta['cpu']}, {meta['cores']} cores | "
-        f"ISA path {meta['isa']} | {meta['threads']} threads\n"
+        f"ISA path {meta['isa']} | {meta['threads']} threads | "
+        f"float32 conv precision {meta.get('precision', 'high')}\n"
         f"measured peak ({meta['threads']} threads): {meta['fma_peak_gflops']} GFLOP/s fp32 FMA, "
         f"{meta['copy_gbps']} GB/s copy ({meta['peaks_source']}, {meta['peaks_measured']})\n"
         f"peers: numpy {meta['numpy']} [{meta['blas']}], torch {meta['torch'] or 'not installed'}"
