@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import re
 import tarfile
@@ -38,9 +39,11 @@ from fastconv.reference import BatchNormSaved
 def run_child(code, **kwargs):
     """Run ``code`` in a child Python; fail with its output unless it exits cleanly."""
     child = run_python(textwrap.dedent(code), **kwargs)
-    assert (
-        child.returncode == 0
-    ), f"the child exited with status {child.returncode}:\n{child.stdout}\n{child.stderr[-2000:]}"
+    if child.returncode != 0:
+        pytest.fail(
+            f"the child exited with status {child.returncode}:\n"
+            f"{child.stdout}\n{child.stderr[-2000:]}"
+        )
     return child
 
 
@@ -92,8 +95,6 @@ def test_huge_thread_count_cannot_crash_a_gemm():
 
 def test_absurd_omp_num_threads_is_brought_down_to_the_bound():
     """The default comes from OpenMP: OMP_NUM_THREADS=100000 must not reach a kernel."""
-    import os
-
     child = run_child(
         """
         import numpy as np
