@@ -184,6 +184,8 @@ def max_pool2d_backward(grad_output, indices, input_size):
     else:
         if not isinstance(indices, np.ndarray):
             raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+        # The range check below reads through a mask; the kernel writes to the raw values.
+        chk.check_not_masked(indices, "indices")
         if indices.dtype != np.int64:
             raise TypeError(f"indices must have dtype int64, got {indices.dtype}")
     chk.check_shape(indices, tuple(grad_output.shape), "indices")
