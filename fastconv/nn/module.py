@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._checks import check_real_array
+from .summary import Summary, summarize
 
 __all__ = [
     "Module",
@@ -610,112 +611,12 @@ class Module:
         file: Any = None,
         print_summary: bool = True,
     ) -> Summary:
-        """Print each layer's output shape and parameter count for one input.
+        """Print each layer's output shape, parameters, activation memory and FLOPs.
 
         ``input_shape`` is the shape of one sample, without the batch dimension (for
         example ``(3, 32, 32)``).  A forward pass on a zero batch of one runs in eval
-        mode under :func:`no_grad` (running statistics are not touched).  Shapes are
-        printed per sample.  Returns a :class:`Summary`.
+        mode under :func:`no_grad` (running statistics are not touched).  Shapes,
+        memory and FLOPs are per sample; the totals close the table.  Returns a
+        :class:`Summary` (see :mod:`fastconv.nn.summary` for what is counted).
         """
-        if dtype is None:
-            first = next(self.parameters(), None)
-            dtype = first.data.dtype if first is not None else np.float32
-        x = np.zeros((1, *tuple(int(s) for s in input_shape)), dtype=dtype)
-        rows: list[tuple[str, str, tuple[int, ...], int | None, int]] = []
-        depth_of = {}
-        name_of = {}
-        for name, module in self.named_modules():
-            depth_of[id(module)] = 0 if not name else name.count(".") + 1
-            name_of[id(module)] = name
-
-        def hook(module: Module, inputs: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple) else output
-            shape = tuple(out.shape[1:])
-            own = sum(p.data.size for p in module.parameters(recurse=False))
-            has_children = any(True for _ in module.children())
-            count = None if (has_children and own == 0) else own
-            rows.append(
-                (name_of[id(module)], type(module).__name__, shape, count, depth_of[id(module)])
-            )
-
-        handles = [m.register_forward_hook(hook) for m in self.modules()]
-        was_training = self.training
-        modes = {id(m): m.training for m in self.modules()}
-        try:
-            self.eval()
-            with no_grad():
-                out = self(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-            for module in self.modules():
-                object.__setattr__(module, "training", modes[id(module)])
-            object.__setattr__(self, "training", was_training)
-        # the root is listed only when it is a single layer
-        if any(True for _ in self.children()):
-            rows = [r for r in rows if r[0] != ""]
-        out = out[0] if isinstance(out, tuple) else out
-        total = sum(p.data.size for p in self.parameters())
-        trainable = sum(p.data.size for p in self.parameters() if p.requires_grad)
-        summary = Summary(tuple(x.shape[1:]), tuple(out.shape[1:]), rows, total, trainable)
-        if print_summary:
-            print(summary.table(), file=file)
-        return summary
-
-
-class Summary:
-    """What :meth:`Module.summary` found: ``rows`` of (name, type, output shape, params)."""
-
-    def __init__(self, input_shape, output_shape, rows, total_params, trainable_params):
-        self.input_shape = input_shape
-        self.output_shape = output_shape
-        self.rows = [(name, kind, shape, count) for name, kind, shape, count, _ in rows]
-        self._depths = [depth for *_, depth in rows]
-        self.total_params = int(total_params)
-        self.trainable_params = int(trainable_params)
-        self.non_trainable_params = self.total_params - self.trainable_params
-
-    def table(self) -> str:
-        def fmt_shape(shape):
-            return "x".join(str(s) for s in shape) if shape else "scalar"
-
-        labels = []
-        for (name, kind, _, _), depth in zip(self.rows, self._depths):
-            indent = "  " * max(depth - 1, 0)
-            labels.append(f"{indent}{name} ({kind})" if name else kind)
-        width = max([len("Layer (type)"), *map(len, labels)]) + 2
-        shape_w = (
-            max(
-                [
-                    len("Output shape"),
-                    *(len(fmt_shape(r[2])) for r in self.rows),
-                    len(fmt_shape(self.input_shape)),
-                ]
-            )
-            + 2
-        )
-        rule = "=" * (width + shape_w + 12)
-        lines = [
-            f"{'Layer (type)':<{width}}{'Output shape':<{shape_w}}{'Param #':>12}",
-            rule,
-            f"{'Input':<{width}}{fmt_shape(self.input_shape):<{shape_w}}{'':>12}",
-        ]
-        for label, (_, _, shape, count) in zip(labels, self.rows):
-            shown = "--" if count is None else f"{count:,}"
-            lines.append(f"{label:<{width}}{fmt_shape(shape):<{shape_w}}{shown:>12}")
-        lines += [
-            rule,
-            f"Total params: {self.total_params:,}",
-            f"Trainable params: {self.trainable_params:,}",
-            f"Non-trainable params: {self.non_trainable_params:,}",
-        ]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-    def __repr__(self) -> str:
-        return (
-            f"Summary(input_shape={self.input_shape}, output_shape={self.output_shape}, "
-            f"total_params={self.total_params}, trainable_params={self.trainable_params})"
-        )
+        return summarize(self, input_shape, dtype=dtype, file=file, print_summary=print_summary)
