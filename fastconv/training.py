@@ -13,8 +13,18 @@ optionally writes metrics as JSON (``--json``), the weights as ``.npz`` (``--out
 keys and shapes as PyTorch's ``state_dict``) and a training-curve PNG (``--plot``,
 needs matplotlib).
 
+``--model NAME`` trains a network of :mod:`fastconv.models` instead (``resnet20``,
+``vgg11_bn``, ...; ``demo`` is the CNN above), built for the dataset's channels and
+classes; models with a CIFAR variant take it for images of at most 32x32 (``--variant``
+chooses), and ``--upscale K`` repeats every pixel KxK for models whose pooling needs
+larger images than 8x8 digits.  ``--checkpoint PATH`` writes the weights, optimizer
+state, epoch, history and random generators' states after every epoch;
+``--resume PATH`` continues that run (same options; ``--epochs`` may grow), and the
+result is the one an uninterrupted run gives.  Accuracies are top-1.
+
 Programmatic use: ``train(TrainConfig(...))`` returns the metrics dict;
-``build_model(...)`` returns the CNN.
+``build_model(...)`` returns the demo CNN, ``build_network(...)`` the model a config
+asks for.
 """
 
 from __future__ import annotations
@@ -30,14 +40,42 @@ from typing import Any
 import numpy as np
 
 from . import data as fdata
-from . import nn, optim
+from . import models, nn, optim
 from ._progress import Progress
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .functional import get_num_threads, set_num_threads
 
-__all__ = ["TrainConfig", "add_arguments", "build_model", "evaluate", "run", "train"]
+__all__ = [
+    "TrainConfig",
+    "add_arguments",
+    "build_model",
+    "build_network",
+    "evaluate",
+    "run",
+    "train",
+]
 
 OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop")
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05, "adagrad": 0.02, "rmsprop": 1e-3}
+DEMO_MODEL = "demo"
+VARIANTS = ("auto", "cifar", "imagenet")
+# what a resumed run must share with the run that wrote the checkpoint (the epochs may
+# grow; learning rate, momentum and weight decay come back with the optimizer state)
+RESUME_KEYS = (
+    "dataset",
+    "model",
+    "variant",
+    "upscale",
+    "seed",
+    "batch_size",
+    "optimizer",
+    "schedule",
+    "width",
+    "batch_norm",
+    "dropout",
+    "val_fraction",
+    "test_fraction",
+)
 
 
 @dataclasses.dataclass
@@ -63,6 +101,11 @@ class TrainConfig:
     plot: str | None = None
     progress: bool = True
     verbose: bool = True
+    model: str = DEMO_MODEL
+    variant: str = "auto"
+    upscale: int = 1
+    checkpoint: str | None = None
+    resume: str | None = None
 
 
 def build_model(
@@ -107,6 +150,68 @@ def build_model(
     )
     model[0].needs_input_grad = False  # the images need no gradient (PyTorch skips it too)
     return model
+
+
+def build_network(
+    config: TrainConfig, in_channels: int, image_size: tuple[int, int], num_classes: int
+) -> nn.Module:
+    """The model ``config.model`` names: the demo CNN, or a zoo model for these images.
+
+    A zoo model with a CIFAR variant gets it for images of at most 32x32 under
+    ``variant="auto"``; the first convolution computes no input gradient.
+    """
+    if config.model == DEMO_MODEL:
+        return build_model(
+            in_channels,
+            image_size,
+            num_classes,
+            config.width,
+            batch_norm=config.batch_norm,
+            dropout=config.dropout,
+        )
+    if config.variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {config.variant!r}")
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
+    if models.has_cifar_variant(config.model):
+        small = max(image_size) <= 32
+        kwargs["cifar"] = config.variant == "cifar" or (config.variant == "auto" and small)
+    elif config.variant == "cifar":
+        raise ValueError(f"--model {config.model} has no CIFAR variant")
+    model = models.get_model(config.model, **kwargs)
+    # every zoo model runs its first registered conv first; images need no gradient
+    next(m for m in model.modules() if isinstance(m, nn.Conv2d)).needs_input_grad = False
+    return model
+
+
+def _check_input_size(config: TrainConfig, model: nn.Module, sample_shape: tuple) -> Any:
+    """The model's summary for one image; a clear error if its layers cannot take it."""
+    try:
+        return model.summary(sample_shape, print_summary=False)
+    except ValueError as exc:
+        shape = "x".join(str(s) for s in sample_shape)
+        raise ValueError(
+            f"--model {config.model} cannot take {shape} images ({exc}); enlarge them "
+            "with --upscale (e.g. --upscale 4 makes 8x8 digits 32x32)"
+        ) from exc
+
+
+def _upscale(x: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upsampling: every pixel becomes a factor x factor block."""
+    if factor == 1:
+        return x
+    return np.ascontiguousarray(np.repeat(np.repeat(x, factor, axis=2), factor, axis=3))
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: str) -> None:
+    differ = [
+        f"{key} {saved.get(key)!r} there, {getattr(config, key)!r} here"
+        for key in RESUME_KEYS
+        if saved.get(key) != getattr(config, key)
+    ]
+    if differ:
+        raise ValueError(
+            f"--resume {path}: the checkpoint's run used other options ({'; '.join(differ)})"
+        )
 
 
 def make_optimizer(
@@ -155,6 +260,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train and evaluate; returns the metrics (what ``--json`` writes)."""
     if config.epochs < 1:
         raise ValueError("epochs must be at least 1")
+    if config.upscale < 1:
+        raise ValueError(f"upscale must be a positive integer, got {config.upscale}")
     if config.threads is not None:
         set_num_threads(config.threads)
     start = time.perf_counter()
@@ -166,44 +273,57 @@ def train(config: TrainConfig) -> dict[str, Any]:
         seed=config.seed,
     )
     normalizer = fdata.Normalizer().fit(splits.train.x)
-    x_train = normalizer.transform(splits.train.x)
-    x_val = normalizer.transform(splits.val.x)
-    x_test = normalizer.transform(splits.test.x)
+    x_train, x_val, x_test = (
+        _upscale(normalizer.transform(part.x), config.upscale)
+        for part in (splits.train, splits.val, splits.test)
+    )
     load_time = time.perf_counter() - start
 
     nn.manual_seed(config.seed)
     channels, height, width = x_train.shape[1:]
-    model = build_model(
-        channels,
-        (height, width),
-        splits.num_classes,
-        config.width,
-        batch_norm=config.batch_norm,
-        dropout=config.dropout,
-    )
+    model = build_network(config, channels, (height, width), splits.num_classes)
+    flops = _check_input_size(config, model, (channels, height, width)).total_flops
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(
         config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum
     )
+    loader = fdata.DataLoader(
+        x_train, splits.train.y, batch_size=config.batch_size, shuffle=True, seed=config.seed
+    )
+    # dropout masks and the shuffling: what a resumed run must continue, not restart
+    generators = {"layers": nn.init.default_generator(), "shuffle": loader.generator}
+    history: list[dict[str, float]] = []
+    first_epoch = 1
+    if config.resume:
+        saved = read_checkpoint(config.resume)
+        _check_resumable(saved.extra.get("config", {}), config, config.resume)
+        load_checkpoint(config.resume, model, optimizer, generators=generators)
+        history = list(saved.extra.get("history", []))
+        first_epoch = saved.epoch + 1
     scheduler = (
         optim.CosineAnnealingLR(optimizer, T_max=config.epochs)
         if config.schedule == "cosine"
         else None
     )
-    loader = fdata.DataLoader(
-        x_train, splits.train.y, batch_size=config.batch_size, shuffle=True, seed=config.seed
-    )
-    lr = optimizer.param_groups[0]["lr"]
+    if scheduler is not None:
+        for _ in range(first_epoch - 1):  # this run's schedule, at the epoch it resumes
+            scheduler.step()
+    lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    name = "demo CNN" if config.model == DEMO_MODEL else config.model
     _log(
         config,
-        f"fastconv train: {config.dataset} train/val/test = {len(splits.train.y)}/"
-        f"{len(splits.val.y)}/{len(splits.test.y)}, {model.num_parameters():,} "
-        f"parameters, {config.optimizer} lr={lr:g}, batch {config.batch_size}, "
-        f"{config.epochs} epochs, {get_num_threads()} threads",
+        f"fastconv train: {name} on {config.dataset} train/val/test = "
+        f"{len(splits.train.y)}/{len(splits.val.y)}/{len(splits.test.y)} "
+        f"({channels}x{height}x{width}), {model.num_parameters():,} parameters, "
+        f"{flops / 1e6:,.1f} MFLOPs per image, {config.optimizer} lr={lr:g}, batch "
+        f"{config.batch_size}, {config.epochs} epochs, {get_num_threads()} threads"
+        + (f", resumed after epoch {first_epoch - 1}" if config.resume else ""),
     )
+    run_config = {
+        k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "verbose")
+    }
 
-    history: list[dict[str, float]] = []
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         progress = Progress(
             len(loader),
             enabled=config.progress,
@@ -245,28 +365,43 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"train acc {record['train_accuracy']:.4f}  val loss {val_loss:.4f}  "
             f"val acc {val_acc:.4f}  {epoch_time:.2f} s",
         )
+        if config.checkpoint:
+            save_checkpoint(
+                config.checkpoint,
+                model,
+                optimizer,
+                epoch=epoch,
+                generators=generators,
+                extra={"config": run_config, "history": history},
+            )
 
     test_loss, test_acc = evaluate(model, x_test, splits.test.y)
     total_time = time.perf_counter() - start
+    train_time = sum(r["time_s"] for r in history)
     _log(
         config,
-        f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}); training "
-        f"{sum(r['time_s'] for r in history):.1f} s, total {total_time:.1f} s",
+        f"test accuracy (top-1) {test_acc:.4f} (loss {test_loss:.4f}); training "
+        f"{train_time:.1f} s, total {total_time:.1f} s",
     )
+    if config.checkpoint:
+        _log(config, f"checkpoint after epoch {config.epochs} saved to {config.checkpoint}")
     metrics: dict[str, Any] = {
         "dataset": config.dataset,
         "test_accuracy": test_acc,
         "test_loss": test_loss,
-        "final_val_accuracy": history[-1]["val_accuracy"],
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
         "val_accuracy": [r["val_accuracy"] for r in history],
         "train_loss": [r["train_loss"] for r in history],
         "epoch_time_s": [r["time_s"] for r in history],
-        "mean_epoch_time_s": float(np.mean([r["time_s"] for r in history])),
-        "train_time_s": float(sum(r["time_s"] for r in history)),
+        "mean_epoch_time_s": float(np.mean([r["time_s"] for r in history])) if history else 0.0,
+        "train_time_s": float(train_time),
         "total_time_s": total_time,
         "load_time_s": load_time,
         "history": history,
         "num_parameters": model.num_parameters(),
+        "flops_per_image": flops,
+        "input_shape": [int(channels), int(height), int(width)],
+        "resumed_after_epoch": first_epoch - 1 if config.resume else None,
         "samples": {
             "train": len(splits.train.y),
             "val": len(splits.val.y),
@@ -277,10 +412,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "mean": normalizer.mean.ravel().tolist(),
             "std": normalizer.std.ravel().tolist(),
         },
-        "config": {
-            k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "verbose")
-        }
-        | {"lr": lr},
+        "config": run_config | {"lr": lr},
     }
     if config.out:
         nn.save_weights(model, config.out)
@@ -354,6 +486,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="directory with MNIST idx files or CIFAR-10 python batches (never downloaded)",
     )
+    parser.add_argument(
+        "--model",
+        choices=(DEMO_MODEL, *models.list_models()),
+        default=d.model,
+        metavar="NAME",
+        help=f"{DEMO_MODEL} (the quick CNN, default) or a fastconv.models network: "
+        + ", ".join(models.list_models()),
+    )
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default=d.variant,
+        help="for models with a CIFAR variant (3x3 stem, no max-pool): auto takes it for "
+        "images of at most 32x32",
+    )
+    parser.add_argument(
+        "--upscale",
+        type=int,
+        default=d.upscale,
+        metavar="K",
+        help="repeat every pixel KxK (for models whose pooling needs larger images)",
+    )
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
@@ -380,11 +534,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds the split, the initialisation and the shuffling",
     )
     parser.add_argument(
-        "--width", type=int, default=d.width, help="channels of the first conv layers"
+        "--width", type=int, default=d.width, help="demo CNN: channels of the first conv layers"
     )
-    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--dropout", type=float, default=d.dropout, help="demo CNN")
     parser.add_argument(
-        "--no-batch-norm", action="store_true", help="plain conv-relu layers (no BatchNorm2d)"
+        "--no-batch-norm",
+        action="store_true",
+        help="demo CNN: plain conv-relu layers (no BatchNorm2d)",
     )
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
     parser.add_argument(
@@ -396,6 +552,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads")
     parser.add_argument("--json", metavar="PATH", default=None, help="write metrics as JSON")
     parser.add_argument("--out", metavar="NPZ", default=None, help="save the weights (.npz)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="NPZ",
+        default=None,
+        help="after every epoch, save weights, optimizer state, epoch and generator states",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="NPZ",
+        default=None,
+        help="continue the run that wrote this checkpoint (same options; --epochs may grow)",
+    )
     parser.add_argument(
         "--plot", metavar="PNG", default=None, help="save training curves (needs matplotlib)"
     )
@@ -426,6 +594,11 @@ def run(args: argparse.Namespace) -> int:
         plot=args.plot,
         progress=not (args.no_progress or args.quiet),
         verbose=not args.quiet,
+        model=args.model,
+        variant=args.variant,
+        upscale=args.upscale,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
     )
     try:
         train(config)
