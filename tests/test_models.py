@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -464,3 +466,13 @@ def test_googlenet_aux_heads():
     assert result.missing_keys == []
     assert len(result.unexpected_keys) == len(model.aux1.state_dict()) * 2
     assert all(k.startswith("aux") for k in result.unexpected_keys)
+
+
+def test_readme_model_zoo_example_runs(capsys):
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.exists():
+        pytest.skip("no README beside the tests (an installed copy of the suite)")
+    match = re.search(r"## Model zoo\n.*?```python\n(.*?)```", readme.read_text(), re.S)
+    assert match, "the README lost its model zoo example"
+    exec(compile(match.group(1), "README.md model zoo", "exec"), {})
+    assert "Total params: 11,173,962" in capsys.readouterr().out
