@@ -55,7 +55,7 @@ def record(benchmark, case, impl: str, errors: dict) -> None:
     """Check ``impl``'s result against the reference, then time it with pytest-benchmark
     grouped by case and direction; GFLOP/s (GB/s) at the best time goes to extra_info."""
     if impl not in case.impls:
-        pytest.skip(f"{impl} is not available here (torch not installed?)")
+        pytest.skip(f"{impl} is not available here (its package is not installed)")
     err = errors[impl]
     assert err <= case.tolerance, (
         f"{case.label} {impl}: max error {err:.3g} (relative to max |reference|) exceeds "

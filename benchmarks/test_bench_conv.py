@@ -1,6 +1,8 @@
 """Conv layer-set benchmarks: every layer of the benchmark layer set, forward,
 conv2d_input (dx) and conv2d_weight (dw), fastconv vs the im2col + matmul NumPy peer vs
-PyTorch CPU, float32, 2 threads; grouped by layer and direction (``conv <layer> <dir>``).
+PyTorch CPU vs the ladder's Cython and Numba peers (``fastconv/bench/ladder.py``; skipped
+where their packages are missing), float32, 2 threads; grouped by layer and direction
+(``conv <layer> <dir>``).
 
 Each implementation is checked against ``fastconv.reference`` (float64, first two images)
 before it is timed; ``extra_info`` carries the algorithm fastconv chose and GFLOP/s
@@ -22,7 +24,7 @@ CASES = [
     (layer.name, d, impl)
     for layer in bench.CONV_LAYERS
     for d in bench.CONV_DIRECTIONS
-    for impl in bench.IMPLS
+    for impl in bench.ALL_IMPLS
 ]
 
 
@@ -30,7 +32,9 @@ CASES = [
 def test_conv(benchmark, case_cache, smoke, layer, direction, impl):
     def build():
         spec = bench.CONV_BY_NAME[layer]
-        return bench.conv_case(spec.reduced(batch=1) if smoke else spec, direction)
+        return bench.conv_case(
+            spec.reduced(batch=1) if smoke else spec, direction, impls=bench.ALL_IMPLS
+        )
 
     case, errors = cached_case(case_cache, (layer, direction), build)
     record(benchmark, case, impl, errors)

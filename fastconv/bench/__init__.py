@@ -19,9 +19,11 @@ against the targets in ``targets.json``.
     fastconv bench --op all --markdown           # the README table
 
 The modules: ``catalogue`` (the case lists), ``peers`` (the NumPy and PyTorch
-implementations), ``timing`` (the alternating timer), ``machine`` (peak and load probes),
-``cases`` (runnable cases), ``runner`` (checking and timing them), ``report`` (tables,
-summaries, markdown, plot) and ``cli`` (the command). The names below are the ones
+implementations), ``ladder`` with ``peers_cython`` and ``peers_numba`` (what a Python
+user would write instead: ``--impls fastconv,torch,numpy,cython,numba``), ``timing``
+(the alternating timer), ``machine`` (peak and load probes), ``cases`` (runnable cases),
+``runner`` (checking and timing them), ``report`` (tables, summaries, markdown, plot) and
+``cli`` (the command). The names below are the ones
 ``benchmarks/`` and ``fastconv.cli`` use.
 """
 
@@ -44,19 +46,29 @@ from .catalogue import (
     TrainCase,
 )
 from .cli import add_arguments, run
+from .ladder import LADDER_PEERS, ladder
 from .machine import machine_peaks
-from .peers import IMPLS, numpy_conv2d, numpy_conv2d_input, numpy_conv2d_weight, torch_or_none
+from .peers import (
+    ALL_IMPLS,
+    IMPLS,
+    numpy_conv2d,
+    numpy_conv2d_input,
+    numpy_conv2d_weight,
+    torch_or_none,
+)
 from .report import format_summary, format_table, summarize
 from .runner import run_case
 from .timing import Timing, gbps, geomean, thread_count, time_alternating
 
 __all__ = [
+    "ALL_IMPLS",
     "CONV_BY_NAME",
     "CONV_DIRECTIONS",
     "CONV_LAYERS",
     "GEMM_BY_NAME",
     "GEMM_CASES",
     "IMPLS",
+    "LADDER_PEERS",
     "POOL_CASES",
     "THREE_BY_THREE_S1",
     "TRAIN_BY_NAME",
@@ -75,6 +87,7 @@ __all__ = [
     "gbps",
     "gemm_case",
     "geomean",
+    "ladder",
     "machine_peaks",
     "numpy_conv2d",
     "numpy_conv2d_input",

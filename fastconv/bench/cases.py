@@ -17,6 +17,7 @@ from .. import reference
 from ..functional import conv2d_algorithm, gemm
 from ..geometry import pair
 from .catalogue import CONV_DIRECTIONS, POOL_DIRECTIONS, ConvLayer, GemmCase, PoolCase, TrainCase
+from .ladder import conv_makers, pool_makers
 from .machine import gemm_ceiling_probes
 from .peers import (
     IMPLS,
@@ -153,6 +154,7 @@ def conv_case(
             return torch_conv_call(direction, x, w, gy, st, pd, g)
 
         makers["torch"] = torch_fn
+    makers.update(conv_makers(impls, direction, st, pd, g))
     names = _select_impls(impls, makers)
 
     def check() -> dict[str, float]:
@@ -333,6 +335,7 @@ def pool_case(
             )
 
         makers["torch"] = torch_fn
+    makers.update(pool_makers(impls, case.op, direction, case.kernel, case.stride, case.pad))
     names = _select_impls(impls, makers)
 
     def check() -> dict[str, float]:

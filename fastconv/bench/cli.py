@@ -11,8 +11,9 @@ from pathlib import Path
 from ..functional import get_num_threads
 from ..precision import PRECISIONS, float32_conv_precision, get_float32_conv_precision
 from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS
+from .ladder import LADDER_PEERS, peer_versions, unavailable_reason
 from .machine import OtherLoad, describe_machine, load_average, machine_peaks
-from .peers import IMPLS
+from .peers import ALL_IMPLS
 from .report import format_header, publish_report, summarize
 from .runner import build_plan, run_plan
 from .timing import OMP_SETTLE_S, default_settle_s, thread_count
@@ -57,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--impls",
         metavar="NAMES",
-        help=f"implementations to run, of {','.join(IMPLS)} (default all present)",
+        help=f"implementations to run, of {','.join(ALL_IMPLS)} (default: those of "
+        f"{','.join(i for i in ALL_IMPLS if i not in LADDER_PEERS)} present; the ladder's "
+        "cython and numba peers run only when named)",
     )
     parser.add_argument(
         "--quick",
@@ -106,6 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (matplotlib)")
     parser.add_argument(
+        "--ladder-plot",
+        metavar="PATH",
+        help="write a PNG chart of the ladder: each implementation's speed relative to numpy",
+    )
+    parser.add_argument(
         "--markdown",
         metavar="PATH",
         nargs="?",
@@ -150,6 +158,8 @@ def _command_line(args: argparse.Namespace) -> str:
         value = getattr(args, opt)
         if value is not None:
             parts.append(f"--{opt} {value}")
+    if set(_split(args.op) or ()) & set(CORPUS_OPS):
+        parts += [f"--sample {args.sample}", f"--seed {args.seed}"]
     parts += [f"--{flag}" for flag in ("quick", "smoke") if getattr(args, flag)]
     return " ".join(parts)
 
@@ -178,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
         errors.append(f"--op: unknown {', '.join(bad)} (choose from {choices}, all)")
     if args.sample < 0:
         errors.append("--sample must be >= 0")
-    if impls and not set(impls) <= set(IMPLS):
-        errors.append(f"--impls: choose from {', '.join(IMPLS)}")
+    if impls and not set(impls) <= set(ALL_IMPLS):
+        errors.append(f"--impls: choose from {', '.join(ALL_IMPLS)}")
     if directions and not set(directions) <= set(CONV_DIRECTIONS):
         errors.append(f"--direction: choose from {', '.join(CONV_DIRECTIONS)}")
     if args.threads is not None and args.threads < 1:
@@ -208,6 +218,11 @@ def run(args: argparse.Namespace) -> int:
     if not plan.items:
         print("fastconv bench: no case matches these options", file=sys.stderr)
         return 2
+    for peer in [p for p in LADDER_PEERS if impls and p in impls]:
+        reason = unavailable_reason(peer)
+        if reason is not None:
+            print(f"fastconv bench: running without {peer}: {reason}", file=sys.stderr)
+            plan.skipped.append(f"{peer}: {reason}")
     rounds = args.repeat or {"full": 7, "quick": 3, "smoke": 1}[mode]
     min_time = (
         args.min_time
@@ -234,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             ],
             argv=_command_line(args),
             precision=precision,
+            ladder_peers=peer_versions(impls or ()),
         )
         if not markdown_only:
             print(format_header(meta), flush=True)

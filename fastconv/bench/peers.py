@@ -6,6 +6,8 @@
 * ``torch``: PyTorch CPU (when installed) on tensors that share the NumPy arrays'
   memory, so no copy is timed; the gradients through the ``aten`` backward ops that
   autograd itself runs.
+* ``cython`` and ``numba``: the ladder's peers, what a Python user would write instead
+  of a C++ extension (``ladder.py``, ``peers_cython.py``, ``peers_numba.py``).
 
 The calls here return zero-argument callables: the timing loop calls them as they are.
 """
@@ -20,6 +22,7 @@ import numpy as np
 from ..geometry import conv_output_size
 
 __all__ = [
+    "ALL_IMPLS",
     "IMPLS",
     "numpy_conv2d",
     "numpy_conv2d_input",
@@ -30,8 +33,11 @@ __all__ = [
     "torch_pool_call",
 ]
 
-# Every implementation a case can have, in report order.
+# The implementations a run has by default, in report order.
 IMPLS = ("fastconv", "numpy", "torch")
+# And every implementation a case can have: the ladder's Cython and Numba peers
+# (``ladder.py``) run only when asked for.
+ALL_IMPLS = (*IMPLS, "cython", "numba")
 
 
 def torch_or_none():

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS, THREE_BY_THREE_S1
-from .peers import IMPLS
+from .ladder import ladder, ladder_rows, plot_ladder
+from .peers import ALL_IMPLS
 from .timing import geomean
 
 __all__ = [
@@ -84,7 +85,7 @@ def format_markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def _ordered_impls(results: list[dict]) -> list[str]:
     seen = {name for r in results for name in r["impls"]}
-    return [name for name in IMPLS if name in seen]
+    return [name for name in ALL_IMPLS if name in seen]
 
 
 def long_rows(results: list[dict]) -> list[dict]:
@@ -92,7 +93,7 @@ def long_rows(results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
         first = True
-        for name in IMPLS:
+        for name in ALL_IMPLS:
             if name not in r["impls"]:
                 continue
             i = r["impls"][name]
@@ -330,7 +331,8 @@ def format_header(meta: dict) -> str:
         f"measured peak ({meta['threads']} threads): {meta['fma_peak_gflops']} GFLOP/s fp32 FMA, "
         f"{meta['copy_gbps']} GB/s copy ({meta['peaks_source']}, {meta['peaks_measured']})\n"
         f"peers: numpy {meta['numpy']} [{meta['blas']}], torch {meta['torch'] or 'not installed'}"
-        f" | {meta['date']} | load average {la[0] if la else '?'}"
+        + "".join(f", {name} {v}" for name, v in meta.get("ladder_peers", {}).items())
+        + f" | {meta['date']} | load average {la[0] if la else '?'}"
         + (f" {la[1]} {la[2]}" if la else "")
         + (
             f" | CPUs {100 * meta['cpu_busy_before']:.0f}% busy before the start"
@@ -354,7 +356,9 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
         f"{meta['cpu']}, {meta['cores']} cores, ISA path `{meta['isa']}`, "
         f"{meta['threads']} threads; measured peak {meta['fma_peak_gflops']} GFLOP/s fp32 "
         f"(FMA loop) and {meta['copy_gbps']} GB/s (copy); numpy {meta['numpy']} "
-        f"({meta['blas']}), torch {meta['torch'] or 'not installed'}; "
+        f"({meta['blas']}), torch {meta['torch'] or 'not installed'}"
+        + "".join(f", {name} {v}" for name, v in meta.get("ladder_peers", {}).items())
+        + "; "
         f"load average {' '.join(map(str, la)) if la else 'unknown'}"
         + (
             f" at the start, {' '.join(map(str, meta['load_average_after']))} at the end"
@@ -379,6 +383,16 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
     ]
     if busy_warning(meta):
         out += [f"*{busy_warning(meta)}*", ""]
+    entries = ladder(results)
+    if entries:
+        out += [
+            "**ladder** (speed relative to numpy: the geometric mean, over the cases every "
+            "implementation ran (their number in brackets), of numpy's best time / the "
+            "implementation's best time)",
+            "",
+            format_markdown(*ladder_rows(entries)),
+            "",
+        ]
     for op in OPS + CORPUS_OPS:
         rows = [r for r in results if r["op"] == op]
         if not rows:
@@ -422,7 +436,13 @@ def plot_results(results: list[dict], path: str, meta: dict | None = None) -> bo
     fig = Figure(figsize=(12, 3.6 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    colors = {"fastconv": "tab:blue", "numpy": "tab:gray", "torch": "tab:orange"}
+    colors = {
+        "fastconv": "tab:blue",
+        "numpy": "tab:gray",
+        "torch": "tab:orange",
+        "cython": "tab:green",
+        "numba": "tab:purple",
+    }
     for ax, ((op, direction), rows) in zip(axes, panels.items()):
         impls = _ordered_impls(rows)
         width = 0.8 / max(1, len(impls))
@@ -469,7 +489,13 @@ def publish_report(
     if args.json and not args.from_json:
         Path(args.json).write_text(
             json.dumps(
-                {"meta": meta, "results": results, "summary": summary, "skipped": skipped},
+                {
+                    "meta": meta,
+                    "results": results,
+                    "summary": summary,
+                    "ladder": ladder(results),
+                    "skipped": skipped,
+                },
                 indent=2,
                 default=float,
             )
@@ -485,6 +511,15 @@ def publish_report(
             status = 2
     if args.plot and results and not plot_results(results, args.plot, meta):
         print("fastconv bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+    ladder_plot = getattr(args, "ladder_plot", None)
+    if ladder_plot:
+        if not ladder(results):
+            print(
+                "fastconv bench: --ladder-plot: no op ran numpy and another implementation",
+                file=sys.stderr,
+            )
+        elif not plot_ladder(ladder(results), ladder_plot, meta):
+            print("fastconv bench: --ladder-plot needs matplotlib", file=sys.stderr)
     if args.markdown == "-":
         print(text)
     else:
@@ -500,6 +535,12 @@ def publish_report(
         if summary:
             print()
             print(format_summary(summary))
+        if ladder(results):
+            print(
+                "\nladder: speed relative to numpy (geomean of numpy best / impl best over "
+                "the cases every implementation ran; their number in brackets)"
+            )
+            print(format_table(*ladder_rows(ladder(results))))
         if meta.get("load_average_after"):
             print(f"load average at the end: {' '.join(map(str, meta['load_average_after']))}")
         if meta.get("cpu_others_during") is not None:
