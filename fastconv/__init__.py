@@ -69,9 +69,10 @@ __all__ = [
 
 
 def __getattr__(name):
-    # The layer library, optimizers and data loaders load on first use, so that
-    # `import fastconv` stays a thin import of the kernels.
-    if name in ("nn", "optim", "data", "training", "cuda"):
+    # The layer library, optimizers, data loaders and the torch interop load on first
+    # use, so that `import fastconv` stays a thin import of the kernels (and never
+    # imports torch).
+    if name in ("nn", "optim", "data", "training", "cuda", "torch"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
