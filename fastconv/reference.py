@@ -19,6 +19,7 @@ windows), pooling is a scan over the kh*kw window offsets in row-major order.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -89,40 +90,96 @@ def _pad_hw(x, pads, value=0.0):
 # --------------------------------------------------------------------------------------
 
 
+def _ieee(op):
+    """Run ``op`` with IEEE arithmetic and no warnings: Inf * 0 is NaN and overflow is Inf,
+    as in PyTorch (and in the kernels), which do not warn either."""
+
+    @functools.wraps(op)
+    def quiet(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return op(*args, **kwargs)
+
+    return quiet
+
+
+def _tensordot(a, b, axes):
+    """``np.tensordot``, with IEEE products when an operand is not finite: BLAS may skip
+    the products of a zero (0 * Inf would be 0 there, not NaN), so those go through
+    einsum's own loops."""
+    if np.isfinite(a).all() and np.isfinite(b).all():
+        return np.tensordot(a, b, axes=axes)
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    a_sub = [next(letters) for _ in range(a.ndim)]
+    b_sub = [next(letters) for _ in range(b.ndim)]
+    for i, j in zip(*axes):
+        b_sub[j] = a_sub[i]
+    out = [c for i, c in enumerate(a_sub) if i not in axes[0]]
+    out += [c for j, c in enumerate(b_sub) if j not in axes[1]]
+    return np.einsum(f"{''.join(a_sub)},{''.join(b_sub)}->{''.join(out)}", a, b)
+
+
+def _tap_reads(in_size, out_size, stride, offset):
+    """The outputs ``o`` whose tap reads input ``o * stride + offset`` inside [0, in_size),
+    as (output slice, input slice); both empty when the tap reads only padding."""
+    first = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = min(out_size, (in_size - 1 - offset) // stride + 1) if offset < in_size else 0
+    if first >= last:
+        return None
+    start = first * stride + offset
+    return slice(first, last), slice(start, start + (last - first - 1) * stride + 1, stride)
+
+
+def _taps(x_hw, out_hw, kernel, stride, dilation, pads):
+    """(r, s, output rows, output cols, input rows, input cols) of every kernel tap that
+    reads the input for some output: the rectangle of outputs it reads, and what it reads.
+    A tap on padding contributes nothing -- it is not a zero times the weight -- so an Inf
+    weight next to padding gives Inf, as in PyTorch, and padding costs nothing."""
+    for r in range(kernel[0]):
+        rows = _tap_reads(x_hw[0], out_hw[0], stride[0], r * dilation[0] - pads[0][0])
+        for s in range(kernel[1]):
+            cols = _tap_reads(x_hw[1], out_hw[1], stride[1], s * dilation[1] - pads[1][0])
+            if rows is not None and cols is not None:
+                yield r, s, rows[0], cols[0], rows[1], cols[1]
+
+
+@_ieee
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     input (N, C, H, W), weight (K, Cg, R, S), bias (K,) or None ->
     output (N, K, OH, OW) with ``OH = conv_output_size(H, R, sh, (pt, pb), dh)``::
 
-        out[n, k, i, j] = bias[k] + sum_{c < Cg, r < R, s < S}
+        out[n, k, i, j] = bias[k] + sum_{c < Cg, r < R, s < S : the tap is inside the input}
             in[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw] * w[k, c, r, s]
 
     where ``(pt, pb), (pl, pr) = conv_padding(padding, (R, S), dilation)``.
     """
     x, unbatched = _batched(input)
-    # A canonical layout: BLAS rounds differently for transposed operands, and
-    # the spec must not depend on how the caller's arrays are strided.
-    weight = np.ascontiguousarray(weight)
+    weight = np.asarray(weight)
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     stride, dilation = pair(stride), pair(dilation)
     pads = conv_padding(padding, (R, S), dilation)
     OH = conv_output_size(H, R, stride[0], pads[0], dilation[0])
     OW = conv_output_size(W, S, stride[1], pads[1], dilation[1])
-    win = _windows(_pad_hw(x, pads), (R, S), stride, dilation, (OH, OW))  # N,C,OH,OW,R,S
     Kg = K // groups
-    out = np.empty((N, K, OH, OW), dtype=x.dtype)
-    for g in range(groups):
-        cols = win[:, g * Cg : (g + 1) * Cg]  # N, Cg, OH, OW, R, S
-        w_g = weight[g * Kg : (g + 1) * Kg]  # Kg, Cg, R, S
-        y = np.tensordot(cols, w_g, axes=([1, 4, 5], [1, 2, 3]))  # N, OH, OW, Kg
-        out[:, g * Kg : (g + 1) * Kg] = y.transpose(0, 3, 1, 2)
+    out = np.zeros((N, K, OH, OW), dtype=x.dtype)
+    for r, s, out_rows, out_cols, in_rows, in_cols in _taps(
+        (H, W), (OH, OW), (R, S), stride, dilation, pads
+    ):
+        for g in range(groups):
+            xs = x[:, g * Cg : (g + 1) * Cg, in_rows, in_cols]  # N, Cg, h, w
+            # A canonical layout: BLAS rounds differently for transposed operands, and
+            # the spec must not depend on how the caller's arrays are strided.
+            w_tap = np.ascontiguousarray(weight[g * Kg : (g + 1) * Kg, :, r, s])  # Kg, Cg
+            y = _tensordot(w_tap, xs, axes=([1], [1]))  # Kg, N, h, w
+            out[:, g * Kg : (g + 1) * Kg, out_rows, out_cols] += y.transpose(1, 0, 2, 3)
     if bias is not None:
         out += np.asarray(bias, dtype=x.dtype)[:, None, None]
     return _unbatch(out, unbatched)
 
 
+@_ieee
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of ``conv2d`` w.r.t. its input, as ``torch.nn.grad.conv2d_input``.
 
@@ -151,7 +208,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     for g in range(groups):
         go_g = go[:, g * Kg : (g + 1) * Kg]  # N, Kg, OH, OW
         w_g = weight[g * Kg : (g + 1) * Kg]  # Kg, Cg, R, S
-        cols = np.tensordot(go_g, w_g, axes=([1], [0]))  # N, OH, OW, Cg, R, S
+        cols = _tensordot(go_g, w_g, axes=([1], [0]))  # N, OH, OW, Cg, R, S
         cols = cols.transpose(0, 3, 4, 5, 1, 2)  # N, Cg, R, S, OH, OW
         buf = gxp[:, g * Cg : (g + 1) * Cg]
         for r in range(R):
@@ -161,12 +218,14 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     return _unbatch(np.ascontiguousarray(gx), unbatched)
 
 
+@_ieee
 def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of ``conv2d`` w.r.t. its weight, as ``torch.nn.grad.conv2d_weight``.
 
-    ``weight_size`` is (K, Cg, R, S); a reduction over the batch and output pixels::
+    ``weight_size`` is (K, Cg, R, S); a reduction over the batch and the output pixels
+    whose tap reads the input (a tap on padding contributes nothing)::
 
-        gw[k, c, r, s] = sum_{n, i < OH, j < OW}
+        gw[k, c, r, s] = sum_{n, i < OH, j < OW : the tap is inside the input}
             gout[n, k, i, j] * in[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw]
     """
     x, _ = _batched(input)
@@ -174,18 +233,16 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     K, Cg, R, S = tuple(weight_size)
     _, _, OH, OW = go.shape
     stride, dilation = pair(stride), pair(dilation)
-    (pt, pb), (pl, pr) = conv_padding(padding, (R, S), dilation)
-    # Extend the bottom/right padding if grad_output has more positions than H implies.
-    H, W = x.shape[-2:]
-    pb = max(pb, (OH - 1) * stride[0] + (R - 1) * dilation[0] + 1 - H - pt)
-    pr = max(pr, (OW - 1) * stride[1] + (S - 1) * dilation[1] + 1 - W - pl)
-    win = _windows(_pad_hw(x, ((pt, pb), (pl, pr))), (R, S), stride, dilation, (OH, OW))
+    pads = conv_padding(padding, (R, S), dilation)
     Kg = K // groups
-    gw = np.empty((K, Cg, R, S), dtype=x.dtype)
-    for g in range(groups):
-        go_g = go[:, g * Kg : (g + 1) * Kg]  # N, Kg, OH, OW
-        cols = win[:, g * Cg : (g + 1) * Cg]  # N, Cg, OH, OW, R, S
-        gw[g * Kg : (g + 1) * Kg] = np.tensordot(go_g, cols, axes=([0, 2, 3], [0, 2, 3]))
+    gw = np.zeros((K, Cg, R, S), dtype=x.dtype)
+    for r, s, out_rows, out_cols, in_rows, in_cols in _taps(
+        x.shape[-2:], (OH, OW), (R, S), stride, dilation, pads
+    ):
+        for g in range(groups):
+            go_g = go[:, g * Kg : (g + 1) * Kg, out_rows, out_cols]  # N, Kg, h, w
+            xs = x[:, g * Cg : (g + 1) * Cg, in_rows, in_cols]  # N, Cg, h, w
+            gw[g * Kg : (g + 1) * Kg, :, r, s] = _tensordot(go_g, xs, axes=([0, 2, 3], [0, 2, 3]))
     return gw
 
 

@@ -388,6 +388,9 @@ HAND_CASES = [
     C(1, 16, 64, 50, 8, 1, 1, seed=38),
     # strided, Kg > 4: the GEMM + col2im input gradient over several column tiles
     C(1, 64, 60, 60, 8, 3, 3, stride=2, padding=1, seed=36),
+    # far-reaching padding and dilation (the windows span millions of pixels): tapwise
+    C(1, 2, 2, 3, 3, 2, 2, padding=(1100, 1000), dilation=(2100, 1900), ints=True, seed=39),
+    C(2, 4, 3, 2, 4, 3, 1, stride=(700, 1), padding=(1500, 0), dilation=(1200, 1), seed=40),
 ]
 
 GENERATED = generated_cases(7, 110)

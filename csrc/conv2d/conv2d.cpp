@@ -222,6 +222,7 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
     case ConvAlgorithm::kDepthwise:  // the direct kernels are general,
     case ConvAlgorithm::kDirect:     // only slow where they are not chosen
     case ConvAlgorithm::kGemm:
+    case ConvAlgorithm::kTapwise:
       return true;
     case ConvAlgorithm::kWinograd:
       return p.is_winograd_shape();
@@ -230,6 +231,7 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
 }
 
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
+  if (is_far_reaching(p)) return ConvAlgorithm::kTapwise;
   // Depthwise first: a 1x1 depthwise layer is a per-channel scale, not a GEMM.
   if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
   if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
@@ -266,6 +268,9 @@ const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* ou
     case ConvAlgorithm::kGemm:
       conv2d_gemm_forward(input, weight, bias, output, p);
       break;
+    case ConvAlgorithm::kTapwise:
+      conv2d_tapwise_forward(input, weight, bias, output, p);
+      break;
     case ConvAlgorithm::kWinograd:
       if constexpr (std::is_same_v<T, float>) {
         const int64_t c = p.in_channels;
@@ -277,6 +282,7 @@ const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* ou
 }
 
 InputGradPlan select_input_grad_plan(const ConvParams& p) {
+  if (is_far_reaching(p)) return InputGradPlan::kTapwise;
   if (p.is_pointwise() && !p.is_depthwise()) return InputGradPlan::kPointwiseGemm;
   // Stride 1, multiplier 1: the forward kernel on the flipped filters (blocks or
   // rows) gathers; the blocked scatter is for the others.
@@ -302,6 +308,8 @@ std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p) {
     case InputGradPlan::kTransposed:
       return std::string(conv_algorithm_name(select_conv_algorithm(transposed_stride1_params(p)))) +
              " (transposed)";
+    case InputGradPlan::kTapwise:
+      return "tapwise";
     case InputGradPlan::kCol2im:
       break;
   }
@@ -309,6 +317,7 @@ std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p) {
 }
 
 WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
+  if (is_far_reaching(p)) return WeightGradPlan::kTapwise;
   if (p.is_depthwise()) return WeightGradPlan::kDepthwise;
   const CpuKernels& kernels = kernels_for(isa);
   const int tile_rows =
@@ -333,19 +342,27 @@ const char* weight_grad_plan_name(WeightGradPlan plan) {
       return "direct_dot";
     case WeightGradPlan::kDirect:
       return "direct";
+    case WeightGradPlan::kTapwise:
+      return "tapwise";
     case WeightGradPlan::kGemm:
       break;
   }
   return "implicit_gemm";
 }
 
+// The forward algorithms an input gradient can run on the flipped problem (the
+// depthwise and tapwise ones have input-gradient plans of their own).
+bool runs_transposed(ConvAlgorithm a) {
+  return a != ConvAlgorithm::kDepthwise && a != ConvAlgorithm::kTapwise;
+}
+
 std::vector<std::string> input_grad_algorithm_names() {
   std::vector<std::string> names = {"pointwise_gemm", "depthwise", "depthwise (transposed)",
                                     "direct"};
   for (const ConvAlgorithmInfo& info : kConvAlgorithms)
-    if (info.algorithm != ConvAlgorithm::kDepthwise)
-      names.push_back(std::string(info.name) + " (transposed)");
+    if (runs_transposed(info.algorithm)) names.push_back(std::string(info.name) + " (transposed)");
   names.emplace_back("implicit_gemm (col2im)");
+  names.emplace_back("tapwise");
   return names;
 }
 
@@ -355,9 +372,9 @@ InputGradAlgorithm input_grad_algorithm_by_name(const std::string& name) {
   if (name == "depthwise (transposed)") return {InputGradPlan::kDepthwiseTransposed};
   if (name == "direct") return {InputGradPlan::kDirect};
   if (name == "implicit_gemm (col2im)") return {InputGradPlan::kCol2im};
+  if (name == "tapwise") return {InputGradPlan::kTapwise};
   for (const ConvAlgorithmInfo& info : kConvAlgorithms)
-    if (info.algorithm != ConvAlgorithm::kDepthwise &&
-        name == std::string(info.name) + " (transposed)")
+    if (runs_transposed(info.algorithm) && name == std::string(info.name) + " (transposed)")
       return {InputGradPlan::kTransposed, info.algorithm};
   throw std::invalid_argument("no conv2d_input algorithm named '" + name + "'");
 }
@@ -377,6 +394,7 @@ std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const Conv
                  : "it needs a stride-1 depthwise convolution with one output per channel";
     case InputGradPlan::kDirect:
     case InputGradPlan::kCol2im:
+    case InputGradPlan::kTapwise:
       return "";
     case InputGradPlan::kTransposed:
       if (!p.is_unit_stride()) return "it needs a stride-1 convolution";
@@ -389,15 +407,17 @@ std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const Conv
 
 std::vector<std::string> weight_grad_algorithm_names() {
   std::vector<std::string> names;
-  for (WeightGradPlan plan : {WeightGradPlan::kDepthwise, WeightGradPlan::kDirectDot,
-                              WeightGradPlan::kDirect, WeightGradPlan::kGemm})
+  for (WeightGradPlan plan :
+       {WeightGradPlan::kDepthwise, WeightGradPlan::kDirectDot, WeightGradPlan::kDirect,
+        WeightGradPlan::kGemm, WeightGradPlan::kTapwise})
     names.emplace_back(weight_grad_plan_name(plan));
   return names;
 }
 
 WeightGradPlan weight_grad_plan_by_name(const std::string& name) {
-  for (WeightGradPlan plan : {WeightGradPlan::kDepthwise, WeightGradPlan::kDirectDot,
-                              WeightGradPlan::kDirect, WeightGradPlan::kGemm})
+  for (WeightGradPlan plan :
+       {WeightGradPlan::kDepthwise, WeightGradPlan::kDirectDot, WeightGradPlan::kDirect,
+        WeightGradPlan::kGemm, WeightGradPlan::kTapwise})
     if (name == weight_grad_plan_name(plan)) return plan;
   throw std::invalid_argument("no conv2d_weight algorithm named '" + name + "'");
 }
@@ -408,9 +428,15 @@ std::string weight_grad_plan_refusal(WeightGradPlan plan, const ConvParams& p) {
   return "";
 }
 
+int64_t weight_count(const ConvParams& p) { return p.out_channels * p.in_per_group() * p.taps(); }
+
 template <typename T>
 const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
                                     const ConvParams& p, std::optional<ConvAlgorithm> forced) {
+  // Not only next to padding: Winograd's transforms would also mix an Inf weight
+  // into NaNs.
+  if (!forced && !all_finite(weight, weight_count(p)))
+    return conv2d_forward(input, weight, bias, output, p, ConvAlgorithm::kTapwise);
   const ConvParams live = live_taps(p);
   // A forced algorithm runs on the live taps when it can (the same sums as the
   // selector's run of it, which may have chosen it for them), else on the whole
@@ -426,6 +452,9 @@ const char* conv2d_forward_selected(const T* input, const T* weight, const T* bi
 template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p, std::optional<InputGradAlgorithm> forced) {
+  // Not only next to padding: the transposed plans pad dY by the kernel's reach.
+  if (!forced && !all_finite(weight, weight_count(p)))
+    forced = InputGradAlgorithm{InputGradPlan::kTapwise};
   const ConvParams live = live_taps(p);
   // As in the forward pass: a forced algorithm runs on the live taps when it
   // can, else on the whole kernel, where it is refused if it cannot run that.
@@ -454,6 +483,9 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
       break;
     case InputGradPlan::kDirect:
       conv2d_direct_backward_input(grad_output, weight, grad_input, p);
+      break;
+    case InputGradPlan::kTapwise:
+      conv2d_tapwise_backward_input(grad_output, weight, grad_input, p);
       break;
     case InputGradPlan::kDepthwise:
       if (is_channel_scale(p))
@@ -496,6 +528,9 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
       throw std::invalid_argument("algorithm='" + std::string(weight_grad_plan_name(*forced)) +
                                   "' does not support this convolution: " + refusal);
   }
+  if (!forced && reads_padding(p) &&
+      !all_finite(grad_output, p.batch * p.out_channels * p.out_plane()))
+    forced = WeightGradPlan::kTapwise;
   const ConvParams live = live_taps(p);
   if (has_dead_taps(p, live)) {
     // Dead taps' gradients are zero; the live window's go to their place.
@@ -520,6 +555,9 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
       break;
     case WeightGradPlan::kGemm:
       conv2d_gemm_backward_weight(input, grad_output, grad_weight, p);
+      break;
+    case WeightGradPlan::kTapwise:
+      conv2d_tapwise_backward_weight(input, grad_output, grad_weight, p);
       break;
   }
   return weight_grad_plan_name(plan);

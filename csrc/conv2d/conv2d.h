@@ -70,6 +70,8 @@ enum class ConvAlgorithm : int {
   kDirect = 2,         // indirect GEMM on phase-split input rows: few channels or wide rows
   kGemm = 3,           // implicit GEMM: im2col panels packed on the fly, never materialised
   kWinograd = 4,       // F(4x4, 3x3) for 3x3 stride-1 ungrouped float32 layers
+  kTapwise = 5,        // per-tap loops over the outputs each tap reads: exact next to
+                       // padding, cost bounded by the output however far the reach
 };
 
 struct ConvAlgorithmInfo {
@@ -86,6 +88,7 @@ inline constexpr ConvAlgorithmInfo kConvAlgorithms[] = {
     {ConvAlgorithm::kGemm, "implicit_gemm", ""},
     {ConvAlgorithm::kWinograd, "winograd",
      "it needs a 3x3, stride-1, dilation-1, groups=1, float32 convolution"},
+    {ConvAlgorithm::kTapwise, "tapwise", ""},
 };
 
 // p without the kernel rows and columns whose taps read only padding for every
@@ -107,6 +110,7 @@ enum class InputGradPlan {
   kDirect,               // few output channels per group: direct scatter
   kTransposed,           // stride 1: forward conv of dY with the flipped kernel
   kCol2im,               // GEMM into column tiles, then col2im
+  kTapwise,              // the tapwise scatter (see ConvAlgorithm::kTapwise)
 };
 // Pure: the plan conv2d_backward_input runs for p.
 InputGradPlan select_input_grad_plan(const ConvParams& p);
@@ -134,6 +138,7 @@ enum class WeightGradPlan {
   kDirectDot,  // short reductions, few output channels: plane-wide dot-product tiles
   kDirect,     // gathered GEMM reading im2col in place along output rows
   kGemm,       // implicit GEMM, pixel tiles spanning images
+  kTapwise,    // per-tap sums over the outputs each tap reads (see ConvAlgorithm::kTapwise)
 };
 // Pure: the plan conv2d_backward_weight runs for p on ISA tier isa (the width of
 // the dot-product tile depends on it).
@@ -167,7 +172,31 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
                                    const ConvParams& p,
                                    std::optional<WeightGradPlan> forced = std::nullopt);
 
+// Whether some tap of some output reads outside the input (padding or beyond).
+bool reads_padding(const ConvParams& p);
+// Whether the windows' reach (padding, stride and dilation included) is far
+// larger than the input and output: every pass then runs tapwise, whose cost
+// does not grow with the reach.
+bool is_far_reaching(const ConvParams& p);
+// Whether every one of `count` values is finite. A non-finite weight (forward
+// and input gradient: zero padding, the transposed plans' padded dY and
+// Winograd's transforms would turn it into NaNs) or a non-finite output
+// gradient next to padding (weight gradient) sends the selectors' choice to the
+// tapwise kernels, where a padded tap contributes nothing rather than
+// 0 * Inf = NaN. A forced algorithm runs as asked.
+template <typename T>
+bool all_finite(const T* values, int64_t count);
+
 // Algorithm implementations (one file each).
+template <typename T>
+void conv2d_tapwise_forward(const T* input, const T* weight, const T* bias, T* output,
+                            const ConvParams& p);
+template <typename T>
+void conv2d_tapwise_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                   const ConvParams& p);
+template <typename T>
+void conv2d_tapwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                    const ConvParams& p);
 template <typename T>
 void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* output,
                          const ConvParams& p);
