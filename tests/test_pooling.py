@@ -23,6 +23,8 @@ The ISA tiers, the memory bounds of the kernels and the hypothesis fuzz are in
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from pool_helpers import (
@@ -358,3 +360,51 @@ def test_whole_plane_window():
     g = fastconv.max_pool2d_backward(np.full_like(out, 2.0), idx, x.shape)
     assert g[0, 0, -1, -1] == 2.0
     assert g.sum() == 2.0
+
+
+# Windows reaching far past a tiny input: the loops run over the in-bounds taps only,
+# so these cost microseconds (they took 50-90 s when every tap was visited; torch
+# itself takes ~40 s on the second).
+def test_far_reaching_windows_on_one_pixel():
+    x = np.random.default_rng(0).standard_normal((64, 1, 1, 1)).astype(np.float32)
+    start = time.perf_counter()
+    avg = fastconv.avg_pool2d(x, (1, 2**30), 1, (0, 2**29))  # two windows, one pixel each
+    avg_dx = fastconv.avg_pool2d_backward(np.ones_like(avg), x.shape, (1, 2**30), 1, (0, 2**29))
+    top, indices = fastconv.max_pool2d(x, (2**30, 1), 1, (2**29, 0), return_indices=True)
+    top_dx = fastconv.max_pool2d_backward(np.ones_like(top), indices, x.shape)
+    elapsed = time.perf_counter() - start
+    assert avg.shape == (64, 1, 1, 2)
+    np.testing.assert_array_equal(avg, np.repeat(x / np.float32(2**30), 2, axis=3))
+    np.testing.assert_array_equal(avg_dx, np.full_like(x, 2 / 2**30))
+    assert top.shape == (64, 1, 2, 1)
+    np.testing.assert_array_equal(top, np.repeat(x, 2, axis=2))
+    np.testing.assert_array_equal(indices, 0)
+    np.testing.assert_array_equal(top_dx, np.full_like(x, 2))
+    assert elapsed < 1.0, elapsed
+
+
+FAR_WINDOWS = [
+    ("max_pool2d", (2, 3, 5, 5), dict(kernel_size=(2**16, 3), stride=1, padding=(2**15, 1))),
+    ("avg_pool2d", (2, 3, 5, 4), dict(kernel_size=(3, 2**22), stride=2, padding=(1, 2**21))),
+]
+
+
+@pytest.mark.parametrize(("op", "shape", "kwargs"), FAR_WINDOWS)
+def test_far_reaching_windows_match_torch(op, shape, kwargs):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    start = time.perf_counter()
+    y = getattr(fastconv, op)(x, **kwargs)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    if op == "max_pool2d":
+        _, indices = fastconv.max_pool2d(x, **kwargs, return_indices=True)
+        dx = fastconv.max_pool2d_backward(gy, indices, x.shape)
+    else:
+        dx = fastconv.avg_pool2d_backward(gy, x.shape, **kwargs)
+    elapsed = time.perf_counter() - start
+    xt = torch.tensor(x, requires_grad=True)
+    yt = getattr(torch.nn.functional, op)(xt, **kwargs)
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-12)
+    assert elapsed < 1.0, elapsed

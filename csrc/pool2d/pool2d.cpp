@@ -193,10 +193,10 @@ void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolP
     T* best = output + plane * p.out_plane() + oh * p.out_w;
     int64_t* index = indices ? indices + plane * p.out_plane() + oh * p.out_w : nullptr;
     const int64_t h0 = oh * p.stride_h - p.pad_h;
+    const ColumnRange rows = in_bounds_taps(h0, p.dilation_h, p.kernel_h, p.in_h);
     int64_t count = 0;
-    for (int64_t r = 0; r < p.kernel_h; ++r) {
+    for (int64_t r = rows.begin; r < rows.end; ++r) {
       const int64_t ih = h0 + r * p.dilation_h;
-      if (ih < 0 || ih >= p.in_h) continue;
       scratch.rows[count] = in + ih * p.in_w;
       scratch.row_taps[count++] = static_cast<int32_t>(r * p.kernel_w);
     }
@@ -219,10 +219,9 @@ void max_pool2d_forward(const T* input, T* output, int64_t* indices, const PoolP
         continue;
       }
       // Nothing beat -inf: PyTorch reports the window's first in-bounds element.
-      int64_t ih = h0, iw = w0;
-      while (ih < 0) ih += p.dilation_h;
-      while (iw < 0) iw += p.dilation_w;
-      index[ow] = ih * p.in_w + iw;
+      const int64_t iw =
+          w0 + in_bounds_taps(w0, p.dilation_w, p.kernel_w, p.in_w).begin * p.dilation_w;
+      index[ow] = (h0 + rows.begin * p.dilation_h) * p.in_w + iw;
     }
   });
 }
@@ -290,9 +289,13 @@ void avg_pool2d_backward(const T* grad_output, T* grad_input, const PoolParams& 
         const AvgWindow ww = avg_window(ow, p.stride_w, p.pad_w, p.kernel_w, p.in_w);
         share[ow] = ww.start < ww.end ? gout[oh * p.out_w + ow] / avg_divisor<T>(p, hw, ww) : T(0);
       }
+      // Only the taps some output reads inside the row (ow * stride_w + s - pad_w
+      // in [0, in_w) for an ow < out_w): s in [pad_w - last, pad_w + in_w).
+      const int64_t last = (p.out_w - 1) * p.stride_w;
+      const ColumnRange taps = in_bounds_taps(last - p.pad_w, 1, p.kernel_w, p.in_w + last);
       for (int64_t ih = hw.start; ih < hw.end; ++ih) {
         T* row = gin + ih * p.in_w;
-        for (int64_t s = 0; s < p.kernel_w; ++s) {
+        for (int64_t s = taps.begin; s < taps.end; ++s) {
           const int64_t offset = s - p.pad_w;
           const ColumnRange cols = valid_columns(offset, p.stride_w, p.in_w, p.out_w);
           for (int64_t ow = cols.begin; ow < cols.end; ++ow)

@@ -59,6 +59,16 @@ struct PoolRowKernels {
 struct ColumnRange {
   int64_t begin, end;
 };
+// The taps [begin, end) of a window whose tap j reads index start + j * dilation
+// that land inside [0, size): the loops run over these only, so a window's cost
+// is what it reads, however far its padding reaches.
+inline ColumnRange in_bounds_taps(int64_t start, int64_t dilation, int64_t kernel, int64_t size) {
+  const int64_t begin = start >= 0 ? 0 : (-start + dilation - 1) / dilation;
+  const int64_t last = size - 1 - start;  // tap j is inside when j * dilation <= last
+  int64_t end = last < 0 ? 0 : last / dilation + 1;
+  if (end > kernel) end = kernel;
+  return {begin, begin < end ? end : begin};
+}
 inline ColumnRange interior_columns(const PoolRow& row) {
   const int64_t span = (row.kernel_w - 1) * row.dilation_w;
   int64_t begin = (row.pad_w + row.stride_w - 1) / row.stride_w;

@@ -33,12 +33,11 @@ inline void max_pool_column(const PoolRow& row, T* best, int32_t* tap, int64_t o
   T m = -std::numeric_limits<T>::infinity();
   int32_t t = -1;
   const int64_t w0 = ow * row.stride_w - row.pad_w;
+  const ColumnRange taps = in_bounds_taps(w0, row.dilation_w, row.kernel_w, row.in_w);
   for (int64_t i = 0; i < row.row_count; ++i) {
     const T* in = static_cast<const T*>(row.rows[i]);
-    for (int64_t s = 0; s < row.kernel_w; ++s) {
-      const int64_t iw = w0 + s * row.dilation_w;
-      if (iw < 0 || iw >= row.in_w) continue;
-      const T x = in[iw];
+    for (int64_t s = taps.begin; s < taps.end; ++s) {
+      const T x = in[w0 + s * row.dilation_w];
       // Branch-free select: on real data the comparison is unpredictable.
       const bool take = (x > m) | (x != x);
       m = select_if(take, x, m);
@@ -54,12 +53,10 @@ template <typename T>
 inline void sum_pool_column(const PoolRow& row, T* acc, int64_t ow) {
   T sum = T(0);
   const int64_t w0 = ow * row.stride_w - row.pad_w;
+  const ColumnRange taps = in_bounds_taps(w0, 1, row.kernel_w, row.in_w);
   for (int64_t i = 0; i < row.row_count; ++i) {
     const T* in = static_cast<const T*>(row.rows[i]);
-    for (int64_t s = 0; s < row.kernel_w; ++s) {
-      const int64_t iw = w0 + s;
-      if (iw >= 0 && iw < row.in_w) sum += in[iw];
-    }
+    for (int64_t s = taps.begin; s < taps.end; ++s) sum += in[w0 + s];
   }
   acc[ow] = sum;
 }
