@@ -5,7 +5,9 @@ kernels (``pip install fastconv[cuda]``). ``fastconv.reference`` holds the NumPy
 reference of every op, the executable spec the kernels are tested against.
 """
 
-from . import _cpu, reference
+from . import _cpu, autotune, reference
+from .autotune import is_enabled as get_conv_autotune
+from .autotune import set_enabled as set_conv_autotune
 from .functional import (
     CONV2D_ALGORITHMS,
     CONV2D_INPUT_ALGORITHMS,
@@ -42,6 +44,7 @@ __all__ = [
     "CONV2D_ALGORITHMS",
     "CONV2D_INPUT_ALGORITHMS",
     "CONV2D_WEIGHT_ALGORITHMS",
+    "autotune",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",
@@ -55,6 +58,7 @@ __all__ = [
     "conv2d_weight_algorithm",
     "float32_conv_precision",
     "gemm",
+    "get_conv_autotune",
     "get_float32_conv_precision",
     "get_num_threads",
     "last_algorithms",
@@ -63,6 +67,7 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "reference",
+    "set_conv_autotune",
     "set_float32_conv_precision",
     "set_num_threads",
 ]

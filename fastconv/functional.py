@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _checks as chk
-from . import _cpu
+from . import _cpu, autotune
 from .geometry import ConvGeometry, PoolWindow, conv_padding
 from .reference import BatchNormSaved
 
@@ -342,7 +342,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     out[n, k, i, j] = bias[k] + sum_{c, r, s} input[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw]
                                               * weight[k, c, r, s],   g = k // (K / groups)
     """
-    if algorithm is None:
+    if algorithm is None and not autotune.is_enabled():
         out = _cpu.conv2d_plain(input, weight, bias, stride, padding, dilation, groups)
         if out is not None:
             return out
@@ -361,6 +361,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     elif x.shape[0] == 0:
         out = np.empty((0, weight.shape[0], out_h, out_w), dtype=x.dtype)
     else:
+        if algorithm is None and autotune.is_enabled():
+            x, weight = _cpu.contiguous(x), _cpu.contiguous(weight)
+            algorithm = autotune.forward(x, weight, bias, geometry, (out_h, out_w))
         out = _cpu.conv2d(x, weight, bias, geometry, (out_h, out_w), algorithm)
     return out[0] if unbatched else out
 
@@ -391,6 +394,9 @@ def conv2d_input(
     elif g.shape[0] == 0:
         result = np.zeros(full_size, dtype=g.dtype)
     else:
+        if algorithm is None and autotune.is_enabled():
+            weight, g = _cpu.contiguous(weight), _cpu.contiguous(g)
+            algorithm = autotune.input_grad(full_size, weight, g, geometry)
         result = _cpu.conv2d_input(full_size, weight, g, geometry, algorithm)
     return result[0] if unbatched else result
 
@@ -420,6 +426,9 @@ def conv2d_weight(
         return _cuda_backend().conv2d_weight(x, wsize, g, geometry)
     if x.shape[0] == 0:
         return np.zeros(wsize, dtype=x.dtype)
+    if algorithm is None and autotune.is_enabled():
+        x, g = _cpu.contiguous(x), _cpu.contiguous(g)
+        algorithm = autotune.weight_grad(x, wsize, g, geometry)
     return _cpu.conv2d_weight(x, wsize, g, geometry, algorithm)
 
 
