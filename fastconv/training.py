@@ -58,6 +58,10 @@ __all__ = [
 OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop")
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05, "adagrad": 0.02, "rmsprop": 1e-3}
 DEMO_MODEL = "demo"
+# the zoo's networks have far more weights than digits has images: without weight decay
+# ResNet-20 ends between 96.9 % and 98.3 % on digits over seeds 0-2, with 5e-4 (the CIFAR
+# ResNets' usual value) between 98.3 % and 99.2 % over seeds 0-4
+ZOO_WEIGHT_DECAY = 5e-4
 VARIANTS = ("auto", "cifar", "imagenet")
 # what a resumed run must share with the run that wrote the checkpoint (the epochs may
 # grow; learning rate, momentum and weight decay come back with the optimizer state)
@@ -87,7 +91,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: 0 for the demo CNN, ZOO_WEIGHT_DECAY otherwise
     schedule: str = "cosine"
     seed: int = 0
     width: int = 32
@@ -284,8 +288,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model = build_network(config, channels, (height, width), splits.num_classes)
     flops = _check_input_size(config, model, (channels, height, width)).total_flops
     criterion = nn.CrossEntropyLoss()
+    weight_decay = config.weight_decay
+    if weight_decay is None:
+        weight_decay = 0.0 if config.model == DEMO_MODEL else ZOO_WEIGHT_DECAY
     optimizer = make_optimizer(
-        config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum
+        config.optimizer, model.parameters(), config.lr, weight_decay, config.momentum
     )
     loader = fdata.DataLoader(
         x_train, splits.train.y, batch_size=config.batch_size, shuffle=True, seed=config.seed
@@ -310,15 +317,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
             scheduler.step()
     lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
     name = "demo CNN" if config.model == DEMO_MODEL else config.model
-    _log(
-        config,
-        f"fastconv train: {name} on {config.dataset} train/val/test = "
-        f"{len(splits.train.y)}/{len(splits.val.y)}/{len(splits.test.y)} "
-        f"({channels}x{height}x{width}), {model.num_parameters():,} parameters, "
-        f"{flops / 1e6:,.1f} MFLOPs per image, {config.optimizer} lr={lr:g}, batch "
-        f"{config.batch_size}, {config.epochs} epochs, {get_num_threads()} threads"
-        + (f", resumed after epoch {first_epoch - 1}" if config.resume else ""),
-    )
+    decay = f" weight decay {weight_decay:g}" if weight_decay else ""
+    parts = [
+        f"fastconv train: {name} on {config.dataset} train/val/test = {len(splits.train.y)}/"
+        f"{len(splits.val.y)}/{len(splits.test.y)} ({channels}x{height}x{width})",
+        f"{model.num_parameters():,} parameters",
+        f"{flops / 1e6:,.1f} MFLOPs per image",
+        f"{config.optimizer} lr={lr:g}{decay}",
+        f"batch {config.batch_size}",
+        f"{config.epochs} epochs",
+        f"{get_num_threads()} threads",
+    ]
+    if config.resume:
+        parts.append(f"resumed after epoch {first_epoch - 1}")
+    _log(config, ", ".join(parts))
     run_config = {
         k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "verbose")
     }
@@ -412,7 +424,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "mean": normalizer.mean.ravel().tolist(),
             "std": normalizer.std.ravel().tolist(),
         },
-        "config": run_config | {"lr": lr},
+        "config": run_config | {"lr": lr, "weight_decay": weight_decay},
     }
     if config.out:
         nn.save_weights(model, config.out)
@@ -520,7 +532,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ")",
     )
     parser.add_argument("--momentum", type=float, default=d.momentum, help="for sgd")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help=f"default: 0 for the demo CNN, {ZOO_WEIGHT_DECAY:g} for the zoo's models",
+    )
     parser.add_argument(
         "--schedule",
         choices=("cosine", "none"),

@@ -58,6 +58,7 @@ def test_train_digits_end_to_end(digits_run):
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert metrics["samples"]["test"] == pytest.approx(0.2 * 1797, abs=10)
     assert metrics["config"]["optimizer"] == "adam"
+    assert metrics["config"]["weight_decay"] == 0.0  # the demo CNN's default
     assert metrics["config"]["seed"] == 1
     assert metrics["num_parameters"] > 0
     with np.load(out / "w.npz") as weights:
@@ -244,6 +245,7 @@ def test_train_zoo_model_on_tiny_data(tmp_path):
     assert run_cli(argv) == 0  # 36 training images: two steps
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["config"]["model"] == "resnet20"
+    assert metrics["config"]["weight_decay"] == training.ZOO_WEIGHT_DECAY  # the zoo's default
     assert metrics["input_shape"] == [1, 8, 8]
     reference = models.resnet20(num_classes=10, in_channels=1)
     assert metrics["num_parameters"] == reference.num_parameters()
