@@ -22,6 +22,7 @@
 #include "gemm/gemm.h"
 #include "kernel_table.h"
 #include "norm/batch_norm.h"
+#include "optim/optim.h"
 #include "pool2d/pool2d.h"
 
 namespace py = pybind11;
@@ -692,6 +693,106 @@ void bind_plain_calls(py::module_& m) {
   });
 }
 
+// ---------------------------------------------------------------------------
+// Fused optimizer steps over a group's parameters. Python passes C-contiguous,
+// aligned, writeable arrays of one dtype, grouped by it; None where a state
+// array is unused.
+
+template <typename T>
+T* optim_array(const py::handle& item, int64_t size, const char* name) {
+  if (item.is_none()) return nullptr;
+  require(py::isinstance<py::array>(item), name);
+  py::array a = py::reinterpret_borrow<py::array>(item);
+  require(a.dtype().is(py::dtype::of<T>()) && (a.flags() & py::array::c_style) && a.writeable() &&
+              a.size() == size,
+          name);
+  require(reinterpret_cast<uintptr_t>(a.data()) % alignof(T) == 0, name);
+  return static_cast<T*>(a.mutable_data());
+}
+
+// params, grads and up to three state lists, one entry per parameter.
+template <typename T>
+std::vector<fastconv::OptimTensor<T>> optim_tensors(const py::list& params, const py::list& grads,
+                                                    std::vector<py::list> states,
+                                                    const std::vector<double>& scalar0,
+                                                    const std::vector<double>& scalar1,
+                                                    const std::vector<bool>& first) {
+  const size_t n = params.size();
+  require(grads.size() == n, "internal: one gradient per parameter");
+  for (const py::list& state : states) require(state.size() == n, "internal: one state each");
+  std::vector<fastconv::OptimTensor<T>> tensors(n);
+  for (size_t i = 0; i < n; ++i) {
+    fastconv::OptimTensor<T>& t = tensors[i];
+    require(py::isinstance<py::array>(params[i]), "internal: a parameter is not an array");
+    t.size = py::reinterpret_borrow<py::array>(params[i]).size();
+    t.param = optim_array<T>(params[i], t.size, "internal: unusable parameter array");
+    t.grad = optim_array<T>(grads[i], t.size, "internal: unusable gradient array");
+    require(t.param != nullptr && t.grad != nullptr, "internal: missing parameter or gradient");
+    for (size_t k = 0; k < 3; ++k)
+      t.state[k] = k < states.size()
+                       ? optim_array<T>(states[k][i], t.size, "internal: unusable state array")
+                       : nullptr;
+    t.scalar[0] = i < scalar0.size() ? scalar0[i] : 0.0;
+    t.scalar[1] = i < scalar1.size() ? scalar1[i] : 0.0;
+    t.first = i < first.size() && first[i];
+  }
+  return tensors;
+}
+
+template <typename T>
+void bind_optim(py::module_& m, const std::string& suffix) {
+  m.def(("sgd_step_" + suffix).c_str(),
+        [](const py::list& params, const py::list& grads, const py::list& buffers,
+           const std::vector<bool>& first, double lr, double momentum, double dampening,
+           double weight_decay, bool nesterov, bool maximize) {
+          auto tensors = optim_tensors<T>(params, grads, {buffers}, {}, {}, first);
+          if (momentum != 0)
+            for (const auto& t : tensors) require(t.state[0] != nullptr, "internal: no buffer");
+          KernelScope scope;
+          fastconv::sgd_step(tensors, {lr, momentum, dampening, weight_decay, nesterov, maximize});
+        });
+  m.def(("adam_step_" + suffix).c_str(),
+        [](const py::list& params, const py::list& grads, const py::list& exp_avgs,
+           const py::list& exp_avg_sqs, const py::list& max_exp_avg_sqs,
+           const std::vector<double>& step_sizes, const std::vector<double>& bias_correction2_sqrts,
+           double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+           bool maximize, bool decoupled) {
+          auto tensors = optim_tensors<T>(params, grads, {exp_avgs, exp_avg_sqs, max_exp_avg_sqs},
+                                          step_sizes, bias_correction2_sqrts, {});
+          for (const auto& t : tensors)
+            require(t.state[0] && t.state[1] && (!amsgrad || t.state[2]), "internal: no state");
+          require(step_sizes.size() == tensors.size() &&
+                      bias_correction2_sqrts.size() == tensors.size(),
+                  "internal: one step size each");
+          KernelScope scope;
+          fastconv::adam_step(tensors,
+                              {lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled});
+        });
+  m.def(("adagrad_step_" + suffix).c_str(),
+        [](const py::list& params, const py::list& grads, const py::list& sums,
+           const std::vector<double>& learning_rates, double weight_decay, double eps,
+           bool maximize) {
+          auto tensors = optim_tensors<T>(params, grads, {sums}, learning_rates, {}, {});
+          for (const auto& t : tensors) require(t.state[0] != nullptr, "internal: no sum");
+          require(learning_rates.size() == tensors.size(), "internal: one learning rate each");
+          KernelScope scope;
+          fastconv::adagrad_step(tensors, {weight_decay, eps, maximize});
+        });
+  m.def(("rmsprop_step_" + suffix).c_str(),
+        [](const py::list& params, const py::list& grads, const py::list& square_avgs,
+           const py::list& grad_avgs, const py::list& buffers, double lr, double alpha, double eps,
+           double weight_decay, double momentum, bool centered, bool maximize) {
+          auto tensors =
+              optim_tensors<T>(params, grads, {square_avgs, grad_avgs, buffers}, {}, {}, {});
+          for (const auto& t : tensors)
+            require(t.state[0] && (!centered || t.state[1]) && (momentum <= 0 || t.state[2]),
+                    "internal: no state");
+          KernelScope scope;
+          fastconv::rmsprop_step(tensors,
+                                 {lr, alpha, eps, weight_decay, momentum, centered, maximize});
+        });
+}
+
 // The parameter structs, bound with named (keyword-only) fields.
 void bind_params(py::module_& m) {
   py::class_<ConvParams>(m, "ConvParams")
@@ -785,6 +886,8 @@ PYBIND11_MODULE(_C, m) {
   bind_pool<double>(m);
   bind_batch_norm<float>(m);
   bind_batch_norm<double>(m);
+  bind_optim<float>(m, "f32");
+  bind_optim<double>(m, "f64");
   bind_gemm<float>(m);
   bind_conv<float>(m);
   bind_conv<double>(m);

@@ -373,3 +373,14 @@ def batch_norm_backward(grad_rows, xhat, scale, batch_statistics: bool, input_gr
     grad = np.empty_like(xhat) if input_grad else None
     _C.batch_norm_backward(grad_rows, xhat, scale, batch_statistics, sum_g, sum_gx, grad)
     return grad, sum_g, sum_gx
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def optimizer_step(kind: str, dtype, *args) -> None:
+    """One fused step of optimizer ``kind`` ('sgd', 'adam', 'adagrad', 'rmsprop') over a
+    group's parameters of one dtype: C-contiguous, aligned, writeable arrays, updated in
+    place (see csrc/optim/optim.h for the arguments)."""
+    suffix = "f32" if np.dtype(dtype) == np.float32 else "f64"
+    getattr(_C, f"{kind}_step_{suffix}")(*args)

@@ -6,6 +6,12 @@ the same order of operations, so one model trained by both from the same weights
 the same batches gives the same parameters (to rounding).  Updates are in place on
 ``param.data`` and keep its dtype (float32 stays float32).
 
+A step updates all of a group's float32 and float64 parameters in one fused C++ call
+per dtype (one pass over each parameter, its gradient and its state, on every thread),
+the operations in the same order as the NumPy update each class also has; that NumPy
+update runs the parameters the kernels cannot take in place (other float dtypes,
+non-contiguous or read-only arrays).
+
 Parameters whose ``grad`` is None, or that are frozen (``requires_grad=False``), are
 skipped.  Param groups, ``zero_grad()``, ``state_dict()`` / ``load_state_dict()`` and
 ``add_param_group()`` work as in PyTorch; a group's ``lr`` may be changed between
@@ -21,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _cpu
 from .nn.module import Parameter
 
 __all__ = [
@@ -96,6 +103,7 @@ class Optimizer:
         """One update of every parameter that has a gradient; returns closure()'s loss."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            by_dtype: dict[np.dtype, list[tuple[Parameter, np.ndarray, dict]]] = {}
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -104,15 +112,28 @@ class Optimizer:
                     raise ValueError(
                         f"gradient of shape {grad.shape} for a parameter of shape {p.data.shape}"
                     )
-                if grad.dtype != p.data.dtype:
-                    grad = grad.astype(p.data.dtype)
                 state = self.state.setdefault(p, {})
-                self._update(p, grad, group, state)
+                if _fusable(p.data):
+                    grad = np.ascontiguousarray(grad, dtype=p.data.dtype)
+                    by_dtype.setdefault(p.data.dtype, []).append((p, grad, state))
+                else:
+                    if grad.dtype != p.data.dtype:
+                        grad = grad.astype(p.data.dtype)
+                    self._update(p, grad, group, state)
+            for batch in by_dtype.values():
+                self._fused_update(group, batch)
         return loss
 
     def _update(
         self, p: Parameter, grad: np.ndarray, group: dict[str, Any], state: dict[str, Any]
     ) -> None:
+        """The NumPy update of one parameter."""
+        raise NotImplementedError
+
+    def _fused_update(
+        self, group: dict[str, Any], batch: list[tuple[Parameter, np.ndarray, dict]]
+    ) -> None:
+        """The C++ update of a group's parameters of one dtype (every one _fusable)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- state dict
@@ -176,6 +197,29 @@ class Optimizer:
         return "\n".join(lines)
 
 
+def _fusable(a: np.ndarray) -> bool:
+    """Whether the fused kernels can update ``a`` in place."""
+    return (
+        a.dtype in (np.float32, np.float64)
+        and a.flags.c_contiguous
+        and a.flags.aligned
+        and a.flags.writeable
+        and type(a) is np.ndarray
+    )
+
+
+def _state_array(state: dict, name: str, like: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """state[name], created filled with ``fill`` (or made C-contiguous in ``like``'s dtype,
+    as the kernels need) -- the array the fused step updates in place."""
+    current = state.get(name)
+    if current is None:
+        current = np.full_like(like, fill, order="C")
+    elif not (_fusable(current) and current.dtype == like.dtype):
+        current = np.array(current, dtype=like.dtype, order="C")
+    state[name] = current
+    return current
+
+
 def _check_non_negative(name: str, value: float) -> None:
     if value < 0.0:
         raise ValueError(f"Invalid {name}: {value}")
@@ -233,6 +277,31 @@ class SGD(Optimizer):
             g = g + momentum * buf if group["nesterov"] else buf
         p.data -= lr * g
 
+    def _fused_update(self, group, batch):
+        momentum = group["momentum"]
+        buffers, first = [], []
+        for p, _, state in batch:
+            if momentum == 0:
+                buffers.append(None)
+                first.append(False)
+                continue
+            first.append(state.get("momentum_buffer") is None)
+            buffers.append(_state_array(state, "momentum_buffer", p.data))
+        _cpu.optimizer_step(
+            "sgd",
+            batch[0][0].data.dtype,
+            [p.data for p, _, _ in batch],
+            [g for _, g, _ in batch],
+            buffers,
+            first,
+            group["lr"],
+            momentum,
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            group["maximize"],
+        )
+
 
 class Adagrad(Optimizer):
     """Adagrad: ``sum += g*g``; ``p -= clr * g / (sqrt(sum) + eps)``,
@@ -287,6 +356,26 @@ class Adagrad(Optimizer):
         acc += g * g
         std = np.sqrt(acc) + group["eps"]
         p.data -= clr * (g / std)
+
+    def _fused_update(self, group, batch):
+        sums, rates = [], []
+        for p, _, state in batch:
+            if "sum" not in state:
+                state["step"] = 0
+            sums.append(_state_array(state, "sum", p.data, group["initial_accumulator_value"]))
+            state["step"] += 1
+            rates.append(group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"]))
+        _cpu.optimizer_step(
+            "adagrad",
+            batch[0][0].data.dtype,
+            [p.data for p, _, _ in batch],
+            [g for _, g, _ in batch],
+            sums,
+            rates,
+            group["weight_decay"],
+            group["eps"],
+            group["maximize"],
+        )
 
 
 class RMSprop(Optimizer):
@@ -352,6 +441,32 @@ class RMSprop(Optimizer):
             p.data -= group["lr"] * buf
         else:
             p.data -= group["lr"] * (g / avg)
+
+    def _fused_update(self, group, batch):
+        momentum, centered = group["momentum"], group["centered"]
+        square_avgs, grad_avgs, buffers = [], [], []
+        for p, _, state in batch:
+            state.setdefault("step", 0)
+            state["step"] += 1
+            square_avgs.append(_state_array(state, "square_avg", p.data))
+            grad_avgs.append(_state_array(state, "grad_avg", p.data) if centered else None)
+            buffers.append(_state_array(state, "momentum_buffer", p.data) if momentum > 0 else None)
+        _cpu.optimizer_step(
+            "rmsprop",
+            batch[0][0].data.dtype,
+            [p.data for p, _, _ in batch],
+            [g for _, g, _ in batch],
+            square_avgs,
+            grad_avgs,
+            buffers,
+            group["lr"],
+            group["alpha"],
+            group["eps"],
+            group["weight_decay"],
+            momentum,
+            centered,
+            group["maximize"],
+        )
 
 
 class Adam(Optimizer):
@@ -422,6 +537,39 @@ class Adam(Optimizer):
         else:
             denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt + group["eps"]
         p.data -= step_size * (exp_avg / denom)
+
+    def _fused_update(self, group, batch):
+        beta1, beta2 = group["betas"]
+        amsgrad = group["amsgrad"]
+        exp_avgs, exp_avg_sqs, max_sqs, step_sizes, bc2_sqrts = [], [], [], [], []
+        for p, _, state in batch:
+            state.setdefault("step", 0)
+            state["step"] += 1
+            step = state["step"]
+            exp_avgs.append(_state_array(state, "exp_avg", p.data))
+            exp_avg_sqs.append(_state_array(state, "exp_avg_sq", p.data))
+            max_sqs.append(_state_array(state, "max_exp_avg_sq", p.data) if amsgrad else None)
+            step_sizes.append(group["lr"] / (1 - beta1**step))
+            bc2_sqrts.append((1 - beta2**step) ** 0.5)
+        _cpu.optimizer_step(
+            "adam",
+            batch[0][0].data.dtype,
+            [p.data for p, _, _ in batch],
+            [g for _, g, _ in batch],
+            exp_avgs,
+            exp_avg_sqs,
+            max_sqs,
+            step_sizes,
+            bc2_sqrts,
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            amsgrad,
+            group["maximize"],
+            self._decoupled,
+        )
 
 
 class AdamW(Adam):
