@@ -64,6 +64,8 @@ class Case:
     # Ceilings timed in the same alternation as the implementations: zero-argument
     # callables that run a probe and return its rate; the result keeps each one's best.
     probes: dict[str, Callable[[], float]] = field(default_factory=dict)
+    # Alternating rounds for this case when the run does not say (whole models: fewer).
+    rounds: int | None = None
 
     @property
     def label(self) -> str:

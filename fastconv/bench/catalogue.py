@@ -1,5 +1,6 @@
 """What ``fastconv bench`` measures: the conv layer table and the GEMM, pooling and
-training-step case lists, each at full size with a ``reduced`` variant for quick runs.
+training-step case lists, each at full size with a ``reduced`` variant for quick runs,
+and the torch models that ``--op torch`` runs natively and converted by fastconv.torch.
 
 This is the one copy of the conv layer table: the pytest benchmarks, the GPU benchmark
 and the peak-memory script import it from here.
@@ -18,6 +19,10 @@ __all__ = [
     "CORPUS_OPS",
     "GEMM_BY_NAME",
     "GEMM_CASES",
+    "MODEL_BY_NAME",
+    "MODEL_CASES",
+    "MODEL_DIRECTIONS",
+    "MODEL_OPS",
     "OPS",
     "POOL_BY_NAME",
     "POOL_CASES",
@@ -27,6 +32,7 @@ __all__ = [
     "TRAIN_CASES",
     "ConvLayer",
     "GemmCase",
+    "ModelCase",
     "PoolCase",
     "TrainCase",
 ]
@@ -35,6 +41,8 @@ __all__ = [
 OPS = ("gemm", "conv", "pool", "train", "overhead")
 # Ops that run conv layers of the shape corpus ('all' leaves them out: they take long).
 CORPUS_OPS = ("corpus", "random")
+# Ops that run whole torch models ('all' leaves them out too).
+MODEL_OPS = ("torch",)
 
 # =========================================================================== convolution
 
@@ -207,3 +215,30 @@ TRAIN_CASES: tuple[TrainCase, ...] = (
     TrainCase("demo_cnn_32x32x3_b64", 64, 3, 32),  # the same CNN on CIFAR-sized images
 )
 TRAIN_BY_NAME = {case.name: case for case in TRAIN_CASES}
+
+# =========================================================================== torch models
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A network of ``torch_models.NETWORKS`` at ``image`` x ``image`` pixels, run as a
+    plain torch model, converted by ``fastconv.torch.convert`` and converted with
+    ``autotune=True``."""
+
+    network: str
+    image: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.network}@{self.image}"
+
+
+MODEL_CASES: tuple[ModelCase, ...] = tuple(
+    ModelCase(network, image)
+    for network in ("resnet18", "vgg11", "mobilenet_v2")
+    for image in (224, 32)
+)
+MODEL_BY_NAME = {case.name: case for case in MODEL_CASES}
+# What each model runs: inference (torch.inference_mode) at batch 1 and 32, and one SGD
+# training step at batch 32; the batch is the number after 'b'.
+MODEL_DIRECTIONS = ("infer_b1", "infer_b32", "train_b32")

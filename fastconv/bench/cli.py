@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..functional import get_num_threads
 from ..precision import PRECISIONS, float32_conv_precision, get_float32_conv_precision
-from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS
+from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, MODEL_DIRECTIONS, MODEL_OPS, OPS
 from .ladder import LADDER_PEERS, peer_versions, unavailable_reason
 from .machine import OtherLoad, describe_machine, load_average, machine_peaks
 from .peers import ALL_IMPLS
@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="conv, gemm, pool, train or all (comma-separated list allowed; default all); "
         "corpus (conv layers of whole networks at 224 and 32, batch 1, 8, 32) and random "
-        "(random conv layers) run only when named",
+        "(random conv layers) run only when named, as does torch (whole torch models -- "
+        "resnet18, vgg11, mobilenet_v2 at 224 and 32 -- native against converted by "
+        "fastconv.torch, with and without autotune)",
     )
     parser.add_argument(
         "--sample",
@@ -53,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "shell patterns, e.g. 'resnet_3x3_*,vgg_3x3_112' or 'square_2048'",
     )
     parser.add_argument(
-        "--direction", metavar="DIRS", help="conv: fwd,dx,dw; pool: fwd,dx (default all)"
+        "--direction",
+        metavar="DIRS",
+        help="conv: fwd,dx,dw; pool: fwd,dx; torch: infer_b1,infer_b32,train_b32 (default all)",
     )
     parser.add_argument(
         "--impls",
@@ -87,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="alternating rounds per case (default 7; --quick 3)",
+        help="alternating rounds per case (default 7; --quick 3; --op torch: 3, --quick 2)",
     )
     parser.add_argument(
         "--min-time",
@@ -179,19 +183,19 @@ def run(args: argparse.Namespace) -> int:
         return publish_report(meta, results, summarize(results), saved.get("skipped", []), args)
     ops_arg = _split(args.op) or ["all"]
     ops = list(OPS) if "all" in ops_arg else ops_arg
-    bad = [o for o in ops if o not in OPS + CORPUS_OPS]
+    bad = [o for o in ops if o not in OPS + CORPUS_OPS + MODEL_OPS]
     impls = _split(args.impls)
     directions = _split(args.direction)
     errors = []
     if bad:
-        choices = ", ".join(OPS + CORPUS_OPS)
+        choices = ", ".join(OPS + CORPUS_OPS + MODEL_OPS)
         errors.append(f"--op: unknown {', '.join(bad)} (choose from {choices}, all)")
     if args.sample < 0:
         errors.append("--sample must be >= 0")
     if impls and not set(impls) <= set(ALL_IMPLS):
         errors.append(f"--impls: choose from {', '.join(ALL_IMPLS)}")
-    if directions and not set(directions) <= set(CONV_DIRECTIONS):
-        errors.append(f"--direction: choose from {', '.join(CONV_DIRECTIONS)}")
+    if directions and not set(directions) <= set(CONV_DIRECTIONS + MODEL_DIRECTIONS):
+        errors.append(f"--direction: choose from {', '.join(CONV_DIRECTIONS + MODEL_DIRECTIONS)}")
     if args.threads is not None and args.threads < 1:
         errors.append("--threads must be >= 1")
     if args.repeat is not None and args.repeat < 1:
@@ -208,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 mode=mode,
                 sample=args.sample,
                 seed=args.seed,
+                model_rounds=args.repeat,
             )
         except ValueError as exc:
             errors.append(str(exc))

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, OPS, THREE_BY_THREE_S1
+from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, MODEL_OPS, OPS, THREE_BY_THREE_S1
 from .ladder import ladder, ladder_rows, plot_ladder
+from .models import model_summaries
 from .peers import ALL_IMPLS
 from .timing import geomean
 
@@ -88,6 +89,12 @@ def _ordered_impls(results: list[dict]) -> list[str]:
     return [name for name in ALL_IMPLS if name in seen]
 
 
+def _described_impl(result: dict) -> str:
+    """The implementation a result's ``algorithm`` describes: fastconv's kernel choice,
+    or for whole models what autotuning kept."""
+    return "autotune" if result["op"] in MODEL_OPS else "fastconv"
+
+
 def long_rows(results: list[dict]) -> list[dict]:
     """One row per (case, direction, implementation) for the terminal table."""
     rows = []
@@ -101,7 +108,7 @@ def long_rows(results: list[dict]) -> list[dict]:
                 "case": r["case"] if first else "",
                 "dir": r["direction"] if first else "",
                 "impl": name,
-                "algorithm": (r["algorithm"] or "") if name == "fastconv" else "",
+                "algorithm": (r["algorithm"] or "") if name == _described_impl(r) else "",
                 "best_ms": i["best_ms"],
                 "median_ms": i["median_ms"],
                 "rate": i["rate"],
@@ -148,7 +155,8 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
         cols += [(f"{name} ms", ".3g"), (f"{name} {short}", ".1f")]
         if name == "fastconv":
             cols.append(("fastconv %peak", ".0f"))
-    cols += [(f"x {p}", ".2f") for p in impls if p != "fastconv"]
+    cols += [(f"x {p}", ".2f") for p in impls if p not in ("fastconv", "autotune")]
+    cols += [(f"autotune x {p}", ".2f") for p in impls if p not in ("fastconv", "autotune")]
     cols.append(("max err", ".0e"))
     rows = []
     order = {d: i for i, d in enumerate(CONV_DIRECTIONS)}
@@ -168,6 +176,8 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
             row["max err"] = fc["max_err"]
             for p, v in fc["speedup"].items():
                 row[f"x {p}"] = v
+        for p, v in r["impls"].get("autotune", {}).get("speedup", {}).items():
+            row[f"autotune x {p}"] = v
         rows.append(row)
     cols = [(k, f) for k, f in cols if any(row.get(k) not in (None, "") for row in rows)]
     return rows, cols
@@ -202,6 +212,8 @@ def summarize(results: list[dict], targets: dict | None = None) -> list[dict]:
     for r in results:
         groups.setdefault((r["op"], r["direction"]), []).append(r)
     for (op, direction), rows in groups.items():
+        if op in MODEL_OPS:
+            continue  # model_summaries below
         fc_rows = [r for r in rows if "fastconv" in r["impls"]]
         for peer in ("torch", "numpy"):
             pairs = [
@@ -265,7 +277,7 @@ def summarize(results: list[dict], targets: dict | None = None) -> list[dict]:
                     and (pct is None or pct >= min_pct)
                 )
             out.append(entry)
-    return out
+    return out + model_summaries(results, targets.get("torch", {}))
 
 
 def format_summary(summary: list[dict]) -> str:
@@ -276,7 +288,8 @@ def format_summary(summary: list[dict]) -> str:
         size = next((k[len("pct_peak_") :] for k in s if k.startswith("pct_peak_")), "")
         d = f" {s['direction']}" if s["direction"] else ""
         line = (
-            f"{s['op']}{d}: fastconv vs {s['peer']} geomean {s['geomean']:.2f}x over "
+            f"{s['op']}{d}: {s.get('impl', 'fastconv')} vs {s['peer']} geomean "
+            f"{s['geomean']:.2f}x over "
             f"{s['cases']} cases, min {s['min']:.2f}x ({s['min_case']})"
         )
         if "geomean_3x3_s1" in s:
@@ -393,13 +406,14 @@ def format_markdown_report(meta: dict, results: list[dict], summary: list[dict])
             format_markdown(*ladder_rows(entries)),
             "",
         ]
-    for op in OPS + CORPUS_OPS:
+    for op in OPS + CORPUS_OPS + MODEL_OPS:
         rows = [r for r in results if r["op"] == op]
         if not rows:
             continue
         table_rows, cols = compact_rows(rows)
+        rounds = rows[0].get("rounds", meta.get("rounds", "?"))
         out += [
-            f"**{op}** ({rows[0]['unit']}; best of {meta.get('rounds', '?')} alternating "
+            f"**{op}** ({rows[0]['unit']}; best of {rounds} alternating "
             "rounds; `x peer` = peer time / fastconv time)",
             "",
             format_markdown(table_rows, cols),
@@ -523,11 +537,12 @@ def publish_report(
     if args.markdown == "-":
         print(text)
     else:
-        for op in OPS + CORPUS_OPS:
+        for op in OPS + CORPUS_OPS + MODEL_OPS:
             rows = [r for r in results if r["op"] == op]
             if rows:
+                rounds = rows[0].get("rounds", meta.get("rounds"))
                 print(
-                    f"\n== {op} ({rows[0]['unit']}, best of {meta.get('rounds')}; x_peer = "
+                    f"\n== {op} ({rows[0]['unit']}, best of {rounds}; x_peer = "
                     f"peer best / this best)"
                     f"{' -- ' + rows[0]['note'] if rows[0]['note'] else ''}"
                 )

@@ -25,12 +25,16 @@ from .catalogue import (
     CONV_DIRECTIONS,
     CORPUS_OPS,
     GEMM_BY_NAME,
+    MODEL_BY_NAME,
+    MODEL_DIRECTIONS,
+    MODEL_OPS,
     OPS,
     POOL_BY_NAME,
     POOL_DIRECTIONS,
     TRAIN_BY_NAME,
 )
 from .corpus import CorpusLayer, corpus, random_layers
+from .models import MODEL_ROUNDS, model_case
 from .timing import settle_times, time_alternating
 
 # The conv op each benchmark direction runs, as fastconv.last_algorithms() names it.
@@ -54,6 +58,8 @@ def run_case(
     pct_peak, max_err, ok (max_err within tolerance) and speedup {peer: peer best / best}.
     """
     errors = case.check()
+    if case.rounds is not None:
+        rounds = case.rounds
     probe_rates: dict[str, list[float]] = {name: [] for name in case.probes}
 
     def recording(name: str, probe: Callable[[], float]) -> Callable[[], None]:
@@ -67,7 +73,8 @@ def run_case(
         settle=settle_times(timed, case.op, settle_s),
     )
     timings = {name: t for name, t in timings.items() if name in case.impls}
-    algorithm = case.algorithm
+    # A callable algorithm describes what the timed calls chose (autotuned models).
+    algorithm = case.algorithm() if callable(case.algorithm) else case.algorithm
     if case.op == "conv" and "fastconv" in timings:
         # What the timed calls ran (this thread's last fastconv call), not a prediction.
         algorithm = last_algorithms().get(_CONV_PASSES[case.direction], algorithm)
@@ -98,6 +105,7 @@ def run_case(
         "algorithm": algorithm,
         "unit": case.unit,
         "work": case.work,
+        "rounds": rounds,
         "tolerance": case.tolerance,
         "note": case.note,
         "ceilings": ceilings,
@@ -162,19 +170,23 @@ def build_plan(
     mode: str = "full",
     sample: int = 60,
     seed: int = 0,
+    model_rounds: int | None = None,
 ) -> Plan:
     """The cases of ``ops`` filtered by case name patterns (``layers``) and directions.
 
     ``mode``: 'full' (the catalogue's shapes), 'quick' (conv batch <= 2, pool batch
     <= 4) or 'smoke' (tiny shapes, for tests). The corpus ops ('corpus', 'random') run
     ``sample`` layers chosen with ``seed`` (``corpus_sample``), fastconv and torch only
-    unless ``impls`` says otherwise.
+    unless ``impls`` says otherwise. The model op ('torch') runs ``model_rounds``
+    alternating rounds (default ``models.MODEL_ROUNDS`` of the mode); 'quick' caps its
+    batch at 8, 'smoke' runs the 32-pixel models at batch 2 at most.
     """
     plan = Plan()
     corpus_layers = {op: corpus_sample(op, sample, seed) for op in ops if op in CORPUS_OPS}
     all_names = list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME) + list(TRAIN_BY_NAME)
     all_names += [f"{call}_tiny" for call in OVERHEAD_CALLS]
     all_names += [entry.layer.name for entries in corpus_layers.values() for entry in entries]
+    all_names += list(MODEL_BY_NAME)
     if layers:
         unknown = [p for p in layers if not _match(all_names, [p])]
         if unknown:
@@ -232,8 +244,26 @@ def build_plan(
                 if mode == "smoke":
                     case = case.reduced(batch=4)
                 plan.items.append((f"train {name}", lambda c=case: train_case(c, impls=impls)))
+        elif op in MODEL_OPS:
+            dirs = [d for d in MODEL_DIRECTIONS if directions is None or d in directions]
+            specs = [MODEL_BY_NAME[name] for name in _match(list(MODEL_BY_NAME), layers)]
+            if mode == "smoke":
+                specs = [spec for spec in specs if spec.image < 64]
+            max_batch = {"full": None, "quick": 8, "smoke": 2}[mode]
+            rounds = model_rounds or MODEL_ROUNDS[mode]
+            for spec in specs:
+                for d in dirs:
+                    plan.items.append(
+                        (
+                            f"{op} {spec.name} {d}",
+                            lambda s=spec, d=d, cap=max_batch, r=rounds: model_case(
+                                s, d, impls=impls, max_batch=cap, rounds=r
+                            ),
+                        )
+                    )
         else:
-            raise ValueError(f"unknown op {op!r}: choose from {', '.join(OPS + CORPUS_OPS)} or all")
+            choices = ", ".join(OPS + CORPUS_OPS + MODEL_OPS)
+            raise ValueError(f"unknown op {op!r}: choose from {choices} or all")
     return plan
 
 

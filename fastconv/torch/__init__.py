@@ -42,8 +42,6 @@ from ._functional import (
     set_num_threads,
 )
 from ._modules import (
-    AUTOTUNE_MAX_SHAPES,
-    AUTOTUNE_ROUNDS,
     CONVERSIONS,
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -56,8 +54,6 @@ from ._modules import (
 )
 
 __all__ = [
-    "AUTOTUNE_MAX_SHAPES",
-    "AUTOTUNE_ROUNDS",
     "CONVERSIONS",
     "AdaptiveAvgPool2d",
     "AvgPool2d",

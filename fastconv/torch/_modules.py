@@ -34,8 +34,11 @@ __all__ = [
 # Distinct input shapes a module autotunes before it stops timing new ones (their
 # calls then run fastconv): a model fed ever-changing sizes must not keep timing.
 AUTOTUNE_MAX_SHAPES = 16
-# Alternating rounds of timing per shape; the best of each side decides.
+# Alternating rounds of timing per shape; the best of each side decides. Past two
+# rounds, a layer stops once its timing has taken AUTOTUNE_BUDGET_S (large layers in
+# training take a second a call).
 AUTOTUNE_ROUNDS = 5
+AUTOTUNE_BUDGET_S = 1.0
 
 
 class _FastconvModule:
@@ -78,9 +81,10 @@ class _FastconvModule:
         return found["choice"]
 
     def _time_both(self, input, params, training) -> dict:
-        """Best-of-``AUTOTUNE_ROUNDS`` seconds of fastconv's and torch's op on this
-        input, alternating; with ``training``, forward and backward (through
-        ``torch.autograd.grad`` on detached copies: no ``.grad`` or hook is touched)."""
+        """Best-of-``AUTOTUNE_ROUNDS`` seconds (fewer past the budget) of fastconv's and
+        torch's op on this input, alternating; with ``training``, forward and backward
+        (through ``torch.autograd.grad`` on detached copies: no ``.grad`` or hook is
+        touched)."""
 
         def leaf(t):
             return None if t is None else t.detach().requires_grad_(t.requires_grad)
@@ -100,14 +104,19 @@ class _FastconvModule:
 
         sides = {"fastconv": runner(self._fastconv_forward), "torch": runner(self._torch_forward)}
         best = dict.fromkeys(sides, float("inf"))
+        spent = 0.0
         with torch.enable_grad() if training else torch.no_grad():
             for run in sides.values():
                 run()  # warm-up: first-call allocations, thread start-up, lazy setup
-            for _ in range(AUTOTUNE_ROUNDS):
+            for round_index in range(AUTOTUNE_ROUNDS):
+                if round_index >= 2 and spent > AUTOTUNE_BUDGET_S:
+                    break
                 for name, run in sides.items():
                     start = time.perf_counter()
                     run()
-                    best[name] = min(best[name], time.perf_counter() - start)
+                    seconds = time.perf_counter() - start
+                    best[name] = min(best[name], seconds)
+                    spent += seconds
         choice = "fastconv" if best["fastconv"] <= best["torch"] else "torch"
         return {"choice": choice, "fastconv_s": best["fastconv"], "torch_s": best["torch"]}
 
