@@ -170,7 +170,7 @@ def _run(kind: str, device: torch.device, fn, *args, **kwargs):
 def _suggests_channels_last(t: torch.Tensor) -> bool:
     """torch's ``suggest_memory_format(t) == channels_last`` for a 4-D tensor: strides
     ordered C, W, H, N (``c10::is_channels_last_strides_2d``), ambiguous cases NCHW."""
-    if t.dim() != 4:
+    if t.dim() != 4 or t.is_contiguous():  # NCHW-contiguous strides never suggest it
         return False
     sizes, strides = t.shape, t.stride()
     if strides[1] == 0:
