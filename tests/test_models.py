@@ -145,7 +145,13 @@ def gradient_scales(torch_model):
 # ======================================================================================
 
 
-@pytest.mark.parametrize("case", PARITY_CASES, ids=[_case_id(c) for c in PARITY_CASES])
+def _parity_param(case):
+    # AlexNet's and VGG's ImageNet heads hold 10^7-10^8 weights: seconds of memory traffic
+    slow = case[0] in ("alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn") and not case[1]
+    return pytest.param(case, id=_case_id(case), marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("case", [_parity_param(c) for c in PARITY_CASES])
 def test_model_matches_torch(case, skip_init):
     name, kwargs, shape = case
     torch, tmodel = torch_twin(name, kwargs)
