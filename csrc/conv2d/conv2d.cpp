@@ -6,6 +6,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -429,18 +430,16 @@ std::string weight_grad_plan_refusal(WeightGradPlan plan, const ConvParams& p) {
 }
 
 int64_t weight_count(const ConvParams& p) { return p.out_channels * p.in_per_group() * p.taps(); }
+int64_t input_count(const ConvParams& p) { return p.batch * p.in_channels * p.in_plane(); }
+int64_t output_count(const ConvParams& p) { return p.batch * p.out_channels * p.out_plane(); }
 
 template <typename T>
-const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
-                                    const ConvParams& p, std::optional<ConvAlgorithm> forced) {
-  // Not only next to padding: Winograd's transforms would also mix an Inf weight
-  // into NaNs.
-  if (!forced && !all_finite(weight, weight_count(p)))
-    return conv2d_forward(input, weight, bias, output, p, ConvAlgorithm::kTapwise);
-  const ConvParams live = live_taps(p);
+const char* conv2d_forward_chosen(const T* input, const T* weight, const T* bias, T* output,
+                                  const ConvParams& p, std::optional<ConvAlgorithm> forced) {
   // A forced algorithm runs on the live taps when it can (the same sums as the
   // selector's run of it, which may have chosen it for them), else on the whole
   // kernel, where conv2d_forward refuses it if it cannot run that either.
+  const ConvParams live = live_taps(p);
   if (!has_dead_taps(p, live) || (forced && !conv_algorithm_supports(*forced, live)))
     return conv2d_forward(input, weight, bias, output, p,
                           forced ? *forced : select_conv_algorithm(p));
@@ -450,17 +449,15 @@ const char* conv2d_forward_selected(const T* input, const T* weight, const T* bi
 }
 
 template <typename T>
-std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
-                                  const ConvParams& p, std::optional<InputGradAlgorithm> forced) {
-  // Not only next to padding: the transposed plans pad dY by the kernel's reach.
-  if (!forced && !all_finite(weight, weight_count(p)))
-    forced = InputGradAlgorithm{InputGradPlan::kTapwise};
+std::string conv2d_backward_input_chosen(const T* grad_output, const T* weight, T* grad_input,
+                                         const ConvParams& p,
+                                         std::optional<InputGradAlgorithm> forced) {
   const ConvParams live = live_taps(p);
   // As in the forward pass: a forced algorithm runs on the live taps when it
   // can, else on the whole kernel, where it is refused if it cannot run that.
   if (has_dead_taps(p, live) && (!forced || input_grad_algorithm_refusal(*forced, live).empty())) {
     const std::vector<T> w = live_weight(weight, p, live);
-    return conv2d_backward_input(grad_output, w.data(), grad_input, live, forced);
+    return conv2d_backward_input_chosen(grad_output, w.data(), grad_input, live, forced);
   }
   if (forced) {
     const std::string refusal = input_grad_algorithm_refusal(*forced, p);
@@ -520,22 +517,20 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
 }
 
 template <typename T>
-const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                   const ConvParams& p, std::optional<WeightGradPlan> forced) {
+const char* conv2d_backward_weight_chosen(const T* input, const T* grad_output, T* grad_weight,
+                                          const ConvParams& p,
+                                          std::optional<WeightGradPlan> forced) {
   if (forced) {
     const std::string refusal = weight_grad_plan_refusal(*forced, p);
     if (!refusal.empty())
       throw std::invalid_argument("algorithm='" + std::string(weight_grad_plan_name(*forced)) +
                                   "' does not support this convolution: " + refusal);
   }
-  if (!forced && reads_padding(p) &&
-      !all_finite(grad_output, p.batch * p.out_channels * p.out_plane()))
-    forced = WeightGradPlan::kTapwise;
   const ConvParams live = live_taps(p);
   if (has_dead_taps(p, live)) {
     // Dead taps' gradients are zero; the live window's go to their place.
     std::vector<T> dw(static_cast<size_t>(p.out_channels * p.in_per_group() * live.taps()));
-    const char* ran = conv2d_backward_weight(input, grad_output, dw.data(), live, forced);
+    const char* ran = conv2d_backward_weight_chosen(input, grad_output, dw.data(), live, forced);
     std::fill(grad_weight, grad_weight + p.out_channels * p.in_per_group() * p.taps(), T(0));
     for_each_live_tap(p, live, [&](int64_t in_window, int64_t in_kernel) {
       grad_weight[in_kernel] = dw[in_window];
@@ -561,6 +556,64 @@ const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad
       break;
   }
   return weight_grad_plan_name(plan);
+}
+
+template <typename T>
+bool has_nan(const T* values, int64_t count) {
+  int nan = 0;
+  for (int64_t i = 0; i < count; ++i) nan |= values[i] != values[i];
+  return nan != 0;
+}
+
+// Whether a selected algorithm's result must be computed again tapwise: only
+// when it holds a NaN and `operand` (what a padded or transformed tap may have
+// multiplied into 0 * Inf) is not all finite. Without a NaN the extra products
+// were all zeros and the sums are the spec's. The smaller array is read first:
+// the check costs a pass over the smaller of the two, and nothing more unless
+// both hold non-finite values.
+template <typename T>
+bool needs_tapwise_rerun(const T* result, int64_t result_count, const T* operand,
+                         int64_t operand_count) {
+  if (result_count <= operand_count)
+    return has_nan(result, result_count) && !all_finite(operand, operand_count);
+  return !all_finite(operand, operand_count) && has_nan(result, result_count);
+}
+
+template <typename T>
+const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
+                                    const ConvParams& p, std::optional<ConvAlgorithm> forced) {
+  const char* ran = conv2d_forward_chosen(input, weight, bias, output, p, forced);
+  // Not only next to padding: Winograd's transforms also mix an Inf weight into NaNs.
+  if (!forced && std::string_view(ran) != conv_algorithm_name(ConvAlgorithm::kTapwise) &&
+      needs_tapwise_rerun(output, output_count(p), weight, weight_count(p)))
+    return conv2d_forward(input, weight, bias, output, p, ConvAlgorithm::kTapwise);
+  return ran;
+}
+
+template <typename T>
+std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
+                                  const ConvParams& p, std::optional<InputGradAlgorithm> forced) {
+  std::string ran = conv2d_backward_input_chosen(grad_output, weight, grad_input, p, forced);
+  // Not only next to padding: the transposed plans pad dY by the kernel's reach.
+  if (!forced && ran != "tapwise" &&
+      needs_tapwise_rerun(grad_input, input_count(p), weight, weight_count(p))) {
+    conv2d_tapwise_backward_input(grad_output, weight, grad_input, p);
+    return "tapwise";
+  }
+  return ran;
+}
+
+template <typename T>
+const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                   const ConvParams& p, std::optional<WeightGradPlan> forced) {
+  const char* ran = conv2d_backward_weight_chosen(input, grad_output, grad_weight, p, forced);
+  if (!forced && std::string_view(ran) != weight_grad_plan_name(WeightGradPlan::kTapwise) &&
+      reads_padding(p) &&
+      needs_tapwise_rerun(grad_weight, weight_count(p), grad_output, output_count(p))) {
+    conv2d_tapwise_backward_weight(input, grad_output, grad_weight, p);
+    return weight_grad_plan_name(WeightGradPlan::kTapwise);
+  }
+  return ran;
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                               \

@@ -178,12 +178,12 @@ bool reads_padding(const ConvParams& p);
 // larger than the input and output: every pass then runs tapwise, whose cost
 // does not grow with the reach.
 bool is_far_reaching(const ConvParams& p);
-// Whether every one of `count` values is finite. A non-finite weight (forward
-// and input gradient: zero padding, the transposed plans' padded dY and
-// Winograd's transforms would turn it into NaNs) or a non-finite output
-// gradient next to padding (weight gradient) sends the selectors' choice to the
-// tapwise kernels, where a padded tap contributes nothing rather than
-// 0 * Inf = NaN. A forced algorithm runs as asked.
+// Whether every one of `count` values is finite. When a selected algorithm's
+// result holds a NaN and its weights (forward, input gradient) or its output
+// gradient next to padding (weight gradient) are not all finite, the pass runs
+// again tapwise, where a padded tap contributes nothing rather than
+// 0 * Inf = NaN (zero padding, the transposed plans' padded dY and Winograd's
+// transforms can all make one). A forced algorithm runs as asked.
 template <typename T>
 bool all_finite(const T* values, int64_t count);
 
