@@ -206,7 +206,35 @@ SELECTOR_EXTRA = [
     ("mobilenet_dw3x3s2_14", (1, 576, 14, 14), (576, 1, 3, 3), 2, 1, 1, 576, "depthwise"),
     ("grouped_g4_14", (8, 256, 14, 14), (256, 64, 3, 3), 1, 1, 1, 4, "direct"),
     ("batch1_3x3_14", (1, 256, 14, 14), (256, 256, 3, 3), 1, 1, 1, 1, "winograd"),
+    # depthwise with a channel multiplier: blocks up to 8, rows up to 4, else direct
+    ("depthwise_blocks_multiplier_8", (4, 16, 14, 14), (128, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
+    ("depthwise_blocks_multiplier_16", (4, 16, 14, 14), (256, 1, 3, 3), 1, 1, 1, 16, "direct"),
+    ("depthwise_rows_multiplier_4", (4, 16, 56, 56), (64, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
+    ("depthwise_rows_multiplier_6", (4, 16, 56, 56), (96, 1, 3, 3), 1, 1, 1, 16, "direct"),
+    ("grouped_c8_k160_g8", (8, 8, 56, 56), (160, 1, 3, 3), 1, 1, 1, 8, "direct"),
+    ("depthwise_1x1_multiplier_20", (4, 16, 7, 7), (320, 1, 1, 1), 1, 1, 1, 16, "depthwise"),
 ]
+
+# The input and weight gradients of depthwise layers with a channel multiplier
+# (conv2d_input_algorithm, conv2d_weight_algorithm).
+DEPTHWISE_GRADIENT_TABLE = [
+    ((4, 16, 14, 14), (96, 1, 3, 3), "depthwise", "direct_dot"),
+    ((4, 16, 14, 14), (128, 1, 3, 3), "implicit_gemm (col2im)", "direct_dot"),
+    ((4, 16, 56, 56), (96, 1, 3, 3), "direct (transposed)", "direct_dot"),
+    ((8, 8, 56, 56), (160, 1, 3, 3), "implicit_gemm (col2im)", "direct_dot"),
+    ((4, 16, 56, 56), (16, 1, 3, 3), "depthwise (transposed)", "depthwise"),
+]
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "w_shape", "input_grad", "weight_grad"), DEPTHWISE_GRADIENT_TABLE
+)
+def test_depthwise_gradient_selectors(in_shape, w_shape, input_grad, weight_grad):
+    kw = dict(padding=1, groups=in_shape[1])
+    if not WIDE_DOT_TILE and weight_grad == "direct_dot" and w_shape[0] // in_shape[1] > 8:
+        weight_grad = "implicit_gemm"
+    assert fastconv.conv2d_input_algorithm(in_shape, w_shape, **kw) == input_grad
+    assert fastconv.conv2d_weight_algorithm(in_shape, w_shape, **kw) == weight_grad
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,22 @@ struct ConvTuning {
   // ...and whose padded block holds at most this many pixels (1 MB of float32
   // lanes per thread; the networks' layers need a few thousand).
   double depthwise_blocks_max_pixels = 16384;
+  // Depthwise layers with a channel multiplier (outputs per input channel) above
+  // these run the general kernels, whose work per input pixel grows with the
+  // outputs they share it with: measured on 16 channels, 3x3, batch 4, one
+  // thread (Intel Xeon), multiplier 1 to 20:
+  //  - forward: blocks beat direct up to 8 (14x14: 0.091 against 0.111 ms; 16:
+  //    0.169 against 0.122), rows up to 4 (56x56: 0.48 against 0.50; 6: 0.63
+  //    against 0.53; 20: 2.1 against 1.2);
+  //  - input gradient: blocks and the direct scatter up to 6, GEMM + col2im
+  //    above (56x56, 8: 2.2 against 2.4 ms; 20: 3.6 against 9.9);
+  //  - weight gradient: the depthwise rows only for multiplier 1; from 2 on the
+  //    general rules pick the dot-product tiles (56x56, 4: 0.85 against 0.37 ms;
+  //    28x28, 8: 0.80 against 0.21; 14x14, 2: even).
+  int64_t depthwise_blocks_max_multiplier = 8;
+  int64_t depthwise_rows_max_multiplier = 4;
+  int64_t depthwise_input_grad_max_multiplier = 6;
+  int64_t depthwise_weight_grad_max_multiplier = 1;
 };
 constexpr ConvTuning kTuning{};
 
@@ -234,7 +250,11 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   if (is_far_reaching(p)) return ConvAlgorithm::kTapwise;
   // Depthwise first: a 1x1 depthwise layer is a per-channel scale, not a GEMM.
-  if (p.is_depthwise()) return ConvAlgorithm::kDepthwise;
+  if (p.is_depthwise() &&
+      (p.taps() == 1 ||
+       p.out_per_group() <= (depthwise_uses_blocks(p) ? kTuning.depthwise_blocks_max_multiplier
+                                                      : kTuning.depthwise_rows_max_multiplier)))
+    return ConvAlgorithm::kDepthwise;
   if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
   const bool small = p.flops() < kTuning.small_max_flops;
   // Winograd wins on every ISA tier (portable SSE2 kernels: resnet_3x3_28
@@ -287,6 +307,9 @@ InputGradPlan select_input_grad_plan(const ConvParams& p) {
   if (p.is_pointwise() && !p.is_depthwise()) return InputGradPlan::kPointwiseGemm;
   // Stride 1, multiplier 1: the forward kernel on the flipped filters (blocks or
   // rows) gathers; the blocked scatter is for the others.
+  if (p.is_depthwise() && p.taps() > 1 &&
+      p.out_per_group() > kTuning.depthwise_input_grad_max_multiplier)
+    return InputGradPlan::kCol2im;
   if (depthwise_uses_blocks(p) && !(p.is_unit_stride() && p.out_per_group() == 1))
     return InputGradPlan::kDepthwise;
   if (p.is_unit_stride() && p.is_depthwise() && p.out_per_group() == 1)
@@ -319,7 +342,9 @@ std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p) {
 
 WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
   if (is_far_reaching(p)) return WeightGradPlan::kTapwise;
-  if (p.is_depthwise()) return WeightGradPlan::kDepthwise;
+  if (p.is_depthwise() &&
+      (p.taps() == 1 || p.out_per_group() <= kTuning.depthwise_weight_grad_max_multiplier))
+    return WeightGradPlan::kDepthwise;
   const CpuKernels& kernels = kernels_for(isa);
   const int tile_rows =
       p.single_precision ? kernels.f32.vector.dot_tile_a : kernels.f64.vector.dot_tile_a;
