@@ -14,6 +14,7 @@ missing; the first Cython test compiles the peer into the cache (about 10-20 s o
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -154,6 +155,9 @@ def test_numba_runs_on_the_thread_count_asked_for():
     assert numba.get_num_threads() == 1
     numba_peer.conv2d(x, weight, threads=10**6)  # more than Numba started: all of them
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        # not the omp layer, whose spinning workers slowed the next implementation
+        assert numba.threading_layer() == "workqueue"
 
 
 def test_cython_peer_is_cached_by_its_source(monkeypatch, tmp_path):
@@ -179,6 +183,25 @@ def test_a_missing_cython_is_named_and_the_run_goes_on(monkeypatch, tmp_path, ca
     assert "running without cython: Cython is not installed" in capsys.readouterr().err
     (result,) = json.loads(out.read_text())["results"]
     assert set(result["impls"]) == {"fastconv", "numpy"}
+
+
+def test_a_failed_cython_build_costs_the_peer_not_the_run(monkeypatch, tmp_path, capsys):
+    def failing_build():
+        raise RuntimeError("building the Cython peer failed (exit 1):\nerror: no omp.h")
+
+    monkeypatch.setattr(ladder, "_ready", {})
+    monkeypatch.setattr(ladder, "_failed", {})
+    monkeypatch.setattr(peers_cython, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(peers_cython, "load", failing_build)
+    out = tmp_path / "run.json"
+    argv = ["bench", "--smoke", "--op", "pool", "--layers", "max_pool2d_*", "--direction", "fwd"]
+    argv += ["--impls", "fastconv,numpy,cython", "--no-progress", "--json", str(out)]
+    assert cli.main(argv) == 0
+    assert "running without cython: building the Cython peer failed" in capsys.readouterr().err
+    (result,) = json.loads(out.read_text())["results"]
+    assert set(result["impls"]) == {"fastconv", "numpy"}
+    with pytest.raises(ladder.PeerUnavailable, match="no omp.h"):
+        ladder.peer_module("cython")
 
 
 def test_the_default_run_leaves_the_ladder_peers_out():

@@ -46,7 +46,7 @@ from .catalogue import (
     TrainCase,
 )
 from .cli import add_arguments, run
-from .ladder import LADDER_PEERS, ladder
+from .ladder import LADDER_PEERS
 from .machine import machine_peaks
 from .peers import (
     ALL_IMPLS,
@@ -87,7 +87,6 @@ __all__ = [
     "gbps",
     "gemm_case",
     "geomean",
-    "ladder",
     "machine_peaks",
     "numpy_conv2d",
     "numpy_conv2d_input",

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..functional import get_num_threads
 from ..precision import PRECISIONS, float32_conv_precision, get_float32_conv_precision
 from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, MODEL_DIRECTIONS, MODEL_OPS, OPS
-from .ladder import LADDER_PEERS, peer_versions, unavailable_reason
+from .ladder import LADDER_PEERS, PeerUnavailable, peer_module, peer_versions, unavailable_reason
 from .machine import OtherLoad, describe_machine, load_average, machine_peaks
 from .peers import ALL_IMPLS
 from .report import format_header, publish_report, summarize
@@ -192,8 +192,9 @@ def run(args: argparse.Namespace) -> int:
         errors.append(f"--op: unknown {', '.join(bad)} (choose from {choices}, all)")
     if args.sample < 0:
         errors.append("--sample must be >= 0")
-    if impls and not set(impls) <= set(ALL_IMPLS):
-        errors.append(f"--impls: choose from {', '.join(ALL_IMPLS)}")
+    known_impls = (*ALL_IMPLS, "autotune")  # autotune: the model op's third
+    if impls and not set(impls) <= set(known_impls):
+        errors.append(f"--impls: choose from {', '.join(known_impls)}")
     if directions and not set(directions) <= set(CONV_DIRECTIONS + MODEL_DIRECTIONS):
         errors.append(f"--direction: choose from {', '.join(CONV_DIRECTIONS + MODEL_DIRECTIONS)}")
     if args.threads is not None and args.threads < 1:
@@ -225,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for peer in [p for p in LADDER_PEERS if impls and p in impls]:
         reason = unavailable_reason(peer)
+        if reason is None:
+            try:
+                peer_module(peer)  # compiled and warmed up before anything is timed
+            except PeerUnavailable:
+                reason = unavailable_reason(peer)
         if reason is not None:
             print(f"fastconv bench: running without {peer}: {reason}", file=sys.stderr)
             plan.skipped.append(f"{peer}: {reason}")

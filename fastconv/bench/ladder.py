@@ -45,9 +45,15 @@ class PeerUnavailable(LookupError):
     """A ladder peer cannot run here (its package or a compiler is missing)."""
 
 
+# Peers whose build failed in this process, and why.
+_failed: dict[str, str] = {}
+
+
 def unavailable_reason(name: str) -> str | None:
     """Why the ladder peer ``name`` cannot run here, or None when it can (nothing is
-    compiled or imported to find out)."""
+    compiled or imported to find out; a build that failed in this process counts)."""
+    if name in _failed:
+        return _failed[name]
     if name == "numba":
         if importlib.util.find_spec("numba") is None:
             return "Numba is not installed (pip install 'fastconv[bench]')"
@@ -65,7 +71,8 @@ _ready: dict[str, Any] = {}
 def peer_module(name: str):
     """The module of the ladder peer ``name``, compiled and warmed up: the Cython loops
     built (once, into the cache) and loaded, Numba's kernels compiled for float32. Raises
-    PeerUnavailable when it cannot run here."""
+    PeerUnavailable when it cannot run here, or when its build fails (the compiler's
+    output in the message; the peer then stays unavailable in this process)."""
     if name not in _ready:
         reason = unavailable_reason(name)
         if reason is not None:
@@ -73,7 +80,11 @@ def peer_module(name: str):
         if name == "cython":
             from . import peers_cython as module
 
-            module.load()
+            try:
+                module.load()
+            except RuntimeError as exc:
+                _failed[name] = str(exc)
+                raise PeerUnavailable(f"{name}: {exc}") from exc
         else:
             from . import peers_numba as module
 
@@ -83,12 +94,17 @@ def peer_module(name: str):
 
 
 def peer_versions(names: Sequence[str]) -> dict[str, str]:
-    """{peer: version} of the ladder peers among ``names`` that can run here."""
+    """{peer: version} of the ladder peers among ``names`` that can run here (Numba's
+    with its threading layer)."""
     out = {}
     for name in names:
         if name in LADDER_PEERS and unavailable_reason(name) is None:
             package = "Cython" if name == "cython" else "numba"
             out[name] = getattr(__import__(package), "__version__", "?")
+            if name == "numba":
+                from .peers_numba import threading_layer
+
+                out[name] += f" ({threading_layer()} threads)"
     return out
 
 

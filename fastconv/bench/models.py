@@ -22,7 +22,8 @@ from .timing import geomean
 
 __all__ = ["MODEL_IMPLS", "direction_batch", "model_case", "model_summaries"]
 
-# Native, converted, converted + autotune; report order.
+# Converted, converted with autotune, native; report order ('autotune' exists in this
+# op only).
 MODEL_IMPLS = ("fastconv", "autotune", "torch")
 # The op's rounds by run mode (whole models: fewer than the layer ops' 7).
 MODEL_ROUNDS = {"full": 3, "quick": 2, "smoke": 1}

@@ -33,9 +33,8 @@ __all__ = [
     "torch_pool_call",
 ]
 
-# The implementations a run has by default, in report order ('autotune': a torch model
-# converted by fastconv.torch with autotune=True, in the model op only).
-IMPLS = ("fastconv", "autotune", "numpy", "torch")
+# The implementations a run has by default, in report order.
+IMPLS = ("fastconv", "numpy", "torch")
 # And every implementation a case can have: the ladder's Cython and Numba peers
 # (``ladder.py``) run only when asked for.
 ALL_IMPLS = (*IMPLS, "cython", "numba")

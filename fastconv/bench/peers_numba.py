@@ -17,9 +17,16 @@ is compiled without ``fastmath``: it would let LLVM drop the NaN test of PyTorch
 Compiled on first use (``cache=True`` keeps the machine code for later processes);
 ``warm_up()`` compiles every kernel for float32 so that no timing ever includes the
 compiler. Square kernels, strides and paddings, as the benchmark cases have them.
+
+Numba's own ``workqueue`` threading layer runs the loops unless ``NUMBA_THREADING_LAYER``
+says otherwise: with the ``omp`` layer (its default here) the idle workers of a second
+OpenMP runtime kept spinning beside PyTorch's and made the torch conv timed next up to
+10x slower (resnet_3x3_56 forward, batch 2, 1 thread: 9.6 -> 108 ms).
 """
 
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
@@ -34,8 +41,12 @@ __all__ = [
     "conv2d_weight",
     "max_pool2d",
     "max_pool2d_backward",
+    "threading_layer",
     "warm_up",
 ]
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 _LOOPS = dict(parallel=True, fastmath=True, cache=True)
 
@@ -261,6 +272,14 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, threads=None):
     return _max_pool2d_backward(
         np.ascontiguousarray(grad_output), np.ascontiguousarray(indices, dtype=np.int64), h, w
     )
+
+
+def threading_layer() -> str:
+    """The threading layer the loops run on (the configured one before the first run)."""
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        return str(numba.config.THREADING_LAYER)
 
 
 def warm_up(dtype=np.float32) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .catalogue import CONV_DIRECTIONS, CORPUS_OPS, MODEL_OPS, OPS, THREE_BY_THREE_S1
 from .ladder import ladder, ladder_rows, plot_ladder
-from .models import model_summaries
+from .models import MODEL_IMPLS, model_summaries
 from .peers import ALL_IMPLS
 from .timing import geomean
 
@@ -84,9 +84,13 @@ def format_markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+# Report order: the model op's converted-with-autotune models right after fastconv.
+REPORT_IMPLS = tuple(dict.fromkeys((*MODEL_IMPLS[:2], *ALL_IMPLS)))
+
+
 def _ordered_impls(results: list[dict]) -> list[str]:
     seen = {name for r in results for name in r["impls"]}
-    return [name for name in ALL_IMPLS if name in seen]
+    return [name for name in REPORT_IMPLS if name in seen]
 
 
 def _described_impl(result: dict) -> str:
@@ -100,7 +104,7 @@ def long_rows(results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
         first = True
-        for name in ALL_IMPLS:
+        for name in REPORT_IMPLS:
             if name not in r["impls"]:
                 continue
             i = r["impls"][name]
