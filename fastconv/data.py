@@ -148,6 +148,14 @@ class DataLoader:
     seeded with ``seed``, so a run is reproducible; ``drop_last`` drops a final
     incomplete batch.  Batches are C-contiguous: shuffled ones are copies (fancy
     indexing), unshuffled ones are views of the arrays.
+
+    ``num_replicas`` > 1 shards the data for data-parallel training (PyTorch's
+    ``DistributedSampler``): every replica draws the same order from the same seed,
+    pads it by wrapping around to a multiple of ``num_replicas`` and takes every
+    ``num_replicas``-th sample from position ``rank``, so the shards are disjoint (but
+    for the padding), reshuffled every epoch, and of equal size: every rank gets as
+    many batches.  Batch k of the ranks together is batch k of one unsharded loader
+    with ``num_replicas`` times the batch size.
     """
 
     def __init__(
@@ -157,9 +165,16 @@ class DataLoader:
         shuffle: bool = False,
         seed: int | None = None,
         drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if not arrays:
             raise ValueError("DataLoader needs at least one array")
+        if int(num_replicas) < 1 or not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas} "
+                f"and {rank}"
+            )
         if len(arrays) == 1 and isinstance(arrays[0], Dataset):
             arrays = tuple(arrays[0])
         n = len(arrays[0])
@@ -171,19 +186,31 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.generator = np.random.default_rng(seed)
 
     @property
     def num_samples(self) -> int:
         return len(self.arrays[0])
 
+    @property
+    def samples_per_replica(self) -> int:
+        """Samples this replica iterates over per epoch (its shard, padding included)."""
+        return -(-self.num_samples // self.num_replicas)
+
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
+        n, b = self.samples_per_replica, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self) -> Iterator[Any]:
         n = self.num_samples
         order = self.generator.permutation(n) if self.shuffle else None
+        if self.num_replicas > 1:
+            whole = np.arange(n) if order is None else order
+            padded = np.resize(whole, self.samples_per_replica * self.num_replicas)
+            order = padded[self.rank :: self.num_replicas]
+            n = order.size
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             stop = min(start + self.batch_size, n)
             if order is None:

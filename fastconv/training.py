@@ -30,10 +30,13 @@ asks for.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,10 @@ class TrainConfig:
     upscale: int = 1
     checkpoint: str | None = None
     resume: str | None = None
+    distributed: bool = False  # data-parallel over the MPI world (run under mpiexec)
+    sync_batch_norm: bool = True  # distributed: BatchNorm statistics over the global batch
+    bucket_mb: float = 25.0  # distributed: gradient megabytes per allreduce
+    dist_timeout: float = 300.0  # distributed: seconds to wait for the other ranks
 
 
 def build_model(
@@ -206,12 +213,20 @@ def _upscale(x: np.ndarray, factor: int) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(np.repeat(x, factor, axis=2), factor, axis=3))
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: str) -> None:
+def _check_resumable(
+    saved: dict[str, Any], config: TrainConfig, path: str, world_size: int = 1
+) -> None:
     differ = [
         f"{key} {saved.get(key)!r} there, {getattr(config, key)!r} here"
         for key in RESUME_KEYS
-        if saved.get(key) != getattr(config, key)
+        if saved.get(key) != getattr(config, key) and key != "batch_size"
     ]
+    # on another number of ranks the batch per rank changes, the global batch must not
+    batch = world_size * config.batch_size
+    saved_batch = saved.get("global_batch_size", saved.get("batch_size"))
+    if saved_batch != batch:
+        ranks = f" ({world_size} x {config.batch_size})" if world_size > 1 else ""
+        differ.append(f"batch_size {saved_batch!r} there, {batch!r}{ranks} here")
     if differ:
         raise ValueError(
             f"--resume {path}: the checkpoint's run used other options ({'; '.join(differ)})"
@@ -260,8 +275,51 @@ def _log(config: TrainConfig, message: str) -> None:
         print(message, flush=True)
 
 
+def _start_distributed(config: TrainConfig) -> Any:
+    """Join the MPI world and check every rank was given the same options; returns
+    :mod:`fastconv.distributed` (imported here: plain runs never import mpi4py)."""
+    from . import distributed as dist
+
+    dist.init(timeout=config.dist_timeout)
+    dist.check_same("the options", **dataclasses.asdict(config))
+    if config.threads is None:  # the ranks on one machine share its cores
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        set_num_threads(max(1, (cores or 1) // dist.local_world_size()))
+    return dist
+
+
+def _seed_layers(generator: np.random.Generator, seed: int, *key: int) -> None:
+    """Reseed the dropout generator in place (it is the one the layers draw from)."""
+    generator.bit_generator.state = np.random.default_rng([seed, *key]).bit_generator.state
+
+
+@contextlib.contextmanager
+def _as_path(path: str) -> Iterator[str]:
+    yield path
+
+
+def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, dist: Any) -> tuple[float, float]:
+    """:func:`evaluate`; in a distributed run each rank takes a disjoint share and the
+    sums are reduced, so every rank gets the whole set's figures."""
+    if dist is None or dist.world_size() == 1:
+        return evaluate(model, x, y)
+    share = len(dist.shard(y))
+    loss, accuracy = evaluate(model, dist.shard(x), dist.shard(y))
+    mine = [loss * share, accuracy * share, share] if share else [0.0, 0.0, 0]
+    loss_sum, correct, count = dist.all_reduce(np.array(mine, np.float64))
+    if count == 0:
+        return float("nan"), float("nan")
+    return float(loss_sum / count), float(correct / count)
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train and evaluate; returns the metrics (what ``--json`` writes)."""
+    dist = _start_distributed(config) if config.distributed else None
+    world, rank = (dist.world_size(), dist.rank()) if dist else (1, 0)
+    if rank != 0:  # rank 0 speaks and writes files for the run
+        config = dataclasses.replace(
+            config, verbose=False, progress=False, json=None, out=None, plot=None
+        )
     if config.epochs < 1:
         raise ValueError("epochs must be at least 1")
     if config.upscale < 1:
@@ -282,11 +340,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
         for part in (splits.train, splits.val, splits.test)
     )
     load_time = time.perf_counter() - start
+    if dist:
+        dist.check_same(
+            "the data",
+            **{
+                f"{name}_{part}": getattr(getattr(splits, part), name)
+                for name in "xy"
+                for part in ("train", "val", "test")
+            },
+        )
 
     nn.manual_seed(config.seed)
     channels, height, width = x_train.shape[1:]
     model = build_network(config, channels, (height, width), splits.num_classes)
     flops = _check_input_size(config, model, (channels, height, width)).total_flops
+    net = model  # what trains: the model, or its data-parallel wrapper
+    if dist:
+        if config.sync_batch_norm:
+            model = dist.convert_sync_batchnorm(model)
+        net = dist.DistributedDataParallel(
+            model, bucket_mb=config.bucket_mb, broadcast_buffers=not config.sync_batch_norm
+        )
     criterion = nn.CrossEntropyLoss()
     weight_decay = config.weight_decay
     if weight_decay is None:
@@ -295,18 +369,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
         config.optimizer, model.parameters(), config.lr, weight_decay, config.momentum
     )
     loader = fdata.DataLoader(
-        x_train, splits.train.y, batch_size=config.batch_size, shuffle=True, seed=config.seed
+        x_train,
+        splits.train.y,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        num_replicas=world,
+        rank=rank,
     )
     # dropout masks and the shuffling: what a resumed run must continue, not restart
     generators = {"layers": nn.init.default_generator(), "shuffle": loader.generator}
+    if world > 1:  # every rank its own dropout masks; the shuffling stays shared
+        _seed_layers(generators["layers"], config.seed, rank)
     history: list[dict[str, float]] = []
     first_epoch = 1
     if config.resume:
-        saved = read_checkpoint(config.resume)
-        _check_resumable(saved.extra.get("config", {}), config, config.resume)
-        load_checkpoint(config.resume, model, optimizer, generators=generators)
+        with dist.shared_file(config.resume) if dist else _as_path(config.resume) as path:
+            saved = read_checkpoint(path)
+            _check_resumable(saved.extra.get("config", {}), config, config.resume, world)
+            load_checkpoint(path, model, optimizer, generators=generators)
         history = list(saved.extra.get("history", []))
         first_epoch = saved.epoch + 1
+        if world > 1:
+            by_rank = saved.extra.get("layer_generators") or []
+            if len(by_rank) == world:
+                generators["layers"].bit_generator.state = by_rank[rank]
+            else:  # written by another world size: fresh masks, the rest continues exactly
+                _seed_layers(generators["layers"], config.seed, rank, first_epoch)
     scheduler = (
         optim.CosineAnnealingLR(optimizer, T_max=config.epochs)
         if config.schedule == "cosine"
@@ -324,7 +413,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         f"{model.num_parameters():,} parameters",
         f"{flops / 1e6:,.1f} MFLOPs per image",
         f"{config.optimizer} lr={lr:g}{decay}",
-        f"batch {config.batch_size}",
+        f"batch {config.batch_size}"
+        + (f" x {world} ranks (MPI; global batch {world * config.batch_size})" if dist else ""),
         f"{config.epochs} epochs",
         f"{get_num_threads()} threads",
     ]
@@ -334,6 +424,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     run_config = {
         k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "verbose")
     }
+    run_config["global_batch_size"] = world * config.batch_size
 
     for epoch in range(first_epoch, config.epochs + 1):
         progress = Progress(
@@ -342,14 +433,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
             desc=f"epoch {epoch}/{config.epochs}",
             unit="batch",
         )
-        model.train()
+        net.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         try:
             for xb, yb in loader:
-                logits = model(xb)
+                logits = net(xb)
                 loss = criterion(logits, yb)
-                model.backward(criterion.backward())
+                net.backward(criterion.backward())
                 optimizer.step()
                 optimizer.zero_grad()
                 loss_sum += loss * len(yb)
@@ -361,7 +452,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         epoch_time = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
-        val_loss, val_acc = evaluate(model, x_val, splits.val.y)
+        if dist:  # sums over the ranks; rank 0's running statistics for everyone
+            loss_sum, correct, seen = dist.all_reduce(np.array([loss_sum, correct, seen]))
+            net.sync_buffers()
+        val_loss, val_acc = _evaluate(model, x_val, splits.val.y, dist)
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -378,16 +472,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"val acc {val_acc:.4f}  {epoch_time:.2f} s",
         )
         if config.checkpoint:
-            save_checkpoint(
+            extra: dict[str, Any] = {"config": run_config, "history": history}
+            if dist:
+                extra["layer_generators"] = dist.all_gather_object(
+                    generators["layers"].bit_generator.state
+                )
+            (dist.save_checkpoint if dist else save_checkpoint)(
                 config.checkpoint,
                 model,
                 optimizer,
                 epoch=epoch,
                 generators=generators,
-                extra={"config": run_config, "history": history},
+                extra=extra,
             )
 
-    test_loss, test_acc = evaluate(model, x_test, splits.test.y)
+    test_loss, test_acc = _evaluate(model, x_test, splits.test.y, dist)
     total_time = time.perf_counter() - start
     train_time = sum(r["time_s"] for r in history)
     _log(
@@ -420,6 +519,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "test": len(splits.test.y),
         },
         "threads": get_num_threads(),
+        "world_size": world,
         "normalization": {
             "mean": normalizer.mean.ravel().tolist(),
             "std": normalizer.std.ravel().tolist(),
@@ -566,7 +666,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.test_fraction,
         help="digits only (mnist and cifar10 have a test set)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU kernel threads (--distributed: default the cores over the ranks per machine)",
+    )
     parser.add_argument("--json", metavar="PATH", default=None, help="write metrics as JSON")
     parser.add_argument("--out", metavar="NPZ", default=None, help="save the weights (.npz)")
     parser.add_argument(
@@ -583,6 +688,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--plot", metavar="PNG", default=None, help="save training curves (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training over the MPI world: run as mpiexec -n N fastconv train "
+        "--distributed ... (pip install 'fastconv[distributed]'); --batch-size is per rank",
+    )
+    parser.add_argument(
+        "--no-sync-batch-norm",
+        action="store_true",
+        help="--distributed: each rank normalises with its own batch's statistics (default: "
+        "SyncBatchNorm over the global batch)",
+    )
+    parser.add_argument(
+        "--bucket-mb",
+        type=float,
+        default=d.bucket_mb,
+        help="--distributed: gradient megabytes per allreduce",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=d.dist_timeout,
+        metavar="S",
+        help="--distributed: seconds to wait for the other ranks before ending every rank",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
@@ -616,10 +746,20 @@ def run(args: argparse.Namespace) -> int:
         upscale=args.upscale,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        distributed=args.distributed,
+        sync_batch_norm=not args.no_sync_batch_norm,
+        bucket_mb=args.bucket_mb,
+        dist_timeout=args.dist_timeout,
     )
     try:
         train(config)
     except (FileNotFoundError, ImportError, ValueError) as exc:
-        print(f"fastconv train: error: {exc}", file=sys.stderr)
+        message = f"fastconv train: error: {exc}"
+        if config.distributed and "fastconv.distributed" in sys.modules:
+            from . import distributed as dist
+
+            if dist.world_size() > 1:
+                dist.abort(message, 2)  # printed once, every rank ended
+        print(message, file=sys.stderr)
         return 2
     return 0
