@@ -196,7 +196,8 @@ SELECTOR_EXTRA = [
     ("dense_c5", (2, 5, 20, 20), (16, 5, 3, 3), 1, 1, 1, 1, "direct"),
     # shape families of the corpus (whole networks at 224 and 32, batch 1 to 32)
     ("googlenet_5x5_14", (8, 32, 14, 14), (64, 32, 5, 5), 1, 2, 1, 1, "direct"),
-    ("cifar_resnet50_3x3s2_8", (8, 512, 8, 8), (512, 512, 3, 3), 2, 1, 1, 1, "direct"),
+    ("cifar_resnet50_3x3s2_8", (8, 512, 8, 8), (512, 512, 3, 3), 2, 1, 1, 1, "implicit_gemm"),
+    ("batch1_3x3s2_8", (1, 512, 8, 8), (512, 512, 3, 3), 2, 1, 1, 1, "direct"),
     ("resnet_3x3s2_56", (8, 64, 56, 56), (128, 64, 3, 3), 2, 1, 1, 1, "direct"),
     ("late_3x3_4", (8, 256, 4, 4), (512, 256, 3, 3), 1, 1, 1, 1, "direct"),
     ("late_3x3_2", (8, 512, 2, 2), (512, 512, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
