@@ -27,11 +27,17 @@ __all__ = [
     "CONV2D_ALGORITHMS",
     "CONV2D_INPUT_ALGORITHMS",
     "CONV2D_WEIGHT_ALGORITHMS",
+    "INTERPOLATE_MODES",
     "BatchNormSaved",
+    "avg_pool1d",
+    "avg_pool1d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
+    "conv1d",
+    "conv1d_input",
+    "conv1d_weight",
     "conv2d",
     "conv2d_algorithm",
     "conv2d_bias_grad",
@@ -39,13 +45,25 @@ __all__ = [
     "conv2d_input_algorithm",
     "conv2d_weight",
     "conv2d_weight_algorithm",
+    "conv_transpose2d",
+    "conv_transpose2d_input",
+    "conv_transpose2d_weight",
     "gemm",
     "get_num_threads",
+    "group_norm",
+    "instance_norm",
+    "interpolate",
+    "interpolate_backward",
     "last_algorithms",
+    "layer_norm",
     "linear",
     "matmul",
+    "max_pool1d",
+    "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "pixel_shuffle",
+    "pixel_unshuffle",
     "set_num_threads",
 ]
 
@@ -715,3 +733,838 @@ def _broadcast_rows(bias, rows):
     if chk.is_device_array(bias):
         return _cuda_backend().broadcast_rows(bias, rows)
     return np.repeat(bias[None, :], rows, axis=0)
+
+
+# --------------------------------------------------------------------------- transposed conv
+#
+# conv_transpose2d is the adjoint of conv2d: its forward pass is conv2d_input, its input
+# gradient is conv2d and its weight gradient is conv2d_weight with the roles of input and
+# grad_output swapped, all on the same kernels; a 1x1 input makes each of them one GEMM.
+
+
+def _transpose_geometry(stride, padding, output_padding, groups, dilation):
+    strides = chk.positive_pair(stride, "stride")
+    ph, pw = chk.non_negative_pair(padding, "padding")
+    out_pads = chk.non_negative_pair(output_padding, "output_padding")
+    dilations = chk.positive_pair(dilation, "dilation")
+    groups = chk.positive_int(groups, "groups")
+    for extra, s, d in zip(out_pads, strides, dilations):
+        if extra >= max(s, d):
+            raise ValueError(
+                f"output_padding {output_padding!r} must be smaller than either stride "
+                f"{stride!r} or dilation {dilation!r}"
+            )
+    return ConvGeometry(strides, (ph, ph, pw, pw), dilations, groups), out_pads
+
+
+def _check_transpose_shapes(input_shape, weight_shape, geometry, out_pads, input_name, weight_name):
+    """Channel/group consistency and a positive output size; returns (out_h, out_w)."""
+    c_in, h, w = input_shape[-3:]
+    w_in, c_out_per_group, kh, kw = weight_shape
+    g = geometry.groups
+    if min(h, w) <= 0:
+        raise ValueError(f"{input_name} must have non-zero H and W, got shape {input_shape}")
+    if w_in != c_in:
+        raise ValueError(
+            f"{weight_name} (in_channels, out_channels/groups, kH, kW) expects {w_in} input "
+            f"channels, but {input_name} has {c_in}"
+        )
+    if c_in % g != 0:
+        raise ValueError(f"groups={g} must divide the {input_name} channels ({c_in})")
+    if min(c_out_per_group, kh, kw) <= 0:
+        raise ValueError(f"{weight_name} must have non-zero sizes, got {tuple(weight_shape)}")
+    out_hw = tuple(
+        (size - 1) * s - 2 * p + d * (k - 1) + extra + 1
+        for size, s, p, d, k, extra in zip(
+            (h, w), geometry.stride, geometry.padding[::2], geometry.dilation, (kh, kw), out_pads
+        )
+    )
+    if min(out_hw) < 1:
+        raise ValueError(
+            f"{input_name} of spatial size {(h, w)} gives an output of size {out_hw} with "
+            f"padding {geometry.padding[::2]}: the padding removes every output pixel"
+        )
+    return out_hw
+
+
+def _overhang(out_pads, strides):
+    """Input rows (columns) to add past the end so that conv2d's output-size arithmetic
+    reaches all of an output that output_padding makes longer than a stride (possible when
+    dilation > stride); the added rows are zeros and contribute nothing."""
+    return tuple(extra // s for extra, s in zip(out_pads, strides))
+
+
+def _with_overhang(x, overhang):
+    if overhang == (0, 0):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (0, overhang[0]), (0, overhang[1])))
+
+
+def _tap_positions(kernel, geometry, out_hw):
+    """For a 1x1 input: the kernel taps that land inside the output, and where."""
+    taps = []
+    for k, d, p, size in zip(kernel, geometry.dilation, geometry.padding[::2], out_hw):
+        position = np.arange(k) * d - p
+        inside = (position >= 0) & (position < size)
+        taps.append((np.flatnonzero(inside), position[inside]))
+    return taps
+
+
+def _single_pixel(x, geometry) -> bool:
+    """A 1x1 input (a DCGAN generator's first layer): every pass is one GEMM."""
+    return x.shape[-2:] == (1, 1) and geometry.groups == 1
+
+
+def _transpose_forward(x, weight, geometry, out_pads, out_hw):
+    n, c_in = x.shape[:2]
+    c_out = weight.shape[1] * geometry.groups
+    if n == 0:
+        return np.zeros((0, c_out, *out_hw), dtype=x.dtype)
+    if _single_pixel(x, geometry):
+        kh, kw = weight.shape[2:]
+        taps = gemm(x.reshape(n, c_in), _cpu.contiguous(weight).reshape(c_in, -1))
+        taps = taps.reshape(n, c_out, kh, kw)
+        (rows, at_rows), (cols, at_cols) = _tap_positions((kh, kw), geometry, out_hw)
+        if (kh, kw) == out_hw and len(rows) == kh and len(cols) == kw:
+            return taps
+        out = np.zeros((n, c_out, *out_hw), dtype=x.dtype)
+        out[:, :, at_rows[:, None], at_cols[None, :]] = taps[:, :, rows[:, None], cols[None, :]]
+        return out
+    ph, pw = geometry.padding[::2]
+    return conv2d_input(
+        (n, c_out, *out_hw),
+        weight,
+        _with_overhang(x, _overhang(out_pads, geometry.stride)),
+        geometry.stride,
+        (ph, pw),
+        geometry.dilation,
+        geometry.groups,
+    )
+
+
+def conv_transpose2d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """2-D transposed convolution (torch.nn.functional.conv_transpose2d), CPU.
+
+    ``weight`` is (in_channels, out_channels/groups, kH, kW); the output is
+    (N, out_channels, (H - 1)*sh - 2*ph + dh*(kH - 1) + oph + 1, ...). The adjoint of
+    conv2d with the same weight: it runs as ``conv2d_input`` (a 1x1 input as one GEMM)::
+
+        out[n, g*Kg + k, i*sh - ph + r*dh, j*sw - pw + s*dw] +=
+            input[n, g*Cg + c, i, j] * weight[g*Cg + c, k, r, s]
+    """
+    chk.check_array(input, "input")
+    chk.check_ndim(input, "input", (3, 4), "(N, C_in, H, W) or (C_in, H, W)")
+    chk.check_array(weight, "weight")
+    chk.check_ndim(weight, "weight", (4,), "(in_channels, out_channels/groups, kH, kW)")
+    geometry, out_pads = _transpose_geometry(stride, padding, output_padding, groups, dilation)
+    _check_bias(bias, weight.shape[1] * geometry.groups, "out_channels", False)
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    out_hw = _check_transpose_shapes(
+        tuple(input.shape), tuple(weight.shape), geometry, out_pads, "input", "weight"
+    )
+    x, unbatched = _batched(input)
+    out = _transpose_forward(x, weight, geometry, out_pads, out_hw)
+    if bias is not None:
+        out += bias[:, None, None]
+    return out[0] if unbatched else out
+
+
+def _transpose_gradient_args(input_shape, weight_shape, grad_output, args, grad_name="grad_output"):
+    """Validates a conv_transpose2d gradient call; returns (geometry, out_pads, out_hw)."""
+    chk.check_array(grad_output, grad_name)
+    chk.check_ndim(grad_output, grad_name, (len(input_shape),), "the layout of the input")
+    geometry, out_pads = _transpose_geometry(*args)
+    out_hw = _check_transpose_shapes(
+        input_shape, weight_shape, geometry, out_pads, "input_size", "weight"
+    )
+    out_channels = weight_shape[1] * geometry.groups
+    chk.check_shape(grad_output, (*input_shape[:-3], out_channels, *out_hw), grad_name)
+    return geometry, out_pads, out_hw
+
+
+def _gathered_taps(g, kernel, geometry):
+    """For a 1x1 input: grad_output at each kernel tap, (N, C_out, kH, kW), zero off it."""
+    (rows, at_rows), (cols, at_cols) = _tap_positions(kernel, geometry, g.shape[2:])
+    if tuple(kernel) == g.shape[2:] and len(rows) == kernel[0] and len(cols) == kernel[1]:
+        return _cpu.contiguous(g)
+    taps = np.zeros((*g.shape[:2], *kernel), dtype=g.dtype)
+    taps[:, :, rows[:, None], cols[None, :]] = g[:, :, at_rows[:, None], at_cols[None, :]]
+    return taps
+
+
+def conv_transpose2d_input(
+    input_size, weight, grad_output, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """Gradient of conv_transpose2d wrt its input: conv2d of ``grad_output`` with ``weight``
+    (a 1x1 input: one GEMM). Arguments as conv2d_input's, plus output_padding; CPU."""
+    chk.check_array(weight, "weight")
+    chk.check_ndim(weight, "weight", (4,), "(in_channels, out_channels/groups, kH, kW)")
+    size = chk.size_tuple(input_size, "input_size", (3, 4))
+    args = (stride, padding, output_padding, groups, dilation)
+    geometry, out_pads, out_hw = _transpose_gradient_args(
+        size, tuple(weight.shape), grad_output, args
+    )
+    chk.check_same_dtype(weight=weight, grad_output=grad_output)
+    g, unbatched = _batched(grad_output)
+    full_size = (g.shape[0], *size[-3:])
+    if g.shape[0] == 0:
+        return np.zeros(size, dtype=g.dtype)
+    if size[-2:] == (1, 1) and geometry.groups == 1:
+        taps = _gathered_taps(g, weight.shape[2:], geometry)
+        c_in = weight.shape[0]
+        flat_w = _cpu.contiguous(weight).reshape(c_in, -1)
+        result = gemm(taps.reshape(g.shape[0], -1), flat_w, trans_b=True).reshape(full_size)
+    else:
+        ph, pw = geometry.padding[::2]
+        result = conv2d(
+            g, weight, None, geometry.stride, (ph, pw), geometry.dilation, geometry.groups
+        )
+        if result.shape[2:] != tuple(size[-2:]):  # the overhang's rows read no input
+            result = np.ascontiguousarray(result[:, :, : size[-2], : size[-1]])
+    return result[0] if unbatched else result
+
+
+def conv_transpose2d_weight(
+    input, weight_size, grad_output, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """Gradient of conv_transpose2d wrt its weight: conv2d_weight with ``grad_output`` as
+    the input and ``input`` as the gradient (a 1x1 input: one GEMM); CPU."""
+    chk.check_array(input, "input")
+    chk.check_ndim(input, "input", (3, 4), "(N, C_in, H, W) or (C_in, H, W)")
+    wsize = chk.size_tuple(weight_size, "weight_size", (4,))
+    args = (stride, padding, output_padding, groups, dilation)
+    geometry, out_pads, out_hw = _transpose_gradient_args(
+        tuple(input.shape), wsize, grad_output, args
+    )
+    chk.check_same_dtype(input=input, grad_output=grad_output)
+    x, _ = _batched(input)
+    g, _ = _batched(grad_output)
+    if x.shape[0] == 0:
+        return np.zeros(wsize, dtype=x.dtype)
+    if _single_pixel(x, geometry):
+        taps = _gathered_taps(g, wsize[2:], geometry)
+        n, c_in = x.shape[:2]
+        return gemm(x.reshape(n, c_in), taps.reshape(n, -1), trans_a=True).reshape(wsize)
+    ph, pw = geometry.padding[::2]
+    return conv2d_weight(
+        _cpu.contiguous(g),
+        wsize,
+        _with_overhang(_cpu.contiguous(x), _overhang(out_pads, geometry.stride)),
+        geometry.stride,
+        (ph, pw),
+        geometry.dilation,
+        geometry.groups,
+    )
+
+
+# --------------------------------------------------------------------------- 1-D conv and pooling
+#
+# A 1-D op is the 2-D op on planes of one row: (N, C, L) is viewed as (N, C, 1, L) and a
+# (K, Cg, kL) weight as (K, Cg, 1, kL), so the 1-D layers run on the same kernels.
+
+_ONE_INT = "an int or a 1-tuple of ints"
+
+
+def _single(value, name):
+    """An int or a 1-sequence of ints, as PyTorch's _single."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(f"{name} must be {_ONE_INT}, got {value!r}")
+        value = value[0]
+    return chk.as_int(value, name, expected=_ONE_INT)
+
+
+def _positive_single(value, name):
+    v = _single(value, name)
+    if v <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return v
+
+
+def _non_negative_single(value, name):
+    v = _single(value, name)
+    if v < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return v
+
+
+def _conv1d_args(stride, padding, dilation, groups):
+    """(stride, dilation, padding, groups) as conv2d takes them for a one-row plane."""
+    s = _positive_single(stride, "stride")
+    d = _positive_single(dilation, "dilation")
+    chk.positive_int(groups, "groups")
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and s != 1:
+            raise ValueError(
+                "padding='same' is not supported for strided convolutions (stride > 1)"
+            )
+        pad2d = padding
+    else:
+        pad2d = (0, _non_negative_single(padding, "padding"))
+    return (1, s), pad2d, (1, d), groups
+
+
+def _check_conv1d_shapes(input_shape, weight_shape, args, input_name, weight_name):
+    """Channels, groups and a positive output length; returns the output length."""
+    stride, pad2d, dilation, groups = args
+    c_in, length = input_shape[-2:]
+    c_out, c_per_group, k = weight_shape
+    if c_in % groups != 0:
+        raise ValueError(f"groups={groups} must divide the {input_name} channels ({c_in})")
+    if c_out % groups != 0:
+        raise ValueError(f"groups={groups} must divide the {weight_name} out_channels ({c_out})")
+    if c_per_group * groups != c_in:
+        raise ValueError(
+            f"{weight_name} expects {c_per_group * groups} input channels "
+            f"({c_per_group} per group x groups={groups}), but {input_name} has {c_in}"
+        )
+    if min(k, c_out) <= 0:
+        raise ValueError(f"{weight_name} must have non-zero sizes, got {tuple(weight_shape)}")
+    (_, _), (left, right) = conv_padding(pad2d, (1, k), dilation)
+    out_len = (length + left + right - dilation[1] * (k - 1) - 1) // stride[1] + 1
+    if out_len < 1:
+        raise ValueError(
+            f"{input_name} of length {length} (padded by {(left, right)}) is shorter than the "
+            f"dilated kernel: output length would be {out_len}"
+        )
+    return out_len
+
+
+def _rows(x, ndim):
+    """(N, C, L) or (C, L) as one-row planes: (N, C, 1, L) or (C, 1, L)."""
+    return x.reshape((*x.shape[: ndim - 1], 1, x.shape[-1]))
+
+
+def _unrow(y):
+    return y.reshape((*y.shape[:-2], y.shape[-1]))
+
+
+def _weight_rows(weight):
+    return weight.reshape((*weight.shape[:2], 1, weight.shape[2]))
+
+
+_WEIGHT1D = "(out_channels, in_channels/groups, kL)"
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D cross-correlation (torch.nn.functional.conv1d), CPU: conv2d on one-row planes.
+
+    input (N, C, L) or (C, L), weight (K, C/groups, kL); ``padding`` is an int, a
+    1-tuple, 'same' or 'valid'::
+
+        out[n, k, i] = bias[k] + sum_{c, t} input[n, g*Cg + c, i*stride - pad + t*dilation]
+                                            * weight[k, c, t]
+    """
+    chk.check_array(input, "input")
+    chk.check_ndim(input, "input", (2, 3), "(N, C, L) or (C, L)")
+    chk.check_array(weight, "weight")
+    chk.check_ndim(weight, "weight", (3,), _WEIGHT1D)
+    _check_bias(bias, weight.shape[0], "out_channels", False)
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    args = _conv1d_args(stride, padding, dilation, groups)
+    _check_conv1d_shapes(tuple(input.shape), tuple(weight.shape), args, "input", "weight")
+    out = conv2d(_rows(input, input.ndim), _weight_rows(weight), bias, *args)
+    return _unrow(out)
+
+
+def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv1d wrt its input (torch.nn.grad.conv1d_input), CPU."""
+    chk.check_array(weight, "weight")
+    chk.check_ndim(weight, "weight", (3,), _WEIGHT1D)
+    chk.check_array(grad_output, "grad_output")
+    chk.check_ndim(grad_output, "grad_output", (2, 3), "(N, K, OL) or (K, OL)")
+    chk.check_same_dtype(weight=weight, grad_output=grad_output)
+    size = chk.size_tuple(input_size, "input_size", (grad_output.ndim,))
+    args = _conv1d_args(stride, padding, dilation, groups)
+    out_len = _check_conv1d_shapes(size, tuple(weight.shape), args, "input_size", "weight")
+    chk.check_shape(grad_output, (*size[:-2], weight.shape[0], out_len), "grad_output")
+    size2d = (*size[:-1], 1, size[-1])
+    g = _rows(grad_output, grad_output.ndim)
+    return _unrow(conv2d_input(size2d, _weight_rows(weight), g, *args))
+
+
+def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv1d wrt its weight (torch.nn.grad.conv1d_weight), CPU."""
+    chk.check_array(input, "input")
+    chk.check_ndim(input, "input", (2, 3), "(N, C, L) or (C, L)")
+    chk.check_array(grad_output, "grad_output")
+    chk.check_ndim(grad_output, "grad_output", (input.ndim,), "the layout of the input")
+    chk.check_same_dtype(input=input, grad_output=grad_output)
+    wsize = chk.size_tuple(weight_size, "weight_size", (3,))
+    args = _conv1d_args(stride, padding, dilation, groups)
+    out_len = _check_conv1d_shapes(tuple(input.shape), wsize, args, "input", "weight_size")
+    chk.check_shape(grad_output, (*input.shape[:-2], wsize[0], out_len), "grad_output")
+    x, g = _rows(input, input.ndim), _rows(grad_output, grad_output.ndim)
+    grad = conv2d_weight(x, (*wsize[:2], 1, wsize[2]), g, *args)
+    return grad.reshape(wsize)
+
+
+def _pool1d_window(kernel_size, stride, padding, dilation, ceil_mode):
+    """The 1-D window as a PoolWindow over one-row planes."""
+    k = _positive_single(kernel_size, "kernel_size")
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = _positive_single(stride, "stride")
+    p = _non_negative_single(padding, "padding")
+    d = _positive_single(dilation, "dilation")
+    if p > k // 2:
+        raise ValueError(f"padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
+    return PoolWindow((1, k), (1, s), (0, p), (1, d), bool(ceil_mode))
+
+
+def _pool1d_input(input, name="input"):
+    chk.check_array(input, name)
+    chk.check_ndim(input, name, (2, 3), "(N, C, L) or (C, L)")
+    if min(input.shape[-2:]) == 0:
+        raise ValueError(f"{name} must have non-zero C and L, got shape {tuple(input.shape)}")
+
+
+def _pool1d_length(window, length, name):
+    out_len = window.output_size(1, length)[1]
+    if out_len < 1:
+        raise ValueError(
+            f"{name} of length {length} is too small for this pooling window: output length "
+            f"would be {out_len}"
+        )
+    return out_len
+
+
+def _window_args(window):
+    return window.kernel, window.stride, window.padding, window.dilation, window.ceil_mode
+
+
+def max_pool1d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    """1-D max pooling (torch.nn.functional.max_pool1d), CPU: max_pool2d on one-row planes.
+    Indices are positions along L."""
+    _pool1d_input(input)
+    window = _pool1d_window(kernel_size, stride, padding, dilation, ceil_mode)
+    _pool1d_length(window, input.shape[-1], "input")
+    out = max_pool2d(
+        _rows(input, input.ndim), *_window_args(window), return_indices=bool(return_indices)
+    )
+    if return_indices:
+        return _unrow(out[0]), _unrow(out[1])
+    return _unrow(out)
+
+
+def max_pool1d_backward(grad_output, indices, input_size):
+    """Gradient of max_pool1d wrt its input: grad_output scattered to ``indices``."""
+    chk.check_array(grad_output, "grad_output")
+    chk.check_ndim(grad_output, "grad_output", (2, 3), "(N, C, OL) or (C, OL)")
+    size = chk.size_tuple(input_size, "input_size", (grad_output.ndim,))
+    chk.check_not_masked(indices, "indices")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    chk.check_shape(indices, tuple(grad_output.shape), "indices")
+    size2d = (*size[:-1], 1, size[-1])
+    g, idx = _rows(grad_output, grad_output.ndim), _rows(indices, indices.ndim)
+    return _unrow(max_pool2d_backward(g, idx, size2d))
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """1-D average pooling (torch.nn.functional.avg_pool1d), CPU: avg_pool2d on one-row
+    planes."""
+    _pool1d_input(input)
+    window = _pool1d_window(kernel_size, stride, padding, 1, ceil_mode)
+    _pool1d_length(window, input.shape[-1], "input")
+    kernel, strides, pads, _, ceil = _window_args(window)
+    return _unrow(
+        avg_pool2d(_rows(input, input.ndim), kernel, strides, pads, ceil, bool(count_include_pad))
+    )
+
+
+def avg_pool1d_backward(
+    grad_output,
+    input_size,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+):
+    """Gradient of avg_pool1d wrt its input."""
+    chk.check_array(grad_output, "grad_output")
+    chk.check_ndim(grad_output, "grad_output", (2, 3), "(N, C, OL) or (C, OL)")
+    size = chk.size_tuple(input_size, "input_size", (grad_output.ndim,))
+    if min(size[-2:]) == 0:
+        raise ValueError(f"input_size must have non-zero C and L, got {size}")
+    window = _pool1d_window(kernel_size, stride, padding, 1, ceil_mode)
+    out_len = _pool1d_length(window, size[-1], "input_size")
+    chk.check_shape(grad_output, (*size[:-1], out_len), "grad_output")
+    kernel, strides, pads, _, ceil = _window_args(window)
+    size2d = (*size[:-1], 1, size[-1])
+    g = _rows(grad_output, grad_output.ndim)
+    return _unrow(
+        avg_pool2d_backward(g, size2d, kernel, strides, pads, ceil, bool(count_include_pad))
+    )
+
+
+# --------------------------------------------------------------------------- resampling
+#
+# Interpolation is separable: along each spatial axis every output index reads at most two
+# input indices (lo, hi) with weights (w_lo, w_hi), computed as PyTorch's CPU kernels do;
+# the backward pass scatters along each axis in the reverse order. The source indices never
+# decrease along an axis, so the scatter is a run-wise sum (np.add.reduceat): deterministic.
+
+INTERPOLATE_MODES = ("nearest", "nearest-exact", "linear", "bilinear")
+_LINEAR_MODES = {"linear": 3, "bilinear": 4}
+
+
+def _interpolate_plan(input_shape, size, scale_factor, mode, align_corners, recompute_scale_factor):
+    """Output sizes, and the scales the index arithmetic uses (None: in / out)."""
+    if not isinstance(mode, str) or mode not in INTERPOLATE_MODES:
+        raise ValueError(f"mode must be one of {INTERPOLATE_MODES}, got {mode!r}")
+    ndim = len(input_shape)
+    if ndim not in (3, 4):
+        raise ValueError(
+            f"input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape {tuple(input_shape)}"
+        )
+    if mode in _LINEAR_MODES and _LINEAR_MODES[mode] != ndim:
+        raise ValueError(
+            f"mode={mode!r} needs a {_LINEAR_MODES[mode]}-D input, got shape {tuple(input_shape)}"
+        )
+    if align_corners is not None:
+        if mode not in _LINEAR_MODES:
+            raise ValueError(
+                "align_corners can only be set with the interpolating modes 'linear' and "
+                f"'bilinear', got mode={mode!r}"
+            )
+        if not isinstance(align_corners, (bool, np.bool_)):
+            raise TypeError(f"align_corners must be a bool or None, got {align_corners!r}")
+    spatial = tuple(input_shape[2:])
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
+    if size is not None:
+        if recompute_scale_factor:
+            raise ValueError("recompute_scale_factor is not meaningful with an explicit size")
+        sizes = size if isinstance(size, (tuple, list)) else (size,) * len(spatial)
+        if len(sizes) != len(spatial):
+            raise ValueError(f"size must have {len(spatial)} entries for this input, got {size!r}")
+        out = tuple(chk.as_int(s, "size", limit=2**62) for s in sizes)
+        scales = (None,) * len(spatial)
+    else:
+        factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,)
+        factors = factors * len(spatial) if len(factors) == 1 else factors
+        if len(factors) != len(spatial):
+            raise ValueError(
+                f"scale_factor must have {len(spatial)} entries for this input, "
+                f"got {scale_factor!r}"
+            )
+        scales = []
+        for f in factors:
+            if isinstance(f, (bool, np.bool_)) or not isinstance(f, (int, float, np.number)):
+                raise TypeError(f"scale_factor must be a number or a tuple of numbers, got {f!r}")
+            if not np.isfinite(f) or f <= 0:
+                raise ValueError(f"scale_factor must be positive and finite, got {scale_factor!r}")
+            scales.append(float(f))
+        out = tuple(int(np.floor(float(n) * f)) for n, f in zip(spatial, scales))
+        scales = (None,) * len(spatial) if recompute_scale_factor else tuple(scales)
+    if min(spatial) <= 0 or min(out) <= 0:
+        raise ValueError(
+            f"input and output spatial sizes must be positive, got input {spatial} and "
+            f"output {out}"
+        )
+    return out, scales, bool(align_corners)
+
+
+def _axis_taps(in_size, out_size, scale, mode, align_corners, dtype):
+    """(lo, hi, w_lo, w_hi) along one axis: out[j] = w_lo[j]*x[lo[j]] + w_hi[j]*x[hi[j]]."""
+    dst = np.arange(out_size)
+    if mode in ("nearest", "nearest-exact"):
+        # PyTorch computes nearest sources in float32, whatever the dtype
+        if mode == "nearest" and out_size == in_size:
+            src = dst
+        elif mode == "nearest" and out_size == 2 * in_size:
+            src = dst >> 1
+        else:
+            f32 = np.float32
+            ratio = f32(1.0 / scale) if scale is not None else f32(in_size) / f32(out_size)
+            at = dst.astype(f32) + (f32(0.5) if mode == "nearest-exact" else f32(0))
+            src = np.minimum(np.floor(at * ratio).astype(np.int64), in_size - 1)
+        return src, None, None, None
+    dt = np.dtype(dtype).type
+    if out_size == in_size:
+        return dst, dst, np.ones(out_size, dtype), np.zeros(out_size, dtype)
+    if align_corners:
+        ratio = dt(in_size - 1) / dt(out_size - 1) if out_size > 1 else dt(0)
+        real = ratio * dst.astype(dtype)
+    else:
+        ratio = dt(1.0 / scale) if scale is not None else dt(in_size) / dt(out_size)
+        real = np.maximum(ratio * (dst.astype(dtype) + dt(0.5)) - dt(0.5), dt(0))
+    lo = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
+    w_hi = np.clip(real - lo.astype(dtype), dt(0), dt(1)).astype(dtype)
+    hi = lo + (lo < in_size - 1)
+    return lo, hi, (dt(1) - w_hi).astype(dtype), w_hi
+
+
+def _weights_along(w, axis, ndim):
+    shape = [1] * ndim
+    shape[axis] = w.size
+    return w.reshape(shape)
+
+
+def _gather_axis(x, taps, axis):
+    lo, hi, w_lo, w_hi = taps
+    if w_lo is None:
+        return np.take(x, lo, axis=axis)
+    return _weights_along(w_lo, axis, x.ndim) * np.take(x, lo, axis=axis) + _weights_along(
+        w_hi, axis, x.ndim
+    ) * np.take(x, hi, axis=axis)
+
+
+def _run_sum(values, index, size, axis):
+    """out[i] = sum of values[j] along ``axis`` with index[j] == i (index non-decreasing)."""
+    starts = np.flatnonzero(np.concatenate(([True], index[1:] != index[:-1])))
+    sums = np.add.reduceat(values, starts, axis=axis)
+    shape = list(values.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=values.dtype)
+    where = [slice(None)] * values.ndim
+    where[axis] = index[starts]
+    out[tuple(where)] = sums
+    return out
+
+
+def _scatter_axis(g, taps, size, axis):
+    lo, hi, w_lo, w_hi = taps
+    if w_lo is None:
+        return _run_sum(g, lo, size, axis)
+    low = _run_sum(_weights_along(w_lo, axis, g.ndim) * g, lo, size, axis)
+    return low + _run_sum(_weights_along(w_hi, axis, g.ndim) * g, hi, size, axis)
+
+
+def _interpolate_taps(in_spatial, out_spatial, scales, mode, align_corners, dtype):
+    return [
+        _axis_taps(n_in, n_out, scale, mode, align_corners, dtype)
+        for n_in, n_out, scale in zip(in_spatial, out_spatial, scales)
+    ]
+
+
+def interpolate(
+    input,
+    size=None,
+    scale_factor=None,
+    mode="nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+    antialias=False,
+):
+    """Resampling (torch.nn.functional.interpolate), CPU: modes 'nearest' and
+    'nearest-exact' on (N, C, L) or (N, C, H, W), 'linear' on (N, C, L), 'bilinear' on
+    (N, C, H, W), with ``align_corners`` False (default) or True.
+
+    Sources as PyTorch computes them: with ``scale_factor`` (and no
+    ``recompute_scale_factor``) the coordinates scale by 1/scale_factor, otherwise by
+    in/out; the output size is floor(in * scale_factor).
+    """
+    chk.check_array(input, "input")
+    if antialias:
+        raise ValueError("antialias=True is not supported")
+    out_spatial, scales, corners = _interpolate_plan(
+        tuple(input.shape), size, scale_factor, mode, align_corners, recompute_scale_factor
+    )
+    taps = _interpolate_taps(input.shape[2:], out_spatial, scales, mode, corners, input.dtype)
+    out = input
+    for axis in range(input.ndim - 1, 1, -1):  # width first, then height, as PyTorch sums
+        out = _gather_axis(out, taps[axis - 2], axis)
+    return np.ascontiguousarray(out, dtype=input.dtype)
+
+
+def interpolate_backward(
+    grad_output,
+    input_size,
+    size=None,
+    scale_factor=None,
+    mode="nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+):
+    """Gradient of interpolate wrt its input (same arguments, ``input_size`` its shape)."""
+    chk.check_array(grad_output, "grad_output")
+    in_shape = chk.size_tuple(input_size, "input_size", (3, 4))
+    out_spatial, scales, corners = _interpolate_plan(
+        in_shape, size, scale_factor, mode, align_corners, recompute_scale_factor
+    )
+    chk.check_shape(grad_output, (*in_shape[:2], *out_spatial), "grad_output")
+    taps = _interpolate_taps(in_shape[2:], out_spatial, scales, mode, corners, grad_output.dtype)
+    grad = grad_output
+    for axis in range(2, grad.ndim):  # the forward's order reversed
+        grad = _scatter_axis(grad, taps[axis - 2], in_shape[axis], axis)
+    return np.ascontiguousarray(grad, dtype=grad_output.dtype)
+
+
+def _shuffle_input(input, factor, name):
+    chk.check_array(input, "input")
+    if input.ndim < 3:
+        raise ValueError(f"input must have at least 3 dims (*, C, H, W), got shape {input.shape}")
+    return chk.positive_int(factor, name)
+
+
+def pixel_shuffle(input, upscale_factor):
+    """(*, C*r*r, H, W) -> (*, C, H*r, W*r) (torch.nn.functional.pixel_shuffle)."""
+    r = _shuffle_input(input, upscale_factor, "upscale_factor")
+    *batch, c, h, w = input.shape
+    if c % (r * r) != 0:
+        raise ValueError(
+            f"input channels ({c}) must be divisible by upscale_factor squared ({r * r})"
+        )
+    x = input.reshape(*batch, c // (r * r), r, r, h, w)
+    k = len(batch)
+    x = x.transpose(*range(k), k, k + 3, k + 1, k + 4, k + 2)
+    return np.ascontiguousarray(x).reshape(*batch, c // (r * r), h * r, w * r)
+
+
+def pixel_unshuffle(input, downscale_factor):
+    """(*, C, H*r, W*r) -> (*, C*r*r, H, W) (torch.nn.functional.pixel_unshuffle)."""
+    r = _shuffle_input(input, downscale_factor, "downscale_factor")
+    *batch, c, h, w = input.shape
+    if h % r != 0 or w % r != 0:
+        raise ValueError(
+            f"input height ({h}) and width ({w}) must be divisible by downscale_factor ({r})"
+        )
+    x = input.reshape(*batch, c, h // r, r, w // r, r)
+    k = len(batch)
+    x = x.transpose(*range(k), k, k + 2, k + 4, k + 1, k + 3)
+    return np.ascontiguousarray(x).reshape(*batch, c * r * r, h // r, w // r)
+
+
+# --------------------------------------------------------------------------- other norms
+#
+# Each normalises rows of the input by their own mean and biased variance: the rows are
+# viewed as the channels of a (1, rows, values) batch, so the fused batch_norm kernels
+# (double accumulation, deterministic) compute them. ``return_saved`` gives the
+# BatchNormSaved of that view: batch_norm_backward of the gradient wrt the normalised
+# values, in that view, is the input gradient.
+
+
+def _row_stats(rows, weight=None, bias=None, eps=1e-5):
+    """batch_norm over (1, M, S) rows by their own statistics: (out, saved)."""
+    if rows.size == 0:  # an empty batch: nothing to normalise
+        empty = np.empty_like(rows)
+        return empty, BatchNormSaved(empty, np.zeros(rows.shape[1], rows.dtype), True)
+    # training=False without running statistics: batch statistics, and one value per row
+    # is allowed (it normalises to 0, as PyTorch's layer_norm gives)
+    return batch_norm(rows, None, None, weight, bias, False, 0.0, eps, return_saved=True)
+
+
+def _norm_input(input, min_ndim, layout):
+    chk.check_array(input, "input")
+    if input.ndim < min_ndim:
+        raise ValueError(f"input must be {layout}, got shape {tuple(input.shape)}")
+
+
+def _affine(out, weight, bias, shape):
+    """out * weight + bias with weight and bias reshaped to ``shape`` (broadcasting)."""
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, return_saved=False):
+    """Group normalisation (torch.nn.functional.group_norm), CPU: input (N, C, *); each
+    sample's C/num_groups channels per group are normalised together, then
+    ``weight[c] * xhat + bias[c]``. ``return_saved``: (out, saved) with saved over
+    (1, N * num_groups, C/num_groups * spatial) rows."""
+    _norm_input(input, 2, "(N, C, *)")
+    groups = chk.positive_int(num_groups, "num_groups")
+    n, c = input.shape[:2]
+    if c % groups != 0:
+        raise ValueError(f"num_groups={groups} must divide the input channels ({c})")
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None:
+            chk.check_array(value, name)
+            chk.check_shape(value, (c,), name)
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    spatial = int(np.prod(input.shape[2:], dtype=np.int64))
+    rows = input.reshape(1, n * groups, (c // groups) * spatial)
+    xhat, saved = _row_stats(rows, eps=eps)
+    out = _affine(xhat.reshape(n, c, spatial), weight, bias, (c, 1)).reshape(input.shape)
+    return (out, saved) if return_saved else out
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_saved=False):
+    """Layer normalisation (torch.nn.functional.layer_norm), CPU: the trailing dims
+    ``normalized_shape`` are normalised together, then ``weight * xhat + bias``
+    elementwise (weight and bias of shape ``normalized_shape``)."""
+    chk.check_array(input, "input")
+    shape = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+    shape = chk.size_tuple(tuple(shape), "normalized_shape", tuple(range(1, 33)))
+    if tuple(input.shape[input.ndim - len(shape) :]) != shape or input.ndim < len(shape):
+        raise ValueError(
+            f"input of shape {tuple(input.shape)} does not end in normalized_shape {shape}"
+        )
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None:
+            chk.check_array(value, name)
+            chk.check_shape(value, shape, name)
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    features = int(np.prod(shape))
+    rows = input.reshape(1, input.size // max(features, 1), features)
+    xhat, saved = _row_stats(rows, eps=eps)
+    out = _affine(xhat.reshape(rows.shape[1:]), weight, bias, (features,)).reshape(input.shape)
+    return (out, saved) if return_saved else out
+
+
+def instance_norm(
+    input,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats=True,
+    momentum=0.1,
+    eps=1e-5,
+    *,
+    return_saved=False,
+):
+    """Instance normalisation (torch.nn.functional.instance_norm), CPU: input (N, C, *);
+    each sample's channel is normalised by its own statistics (``use_input_stats``) or by
+    the running ones, then ``weight[c] * xhat + bias[c]``. With input statistics, given
+    running statistics move toward the samples' average, as PyTorch's do. ``return_saved``:
+    (out, saved) with saved over (1, N*C, spatial) rows."""
+    _norm_input(input, 3, "(N, C, *) with at least one spatial dim")
+    n, c = input.shape[:2]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None")
+    named = {"running_mean": running_mean, "running_var": running_var}
+    for name, value in {**named, "weight": weight, "bias": bias}.items():
+        if value is not None:
+            chk.check_array(value, name)
+            chk.check_shape(value, (c,), name)
+    chk.check_same_dtype(input=input, weight=weight, bias=bias)
+    if not use_input_stats and running_mean is None:
+        raise ValueError("use_input_stats=False needs running_mean and running_var")
+    spatial = int(np.prod(input.shape[2:], dtype=np.int64))
+    if use_input_stats and spatial <= 1:
+        raise ValueError(
+            f"expected more than 1 spatial element per channel, got input shape {input.shape}"
+        )
+    rows = input.reshape(1, n * c, spatial)
+    tiled = [None if v is None else np.tile(v.astype(input.dtype), n) for v in (weight, bias)]
+    if use_input_stats and running_mean is None:
+        out, saved = _row_stats(rows, *tiled, eps=eps)
+    elif use_input_stats:
+        # PyTorch updates a copy of the running statistics per sample and keeps their mean
+        mean_rows, var_rows = np.tile(running_mean, n), np.tile(running_var, n)
+        out, saved = batch_norm(
+            rows, mean_rows, var_rows, *tiled, True, momentum, eps, return_saved=True
+        )
+        running_mean[...] = mean_rows.reshape(n, c).mean(axis=0)
+        running_var[...] = var_rows.reshape(n, c).mean(axis=0)
+    else:
+        mean_rows = np.tile(running_mean.astype(input.dtype), n)
+        var_rows = np.tile(running_var.astype(input.dtype), n)
+        out, saved = batch_norm(
+            rows, mean_rows, var_rows, *tiled, False, 0.0, eps, return_saved=True
+        )
+    out = out.reshape(input.shape)
+    return (out, saved) if return_saved else out

@@ -33,12 +33,18 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
+    "conv1d",
     "conv2d",
     "conv2d_input",
     "conv2d_weight",
     "conv_output_size",
     "conv_padding",
+    "conv_transpose2d",
     "gemm",
+    "group_norm",
+    "instance_norm",
+    "interpolate",
+    "layer_norm",
     "linear",
     "matmul",
     "max_pool2d",
@@ -551,3 +557,270 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
         grad_input = grad_input.reshape(np.shape(grad_output))
     dtype = saved.xhat.dtype
     return grad_input, grad_weight.astype(dtype), grad_bias.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Transposed and 1-D convolution
+# --------------------------------------------------------------------------------------
+
+
+@_ieee
+def conv_transpose2d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    input (N, C, H, W), weight (C, Kg, R, S), bias (K,) with ``K = Kg * G`` -> output
+    (N, K, OH, OW), ``OH = (H - 1)*sh - 2*ph + dh*(R - 1) + oph + 1``. Every input pixel
+    spreads over the kernel's taps (the adjoint of conv2d's gather)::
+
+        out[n, g*Kg + k, i*sh - ph + r*dh, j*sw - pw + s*dw] +=
+            in[n, g*Cg + c, i, j] * w[g*Cg + c, k, r, s]
+
+    summed over every (c, i, j, r, s) whose target lies inside the output.
+    """
+    x, unbatched = _batched(input)
+    weight = np.asarray(weight)
+    N, C, H, W = x.shape
+    _, Kg, R, S = weight.shape
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = (
+        pair(stride),
+        pair(padding),
+        pair(output_padding),
+        pair(dilation),
+    )
+    OH = (H - 1) * sh - 2 * ph + dh * (R - 1) + oph + 1
+    OW = (W - 1) * sw - 2 * pw + dw * (S - 1) + opw + 1
+    Cg = C // groups
+    out = np.zeros((N, Kg * groups, OH, OW), dtype=x.dtype)
+    for r in range(R):
+        # the input rows i whose target row i*sh - ph + r*dh lies in [0, OH)
+        rows = _tap_reads(OH, H, sh, r * dh - ph)
+        for s in range(S):
+            cols = _tap_reads(OW, W, sw, s * dw - pw)
+            if rows is None or cols is None:
+                continue
+            (in_rows, out_rows), (in_cols, out_cols) = rows, cols
+            for g in range(groups):
+                xs = x[:, g * Cg : (g + 1) * Cg, in_rows, in_cols]  # N, Cg, h, w
+                w_tap = np.ascontiguousarray(weight[g * Cg : (g + 1) * Cg, :, r, s])  # Cg, Kg
+                y = _tensordot(w_tap, xs, axes=([0], [1]))  # Kg, N, h, w
+                out[:, g * Kg : (g + 1) * Kg, out_rows, out_cols] += y.transpose(1, 0, 2, 3)
+    if bias is not None:
+        out += np.asarray(bias, dtype=x.dtype)[:, None, None]
+    return _unbatch(out, unbatched)
+
+
+@_ieee
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D cross-correlation, as ``torch.nn.functional.conv1d``.
+
+    input (N, C, L) or (C, L), weight (K, Cg, T), bias (K,) -> output (N, K, OL) with
+    ``OL = conv_output_size(L, T, stride, (pl, pr), dilation)``::
+
+        out[n, k, i] = bias[k] + sum_{c < Cg, t < T : the tap is inside the input}
+            in[n, g*Cg + c, i*stride - pl + t*dilation] * w[k, c, t]
+
+    ``padding`` is an int, a 1-tuple, 'valid' or 'same' (the odd pixel goes right).
+    """
+    x = np.asarray(input)
+    unbatched = x.ndim == 2
+    x = x[None] if unbatched else x
+    weight = np.asarray(weight)
+    N, C, L = x.shape
+    K, Cg, T = weight.shape
+    stride, dilation = _one(stride), _one(dilation)
+    if isinstance(padding, str):
+        (_, _), (pl, pr) = conv_padding(padding, (1, T), (1, dilation))
+    else:
+        pl = pr = _one(padding)
+    OL = conv_output_size(L, T, stride, (pl, pr), dilation)
+    Kg = K // groups
+    out = np.zeros((N, K, OL), dtype=x.dtype)
+    for t in range(T):
+        reads = _tap_reads(L, OL, stride, t * dilation - pl)
+        if reads is None:
+            continue
+        out_cols, in_cols = reads
+        for g in range(groups):
+            xs = x[:, g * Cg : (g + 1) * Cg, in_cols]  # N, Cg, l
+            w_tap = np.ascontiguousarray(weight[g * Kg : (g + 1) * Kg, :, t])  # Kg, Cg
+            out[:, g * Kg : (g + 1) * Kg, out_cols] += _tensordot(
+                w_tap, xs, axes=([1], [1])
+            ).transpose(1, 0, 2)
+    if bias is not None:
+        out += np.asarray(bias, dtype=x.dtype)[:, None]
+    return out[0] if unbatched else out
+
+
+def _one(value):
+    """An int or a 1-sequence of ints, as an int."""
+    return int(value[0]) if isinstance(value, (tuple, list)) else int(value)
+
+
+# --------------------------------------------------------------------------------------
+# Group, layer and instance normalisation
+# --------------------------------------------------------------------------------------
+
+
+def _standardize(values, axes, eps):
+    """(values - mean) / sqrt(var + eps) over ``axes``, in float64 (biased variance)."""
+    mean = values.mean(axis=axes, keepdims=True)
+    var = ((values - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (values - mean) / np.sqrt(var + eps)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation, as ``torch.nn.functional.group_norm``: input (N, C, *).
+
+    Each sample's channels fall into ``num_groups`` groups of C / num_groups; each group
+    (its channels and spatial positions together) is standardised by its own mean and
+    biased variance, then ``out[:, c] = xhat[:, c] * weight[c] + bias[c]``.
+    """
+    x = np.asarray(input)
+    n, c = x.shape[:2]
+    groups = x.reshape(n, num_groups, -1).astype(np.float64)
+    xhat = _standardize(groups, axes=2, eps=eps).reshape(n, c, -1)
+    if weight is not None:
+        xhat = xhat * np.asarray(weight, np.float64)[:, None]
+    if bias is not None:
+        xhat = xhat + np.asarray(bias, np.float64)[:, None]
+    return xhat.reshape(x.shape).astype(x.dtype)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation, as ``torch.nn.functional.layer_norm``.
+
+    The trailing dims ``normalized_shape`` of each sample are standardised together
+    (mean and biased variance), then ``out = xhat * weight + bias`` elementwise, with
+    weight and bias of shape ``normalized_shape``.
+    """
+    x = np.asarray(input)
+    shape = (
+        tuple(normalized_shape)
+        if isinstance(normalized_shape, (tuple, list))
+        else (normalized_shape,)
+    )
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    out = _standardize(x.astype(np.float64), axes=axes, eps=eps)
+    if weight is not None:
+        out = out * np.asarray(weight, np.float64)
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64)
+    return out.astype(x.dtype)
+
+
+def instance_norm(
+    input,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats=True,
+    momentum=0.1,
+    eps=1e-5,
+):
+    """Instance normalisation, as ``torch.nn.functional.instance_norm``: input (N, C, *).
+
+    With ``use_input_stats`` each sample's channel is standardised by its own mean and
+    biased variance; running statistics, when given, move in place toward the samples'
+    average: ``running_mean = (1 - momentum) * running_mean + momentum * mean_n(mean)``
+    and likewise the variance with each sample's unbiased variance. Otherwise the running
+    statistics standardise. Then ``out[:, c] = xhat[:, c] * weight[c] + bias[c]``.
+    """
+    x = np.asarray(input)
+    n, c = x.shape[:2]
+    rows = x.reshape(n, c, -1).astype(np.float64)
+    if use_input_stats:
+        xhat = _standardize(rows, axes=2, eps=eps)
+        if running_mean is not None:
+            count = rows.shape[2]
+            mean = rows.mean(axis=2).mean(axis=0)
+            var = rows.var(axis=2).mean(axis=0) * count / (count - 1)
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * var
+    else:
+        mean = np.asarray(running_mean, np.float64)[:, None]
+        var = np.asarray(running_var, np.float64)[:, None]
+        xhat = (rows - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        xhat = xhat * np.asarray(weight, np.float64)[:, None]
+    if bias is not None:
+        xhat = xhat + np.asarray(bias, np.float64)[:, None]
+    return xhat.reshape(x.shape).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------
+
+
+def _source(out_size, in_size, scale, mode, align_corners):
+    """Along one axis: the float source coordinate of each output index, as PyTorch's CPU
+    kernels compute it (nearest modes in float32, whatever the dtype)."""
+    dst = np.arange(out_size)
+    if mode.startswith("nearest"):
+        f32 = np.float32
+        ratio = f32(1.0 / scale) if scale is not None else f32(in_size) / f32(out_size)
+        offset = f32(0.5) if mode == "nearest-exact" else f32(0)
+        return (dst.astype(f32) + offset) * ratio
+    if align_corners:
+        ratio = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        return ratio * dst
+    ratio = 1.0 / scale if scale is not None else in_size / out_size
+    return np.maximum(ratio * (dst + 0.5) - 0.5, 0.0)
+
+
+def interpolate(
+    input,
+    size=None,
+    scale_factor=None,
+    mode="nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+):
+    """Resampling, as ``torch.nn.functional.interpolate``, for (N, C, L) and (N, C, H, W).
+
+    Output size: ``size``, or ``floor(in * scale_factor)`` per spatial dim. Along each
+    spatial dim, output index j reads the source coordinate ``src(j)``:
+
+    - ``nearest``: ``floor(j * ratio)``, ``nearest-exact``: ``floor((j + 0.5) * ratio)``
+      (clamped to in - 1), ``ratio = 1 / scale_factor`` when a scale factor is given (and
+      not recomputed), else ``in / out``; an output twice the input reads ``j // 2`` and
+      one as large as the input reads ``j``;
+    - ``linear`` / ``bilinear``: ``src = j * (in - 1) / (out - 1)`` with ``align_corners``,
+      else ``max((j + 0.5) * ratio - 0.5, 0)``; the output is ``(1 - f) * x[floor(src)] +
+      f * x[floor(src) + 1]`` with ``f = src - floor(src)`` (the last index repeats at
+      the edge); bilinear interpolates along the width, then along the height.
+    """
+    x = np.asarray(input)
+    spatial = x.shape[2:]
+    if size is not None:
+        out = tuple(size) if isinstance(size, (tuple, list)) else (size,) * len(spatial)
+        scales = (None,) * len(spatial)
+    else:
+        factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,)
+        factors = tuple(factors) * len(spatial) if len(factors) == 1 else tuple(factors)
+        out = tuple(int(np.floor(n * float(f))) for n, f in zip(spatial, factors))
+        scales = (None,) * len(spatial) if recompute_scale_factor else factors
+    result = x
+    for axis in range(x.ndim - 1, 1, -1):  # width first
+        n_in, n_out, scale = spatial[axis - 2], out[axis - 2], scales[axis - 2]
+        if mode.startswith("nearest"):
+            if mode == "nearest" and n_out in (n_in, 2 * n_in):
+                src = np.arange(n_out) * n_in // n_out
+            else:
+                src = np.floor(_source(n_out, n_in, scale, mode, False)).astype(np.int64)
+            result = np.take(result, np.minimum(src, n_in - 1), axis=axis)
+            continue
+        if n_out == n_in:
+            continue
+        src = _source(n_out, n_in, scale, mode, bool(align_corners)).astype(x.dtype)
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = np.clip(src - lo, 0, 1).astype(x.dtype)
+        shape = [1] * x.ndim
+        shape[axis] = n_out
+        frac = frac.reshape(shape)
+        result = (1 - frac) * np.take(result, lo, axis=axis) + frac * np.take(result, hi, axis=axis)
+    return np.ascontiguousarray(result, dtype=x.dtype)

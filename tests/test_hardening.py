@@ -27,6 +27,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from breadth_helpers import BREADTH_OPS, breadth_kwargs
 from helpers import run_python
 from test_data import cifar_batches, idx_bytes, write_cifar, write_mnist
 from validation_helpers import OP_ARGS, call, good_kwargs, ints, named
@@ -147,6 +148,8 @@ def test_int_arguments_say_int_and_window_arguments_say_pair(no_backend):
 
 def _other_op_kwargs(op):
     """Valid keyword arguments of the public ops that validation_helpers.OPS leaves out."""
+    if op in BREADTH_OPS:
+        return breadth_kwargs(op)
     x = ints((4, 3, 2, 2), np.float32, 1)
     weight, bias = ints((3,), np.float32, 2), ints((3,), np.float32, 3)
     if op == "batch_norm":
@@ -159,12 +162,12 @@ def _other_op_kwargs(op):
     return dict(grad_output=x)
 
 
-OTHER_OPS = ["batch_norm", "batch_norm_backward", "conv2d_bias_grad"]
+OTHER_OPS = ["batch_norm", "batch_norm_backward", "conv2d_bias_grad", *BREADTH_OPS]
 EVERY_OP_ARG = OP_ARGS + [
     (op, arg)
     for op in OTHER_OPS
     for arg, value in _other_op_kwargs(op).items()
-    if isinstance(value, np.ndarray)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f"  # indices are checked apart
 ]
 
 

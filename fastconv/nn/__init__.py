@@ -29,7 +29,9 @@ Layers run on NumPy (CPU) arrays; conv, pooling and matrix products go through
 """
 
 from . import init
+from .activation import ELU, GELU, Hardsigmoid, Hardswish, LogSoftmax, SiLU, Softmax
 from .container import BasicBlock, Bottleneck, Concat, ModuleList, Residual, Sequential
+from .conv_transpose import ConvTranspose2d
 from .init import manual_seed
 from .interop import from_torch, to_torch, to_torch_state_dict
 from .layers import (
@@ -48,36 +50,59 @@ from .layers import (
     Sigmoid,
     Tanh,
 )
-from .loss import CrossEntropyLoss, MSELoss
+from .layers1d import AvgPool1d, Conv1d, MaxPool1d
+from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss, SmoothL1Loss
 from .module import Module, Parameter, Summary, is_grad_enabled, no_grad, set_grad_enabled
+from .normalization import GroupNorm, InstanceNorm2d, LayerNorm
+from .resampling import PixelShuffle, PixelUnshuffle, Upsample
 from .utils import clip_grad_norm_, load_weights, save_weights
 
 __all__ = [
+    "ELU",
+    "GELU",
     "AdaptiveAvgPool2d",
+    "AvgPool1d",
     "AvgPool2d",
+    "BCEWithLogitsLoss",
     "BasicBlock",
     "BatchNorm2d",
     "Bottleneck",
     "Concat",
+    "Conv1d",
     "Conv2d",
+    "ConvTranspose2d",
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",
+    "GroupNorm",
+    "Hardsigmoid",
+    "Hardswish",
     "Identity",
+    "InstanceNorm2d",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
+    "LogSoftmax",
     "MSELoss",
+    "MaxPool1d",
     "MaxPool2d",
     "Module",
     "ModuleList",
+    "NLLLoss",
     "Parameter",
+    "PixelShuffle",
+    "PixelUnshuffle",
     "ReLU",
     "ReLU6",
     "Residual",
     "Sequential",
+    "SiLU",
     "Sigmoid",
+    "SmoothL1Loss",
+    "Softmax",
     "Summary",
     "Tanh",
+    "Upsample",
     "clip_grad_norm_",
     "from_torch",
     "init",

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from . import container, layers
+from . import activation, container, layers, layers1d, normalization, resampling
+from .conv_transpose import ConvTranspose2d
 from .module import Module
 
 __all__ = ["from_torch", "to_torch", "to_torch_state_dict"]
@@ -169,6 +170,9 @@ def _convert_to_torch(m: Module) -> Any:
         return tnn.Dropout(m.p, m.inplace)
     if isinstance(m, layers.Identity):
         return tnn.Identity()
+    converted = _convert_breadth_to_torch(m)
+    if converted is not None:
+        return converted
     if isinstance(m, container.Sequential):
         return tnn.Sequential(OrderedDict((k, _convert_to_torch(v)) for k, v in m.named_children()))
     if isinstance(m, container.ModuleList):
@@ -195,6 +199,77 @@ def _convert_to_torch(m: Module) -> Any:
         base_width = m.conv1.out_channels * 64 // (planes * groups)
         return bottleneck(m.conv1.in_channels, planes, m.stride, down, groups, base_width)
     raise TypeError(f"to_torch does not know how to convert {type(m).__name__}")
+
+
+def _convert_breadth_to_torch(m: Module) -> Any:
+    """The torch module of a transposed or 1-D conv, 1-D pooling, norm, activation or
+    resampling layer; None for other modules."""
+    import torch
+
+    tnn = torch.nn
+    if isinstance(m, ConvTranspose2d):
+        return tnn.ConvTranspose2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.output_padding,
+            m.groups,
+            m.bias is not None,
+            m.dilation,
+        )
+    if isinstance(m, layers1d.Conv1d):
+        return tnn.Conv1d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+        )
+    if isinstance(m, layers1d.MaxPool1d):
+        return tnn.MaxPool1d(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode
+        )
+    if isinstance(m, layers1d.AvgPool1d):
+        return tnn.AvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+    if isinstance(m, normalization.GroupNorm):
+        return tnn.GroupNorm(
+            m.num_groups, m.num_channels, m.eps, m.affine, bias=m.bias is not None or not m.affine
+        )
+    if isinstance(m, normalization.LayerNorm):
+        return tnn.LayerNorm(
+            m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None
+        )
+    if isinstance(m, normalization.InstanceNorm2d):
+        return tnn.InstanceNorm2d(
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            bias=m.bias is not None or not m.affine,
+        )
+    simple = {
+        activation.SiLU: lambda: tnn.SiLU(m.inplace),
+        activation.GELU: lambda: tnn.GELU(m.approximate),
+        activation.Hardswish: lambda: tnn.Hardswish(m.inplace),
+        activation.Hardsigmoid: lambda: tnn.Hardsigmoid(m.inplace),
+        activation.ELU: lambda: tnn.ELU(m.alpha, m.inplace),
+        activation.Softmax: lambda: tnn.Softmax(m.dim),
+        activation.LogSoftmax: lambda: tnn.LogSoftmax(m.dim),
+        resampling.Upsample: lambda: tnn.Upsample(
+            m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor
+        ),
+        resampling.PixelShuffle: lambda: tnn.PixelShuffle(m.upscale_factor),
+        resampling.PixelUnshuffle: lambda: tnn.PixelUnshuffle(m.downscale_factor),
+    }
+    make = simple.get(type(m))
+    return None if make is None else make()
 
 
 def to_torch(module: Module) -> Any:
@@ -275,6 +350,9 @@ def _convert_from_torch(m: Any) -> Module:
     for kind, make in simple.items():
         if type(m) is kind:
             return make()
+    converted = _convert_breadth_from_torch(m, dtype)
+    if converted is not None:
+        return converted
     if isinstance(m, tnn.Sequential):
         return container.Sequential(
             OrderedDict((k, _convert_from_torch(v)) for k, v in m.named_children())
@@ -316,6 +394,94 @@ def _convert_from_torch(m: Any) -> Module:
         short = None if getattr(m, "shortcut", None) is None else _convert_from_torch(m.shortcut)
         return container.Residual(_convert_from_torch(m.block), short)
     raise TypeError(f"from_torch does not know how to convert {type(m).__name__}")
+
+
+def _convert_breadth_from_torch(m: Any, dtype: Any) -> Module | None:
+    """The fastconv layer of a torch transposed or 1-D conv, 1-D pooling, norm, activation
+    or resampling module; None for other modules."""
+    import torch
+
+    tnn = torch.nn
+    if type(m) is tnn.ConvTranspose2d:
+        return ConvTranspose2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.output_padding,
+            m.groups,
+            m.bias is not None,
+            m.dilation,
+            m.padding_mode,
+            dtype=dtype,
+        )
+    if type(m) is tnn.Conv1d:
+        return layers1d.Conv1d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+            dtype=dtype,
+        )
+    if type(m) is tnn.MaxPool1d:
+        return layers1d.MaxPool1d(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode
+        )
+    if type(m) is tnn.AvgPool1d:
+        return layers1d.AvgPool1d(
+            m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad
+        )
+    if type(m) is tnn.GroupNorm:
+        return normalization.GroupNorm(
+            m.num_groups,
+            m.num_channels,
+            m.eps,
+            m.affine,
+            dtype=dtype,
+            bias=getattr(m, "bias", None) is not None or not m.affine,
+        )
+    if type(m) is tnn.LayerNorm:
+        return normalization.LayerNorm(
+            m.normalized_shape,
+            m.eps,
+            m.elementwise_affine,
+            bias=getattr(m, "bias", None) is not None,
+            dtype=dtype,
+        )
+    if type(m) is tnn.InstanceNorm2d:
+        if m.running_mean is not None and m.running_mean.dtype == torch.float64:
+            dtype = np.float64
+        return normalization.InstanceNorm2d(
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            dtype=dtype,
+            bias=getattr(m, "bias", None) is not None or not m.affine,
+        )
+    simple = {
+        tnn.SiLU: lambda: activation.SiLU(m.inplace),
+        tnn.GELU: lambda: activation.GELU(m.approximate),
+        tnn.Hardswish: lambda: activation.Hardswish(m.inplace),
+        tnn.Hardsigmoid: lambda: activation.Hardsigmoid(m.inplace),
+        tnn.ELU: lambda: activation.ELU(m.alpha, m.inplace),
+        tnn.Softmax: lambda: activation.Softmax(m.dim),
+        tnn.LogSoftmax: lambda: activation.LogSoftmax(m.dim),
+        tnn.Upsample: lambda: resampling.Upsample(
+            m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor
+        ),
+        tnn.PixelShuffle: lambda: resampling.PixelShuffle(m.upscale_factor),
+        tnn.PixelUnshuffle: lambda: resampling.PixelUnshuffle(m.downscale_factor),
+    }
+    make = simple.get(type(m))
+    return None if make is None else make()
 
 
 def from_torch(module: Any) -> Module:

@@ -1,4 +1,5 @@
-"""Losses: ``CrossEntropyLoss`` and ``MSELoss`` with PyTorch's arguments and formulas.
+"""Losses with PyTorch's arguments and formulas: ``CrossEntropyLoss``, ``NLLLoss``,
+``BCEWithLogitsLoss``, ``MSELoss`` and ``SmoothL1Loss``.
 
 ``loss = criterion(input, target)`` returns a Python float (reductions ``'mean'`` and
 ``'sum'``; ``'none'`` returns the per-element array) and saves what ``backward``
@@ -14,7 +15,15 @@ import numpy as np
 
 from .module import Module
 
-__all__ = ["CrossEntropyLoss", "MSELoss", "log_softmax", "softmax"]
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "NLLLoss",
+    "SmoothL1Loss",
+    "log_softmax",
+    "softmax",
+]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -217,6 +226,215 @@ class MSELoss(_Loss):
         dt = diff.dtype.type
         g = self._upstream(grad_output, diff.shape if self.reduction == "none" else (), diff.dtype)
         grad = diff * dt(2)
+        if self.reduction == "mean":
+            grad = grad * dt(1.0 / max(diff.size, 1))
+        return grad * g if (g.ndim or g != 1) else grad
+
+
+def _check_no_legacy(size_average: Any, reduce: Any) -> None:
+    if size_average is not None or reduce is not None:
+        raise ValueError(
+            "size_average and reduce are deprecated in PyTorch and not supported; use reduction="
+        )
+
+
+def _float_input(input: Any) -> np.ndarray:
+    x = np.asarray(input)
+    if x.dtype.kind != "f":
+        raise TypeError(f"input must be floating-point, got {x.dtype}")
+    return x
+
+
+def _same_shape_target(target: Any, x: np.ndarray) -> np.ndarray:
+    t = np.asarray(target)
+    if t.shape != x.shape:
+        raise ValueError(f"target shape {t.shape} differs from input shape {x.shape}")
+    return t.astype(x.dtype, copy=False)
+
+
+def _broadcast_factor(value: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
+    if value is None:
+        return None
+    array = np.asarray(value).astype(dtype, copy=False)
+    try:
+        return np.broadcast_to(array, shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {array.shape} does not broadcast to {shape}") from None
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross entropy on logits (``torch.nn.BCEWithLogitsLoss``), in PyTorch's
+    stable form ``(1 - t) * x - (1 + (pos_weight - 1) * t) * log(sigmoid(x))``, times
+    ``weight``; ``weight`` and ``pos_weight`` (one per class, the last dim) broadcast to
+    the input. The gradient wrt the logits is
+    ``weight * ((1 + (pos_weight - 1) * t) * sigmoid(x) - pos_weight * t)``.
+    """
+
+    def __init__(
+        self,
+        weight: Any = None,
+        size_average: Any = None,
+        reduce: Any = None,
+        reduction: str = "mean",
+        pos_weight: Any = None,
+    ) -> None:
+        _check_no_legacy(size_average, reduce)
+        super().__init__(reduction)
+        self.weight = None if weight is None else np.asarray(weight)
+        self.pos_weight = None if pos_weight is None else np.asarray(pos_weight)
+
+    def forward(self, input: np.ndarray, target: np.ndarray) -> Any:
+        x = _float_input(input)
+        t = _same_shape_target(target, x)
+        dt = x.dtype.type
+        weight = _broadcast_factor(self.weight, x.shape, x.dtype, "weight")
+        pos_weight = _broadcast_factor(self.pos_weight, x.shape, x.dtype, "pos_weight")
+        log_sigmoid = np.minimum(x, dt(0)) - np.log1p(np.exp(-np.abs(x)))
+        log_weight = dt(1) if pos_weight is None else dt(1) + (pos_weight - dt(1)) * t
+        per_element = (dt(1) - t) * x - log_weight * log_sigmoid
+        if weight is not None:
+            per_element = per_element * weight
+        total = per_element.sum()
+        if self.reduction == "mean":
+            total = total / dt(x.size) if x.size else dt(np.nan)
+        self._pending = (x, t, weight, log_weight)
+        return self._finish(per_element, total)
+
+    def backward(self, grad_output: Any = None) -> np.ndarray:
+        x, t, weight, log_weight = self._take()
+        dt = x.dtype.type
+        g = self._upstream(grad_output, x.shape if self.reduction == "none" else (), x.dtype)
+        sigmoid = dt(0.5) * (np.tanh(x * dt(0.5)) + dt(1))
+        grad = (dt(1) - t) - log_weight * (dt(1) - sigmoid)
+        if weight is not None:
+            grad = grad * weight
+        if self.reduction == "mean":
+            grad = grad * dt(1.0 / max(x.size, 1))
+        return grad * g if (g.ndim or g != 1) else grad
+
+
+class NLLLoss(_Loss):
+    """Negative log likelihood of log-probabilities (``torch.nn.NLLLoss``): input (N, C),
+    (C,) or (N, C, d1, ...), target class indices; ``-weight[t] * input[t]`` per sample,
+    ``'mean'`` divides by the summed weights of the counted targets; ``ignore_index``
+    targets count nothing."""
+
+    def __init__(
+        self,
+        weight: Any = None,
+        size_average: Any = None,
+        ignore_index: int = -100,
+        reduce: Any = None,
+        reduction: str = "mean",
+    ) -> None:
+        _check_no_legacy(size_average, reduce)
+        super().__init__(reduction)
+        self.weight = None if weight is None else np.asarray(weight)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, input: np.ndarray, target: np.ndarray) -> Any:
+        x = _float_input(input)
+        labels = np.asarray(target)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"target must hold integer class indices, got {labels.dtype}")
+        unbatched = x.ndim == 1
+        if unbatched:
+            x, labels = x[None], labels[None]
+        if x.ndim < 2:
+            raise ValueError(f"input must be (N, C) log-probabilities, got shape {x.shape}")
+        n_classes = x.shape[1]
+        expected = (x.shape[0], *x.shape[2:])
+        if labels.shape != expected:
+            raise ValueError(
+                f"target has shape {labels.shape}, expected {expected} for input of shape "
+                f"{x.shape}"
+            )
+        weight = None if self.weight is None else self.weight.astype(x.dtype, copy=False)
+        if weight is not None and weight.shape != (n_classes,):
+            raise ValueError(f"weight must have shape ({n_classes},), got {weight.shape}")
+        rows = np.moveaxis(x, 1, -1).reshape(-1, n_classes)
+        flat = labels.reshape(-1).astype(np.int64)
+        valid = flat != self.ignore_index
+        bad = valid & ((flat < 0) | (flat >= n_classes))
+        if bad.any():
+            raise IndexError(
+                f"Target {int(flat[bad][0])} is out of bounds (classes 0..{n_classes - 1})"
+            )
+        safe = np.where(valid, flat, 0)
+        target_weight = (np.ones(len(flat), x.dtype) if weight is None else weight[safe]) * valid
+        per_row = -target_weight * rows[np.arange(len(flat)), safe]
+        denom = float(target_weight.sum())
+        dt = x.dtype.type
+        total = per_row.sum()
+        if self.reduction == "mean":
+            total = total / dt(denom) if denom != 0 else dt(np.nan)
+        per_element = per_row.reshape(expected)
+        if unbatched:
+            per_element = np.asarray(per_element[0])
+        self._pending = (target_weight, safe, denom, x.shape, unbatched, per_element.shape)
+        return self._finish(per_element, total)
+
+    def backward(self, grad_output: Any = None) -> np.ndarray:
+        target_weight, safe, denom, shape, unbatched, out_shape = self._take()
+        dt = target_weight.dtype.type
+        g = self._upstream(
+            grad_output, out_shape if self.reduction == "none" else (), target_weight.dtype
+        )
+        scale = -target_weight
+        if self.reduction == "mean":
+            # nothing counted (all targets ignored): PyTorch's gradient is zero
+            scale = scale * (dt(1.0 / denom) if denom != 0 else dt(0))
+        scale = scale * g.reshape(-1) if g.ndim else scale * g
+        n_classes = shape[1]
+        grad = np.zeros((len(safe), n_classes), dtype=target_weight.dtype)
+        grad[np.arange(len(safe)), safe] = scale
+        grad = np.moveaxis(grad.reshape(shape[0], *shape[2:], n_classes), -1, 1)
+        grad = np.ascontiguousarray(grad)
+        return grad[0] if unbatched else grad
+
+
+class SmoothL1Loss(_Loss):
+    """``torch.nn.SmoothL1Loss``: ``0.5 * d**2 / beta`` where ``|d| < beta``, else
+    ``|d| - 0.5 * beta`` (``d = input - target``); ``beta=0`` is the L1 loss."""
+
+    def __init__(
+        self,
+        size_average: Any = None,
+        reduce: Any = None,
+        reduction: str = "mean",
+        beta: float = 1.0,
+    ) -> None:
+        _check_no_legacy(size_average, reduce)
+        super().__init__(reduction)
+        if beta < 0:
+            raise ValueError(f"SmoothL1Loss does not support negative values for beta, got {beta}")
+        self.beta = float(beta)
+
+    def forward(self, input: np.ndarray, target: np.ndarray) -> Any:
+        x = _float_input(input)
+        diff = x - _same_shape_target(target, x)
+        dt = x.dtype.type
+        size = np.abs(diff)
+        if self.beta == 0:
+            per_element = size
+        else:
+            beta = dt(self.beta)
+            per_element = np.where(size < beta, dt(0.5) * diff * diff / beta, size - dt(0.5) * beta)
+        total = per_element.sum()
+        if self.reduction == "mean":
+            total = total / dt(x.size) if x.size else dt(np.nan)
+        self._pending = (diff,)
+        return self._finish(per_element, total)
+
+    def backward(self, grad_output: Any = None) -> np.ndarray:
+        (diff,) = self._take()
+        dt = diff.dtype.type
+        g = self._upstream(grad_output, diff.shape if self.reduction == "none" else (), diff.dtype)
+        if self.beta == 0:
+            grad = np.sign(diff)
+        else:
+            beta = dt(self.beta)
+            grad = np.where(np.abs(diff) < beta, diff / beta, np.sign(diff))
         if self.reduction == "mean":
             grad = grad * dt(1.0 / max(diff.size, 1))
         return grad * g if (g.ndim or g != 1) else grad

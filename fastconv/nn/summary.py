@@ -48,13 +48,20 @@ def _owner(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _macs(module: Any, output: np.ndarray) -> int:
+def _macs(module: Any, output: np.ndarray, inputs: Any = ()) -> int:
+    from .conv_transpose import ConvTranspose2d
     from .layers import Conv2d, Linear
+    from .layers1d import Conv1d
 
     per_sample = int(np.prod(output.shape[1:]))
-    if isinstance(module, Conv2d):
-        kh, kw = module.kernel_size
-        return per_sample * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, (Conv2d, Conv1d)):
+        taps = int(np.prod(module.kernel_size))
+        return per_sample * (module.in_channels // module.groups) * taps
+    if isinstance(module, ConvTranspose2d):
+        # every input value meets every tap of its group's out_channels / groups filters
+        in_per_sample = int(np.prod(inputs[0].shape[1:]))
+        taps = int(np.prod(module.kernel_size))
+        return in_per_sample * (module.out_channels // module.groups) * taps
     if isinstance(module, Linear):
         return per_sample * module.in_features
     return 0
@@ -100,7 +107,7 @@ def summarize(
                 tuple(out.shape[1:]),
                 None if (is_container and own == 0) else own,
                 new_bytes,
-                None if is_container else _macs(sub, out),
+                None if is_container else _macs(sub, out, inputs),
                 depth_of[id(sub)],
             )
         )
