@@ -30,14 +30,19 @@ struct ConvTuning {
   // padded): their im2col is a plain strided copy, and GEMM measured faster
   // (0.37-1.18x, geomean 0.76x).
   int64_t direct_min_out_w = 3;
-  // ...except strided layers with outputs this narrow over a batch of at least
-  // this many output pixels: implicit GEMM's small-plane path (an explicit
-  // im2col of several images) wins there (one thread, 4x4 outputs of stride 2:
-  // N32 C64 8x8 -> 64 0.73 against 0.51 ms, N8 C128 0.56 against 0.41, N32 C256
-  // -> 512 43 against 31; stride 1 stays direct: 0.77-0.9x, and batch 1's 16
-  // pixels too: N1 C512 2.2 against 2.7).
+  // ...except on small planes over a batch of at least this many output pixels,
+  // where implicit GEMM's small-plane path (an explicit im2col of several
+  // images) wins: strided layers with outputs at most 4 wide, and layers with
+  // outputs at most 8 wide and at least 256 input channels per group. Measured
+  // on a grid (one thread, Intel Xeon; direct time / GEMM time): 4x4 outputs,
+  // stride 2, C32-512, batch 8 and 32: 1.31-1.96; stride 1: C32-128 0.79-0.97,
+  // C256-512 1.12-1.90; 8x8 outputs, stride 2: C32-128 0.69-0.98, C256-512
+  // 1.11-1.59; stride 1: C32-512 0.40-0.98. Batch 1's 16 pixels stay direct
+  // (N1 C512 8x8 -> 4x4 stride 2: 2.2 against 2.7 ms).
+  int64_t small_plane_gemm_min_pixels = 128;
   int64_t strided_gemm_max_out_w = 4;
-  int64_t strided_gemm_min_pixels = 128;
+  int64_t wide_gemm_max_out_w = 8;
+  int64_t wide_gemm_min_in_per_group = 256;
   // Winograd F(4x4, 3x3) where it wins: its GEMMs put the tiles of several
   // images on the M side, so planes down to 7x7 (2 x 2 tiles) win against
   // implicit GEMM and direct (measured on the layer set with the AVX2 and
@@ -271,11 +276,13 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
       std::min(p.in_channels, p.out_channels) >= kTuning.winograd_min_channels &&
       p.out_w >= kTuning.winograd_min_out_w && p.out_h >= kTuning.winograd_min_out_h)
     return ConvAlgorithm::kWinograd;
-  const bool strided_small_plane = !p.is_unit_stride() &&
-                                   p.out_w <= kTuning.strided_gemm_max_out_w &&
-                                   p.batch * p.out_plane() >= kTuning.strided_gemm_min_pixels;
+  const bool small_plane_gemm =
+      p.batch * p.out_plane() >= kTuning.small_plane_gemm_min_pixels &&
+      ((!p.is_unit_stride() && p.out_w <= kTuning.strided_gemm_max_out_w) ||
+       (p.out_w <= kTuning.wide_gemm_max_out_w &&
+        p.in_per_group() >= kTuning.wide_gemm_min_in_per_group));
   if (p.in_per_group() <= kTuning.direct_max_in_per_group ||
-      ((p.out_w >= kTuning.direct_min_out_w || small) && p.taps() > 1 && !strided_small_plane))
+      ((p.out_w >= kTuning.direct_min_out_w || small) && p.taps() > 1 && !small_plane_gemm))
     return ConvAlgorithm::kDirect;
   return ConvAlgorithm::kGemm;
 }

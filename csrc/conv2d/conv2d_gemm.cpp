@@ -121,6 +121,11 @@ std::vector<T> packed_weights(const T* weight, int64_t groups, int64_t kg, int64
 // 8.6 -> 2.3 ms of GEMM at 130 GFLOP/s; C512 2x2 29 -> 7.6 ms).
 constexpr int64_t kBatchedGemmMaxPixels = 256;
 constexpr int64_t kSmallPlaneColumnsBytes = 8 << 20;
+// The input gradient batches images only up to 4x4 outputs: its scatter through
+// the offset table is slower than the per-image col2im's row segments, which
+// wins from 7x7 on (one thread, stride 2: 4x4 0.27 -> 0.92x torch; 7x7 and 8x8
+// 0.93-1.04x per image against 0.71-0.83x batched).
+constexpr int64_t kBatchedInputGradMaxPixels = 16;
 
 // Where each output pixel's window reads, per kernel position: the input
 // offset of tap (r, s) of column j (pixel j % P of image j / P), images
@@ -143,6 +148,25 @@ class SpatialOffsets {
               out[r * p.kernel_w + s] = inside ? n * image_stride + ih * p.in_w + iw : -1;
             }
         }
+  }
+
+  // dx (the chunk's images at dx, per channel) += col2im(cols): the adjoint of
+  // gather. Parallel over input channels, which own disjoint planes.
+  template <typename T>
+  void scatter_add(const T* cols, const ConvParams& p, int64_t columns, T* dx, int threads) const {
+    const int64_t channels = p.in_per_group();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < channels; ++c) {
+      T* plane = dx + c * p.in_plane();
+      for (int64_t tap = 0; tap < taps_; ++tap) {
+        const int64_t* offset = offsets_.data() + tap;
+        const T* src = cols + (c * taps_ + tap) * columns;
+        for (int64_t j = 0; j < columns; ++j) {
+          const int64_t at = offset[j * taps_];
+          if (at >= 0) plane[at] += src[j];
+        }
+      }
+    }
   }
 
   // cols (reduction x columns, row-major) = im2col of the chunk's images at x.
@@ -290,8 +314,43 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
     }
     return;
   }
-  const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t red = p.reduction();
+  if (pixels <= kBatchedInputGradMaxPixels && p.batch > 1 && !p.is_pointwise()) {
+    // Tiny planes: the images of a chunk share one GEMM into an explicit column
+    // matrix, scattered back through the forward pass's offset table (one
+    // GEMM per image would have a few pixels of N).
+    const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
+    const int64_t image_stride = p.in_channels * p.in_plane();
+    const int64_t bytes_per_image = pixels * ((red + kg) * static_cast<int64_t>(sizeof(T)) +
+                                              p.taps() * static_cast<int64_t>(sizeof(int64_t)));
+    const int64_t chunk =
+        std::clamp<int64_t>(kSmallPlaneColumnsBytes / bytes_per_image, 1, p.batch);
+    const SpatialOffsets offsets(p, chunk, image_stride);
+    std::vector<T> dy_block(static_cast<size_t>(kg * chunk * pixels));
+    std::vector<T> cols(static_cast<size_t>(red * chunk * pixels));
+    std::fill(grad_input, grad_input + p.batch * image_stride, T(0));
+    for (int64_t n0 = 0; n0 < p.batch; n0 += chunk) {
+      const int64_t images = std::min(chunk, p.batch - n0), columns = images * pixels;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        for (int64_t k = 0; k < kg; ++k)  // dY of the chunk as kg x (images * pixels)
+          for (int64_t n = 0; n < images; ++n)
+            std::copy_n(grad_output + ((n0 + n) * p.out_channels + g * kg + k) * pixels, pixels,
+                        dy_block.data() + k * columns + n * pixels);
+        GemmProblem<T> pr;  // columns (red x columns) = W[g]^T @ dY
+        pr.m = red;
+        pr.n = columns;
+        pr.k = kg;
+        pr.a = {weight + g * kg * red, 1, red};
+        pr.b = {dy_block.data(), columns, 1};
+        pr.c = {cols.data(), columns, 1};
+        gemm(pr, threads);
+        offsets.scatter_add(cols.data(), p, columns,
+                            grad_input + n0 * image_stride + g * cg * p.in_plane(), threads);
+      }
+    }
+    return;
+  }
+  const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
