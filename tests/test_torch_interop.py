@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -846,3 +847,19 @@ def test_import_fastconv_never_imports_torch_and_a_missing_torch_is_named():
     assert result.returncode == 0, result.stderr
     assert "fastconv.torch needs PyTorch" in result.stdout
     assert "pip install 'fastconv[torch]'" in result.stdout
+
+
+def test_readme_conversion_runs():
+    readme = Path(__file__).parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("no README beside the tests (an installed copy of the suite)")
+    match = re.search(r"## Inside PyTorch\n.*?```python\n(.*?)```", readme.read_text(), re.S)
+    assert match, "the README lost its conversion example"
+    native = vgg_style().eval()
+    scope = {"model": native}
+    exec(compile(match.group(1), "README.md Inside PyTorch", "exec"), scope)
+    assert type(scope["fast"][0]) is ft.Conv2d
+    assert type(scope["model"][0]) is nn.Conv2d
+    x, _ = batch(torch.float32)
+    with torch.no_grad():
+        assert relative_error(scope["fast"](x), native(x)) <= FLOAT32_TOLERANCE
