@@ -22,6 +22,12 @@ state, epoch, history and random generators' states after every epoch;
 ``--resume PATH`` continues that run (same options; ``--epochs`` may grow), and the
 result is the one an uninterrupted run gives.  Accuracies are top-1.
 
+``--distributed`` (under ``mpiexec -n N``) trains data-parallel with
+:mod:`fastconv.distributed`: every rank a disjoint shard of the training set at
+``--batch-size`` per rank, BatchNorm over the global batch (``SyncBatchNorm``), gradients
+averaged, evaluation split over the ranks; rank 0 logs and writes the files.  A
+checkpoint resumes on any number of ranks with the same global batch.
+
 Programmatic use: ``train(TrainConfig(...))`` returns the metrics dict;
 ``build_model(...)`` returns the demo CNN, ``build_network(...)`` the model a config
 asks for.

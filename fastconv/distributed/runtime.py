@@ -42,6 +42,9 @@ DEFAULT_ERROR_GRACE_S = 2.0
 _LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
 
+_yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
 class DistributedError(RuntimeError):
     """A failure of the distributed run (raised on the rank that observed it)."""
 
@@ -166,8 +169,9 @@ def _spread() -> bool:
 def wait(requests: list, what: str) -> None:
     """Wait for MPI requests, at most the world's timeout; ``what`` names them in errors.
 
-    MPI progresses only inside its calls, so the wait polls; after a short spin it
-    sleeps between polls, growing to 1 ms, not to steal the core a slower rank needs.
+    MPI progresses only inside its calls, so the wait polls: it yields the core every
+    64 polls (a rank sharing a core with the rank it waits for lets it run), and after
+    50 ms it sleeps between polls, growing to 1 ms.
     """
     world = _require_world()
     mpi = world.mpi
@@ -176,7 +180,11 @@ def wait(requests: list, what: str) -> None:
     start = time.monotonic()
     deadline = start + world.timeout
     pause = 0.0
+    polls = 0
     while not mpi.Request.Testall(requests):
+        polls += 1
+        if polls % 64:
+            continue
         now = time.monotonic()
         if now > deadline:
             raise DistributedTimeoutError(
@@ -186,6 +194,8 @@ def wait(requests: list, what: str) -> None:
         if now - start > 0.05:
             pause = min(1e-3, pause * 2 or 1e-5)
             time.sleep(pause)
+        else:
+            _yield_core()
 
 
 def poke(requests: list) -> None:
