@@ -47,6 +47,7 @@ from ._tiles import THRESHOLDS, TILES, TileConfig, force
 __all__ = [
     "THRESHOLDS",
     "TILES",
+    "KernelVariant",
     "TileConfig",
     "add_batch_dim",
     "avg_pool2d",
@@ -92,65 +93,96 @@ def _check_grid_y(n: int, what: str) -> None:
         raise ValueError(f"{what} = {n} exceeds the CUDA grid limit of {_MAX_GRID_Y}")
 
 
-def kernel_variants(dtypes=(np.float32, np.float64), tiles=None):
-    """The registry: ``(name, factory)`` for every kernel this backend can launch.
+class KernelVariant(NamedTuple):
+    """A kernel the backend launches: its name, its factory and its block size."""
 
-    By default the (kernel, tile) pairs the selectors use (GEMM-shaped kernels with the
-    BK=8 tiles, conv2d_weight with the BK=16 ones); ``tiles`` pairs every kernel with
-    every tile given.
+    name: str
+    factory: Any  # () -> the compiled kernel (a KernelSource inside sources_only())
+    threads: int
+
+
+def kernel_variants(dtypes=(np.float32, np.float64), tiles=None) -> list[KernelVariant]:
+    """The registry: every (kernel, tile, dtype) this backend launches, as KernelVariants.
+
+    By default the tiles the selectors use: float32 every GEMM tile (BK=8 for the
+    GEMM-shaped kernels, BK=16 for conv2d_weight), float64 the small ones only (what
+    ``_tiles.pick_tile`` gives it); ``tiles`` pairs every kernel with every tile given.
 
     ``factory()`` returns the compiled kernel (or, inside ``_runtime.sources_only()``,
     its source and signature): tests and benchmarks enumerate kernels from here.
     """
-    gemm_tiles = _tiles.GEMM_TILES if tiles is None else tuple(tiles)
-    wgrad_tiles = _tiles.WGRAD_TILES if tiles is None else tuple(tiles)
     out = []
     for dt in (np.dtype(d) for d in dtypes):
         sfx = dt.name
+        if tiles is not None:
+            gemm_tiles = wgrad_tiles = tuple(tiles)
+        elif dt.itemsize > 4:
+            gemm_tiles, wgrad_tiles = _tiles.GEMM_TILES[-1:], _tiles.WGRAD_TILES[-1:]
+        else:
+            gemm_tiles, wgrad_tiles = _tiles.GEMM_TILES, _tiles.WGRAD_TILES
         for t in gemm_tiles:
             for ta in (False, True):
                 for tb in (False, True):
                     out.append(
-                        (
+                        KernelVariant(
                             f"gemm-{t.name}-{'nt'[ta]}{'nt'[tb]}-{sfx}",
                             lambda t=t, ta=ta, tb=tb, dt=dt: _gemm.gemm_kernel(t, dt, ta, tb),
+                            t.threads,
                         )
                     )
             out.append(
-                (f"conv2d_fwd-{t.name}-{sfx}", lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt))
+                KernelVariant(
+                    f"conv2d_fwd-{t.name}-{sfx}",
+                    lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt),
+                    t.threads,
+                )
             )
             out.append(
-                (
+                KernelVariant(
                     f"conv2d_dgrad-{t.name}-{sfx}",
                     lambda t=t, dt=dt: _conv.conv2d_dgrad_kernel(t, dt),
+                    t.threads,
                 )
             )
         for t in wgrad_tiles:
             out.append(
-                (
+                KernelVariant(
                     f"conv2d_wgrad-{t.name}-{sfx}",
                     lambda t=t, dt=dt: _conv.conv2d_wgrad_kernel(t, dt),
+                    t.threads,
                 )
             )
-        for name, factory in (
-            ("conv2d_fwd_direct", _conv.conv2d_fwd_direct_kernel),
-            ("conv2d_dgrad_direct", _conv.conv2d_dgrad_direct_kernel),
-            ("conv2d_wgrad_direct", _conv.conv2d_wgrad_direct_kernel),
-            ("channel_sums", _conv.channel_sums_kernel),
-            ("max_pool2d_fwd", _pool.max_pool2d_fwd_kernel),
-            ("max_pool2d_bwd", _pool.max_pool2d_bwd_kernel),
-            ("avg_pool2d_fwd", _pool.avg_pool2d_fwd_kernel),
-            ("avg_pool2d_bwd", _pool.avg_pool2d_bwd_kernel),
-            ("fill", rt._fill_kernel),
-            ("sum_splits", rt._sum_splits_kernel),
-            ("broadcast_rows", rt._broadcast_rows_kernel),
-            ("scatter2", rt._scatter_kernel),
+        for name, factory, threads in (
+            ("conv2d_fwd_direct", _conv.conv2d_fwd_direct_kernel, rt.ELEMENTWISE_THREADS),
+            ("conv2d_dgrad_direct", _conv.conv2d_dgrad_direct_kernel, rt.ELEMENTWISE_THREADS),
+            ("conv2d_wgrad_direct", _conv.conv2d_wgrad_direct_kernel, _conv.REDUCE_THREADS),
+            ("channel_sums", _conv.channel_sums_kernel, _conv.REDUCE_THREADS),
+            ("max_pool2d_fwd", _pool.max_pool2d_fwd_kernel, rt.ELEMENTWISE_THREADS),
+            ("max_pool2d_bwd", _pool.max_pool2d_bwd_kernel, rt.ELEMENTWISE_THREADS),
+            ("avg_pool2d_fwd", _pool.avg_pool2d_fwd_kernel, rt.ELEMENTWISE_THREADS),
+            ("avg_pool2d_bwd", _pool.avg_pool2d_bwd_kernel, rt.ELEMENTWISE_THREADS),
+            ("fill", rt._fill_kernel, rt.ELEMENTWISE_THREADS),
+            ("sum_splits", rt._sum_splits_kernel, rt.ELEMENTWISE_THREADS),
+            ("broadcast_rows", rt._broadcast_rows_kernel, rt.ELEMENTWISE_THREADS),
+            ("scatter2", rt._scatter_kernel, rt.ELEMENTWISE_THREADS),
         ):
-            out.append((f"{name}-{sfx}", lambda f=factory, dt=dt: f(dt)))
+            out.append(KernelVariant(f"{name}-{sfx}", lambda f=factory, dt=dt: f(dt), threads))
         for nd in (1, 2, 3, 4):
-            out.append((f"copy{nd}-{sfx}", lambda nd=nd, dt=dt: rt._copy_kernel(dt, nd)))
-    out.append(("copy4-int64", lambda: rt._copy_kernel(np.int64, 4)))
-    out.append(("max_pool2d_check-int64", _pool.max_pool2d_check_kernel))
+            out.append(
+                KernelVariant(
+                    f"copy{nd}-{sfx}",
+                    lambda nd=nd, dt=dt: rt._copy_kernel(dt, nd),
+                    rt.ELEMENTWISE_THREADS,
+                )
+            )
+    out.append(
+        KernelVariant("copy4-int64", lambda: rt._copy_kernel(np.int64, 4), rt.ELEMENTWISE_THREADS)
+    )
+    out.append(
+        KernelVariant(
+            "max_pool2d_check-int64", _pool.max_pool2d_check_kernel, rt.ELEMENTWISE_THREADS
+        )
+    )
     return out
 
 

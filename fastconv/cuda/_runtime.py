@@ -31,6 +31,8 @@ SIMULATOR = bool(_config.ENABLE_CUDASIM)
 
 #: Threads per block of the one-thread-per-element kernels.
 ELEMENTWISE_THREADS = 256
+#: The largest grid dimension y (and z) a launch may have.
+MAX_GRID_Y = 65535
 #: Streaming multiprocessors assumed when the device does not say (the simulator).
 DEFAULT_SM_COUNT = 80
 
@@ -43,15 +45,26 @@ NUMBA_TYPES = {
 
 
 class KernelSource(NamedTuple):
-    """A kernel before compilation: its Python function and explicit signature."""
+    """A kernel before compilation: its Python function, explicit signature and, where
+    it is always launched with one block size, that size (compiled in as launch bounds,
+    so ptxas may budget registers for it)."""
 
     fn: Callable
     sig: Any
+    max_threads: int | None = None
 
 
-def source(sig: Any) -> Callable[[Callable], KernelSource]:
+def source(sig: Any, max_threads: int | None = None) -> Callable[[Callable], KernelSource]:
     """Decorator used in place of ``cuda.jit(sig)``: ``kernel`` compiles it once."""
-    return lambda fn: KernelSource(fn, sig)
+    return lambda fn: KernelSource(fn, sig, max_threads)
+
+
+def jit_options(src: KernelSource) -> dict:
+    """The keyword arguments ``cuda.jit`` compiles ``src`` with (none under the
+    simulator, which takes none)."""
+    if SIMULATOR or not src.max_threads:
+        return {}
+    return {"launch_bounds": src.max_threads}
 
 
 _lock = threading.Lock()
@@ -74,7 +87,7 @@ def kernel(key: tuple, build: Callable[[], KernelSource]) -> Any:
             found = _kernels.get(key)
             if found is None:
                 src = build()
-                found = cuda.jit(src.sig)(src.fn)
+                found = cuda.jit(src.sig, **jit_options(src))(src.fn)
                 _kernels[key] = found
     return found
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
 from numba import cuda
 
 #: Force NVVM-level inlining of small device functions where this numba-cuda has it.
@@ -89,6 +90,14 @@ THRESHOLDS = {
     # ... but give every split at least this many BK steps of the reduction
     "splitk_min_steps": 16,
 }
+
+
+def register_budget(cfg: TileConfig, dtype) -> int:
+    """Registers per thread a GEMM-shaped kernel may use: 128 for the 64-accumulator
+    tiles and float64 (two resident 256-thread blocks, 16 warps per SM), 64 for the
+    16-accumulator float32 tile (32 warps per SM)."""
+    words = cfg.tm * cfg.tn * np.dtype(dtype).itemsize // 4
+    return 128 if words > 16 else 64
 
 
 def pick_tile(
