@@ -573,12 +573,16 @@ def batch_norm(
             f"expected more than 1 value per channel when training, got input shape "
             f"{tuple(input.shape)}"
         )
-    x = _cpu.contiguous(input)
+    # np.asarray: a subclass such as np.matrix cannot take the 3-D shape below.
+    x = _cpu.contiguous(np.asarray(input))
     rows = x.reshape(n, c, -1)  # (N, C, S): the layout of the fused kernels
     dt = x.dtype.type
     batch_statistics = bool(training) or running_mean is None
+    # The kernels walk all N x C rows even when they are empty (N may be 2**40).
+    empty = rows.size == 0
     if batch_statistics:
-        mean, var = _cpu.batch_norm_stats(rows)  # var: biased
+        zeros = np.zeros(c, x.dtype)
+        mean, var = (zeros, zeros) if empty else _cpu.batch_norm_stats(rows)  # var: biased
         if training and running_mean is not None:
             running_mean *= 1.0 - momentum
             running_mean += momentum * mean
@@ -590,7 +594,10 @@ def batch_norm(
     invstd = np.ascontiguousarray(dt(1) / np.sqrt(var + dt(eps)), dtype=x.dtype)
     weight = None if weight is None else _cpu.contiguous(weight)
     bias = None if bias is None else _cpu.contiguous(bias)
-    xhat, out = _cpu.batch_norm_apply(rows, _cpu.contiguous(mean), invstd, weight, bias)
+    if empty:
+        xhat, out = np.empty_like(rows), np.empty_like(rows)
+    else:
+        xhat, out = _cpu.batch_norm_apply(rows, _cpu.contiguous(mean), invstd, weight, bias)
     out = out.reshape(x.shape)
     return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out
 
@@ -604,8 +611,12 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
     """
     if not isinstance(saved, BatchNormSaved):
         raise TypeError("saved must be the BatchNormSaved that batch_norm(return_saved=True) gave")
+    # A BatchNormSaved can be built by hand: its arrays are checked like any argument.
+    xhat = chk.check_array(saved.xhat, "saved.xhat")
+    chk.check_ndim(xhat, "saved.xhat", (3,), "(N, C, S), as batch_norm returns it")
+    chk.check_array(saved.invstd, "saved.invstd")
+    chk.check_shape(saved.invstd, (xhat.shape[1],), "saved.invstd")
     chk.check_array(grad_output, "grad_output")
-    xhat = saved.xhat
     if grad_output.size != xhat.size or grad_output.shape[:2] != xhat.shape[:2]:
         raise ValueError(
             f"grad_output has shape {tuple(grad_output.shape)}, but the forward's input had "
@@ -614,12 +625,19 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
     if weight is not None:
         chk.check_array(weight, "weight")
         chk.check_shape(weight, (xhat.shape[1],), "weight")
-    chk.check_same_dtype(grad_output=grad_output, weight=weight, saved=xhat)
-    g = _cpu.contiguous(grad_output).reshape(xhat.shape)
-    scale = saved.invstd if weight is None else weight * saved.invstd
-    grad, sum_g, sum_gx = _cpu.batch_norm_backward(
-        g, xhat, _cpu.contiguous(scale), saved.batch_statistics, input_grad
+    chk.check_same_dtype(
+        grad_output=grad_output, weight=weight, saved=xhat, **{"saved.invstd": saved.invstd}
     )
+    xhat = _cpu.contiguous(np.asarray(xhat))
+    g = _cpu.contiguous(np.asarray(grad_output)).reshape(xhat.shape)
+    scale = saved.invstd if weight is None else weight * saved.invstd
+    if xhat.size == 0:  # (the kernel would walk all N x C empty rows)
+        grad = np.empty_like(g) if input_grad else None
+        sum_g, sum_gx = np.zeros(xhat.shape[1], xhat.dtype), np.zeros(xhat.shape[1], xhat.dtype)
+    else:
+        grad, sum_g, sum_gx = _cpu.batch_norm_backward(
+            g, xhat, _cpu.contiguous(scale), bool(saved.batch_statistics), bool(input_grad)
+        )
     grad_input = None if grad is None else grad.reshape(grad_output.shape)
     return grad_input, sum_gx, sum_g
 
