@@ -400,3 +400,39 @@ def test_bad_arguments_are_named_before_any_kernel_runs(
 ):
     with pytest.raises(error, match=message):
         getattr(fastconv, op)(*args, **kwargs)
+
+
+# ======================================================================================
+# fastconv.torch: Conv1d converts
+# ======================================================================================
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(padding=2, dilation=2, groups=2),
+        dict(padding="same"),
+        dict(stride=2, padding=3, padding_mode="reflect"),
+    ],
+    ids=str,
+)
+def test_fastconv_torch_converts_conv1d_with_the_same_values_and_gradients(kwargs):
+    torch = pytest.importorskip("torch")
+    import fastconv.torch as fct
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(4, 6, 3, **kwargs), torch.nn.Tanh()).double()
+    converted = fct.convert(model)
+    assert type(converted[0]) is fct.Conv1d
+    assert repr(converted) == repr(model)
+    x = torch.randn(3, 4, 12, dtype=torch.float64)
+    outputs = []
+    for net in (model, converted):
+        xi = x.clone().requires_grad_(True)
+        y = net(xi)
+        y.backward(torch.ones_like(y))
+        outputs.append((y.detach(), xi.grad, net[0].weight.grad, net[0].bias.grad))
+    for ours, theirs in zip(outputs[1], outputs[0]):
+        assert_close(ours.numpy(), theirs.numpy(), 1e-12)
+    unbatched = converted(x[0])
+    assert_close(unbatched.detach().numpy(), model(x[0]).detach().numpy(), 1e-12)

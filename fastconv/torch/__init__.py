@@ -7,7 +7,8 @@
 Ops (``torch.nn.functional``'s names and signatures, autograd included): ``conv2d``,
 ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``, ``linear``. Modules
 (subclasses of the torch ones, same parameters, ``state_dict`` and ``repr``):
-``Conv2d``, ``Linear``, ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``.
+``Conv2d``, ``Conv1d`` (on one-row planes), ``Linear``, ``MaxPool2d``, ``AvgPool2d``,
+``AdaptiveAvgPool2d``.
 ``convert`` swaps them into any model, ``revert`` swaps them back.
 
 CPU float32/float64 tensors run fastconv's CPU kernels without a copy, CUDA tensors
@@ -45,6 +46,7 @@ from ._modules import (
     CONVERSIONS,
     AdaptiveAvgPool2d,
     AvgPool2d,
+    Conv1d,
     Conv2d,
     Linear,
     MaxPool2d,
@@ -58,6 +60,7 @@ __all__ = [
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "AvgPool2dFunction",
+    "Conv1d",
     "Conv2d",
     "Conv2dFunction",
     "Linear",

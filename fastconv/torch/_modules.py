@@ -23,6 +23,7 @@ from . import _functional as fct
 __all__ = [
     "AdaptiveAvgPool2d",
     "AvgPool2d",
+    "Conv1d",
     "Conv2d",
     "Linear",
     "MaxPool2d",
@@ -142,6 +143,34 @@ class Conv2d(_FastconvModule, nn.Conv2d):
         return F.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
 
 
+class Conv1d(_FastconvModule, nn.Conv1d):
+    """``torch.nn.Conv1d`` running ``fastconv.torch.conv2d`` on one-row planes (autograd
+    flows through the views); non-zero padding modes pad with torch first."""
+
+    def _parameters_in_order(self):
+        return (self.weight, self.bias)
+
+    def _fastconv_forward(self, input, weight, bias):
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = (0,)
+        rows = (0, padding[0]) if not isinstance(padding, str) else padding
+        out = fct.conv2d(
+            input.unsqueeze(-2),
+            weight.unsqueeze(-2),
+            bias,
+            (1, *self.stride),
+            rows,
+            (1, *self.dilation),
+            self.groups,
+        )
+        return out.squeeze(-2)
+
+    def _torch_forward(self, input, weight, bias):
+        return self._conv_forward(input, weight, bias)
+
+
 class Linear(_FastconvModule, nn.Linear):
     """``torch.nn.Linear`` running ``fastconv.torch.linear``."""
 
@@ -211,6 +240,7 @@ class AdaptiveAvgPool2d(_FastconvModule, nn.AdaptiveAvgPool2d):
 # have its own forward, which a swap would lose.
 CONVERSIONS: dict[type, type] = {
     nn.Conv2d: Conv2d,
+    nn.Conv1d: Conv1d,
     nn.Linear: Linear,
     nn.MaxPool2d: MaxPool2d,
     nn.AvgPool2d: AvgPool2d,
@@ -258,8 +288,8 @@ def convert(
     layers: LayerFilter = None,
     autotune: bool = False,
 ) -> nn.Module:
-    """``model`` with its Conv2d, Linear, MaxPool2d, AvgPool2d and AdaptiveAvgPool2d
-    modules running fastconv's kernels; returns the converted model.
+    """``model`` with its Conv2d, Conv1d, Linear, MaxPool2d, AvgPool2d and
+    AdaptiveAvgPool2d modules running fastconv's kernels; returns the converted model.
 
     ``inplace=False`` converts a deep copy. ``layers`` picks what converts: names or
     classes (``{"Conv2d", torch.nn.Linear}``) or a predicate ``(qualified_name, module)
