@@ -252,8 +252,8 @@ def _mpiexec() -> str:
     return found
 
 
-def _launch(ranks: int, *argv: str) -> dict | list:
-    env = dict(os.environ, OMP_NUM_THREADS=str(2 // ranks))
+def _launch(ranks: int, *argv: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // ranks)))
     command = [sys.executable, str(HERE), *argv]
     if ranks > 1:
         command = [_mpiexec(), "-n", str(ranks), *command]
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> dict:
     for label, model, batch, steps, sync_bn in cases:
         best: dict[str, dict] = {}
         for _ in range(args.rounds):  # alternating, best of the rounds: the cores are shared
-            for ranks, threads in ((1, 2), (2, 1)):
+            for ranks, threads in ((1, 2), (2, 1), (1, 1)):
                 argv = ["--worker", "throughput", "--model", model, "--batch", str(batch)]
                 argv += ["--steps", str(steps), "--threads", str(threads)]
                 argv += [] if sync_bn else ["--no-sync-bn"]
@@ -327,8 +327,8 @@ def analyse(report: dict) -> tuple[float, float, list[dict]]:
 def _size(nbytes: float) -> str:
     for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
         if nbytes >= scale:
-            return f"{nbytes / scale:g} {unit}"
-    return f"{nbytes:g} B"
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.3g} B"
 
 
 def markdown(report: dict) -> str:
@@ -339,16 +339,23 @@ def markdown(report: dict) -> str:
         "from the mpich wheel).",
         "",
         "| training step | global batch | 1 process x 2 threads | 2 processes x 1 thread "
-        "| 2x1 / 1x2 | exposed allreduce wait per step |",
-        "|---|---|---|---|---|---|",
+        "| 2x1 / 1x2 | 1 process x 1 thread (2x1 / 1x1) | 2x1: exposed allreduce wait |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in report["throughput"]:
         one, two = row["1x2"], row["2x1"]
+        alone = row.get("1x1")
         lines.append(
             f"| {row['case']} | {row['batch']} | {one['samples_per_s']:,.0f} samples/s "
             f"| {two['samples_per_s']:,.0f} samples/s "
             f"| {two['samples_per_s'] / one['samples_per_s']:.2f} "
-            f"| {two['exposed_wait_s'] * 1e3:.2f} ms of {two['step_s'] * 1e3:.1f} ms "
+            + (
+                f"| {alone['samples_per_s']:,.0f} samples/s "
+                f"({two['samples_per_s'] / alone['samples_per_s']:.2f}) "
+                if alone
+                else "| - "
+            )
+            + f"| {two['exposed_wait_s'] * 1e3:.2f} ms of {two['step_s'] * 1e3:.1f} ms per step "
             f"({_size(two['gradient_bytes'])} of gradients) |"
         )
     lines += [
@@ -376,23 +383,29 @@ def markdown(report: dict) -> str:
         f"{LINK_LATENCY_S * 1e6:g} us, no overlap; in brackets: with full overlap):",
         "",
     ]
+    links = " / ".join(f"{g}" for g in LINKS_GBPS) + " Gb/s"
     for entry in projections:
         lines += [
-            f"{entry['model']}: {_size(entry['bytes'])} of gradients, compute "
+            f"{entry['model']}: {_size(entry['bytes'])} of gradients; compute "
             f"{entry['per_image_s'] * 1e3:.0f} ms per image here, {entry['compute_s']:.2f} s "
             "per step.",
             "",
-            "| workers | link | allreduce | step | efficiency | images/s | step time where "
-            "efficiency falls to 90% |",
-            "|---|---|---|---|---|---|---|",
+            f"| workers | allreduce, {links} | step | efficiency (overlapped), {links} "
+            f"| images/s | compute per step below which efficiency < 90%, {links} |",
+            "|---|---|---|---|---|---|",
         ]
-        for row in entry["rows"]:
-            lines.append(
-                f"| {row['workers']} | {row['gbps']} Gb/s | {row['allreduce_s'] * 1e3:.1f} ms "
-                f"| {row['step_s']:.3f} s | {row['efficiency']:.1%} "
-                f"({row['efficiency_overlapped']:.0%}) | {row['images_per_s']:,.0f} "
-                f"| {9 * row['allreduce_s'] * 1e3:.0f} ms |"
-            )
+        for workers in WORKERS:
+            rows = [r for r in entry["rows"] if r["workers"] == workers]
+            cells = [
+                " / ".join(f"{r['allreduce_s'] * 1e3:.0f} ms" for r in rows),
+                " / ".join(f"{r['step_s']:.2f} s" for r in rows),
+                " / ".join(
+                    f"{r['efficiency']:.1%} ({r['efficiency_overlapped']:.0%})" for r in rows
+                ),
+                " / ".join(f"{r['images_per_s']:,.1f}" for r in rows),
+                " / ".join(f"{9 * r['allreduce_s']:.2f} s" for r in rows),
+            ]
+            lines.append(f"| {workers} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

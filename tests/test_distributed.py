@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,17 @@ print("ok")
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@needs_mpi
+def test_with_mpi4py_a_process_started_alone_is_a_world_of_one():
+    result = run_python(
+        "from fastconv import distributed as dist\n"
+        "dist.init()\n"
+        "print(dist.world_size(), dist.rank(), dist.local_world_size(), dist.all_reduce(2.5))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0", "1", "2.5"]
 
 
 def test_an_mpi_launch_without_mpi4py_is_refused():
@@ -368,3 +380,63 @@ def test_fastconv_train_distributed_matches_one_process_and_resumes_alone(tmp_pa
         training.train(
             training.TrainConfig(batch_size=16, resume=files["run.npz"], **{**config, "epochs": 2})
         )
+
+
+# =========================================================================== docs and model
+
+
+def _scaling_script():
+    import importlib.util
+
+    path = HERE.parent / "benchmarks" / "distributed_scaling.py"
+    if not path.exists():
+        pytest.skip("no benchmarks/ beside the tests (an installed copy of the suite)")
+    spec = importlib.util.spec_from_file_location("distributed_scaling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_alpha_beta_fit_and_projection():
+    scaling = _scaling_script()
+    alpha, beta, gamma = 3e-6, 2e-10, 1e-10
+    sizes = [4 * 4**k for k in range(13)]
+    times = [2 * alpha + n * beta for n in sizes]
+    assert scaling.fit_alpha_beta(sizes, times) == pytest.approx((alpha, beta), rel=1e-2)
+    n = 8e6
+    # 64 workers, 25 Gb/s, 20 us: 12 latency rounds, 2 * 63/64 of the message on the link
+    # and 63/64 of it summed
+    expected = 12 * (alpha + 20e-6) + 2 * 63 / 64 * n * 8 / 25e9 + 63 / 64 * n * gamma
+    assert scaling.allreduce_time(n, 64, 25, alpha, gamma) == pytest.approx(expected)
+    assert scaling.allreduce_time(n, 1, 25, alpha, gamma) == 0
+    rows = [scaling.project(1.0, 1e8, p, 25, alpha, gamma) for p in (2, 8, 64)]
+    assert all(0 < r["efficiency"] < r["efficiency_overlapped"] <= 1 for r in rows)
+    assert rows[0]["efficiency"] > rows[1]["efficiency"] > rows[2]["efficiency"]
+    assert rows[2]["step_s"] == pytest.approx(1.0 + rows[2]["allreduce_s"])
+    faster = scaling.project(1.0, 1e8, 64, 100, alpha, gamma)
+    assert faster["efficiency"] > rows[2]["efficiency"]
+
+
+@needs_mpi
+def test_the_readme_example_runs_on_two_ranks(tmp_path):
+    readme = HERE.parent / "README.md"
+    if not readme.exists():
+        pytest.skip("no README beside the tests (an installed copy of the suite)")
+    match = re.search(
+        r"## Training on several machines.*?```python\n(.*?)```", readme.read_text(), re.S
+    )
+    assert match, "the README lost its distributed example"
+    script = tmp_path / "example.py"
+    script.write_text(match.group(1))
+    package_parent = str(Path(fastconv.__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [_mpiexec(), "-n", "2", sys.executable, str(script)],
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=package_parent),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("epoch 1: train accuracy") == 1  # rank 0 alone prints
+    assert (tmp_path / "run.npz").exists()
