@@ -164,6 +164,50 @@ def test_conv1d_and_its_gradients_match_reference_and_torch(case):
 
 
 @pytest.mark.parametrize(
+    ("k", "stride", "padding", "length"),
+    [(48, 2, 23, 60), (16, 2, "valid", 41), (32, 4, 3, 50), (24, 3, 0, 24)],
+)
+def test_strided_long_kernels_input_gradient_runs_phase_split(
+    monkeypatch, k, stride, padding, length
+):
+    """Kernels of >= 8 taps per stride take the phase split (a stride-1 input gradient on
+    stride x the channels): the same values as the strided problem, in float32 too; a
+    non-finite weight keeps the strided problem, whose spec it follows."""
+    assert k // stride >= fastconv.functional.PHASE_SPLIT_MIN_TAPS
+    strides_run = []
+    real = fastconv.functional.conv2d_input
+
+    def recording(size, weight, g, stride=1, *args, **kwargs):
+        strides_run.append(int_pair(stride, "stride"))
+        return real(size, weight, g, stride, *args, **kwargs)
+
+    monkeypatch.setattr(fastconv.functional, "conv2d_input", recording)
+    x_shape, w = (2, 3, length), rand(4, 3, k)
+    out_len = fastconv.conv1d(rand(*x_shape), w, None, stride, padding).shape[2]
+    g = rand(2, 4, out_len)
+    rows = (0, padding) if padding != "valid" else 0
+    spec = reference.conv2d_input(
+        (2, 3, 1, length), w[:, :, None], g[:, :, None], (1, stride), rows
+    )
+    grad = fastconv.conv1d_input(x_shape, w, g, stride, padding)
+    assert strides_run == [(1, 1)]
+    assert_close(grad, spec[:, :, 0], 1e-12, "float64")
+    assert_close(fastconv.conv1d_input(x_shape[1:], w, g[0], stride, padding), grad[0], 1e-12)
+    w32, g32 = w.astype(np.float32), g.astype(np.float32)
+    grad32 = fastconv.conv1d_input(x_shape, w32, g32, stride, padding)
+    assert grad32.dtype == np.float32
+    assert_close(grad32, spec[:, :, 0], 4 * 4 * k * np.finfo(np.float32).eps, "float32")
+    w[0, 0, 0] = np.inf
+    strides_run.clear()
+    grad = fastconv.conv1d_input(x_shape, w, g, stride, padding)
+    assert strides_run == [(1, stride)]
+    spec = reference.conv2d_input(
+        (2, 3, 1, length), w[:, :, None], g[:, :, None], (1, stride), rows
+    )
+    np.testing.assert_allclose(grad, spec[:, :, 0], rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize(
     "args",
     [(3,), (3, 2, 1), (4, 3, 2, 2, True), (2, 1, 0, 3), ((3,), (2,), (1,), (1,), True)],
     ids=str,
