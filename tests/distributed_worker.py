@@ -76,6 +76,8 @@ def equivalence(batch_norm: bool, sync: bool = True) -> dict:
     states = dist.all_gather_object(model.state_dict())
     sync = ddp.last_sync
     result = {"buckets": sync["buckets"], "early": sync["started_during_backward"]}
+    result["layers"] = sync["layers"]
+    result["layers_done_at_first_start"] = sync["layers_done_at_first_start"]
     if rank == 0:
         single = cnn(batch_norm, seed=SEED)
         whole = data.DataLoader(x, y, batch_size=world * BATCH, shuffle=True, seed=SEED)

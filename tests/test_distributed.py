@@ -239,6 +239,8 @@ def test_buckets_start_while_the_backward_pass_runs(checks):
     for case in ("plain", "sync_bn"):
         assert checks[case]["buckets"] >= 3
         assert checks[case]["early"] == checks[case]["buckets"]
+        # the first bucket (the last layers') left while most layers had yet to finish
+        assert checks[case]["layers_done_at_first_start"] <= checks[case]["layers"] // 2
 
 
 @needs_mpi

@@ -121,8 +121,10 @@ class DistributedDataParallel(Module):
     statistics agree already).  In a world of one it only runs the module.
 
     ``last_sync`` describes the latest averaging backward: buckets, bytes, how many
-    buckets started before the wrapped backward returned, and ``wait_s``, the time
-    spent waiting for allreduces after it returned (communication not hidden).
+    buckets started before the wrapped backward returned, how many of the ``layers``
+    with parameters had finished their backward when the first bucket started, and
+    ``wait_s``, the time spent waiting for allreduces after it returned (communication
+    not hidden).
     """
 
     def __init__(
@@ -288,6 +290,7 @@ class DistributedDataParallel(Module):
             if bucket.waiting < len(bucket.params):
                 held.add(bucket.index)
         state = {"pending": pending, "held": held, "ready": set(), "next": 0, "requests": []}
+        state.update(layers_done=0, layers_done_at_first_start=None)
         object.__setattr__(self, "_pass", state)
         try:
             result = self.module.backward(grad_output)
@@ -305,6 +308,8 @@ class DistributedDataParallel(Module):
         self.last_sync.update(
             buckets=len(self._buckets),
             started_during_backward=early,
+            layers=len(self._owners),
+            layers_done_at_first_start=state["layers_done_at_first_start"],
             bytes=int(sum(b.offsets[-1] * b.dtype.itemsize for b in self._buckets)),
             wait_s=waited,
         )
@@ -314,6 +319,7 @@ class DistributedDataParallel(Module):
         state = self._pass
         if state is None:
             return
+        state["layers_done"] += 1
         for param in self._params_of[id(layer)]:
             left = state["pending"].get(id(param), 0)
             if left <= 0:
@@ -336,6 +342,8 @@ class DistributedDataParallel(Module):
             buffer = bucket.pack()
             state["requests"].append(self._comm.Iallreduce(world.mpi.IN_PLACE, buffer))
             state["next"] += 1
+            if state["layers_done_at_first_start"] is None:
+                state["layers_done_at_first_start"] = state["layers_done"]
 
     # ----------------------------------------------------------------- the wrapped module
 
