@@ -328,6 +328,13 @@ def main(argv=None) -> int:
     if report.problems:
         print(report.details())
     if args.json is not None:
-        document = dataclasses.asdict(report)
-        args.json.write_text(json.dumps(document, indent=2, default=str))
+        document = dict(
+            seed=report.seed,
+            calls=report.calls,
+            seconds=report.seconds,
+            outcomes=dict(report.outcomes),
+            per_op={op: dict(counts) for op, counts in report.per_op.items()},
+            problems=[dataclasses.asdict(p) for p in report.problems],
+        )
+        args.json.write_text(json.dumps(document, indent=2))
     return 1 if report.problems else 0
