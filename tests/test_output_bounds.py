@@ -62,3 +62,31 @@ def test_gemm_writes_only_inside_c(threads, dtype, beta):
                     assert_close_scaled(c, want, k + 1, err_msg=what)
     finally:
         fastconv.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_c_aliasing_an_operand_over_several_blocks(threads, dtype):
+    """gemm(a, b, a) and friends, with K over two 256-deep blocks: the kernel writes C
+    after the first block and packs the second afterwards, so an aliased operand would be
+    read half-overwritten. The result must be that of the inputs before the call."""
+    rng = np.random.default_rng(5)
+    n = 300
+    before = fastconv.get_num_threads()
+    fastconv.set_num_threads(threads)
+    try:
+        for trans_a, trans_b in ((False, False), (True, False), (False, True)):
+            for what in ("c is a", "c is b", "c is a.T", "c is a shifted by a column"):
+                a = rng.integers(-3, 4, (n, n)).astype(dtype)
+                b = rng.integers(-3, 4, (n, n)).astype(dtype)
+                c = {"c is a": a, "c is b": b, "c is a.T": a.T}.get(what)
+                if c is None:  # A and C one column apart in one buffer
+                    buffer = rng.integers(-3, 4, (n, n + 1)).astype(dtype)
+                    a, c = buffer[:, :n], buffer[:, 1:]
+                a0, b0, c0 = a.copy(), b.copy(), c.copy()
+                want = 2.0 * ((a0.T if trans_a else a0) @ (b0.T if trans_b else b0)) - c0
+                got = fastconv.gemm(a, b, c, alpha=2.0, beta=-1.0, trans_a=trans_a, trans_b=trans_b)
+                assert got is c, what
+                np.testing.assert_array_equal(c, want, err_msg=f"{what} {trans_a, trans_b}")
+    finally:
+        fastconv.set_num_threads(before)

@@ -157,7 +157,7 @@ MUTANTS = [
         "fastconv/functional.py",
         "    if writable and not (np.may_share_memory(c, a) or np.may_share_memory(c, b)):",
         "    if writable:",
-        ("tests/test_gemm.py",),
+        ("tests/test_output_bounds.py", "tests/test_gemm.py"),
         "gemm writes into a C that shares memory with A or B while reading them",
     ),
     Mutant(
