@@ -818,6 +818,17 @@ def _with_overhang(x, overhang):
     return np.pad(x, ((0, 0), (0, 0), (0, overhang[0]), (0, overhang[1])))
 
 
+def _one_position_strides(geometry, out_pads, in_hw):
+    """The geometry with the stride of each one-position input dim brought down to
+    output_padding + 1: it changes no output size or value there, and the conv kernels
+    size their work by the stride (a stride of 2**31 - 1 would exhaust memory)."""
+    strides = tuple(
+        min(s, extra + 1) if size == 1 else s
+        for s, extra, size in zip(geometry.stride, out_pads, in_hw)
+    )
+    return ConvGeometry(strides, geometry.padding, geometry.dilation, geometry.groups)
+
+
 def _tap_positions(kernel, geometry, out_hw):
     """For a 1x1 input: the kernel taps that land inside the output, and where."""
     taps = []
@@ -882,6 +893,7 @@ def conv_transpose2d(
     out_hw = _check_transpose_shapes(
         tuple(input.shape), tuple(weight.shape), geometry, out_pads, "input", "weight"
     )
+    geometry = _one_position_strides(geometry, out_pads, input.shape[-2:])
     x, unbatched = _batched(input)
     out = _transpose_forward(x, weight, geometry, out_pads, out_hw)
     if bias is not None:
@@ -899,7 +911,7 @@ def _transpose_gradient_args(input_shape, weight_shape, grad_output, args, grad_
     )
     out_channels = weight_shape[1] * geometry.groups
     chk.check_shape(grad_output, (*input_shape[:-3], out_channels, *out_hw), grad_name)
-    return geometry, out_pads, out_hw
+    return _one_position_strides(geometry, out_pads, input_shape[-2:]), out_pads, out_hw
 
 
 def _gathered_taps(g, kernel, geometry):
@@ -1052,6 +1064,16 @@ def _check_conv1d_shapes(input_shape, weight_shape, args, input_name, weight_nam
     return out_len
 
 
+def _reachable_stride(args, length, k):
+    """args with a stride past the padded input's last window start (one output, whatever
+    the stride) brought down to that span: the 2-D kernels size their work by the stride
+    (a stride of 2**31 - 1 would exhaust memory)."""
+    stride, pad2d, dilation, groups = args
+    (_, _), (left, right) = conv_padding(pad2d, (1, k), dilation)
+    span = max(length + left + right - dilation[1] * (k - 1), 1)
+    return ((1, min(stride[1], span)), pad2d, dilation, groups)
+
+
 def _rows(x, ndim):
     """(N, C, L) or (C, L) as one-row planes: (N, C, 1, L) or (C, 1, L)."""
     return x.reshape((*x.shape[: ndim - 1], 1, x.shape[-1]))
@@ -1085,6 +1107,7 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     chk.check_same_dtype(input=input, weight=weight, bias=bias)
     args = _conv1d_args(stride, padding, dilation, groups)
     _check_conv1d_shapes(tuple(input.shape), tuple(weight.shape), args, "input", "weight")
+    args = _reachable_stride(args, input.shape[-1], weight.shape[-1])
     out = conv2d(_rows(input, input.ndim), _weight_rows(weight), bias, *args)
     return _unrow(out)
 
@@ -1160,6 +1183,7 @@ def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     args = _conv1d_args(stride, padding, dilation, groups)
     out_len = _check_conv1d_shapes(size, tuple(weight.shape), args, "input_size", "weight")
     chk.check_shape(grad_output, (*size[:-2], weight.shape[0], out_len), "grad_output")
+    args = _reachable_stride(args, size[-1], weight.shape[-1])
     size2d = (*size[:-1], 1, size[-1])
     g = _rows(grad_output, grad_output.ndim)
     return _unrow(_input_gradient(size2d, _weight_rows(weight), g, *args))
@@ -1176,6 +1200,7 @@ def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     args = _conv1d_args(stride, padding, dilation, groups)
     out_len = _check_conv1d_shapes(tuple(input.shape), wsize, args, "input", "weight_size")
     chk.check_shape(grad_output, (*input.shape[:-2], wsize[0], out_len), "grad_output")
+    args = _reachable_stride(args, input.shape[-1], wsize[2])
     x, g = _rows(input, input.ndim), _rows(grad_output, grad_output.ndim)
     grad = conv2d_weight(x, (*wsize[:2], 1, wsize[2]), g, *args)
     return grad.reshape(wsize)

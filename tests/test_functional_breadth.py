@@ -163,6 +163,35 @@ def test_conv1d_and_its_gradients_match_reference_and_torch(case):
     assert_close(fastconv.conv1d_weight(x, w.shape, g, *args), tgw, 1e-12, "weight gradient")
 
 
+def test_strides_past_the_input_cost_nothing():
+    """A stride that changes no output (one-position dims of a transposed conv, a 1-D
+    stride past the last window) is brought down before the kernels, which size their
+    work by it: 2**31 - 1 runs like a small stride and gives the reference's values."""
+    huge = 2**31 - 1
+    x, w = rand(2, 3, 3, 1), rand(3, 1, 4, 1)
+    args = ((2, huge), 0, (0, 0), 1, 1)
+    y = fastconv.conv_transpose2d(x, w, None, *args)
+    assert_close(y, reference.conv_transpose2d(x, w, None, *args), 1e-12)
+    g = rand(*y.shape)
+    ref_gw = reference.conv2d_weight(g, w.shape, x, (2, huge))
+    assert_close(fastconv.conv_transpose2d_weight(x, w.shape, g, *args), ref_gw, 1e-12)
+    assert_close(
+        fastconv.conv_transpose2d_input(x.shape, w, g, *args),
+        reference.conv2d(g, w, None, (2, huge)),
+        1e-12,
+    )
+    x1, w1 = rand(2, 3, 10), rand(4, 3, 3)
+    y1 = fastconv.conv1d(x1, w1, None, huge, 1)
+    assert y1.shape == (2, 4, 1)
+    assert_close(y1, reference.conv1d(x1, w1, None, huge, 1), 1e-12)
+    g1 = rand(*y1.shape)
+    x4, w4, g4 = x1[:, :, None], w1[:, :, None], g1[:, :, None]
+    ref_gx = reference.conv2d_input(x4.shape, w4, g4, (1, huge), (0, 1))[:, :, 0]
+    assert_close(fastconv.conv1d_input(x1.shape, w1, g1, huge, 1), ref_gx, 1e-12)
+    ref_gw = reference.conv2d_weight(x4, w4.shape, g4, (1, huge), (0, 1))[:, :, 0]
+    assert_close(fastconv.conv1d_weight(x1, w1.shape, g1, huge, 1), ref_gw, 1e-12)
+
+
 @pytest.mark.parametrize(
     ("k", "stride", "padding", "length"),
     [(48, 2, 23, 60), (16, 2, "valid", 41), (32, 4, 3, 50), (24, 3, 0, 24)],
