@@ -194,7 +194,7 @@ def test_strides_past_the_input_cost_nothing():
 
 @pytest.mark.parametrize(
     ("k", "stride", "padding", "length"),
-    [(48, 2, 23, 60), (16, 2, "valid", 41), (32, 4, 3, 50), (24, 3, 0, 24)],
+    [(48, 2, 23, 60), (16, 2, "valid", 41), (32, 4, 3, 50), (24, 3, 0, 30)],
 )
 def test_strided_long_kernels_input_gradient_runs_phase_split(
     monkeypatch, k, stride, padding, length
@@ -291,7 +291,9 @@ def test_interpolate_and_backward_match_reference_and_torch(shape, kwargs, dtype
     x = rand(*shape, dtype=dtype)
     y = fastconv.interpolate(x, **kwargs)
     assert y.dtype == dtype
-    tol = 1e-12 if dtype == np.float64 else 1e-6
+    # float32: the source coordinates and weights are rounded to float32 (as PyTorch
+    # rounds them), up to an ulp of the input size in each weight
+    tol = 1e-12 if dtype == np.float64 else 1e-5
     assert_close(y, reference.interpolate(x, **kwargs), tol, "forward vs reference")
     g = rand(*y.shape, dtype=dtype)
     grad = fastconv.interpolate_backward(g, x.shape, **kwargs)
