@@ -18,6 +18,13 @@ from fastconv._checks import int_pair
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _same_draws_in_any_order():
+    """Each test draws the same arrays whether it runs alone or after others."""
+    global RNG
+    RNG = np.random.default_rng(0)
+
+
 def rand(*shape, dtype=np.float64):
     return RNG.standard_normal(shape).astype(dtype)
 
