@@ -780,6 +780,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _package_parent() -> Path:
+    """The folder holding the fastconv this process imported."""
+    return Path(fastconv.__file__).resolve().parent.parent
+
+
 def test_ddp_two_processes_match_one_process_at_twice_the_batch(tmp_path):
     env = dict(
         os.environ,
@@ -787,7 +792,9 @@ def test_ddp_two_processes_match_one_process_at_twice_the_batch(tmp_path):
         MASTER_PORT=str(_free_port()),
         GLOO_SOCKET_IFNAME="lo",
         OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+        # The fastconv this process imported (an installed copy in CI, whose source
+        # checkout has no compiled kernels), then the tests folder.
+        PYTHONPATH=os.pathsep.join([str(_package_parent()), str(Path(__file__).parent)]),
     )
     out = tmp_path / "state"
     code = textwrap.dedent(
@@ -801,6 +808,7 @@ def test_ddp_two_processes_match_one_process_at_twice_the_batch(tmp_path):
         subprocess.Popen(
             [sys.executable, "-c", code, str(rank)],
             env=env,
+            cwd=str(Path(__file__).parent),  # not the checkout: -c puts the cwd first
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -836,10 +844,10 @@ def test_import_fastconv_never_imports_torch_and_a_missing_torch_is_named():
             raise AssertionError("no ImportError")
         """
     )
-    root = Path(__file__).parents[1]
     result = subprocess.run(
         [sys.executable, "-c", code],
-        env=dict(os.environ, PYTHONPATH=str(root)),
+        env=dict(os.environ, PYTHONPATH=str(_package_parent())),
+        cwd=str(Path(__file__).parent),  # not the checkout: -c puts the cwd first
         capture_output=True,
         text=True,
         timeout=60,
