@@ -350,9 +350,9 @@ ALGORITHM_TABLE = [
         1,
         1,
         "implicit_gemm",
-        "128x128x16-r8x8",
+        "128x128x8-r8x8",
     ),
-    ("weight", (64, 3, 32, 32), (32, 3, 3, 3), (32, 32), 1, 1, "implicit_gemm", "64x64x16-r4x4"),
+    ("weight", (64, 3, 32, 32), (32, 3, 3, 3), (32, 32), 1, 1, "implicit_gemm", "64x64x8-r4x4"),
     ("weight", (8, 144, 56, 56), (144, 1, 3, 3), (56, 56), 1, 144, "direct", None),
 ]
 
@@ -376,7 +376,7 @@ def test_kernels_compiled_once(rng, test_tile):
     before = rt.compiled_kernels()
     fc.conv2d(D(x), D(weight), D(bias), geometry)
     assert rt.compiled_kernels() == before
-    assert ("conv2d_fwd", TEST_TILE.name, "<f4") in before
+    assert ("conv2d_fwd", TEST_TILE.name, "<f4", "int32") in before
 
 
 # ======================================================================================
@@ -662,3 +662,21 @@ def test_forced_cpu_algorithm_is_refused_for_device_arrays(rng):
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="CPU algorithm"):
         fastconv.conv2d(D(x), D(w), algorithm="direct")
+
+
+def test_max_pool2d_backward_of_its_own_indices_does_not_wait(rng, monkeypatch):
+    """Indices max_pool2d made (every window holds an input pixel) skip the range
+    check and its read back; indices from elsewhere, even equal ones, are checked."""
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    window = _window(3, 2, 1, ceil_mode=True)
+    out, idx = fc.max_pool2d(D(x), window, window.output_size(7, 8))
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    expected = ref.max_pool2d_backward(g, H(idx), x.shape)
+    reads = []
+    original = rt.sync_to_host
+    monkeypatch.setattr(rt, "sync_to_host", lambda *a: reads.append(1) or original(*a))
+    gin = fc.max_pool2d_backward(D(g), idx, x.shape)
+    assert not reads
+    assert_close_scaled(H(gin), expected, k=9)
+    fc.max_pool2d_backward(D(g), D(H(idx)), x.shape)  # a copy: not known
+    assert len(reads) == 1

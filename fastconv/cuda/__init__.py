@@ -104,9 +104,10 @@ class KernelVariant(NamedTuple):
 def kernel_variants(dtypes=(np.float32, np.float64), tiles=None) -> list[KernelVariant]:
     """The registry: every (kernel, tile, dtype) this backend launches, as KernelVariants.
 
-    By default the tiles the selectors use: float32 every GEMM tile (BK=8 for the
-    GEMM-shaped kernels, BK=16 for conv2d_weight), float64 the small ones only (what
-    ``_tiles.pick_tile`` gives it); ``tiles`` pairs every kernel with every tile given.
+    By default the tiles the selectors use: float32 every tile, float64 the small one
+    only (what ``_tiles.pick_tile`` gives it); ``tiles`` pairs every kernel with every
+    tile given. The implicit-GEMM convolutions come with 32-bit index arithmetic, and
+    with 64-bit (``-i64``) for tensors of 2**31 elements or more.
 
     ``factory()`` returns the compiled kernel (or, inside ``_runtime.sources_only()``,
     its source and signature): tests and benchmarks enumerate kernels from here.
@@ -117,9 +118,9 @@ def kernel_variants(dtypes=(np.float32, np.float64), tiles=None) -> list[KernelV
         if tiles is not None:
             gemm_tiles = wgrad_tiles = tuple(tiles)
         elif dt.itemsize > 4:
-            gemm_tiles, wgrad_tiles = _tiles.GEMM_TILES[-1:], _tiles.WGRAD_TILES[-1:]
+            gemm_tiles = wgrad_tiles = _tiles.GEMM_TILES[-1:]
         else:
-            gemm_tiles, wgrad_tiles = _tiles.GEMM_TILES, _tiles.WGRAD_TILES
+            gemm_tiles = wgrad_tiles = _tiles.GEMM_TILES
         for t in gemm_tiles:
             for ta in (False, True):
                 for tb in (False, True):
@@ -130,28 +131,27 @@ def kernel_variants(dtypes=(np.float32, np.float64), tiles=None) -> list[KernelV
                             t.threads,
                         )
                     )
-            out.append(
-                KernelVariant(
-                    f"conv2d_fwd-{t.name}-{sfx}",
-                    lambda t=t, dt=dt: _conv.conv2d_fwd_kernel(t, dt),
-                    t.threads,
-                )
-            )
-            out.append(
-                KernelVariant(
-                    f"conv2d_dgrad-{t.name}-{sfx}",
-                    lambda t=t, dt=dt: _conv.conv2d_dgrad_kernel(t, dt),
-                    t.threads,
-                )
-            )
+            for kind, factory in (
+                ("fwd", _conv.conv2d_fwd_kernel),
+                ("dgrad", _conv.conv2d_dgrad_kernel),
+            ):
+                for index in ("int32", "int64"):  # int64: tensors of 2**31 elements or more
+                    out.append(
+                        KernelVariant(
+                            f"conv2d_{kind}-{t.name}-{sfx}" + ("-i64" if index == "int64" else ""),
+                            lambda t=t, dt=dt, f=factory, i=index: f(t, dt, i),
+                            t.threads,
+                        )
+                    )
         for t in wgrad_tiles:
-            out.append(
-                KernelVariant(
-                    f"conv2d_wgrad-{t.name}-{sfx}",
-                    lambda t=t, dt=dt: _conv.conv2d_wgrad_kernel(t, dt),
-                    t.threads,
+            for index in ("int32", "int64"):
+                out.append(
+                    KernelVariant(
+                        f"conv2d_wgrad-{t.name}-{sfx}" + ("-i64" if index == "int64" else ""),
+                        lambda t=t, dt=dt, i=index: _conv.conv2d_wgrad_kernel(t, dt, i),
+                        t.threads,
+                    )
                 )
-            )
         for name, factory, threads in (
             ("conv2d_fwd_direct", _conv.conv2d_fwd_direct_kernel, rt.ELEMENTWISE_THREADS),
             ("conv2d_dgrad_direct", _conv.conv2d_dgrad_direct_kernel, rt.ELEMENTWISE_THREADS),
@@ -211,14 +211,14 @@ def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry, itemsize: int = 
     forced = _tiles.forced("algorithm")
     if op == "forward":
         direct = kg < few
-        m_dim, n_dim, k16 = kg, n * oh * ow, False
+        m_dim, n_dim = kg, n * oh * ow
     elif op == "input":
         direct = cg < few
         sh, sw = geometry.stride
-        m_dim, n_dim, k16 = cg, n * -(-h // sh) * -(-w // sw), False
+        m_dim, n_dim = cg, n * -(-h // sh) * -(-w // sw)
     elif op == "weight":
         direct = kg < few or cg * r * s < few
-        m_dim, n_dim, k16 = kg, cg * r * s, True
+        m_dim, n_dim = kg, cg * r * s
     else:
         raise ValueError(f"unknown conv op {op!r}")
     if forced is not None:
@@ -226,7 +226,7 @@ def conv_algorithm(op: str, x_shape, w_shape, out_hw, geometry, itemsize: int = 
     if direct:
         return ConvChoice("direct", None)
     # conv2d_weight fills the GPU by splitting its reduction, not by its tile count
-    tile = _tiles.pick_tile(m_dim, n_dim, sms, k16=k16, fill=op != "weight", itemsize=itemsize)
+    tile = _tiles.pick_tile(m_dim, n_dim, sms, fill=op != "weight", itemsize=itemsize)
     splits = 1
     if op == "weight":
         nq = n * oh * ow
@@ -266,8 +266,10 @@ def conv2d(x, weight, bias, geometry):
     else:
         t = choice.tile
         _check_grid_y(g, "groups")
-        blocks = rt.cdiv(k // g, t.bm) * rt.cdiv(n * oh * ow, t.bn)
-        _conv.conv2d_fwd_kernel(t, x.dtype)[(blocks, g), t.threads, stream](*args)
+        _check_grid_y(rt.cdiv(k // g, t.bm), "output channel tiles")
+        grid = (rt.cdiv(n * oh * ow, t.bn), rt.cdiv(k // g, t.bm), g)
+        index = _conv.index_type(x, weight, out)
+        _conv.conv2d_fwd_kernel(t, x.dtype, index)[grid, t.threads, stream](*args)
     return out
 
 
@@ -297,9 +299,11 @@ def conv2d_input(input_size, weight, grad_output, geometry):
         t = choice.tile
         sh, sw = geometry.stride
         _check_grid_y(g * sh * sw, "groups * stride_h * stride_w")
+        _check_grid_y(rt.cdiv(c // g, t.bm), "input channel tiles")
         pix = n * rt.cdiv(h, sh) * rt.cdiv(w, sw)
-        blocks = rt.cdiv(c // g, t.bm) * rt.cdiv(pix, t.bn)
-        _conv.conv2d_dgrad_kernel(t, gin.dtype)[(blocks, g * sh * sw), t.threads, stream](*args)
+        grid = (rt.cdiv(pix, t.bn), rt.cdiv(c // g, t.bm), g * sh * sw)
+        index = _conv.index_type(grad_output, weight, gin)
+        _conv.conv2d_dgrad_kernel(t, gin.dtype, index)[grid, t.threads, stream](*args)
     return gin
 
 
@@ -328,8 +332,10 @@ def conv2d_weight(x, weight_size, grad_output, geometry):
     chunk = rt.cdiv(rt.cdiv(nq, splits), t.bk) * t.bk
     splits = rt.cdiv(nq, chunk)
     ws = rt.flat(gw) if splits == 1 else rt.empty((splits * gw.size,), x.dtype, stream)
-    blocks = rt.cdiv(k // g, t.bm) * rt.cdiv(cg * r * s, t.bn)
-    _conv.conv2d_wgrad_kernel(t, x.dtype)[(blocks, g * splits), t.threads, stream](
+    _check_grid_y(rt.cdiv(k // g, t.bm), "output channel tiles")
+    grid = (rt.cdiv(cg * r * s, t.bn), rt.cdiv(k // g, t.bm), g * splits)
+    index = _conv.index_type(x, grad_output, ws)
+    _conv.conv2d_wgrad_kernel(t, x.dtype, index)[grid, t.threads, stream](
         rt.flat(x), rt.flat(grad_output), ws, *ints, splits, chunk
     )
     if splits > 1:
@@ -394,17 +400,60 @@ def max_pool2d(x, window, out_hw):
             *_pool_ints(window),
             *window.dilation,
         )
+        (kh, kw), (sh, sw), (ph, pw) = window.kernel, window.stride, window.padding
+        dh, dw = window.dilation
+        if _every_window_meets(h, oh, kh, sh, ph, dh) and _every_window_meets(
+            w, ow, kw, sw, pw, dw
+        ):
+            _valid_indices.remember(idx, h * w)
     return out, idx
+
+
+def _every_window_meets(size: int, out: int, k: int, s: int, p: int, d: int) -> bool:
+    """Whether every pooling window along one axis holds an input position (then every
+    index max_pool2d gives, that of the window's first in-bounds element, is valid)."""
+    for o in range(out):
+        start = o * s - p
+        first = start if start >= 0 else start + rt.cdiv(-start, d) * d
+        if first >= size or first > start + (k - 1) * d:
+            return False
+    return True
+
+
+class _IndexRegistry:
+    """Index arrays this backend's max_pool2d produced and knows to be in range, by
+    device pointer (while the array lives): their backward needs no check, so it does
+    not wait for the device. Any other indices are checked (one read back)."""
+
+    def __init__(self):
+        self._known: dict[int, tuple[int, int, Any]] = {}
+
+    def remember(self, idx, plane: int) -> None:
+        import weakref
+
+        key = rt.device_pointer(idx)
+        self._known[key] = (plane, idx.size, weakref.ref(idx, lambda _, k=key: self._drop(k)))
+
+    def _drop(self, key: int) -> None:
+        self._known.pop(key, None)
+
+    def valid(self, idx, plane: int) -> bool:
+        found = self._known.get(rt.device_pointer(idx))
+        return found is not None and found[:2] == (plane, idx.size) and found[2]() is not None
+
+
+_valid_indices = _IndexRegistry()
 
 
 def max_pool2d_backward(grad_output, indices, input_size):
     """Scatter-add of grad_output to ``indices``; raises ValueError on an index outside
-    [0, H*W), checked on the device before anything is written."""
+    [0, H*W), checked on the device before anything is written (and skipped, with its
+    wait for the device, for indices this backend's max_pool2d made valid)."""
     stream, (grad_output, indices) = _prepare(grad_output, indices)
     n, c, h, w = (int(v) for v in input_size)
     plane = h * w
     count = grad_output.size
-    if count:
+    if count and not _valid_indices.valid(indices, plane):
         lohi = rt.to_device(np.array([_INT64_MAX, _INT64_MIN], dtype=np.int64), stream)
         grid, block = rt.launch_1d(count)
         _pool.max_pool2d_check_kernel()[grid, block, stream](rt.flat(indices), lohi, count, plane)

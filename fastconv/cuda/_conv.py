@@ -29,8 +29,10 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, types
 
+from . import _gen
 from . import _runtime as rt
-from ._tiles import SMEM_PAD, TileConfig, mma_step
+from ._gen import PAD, Counter, Source
+from ._tiles import TileConfig
 
 I64 = types.int64
 
@@ -38,110 +40,132 @@ I64 = types.int64
 REDUCE_THREADS = 16 if rt.SIMULATOR else 256
 
 
-def _geometry_sig(n_arrays: int, dtype, n_ints: int):
-    return types.void(*([rt.c_array(dtype)] * n_arrays), *([I64] * n_ints))
+def _geometry_sig(n_arrays: int, dtype, n_ints: int, index=I64):
+    return types.void(*([rt.c_array(dtype)] * n_arrays), *([index] * n_ints))
+
+
+#: Elements a tensor may have for the 32-bit index variants of the GEMM-shaped kernels.
+INT32_LIMIT = 2**31
+
+
+def index_type(*arrays) -> str:
+    """ "int32" when every array has fewer than 2**31 elements, else "int64"."""
+    return "int32" if max(a.size for a in arrays) < INT32_LIMIT else "int64"
 
 
 # --------------------------------------------------------------------------- forward
 
 
-def conv2d_fwd_kernel(cfg: TileConfig, dtype):
+def emit_conv2d_fwd(cfg: TileConfig, dtype) -> str:
+    """out[g] (Kg x N*OH*OW) = W[g] (Kg x Cg*R*S) @ im2col(x)[g], gathered per slice.
+
+    Grid: pixel tiles on x, output-channel tiles on y, groups on z. Each thread loads
+    one B column (an output pixel, decoded once) at rows ``b_r + t * BSTEP``; the tap
+    (c, r, s) of each row is a counter advanced with carries (no division in the loop).
+    Weight rows past Kg and pixels past the end are clamped (their outputs are never
+    stored); the taps past Cg*R*S and the padding give zeros.
+    """
+    dt = np.dtype(dtype).name
+    nt, bk, bm, bn = cfg.threads, cfg.bk, cfg.bm, cfg.bn
+    la, lb = bm * bk // nt, bn * bk // nt
+    a_step, b_step = nt // bk, nt // bn
+    src = Source()
+    args = "x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, has_bias"
+    with src.block(f"def conv2d_fwd({args}):"):
+        _gen.emit_shared_tiles(src, cfg, dt)
+        src(
+            "tid = cuda.threadIdx.x",
+            "Cg = C // groups",
+            "Kg = K // groups",
+            "RS = R * S",
+            "CRS = Cg * RS",
+            "OHW = OH * OW",
+            "HW = H * W",
+            "NPIX = N * OHW",
+            "g = cuda.blockIdx.z",
+            f"m0 = cuda.blockIdx.y * {bm}",
+            f"n0 = cuda.blockIdx.x * {bn}",
+        )
+        _gen.emit_thread_bases(src, cfg)
+        src(
+            f"a_k = tid % {bk}",
+            f"a_m = tid // {bk}",
+            "a_ptr = (g * Kg + m0 + a_m) * CRS + a_k",
+            f"a_rows = {a_step} * CRS",
+            "a_last = (Kg - 1 - m0 - a_m) * CRS",
+            f"a_s = a_k * {bm + PAD} + a_m",
+            f"b_n = tid % {bn}",
+            f"b_r = tid // {bn}",
+            "col = min(n0 + b_n, NPIX - 1)",
+            "ni = col // OHW",
+            "p = col - ni * OHW",
+            "oh = p // OW",
+            f"b_s = b_r * {bn + PAD} + b_n",
+        )
+        taps = Counter(
+            "b",
+            ["R", "S"],
+            {
+                "ih": ("oh * sh - pt", ["0", "dh", "0"]),
+                "iw": ("(p - oh * OW) * sw - pl", ["0", "0", "dw"]),
+                "xo": ("(ni * C + g * Cg) * HW", ["HW", "0", "0"]),
+            },
+        )
+        taps.emit_init(src, "b_r", str(b_step))
+        for t in range(la):
+            src(f"a_off{t} = min({t} * a_rows, a_last)")
+
+        def load(src):
+            # bounds as differences, so that the int32 variant compares in 32 bits
+            src("kin = CRS - k0")
+            for t in range(la):
+                src(f"va{t} = w[uint64(a_ptr + a_off{t})] if a_k < kin else {dt}(0)")
+            for t in range(lb):
+                src(
+                    f"kt = kin - {t * b_step}",
+                    f"vb{t} = x[uint64(b_xo + b_ih * W + b_iw)] if (b_r < kt)"
+                    f" & (b_ih >= 0) & (b_ih < H) & (b_iw >= 0) & (b_iw < W) else {dt}(0)",
+                )
+                taps.emit_advance(src)
+            src(f"a_ptr += {bk}", f"k0 += {bk}")
+
+        src("k0 = 0", f"steps = (CRS + {bk - 1}) // {bk}")
+        _gen.emit_main_loop(
+            src,
+            cfg,
+            dt,
+            load,
+            [str(t * a_step) for t in range(la)],
+            [str(t * b_step * (bn + PAD)) for t in range(lb)],
+        )
+        rows, cols = _gen.owned(cfg)
+        for j, col in enumerate(cols):
+            # out[n, k, p] = out[n*(K-1)*OHW + column + k*OHW] for column = n*OHW + p
+            src(
+                f"cn = n0 + {col}",
+                f"cok{j} = cn < NPIX",
+                f"co{j} = (cn // OHW) * (K - 1) * OHW + cn",
+            )
+        for i, row in enumerate(rows):
+            src(f"m = m0 + {row}")
+            with src.block("if m < Kg:"):
+                src("k = g * Kg + m", f"bv = bias[k] if has_bias else {dt}(0)", "ko = k * OHW")
+                for j in range(cfg.tn):
+                    with src.block(f"if cok{j}:"):
+                        src(f"out[uint64(co{j} + ko)] = c{i}_{j} + bv")
+    return src.text()
+
+
+def conv2d_fwd_kernel(cfg: TileConfig, dtype, index: str = "int32"):
+    """The kernel for ``cfg`` and ``dtype``, its index arithmetic in ``index``."""
+
     def build():
-        BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-        NT = cfg.threads
-        RY, RX = BM // TM, BN // TN
-        LA, LB = BM * BK // NT, BN * BK // NT
-        BSTEP = NT // BN
-        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
-        DT = rt.nb(dtype)
-        TMN = TM * TN
-        SC = np.dtype(dtype).type
-        mma = mma_step(cfg)
+        text = _gen.narrow(emit_conv2d_fwd(cfg, dtype), index)
+        fn = _gen.load("conv2d_fwd", text).conv2d_fwd
+        sig = _geometry_sig(4, dtype, 17, getattr(types, index))
+        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype))
 
-        @rt.source(_geometry_sig(4, dtype, 17))
-        def conv2d_fwd(
-            x, w, bias, out, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, has_bias
-        ):
-            As = cuda.shared.array(A_SHAPE, DT)
-            Bs = cuda.shared.array(B_SHAPE, DT)
-            acc = cuda.local.array(TMN, DT)
-            ra = cuda.local.array(TM, DT)
-            rb = cuda.local.array(TN, DT)
-            cofs = cuda.local.array(TN, types.int64)
-            Cg = C // groups
-            Kg = K // groups
-            RS = R * S
-            CRS = Cg * RS
-            OHW = OH * OW
-            HW = H * W
-            NPIX = N * OHW
-            g = cuda.blockIdx.y
-            n_tiles = (NPIX + BN - 1) // BN
-            bm = cuda.blockIdx.x // n_tiles
-            m0 = bm * BM
-            n0 = (cuda.blockIdx.x - bm * n_tiles) * BN
-            tid = cuda.threadIdx.x
-            ty = tid // RX
-            tx = tid - ty * RX
-            # The B column this thread loads is the same at every step: decode it once.
-            bcol = tid % BN
-            brow = tid // BN
-            col = n0 + bcol
-            col_ok = col < NPIX
-            ni = col // OHW
-            p = col - ni * OHW
-            oh = p // OW
-            ih0 = oh * sh - pt
-            iw0 = (p - oh * OW) * sw - pl
-            xbase = (ni * C + g * Cg) * HW
-            wbase = g * Kg * CRS
-            for i in range(TM * TN):
-                acc[i] = 0
-            for k0 in range(0, CRS, BK):
-                for t in range(LA):
-                    e = tid + t * NT
-                    am = e // BK
-                    ak = e - am * BK
-                    gm = m0 + am
-                    q = k0 + ak
-                    v = SC(0)
-                    if gm < Kg and q < CRS:
-                        v = w[wbase + gm * CRS + q]
-                    As[ak, am] = v
-                for t in range(LB):
-                    kk = brow + t * BSTEP
-                    q = k0 + kk
-                    v = SC(0)
-                    if col_ok and q < CRS:
-                        c = q // RS
-                        rs = q - c * RS
-                        r = rs // S
-                        ih = ih0 + r * dh
-                        iw = iw0 + (rs - r * S) * dw
-                        if ih >= 0 and ih < H and iw >= 0 and iw < W:
-                            v = x[xbase + c * HW + ih * W + iw]
-                    Bs[kk, bcol] = v
-                cuda.syncthreads()
-                mma(As, Bs, acc, ra, rb, ty, tx)
-                cuda.syncthreads()
-            for j in range(TN):  # output offset of each owned column (-1: past the end)
-                col = n0 + tx + j * RX
-                cofs[j] = -1
-                if col < NPIX:
-                    ni = col // OHW
-                    cofs[j] = ni * K * OHW + col - ni * OHW
-            for i in range(TM):
-                m = m0 + ty + i * RY
-                if m < Kg:
-                    k = g * Kg + m
-                    b = bias[k] if has_bias else SC(0)
-                    for j in range(TN):
-                        if cofs[j] >= 0:
-                            out[cofs[j] + k * OHW] = acc[i * TN + j] + b
-
-        return conv2d_fwd
-
-    return rt.kernel(("conv2d_fwd", cfg.name, np.dtype(dtype).str), build)
+    return rt.kernel(("conv2d_fwd", cfg.name, np.dtype(dtype).str, index), build)
 
 
 def conv2d_fwd_direct_kernel(dtype):
@@ -189,129 +213,156 @@ def conv2d_fwd_direct_kernel(dtype):
 # --------------------------------------------------------------------------- grad input
 
 
-def conv2d_dgrad_kernel(cfg: TileConfig, dtype):
+def emit_conv2d_dgrad(cfg: TileConfig, dtype) -> str:
+    """grad_input[g] (Cg x pixels of one stride phase) = W[g]^T @ col(grad_output).
+
+    Grid: pixel tiles on x, input-channel tiles on y, (group, stride phase) on z. In
+    phase (a, b) only the taps r = r0 + i*rstep (s likewise) reach a pixel, and output
+    row oi = hh + oi0 - i*dri for the pixel's row hh in the phase: exact, no division
+    in the loop. Both operands' reduction index (k, i, j) is a counter with carries.
+    """
+    dt = np.dtype(dtype).name
+    nt, bk, bm, bn = cfg.threads, cfg.bk, cfg.bm, cfg.bn
+    la, lb = bm * bk // nt, bn * bk // nt
+    a_step, b_step = nt // bk, nt // bn
+    src = Source()
+    args = "gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups"
+    with src.block(f"def conv2d_dgrad({args}):"):
+        _gen.emit_shared_tiles(src, cfg, dt)
+        src(
+            "tid = cuda.threadIdx.x",
+            "Cg = C // groups",
+            "Kg = K // groups",
+            "RS = R * S",
+            "OHW = OH * OW",
+            "HW = H * W",
+            "n_phases = sh * sw",
+            "g = cuda.blockIdx.z // n_phases",
+            "phase = cuda.blockIdx.z - g * n_phases",
+            "a = phase // sw",  # this block's input pixels: h = a + hh*sh, w = b + ww*sw
+            "b = phase - a * sw",
+            "Hc = (H - a + sh - 1) // sh",
+            "Wc = (W - b + sw - 1) // sw",
+            "HWc = Hc * Wc",
+            "NPIX = N * HWc",
+            f"m0 = cuda.blockIdx.y * {bm}",
+            f"n0 = cuda.blockIdx.x * {bn}",
+        )
+        with src.block("if n0 >= NPIX:"):  # this phase has fewer pixels than the largest
+            src("return")
+        src("r0 = -1")
+        src("for r in range(R):")
+        with src.block("    if r0 < 0 and (a + pt - r * dh) % sh == 0:"):
+            src("    r0 = r")
+        src("rstep = 1")
+        with src.block("while (rstep * dh) % sh != 0:"):
+            src("rstep += 1")
+        src("Rv = 0 if r0 < 0 else (R - 1 - r0) // rstep + 1", "s0 = -1")
+        src("for s in range(S):")
+        with src.block("    if s0 < 0 and (b + pl - s * dw) % sw == 0:"):
+            src("    s0 = s")
+        src("sstep = 1")
+        with src.block("while (sstep * dw) % sw != 0:"):
+            src("sstep += 1")
+        src(
+            "Sv = 0 if s0 < 0 else (S - 1 - s0) // sstep + 1",
+            "KQ = Kg * Rv * Sv",
+            # radices of the counters (a phase without taps has KQ = 0 and loads nothing)
+            "Rv1 = max(Rv, 1)",
+            "Sv1 = max(Sv, 1)",
+            "oi0 = (a + pt - r0 * dh) // sh",  # exact: r0 is the phase's first tap
+            "dri = rstep * dh // sh",
+            "oj0 = (b + pl - s0 * dw) // sw",
+            "dsj = sstep * dw // sw",
+        )
+        _gen.emit_thread_bases(src, cfg)
+        src(
+            f"a_k = tid % {bk}",
+            f"a_m = tid // {bk}",
+            "a_c = (m0 + a_m) * RS",
+            f"a_cstep = {a_step} * RS",
+            "a_clast = (Cg - 1 - m0 - a_m) * RS",
+            f"a_s = a_k * {bm + PAD} + a_m",
+            f"b_n = tid % {bn}",
+            f"b_r = tid // {bn}",
+            "col = min(n0 + b_n, NPIX - 1)",
+            "ni = col // HWc",
+            "pc = col - ni * HWc",
+            "hh = pc // Wc",
+            f"b_s = b_r * {bn + PAD} + b_n",
+        )
+        a_taps = Counter(
+            "a",
+            ["Rv1", "Sv1"],
+            {"wq": ("(g * Kg * Cg) * RS + r0 * S + s0", ["Cg * RS", "rstep * S", "sstep"])},
+        )
+        a_taps.emit_init(src, "a_k", str(bk))
+        b_taps = Counter(
+            "b",
+            ["Rv1", "Sv1"],
+            {
+                "oi": ("hh + oi0", ["0", "-dri", "0"]),
+                "oj": ("pc - hh * Wc + oj0", ["0", "0", "-dsj"]),
+                "go": ("(ni * K + g * Kg) * OHW", ["OHW", "0", "0"]),
+            },
+        )
+        b_taps.emit_init(src, "b_r", str(b_step))
+        for t in range(la):
+            src(f"a_off{t} = a_c + min({t} * a_cstep, a_clast)")
+
+        def load(src):
+            src("kin = KQ - k0")
+            for t in range(la):
+                src(f"va{t} = w[uint64(a_wq + a_off{t})] if a_k < kin else {dt}(0)")
+            a_taps.emit_advance(src)
+            for t in range(lb):
+                src(
+                    f"kt = kin - {t * b_step}",
+                    f"vb{t} = gout[uint64(b_go + b_oi * OW + b_oj)] if (b_r < kt) "
+                    f"& (b_oi >= 0) & (b_oi < OH) & (b_oj >= 0) & (b_oj < OW) else {dt}(0)",
+                )
+                b_taps.emit_advance(src)
+            src(f"k0 += {bk}")
+
+        src("k0 = 0", f"steps = (KQ + {bk - 1}) // {bk}")
+        _gen.emit_main_loop(
+            src,
+            cfg,
+            dt,
+            load,
+            [str(t * a_step) for t in range(la)],
+            [str(t * b_step * (bn + PAD)) for t in range(lb)],
+        )
+        rows, cols = _gen.owned(cfg)
+        for j, col in enumerate(cols):
+            src(f"cn = n0 + {col}", f"cok{j} = cn < NPIX")
+            with src.block(f"if cok{j}:"):
+                src(
+                    "nj = cn // HWc",
+                    "pj = cn - nj * HWc",
+                    "hj = pj // Wc",
+                    f"go{j} = (nj * C + g * Cg) * HW + (a + hj * sh) * W + b + (pj - hj * Wc) * sw",
+                )
+        for i, row in enumerate(rows):
+            src(f"c = m0 + {row}")
+            with src.block("if c < Cg:"):
+                src("co = c * HW")
+                for j in range(cfg.tn):
+                    with src.block(f"if cok{j}:"):
+                        src(f"gin[uint64(go{j} + co)] = c{i}_{j}")
+    return src.text()
+
+
+def conv2d_dgrad_kernel(cfg: TileConfig, dtype, index: str = "int32"):
+    """The kernel for ``cfg`` and ``dtype``, its index arithmetic in ``index``."""
+
     def build():
-        BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-        NT = cfg.threads
-        RY, RX = BM // TM, BN // TN
-        LA, LB = BM * BK // NT, BN * BK // NT
-        BSTEP = NT // BN
-        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
-        DT = rt.nb(dtype)
-        TMN = TM * TN
-        SC = np.dtype(dtype).type
-        mma = mma_step(cfg)
+        text = _gen.narrow(emit_conv2d_dgrad(cfg, dtype), index)
+        fn = _gen.load("conv2d_dgrad", text).conv2d_dgrad
+        sig = _geometry_sig(3, dtype, 16, getattr(types, index))
+        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype))
 
-        @rt.source(_geometry_sig(3, dtype, 16))
-        def conv2d_dgrad(gout, w, gin, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups):
-            As = cuda.shared.array(A_SHAPE, DT)
-            Bs = cuda.shared.array(B_SHAPE, DT)
-            acc = cuda.local.array(TMN, DT)
-            ra = cuda.local.array(TM, DT)
-            rb = cuda.local.array(TN, DT)
-            Cg = C // groups
-            Kg = K // groups
-            OHW = OH * OW
-            HW = H * W
-            n_phases = sh * sw
-            g = cuda.blockIdx.y // n_phases
-            phase = cuda.blockIdx.y - g * n_phases
-            a = phase // sw  # this block's input pixels: h = a + hh*sh, w = b + ww*sw
-            b = phase - a * sw
-            Hc = (H - a + sh - 1) // sh
-            Wc = (W - b + sw - 1) // sw
-            NPIX = N * Hc * Wc
-            n_tiles = (N * ((H + sh - 1) // sh) * ((W + sw - 1) // sw) + BN - 1) // BN
-            bm = cuda.blockIdx.x // n_tiles
-            m0 = bm * BM
-            n0 = (cuda.blockIdx.x - bm * n_tiles) * BN
-            if n0 >= NPIX:  # this phase has fewer pixels than the largest one
-                return
-            # Taps of this phase: r = r0 + t*rstep for t < Rv (likewise s).
-            r0 = -1
-            for r in range(R):
-                if r0 < 0 and (a + pt - r * dh) % sh == 0:
-                    r0 = r
-            rstep = 1
-            while (rstep * dh) % sh != 0:
-                rstep += 1
-            Rv = 0 if r0 < 0 else (R - 1 - r0) // rstep + 1
-            s0 = -1
-            for s in range(S):
-                if s0 < 0 and (b + pl - s * dw) % sw == 0:
-                    s0 = s
-            sstep = 1
-            while (sstep * dw) % sw != 0:
-                sstep += 1
-            Sv = 0 if s0 < 0 else (S - 1 - s0) // sstep + 1
-            RSv = Rv * Sv
-            KQ = Kg * RSv
-            tid = cuda.threadIdx.x
-            ty = tid // RX
-            tx = tid - ty * RX
-            bcol = tid % BN
-            brow = tid // BN
-            col = n0 + bcol
-            col_ok = col < NPIX
-            HWc = Hc * Wc
-            ni = col // HWc
-            pc = col - ni * HWc
-            hh = pc // Wc
-            ti0 = a + hh * sh + pt  # i*sh = h + pt - r*dh
-            tj0 = b + (pc - hh * Wc) * sw + pl
-            gbase = (ni * K + g * Kg) * OHW
-            for i in range(TM * TN):
-                acc[i] = 0
-            for k0 in range(0, KQ, BK):
-                for t in range(LA):  # A[c, (k, r, s)] = w[g*Kg + k, c, r, s]
-                    e = tid + t * NT
-                    am = e // BK
-                    ak = e - am * BK
-                    c = m0 + am
-                    q = k0 + ak
-                    v = SC(0)
-                    if c < Cg and q < KQ:
-                        k = q // RSv
-                        rem = q - k * RSv
-                        ri = rem // Sv
-                        r = r0 + ri * rstep
-                        s = s0 + (rem - ri * Sv) * sstep
-                        v = w[(((g * Kg + k) * Cg + c) * R + r) * S + s]
-                    As[ak, am] = v
-                for t in range(LB):  # B[(k, r, s), pixel] = grad_output[n, k, i, j]
-                    kk = brow + t * BSTEP
-                    q = k0 + kk
-                    v = SC(0)
-                    if col_ok and q < KQ:
-                        k = q // RSv
-                        rem = q - k * RSv
-                        ri = rem // Sv
-                        ti = ti0 - (r0 + ri * rstep) * dh
-                        tj = tj0 - (s0 + (rem - ri * Sv) * sstep) * dw
-                        if ti >= 0 and tj >= 0:
-                            oi = ti // sh
-                            oj = tj // sw
-                            if oi < OH and oj < OW:
-                                v = gout[gbase + k * OHW + oi * OW + oj]
-                    Bs[kk, bcol] = v
-                cuda.syncthreads()
-                mma(As, Bs, acc, ra, rb, ty, tx)
-                cuda.syncthreads()
-            for j in range(TN):
-                col = n0 + tx + j * RX
-                if col < NPIX:
-                    ni = col // HWc
-                    pc = col - ni * HWc
-                    hh = pc // Wc
-                    pix = (a + hh * sh) * W + b + (pc - hh * Wc) * sw
-                    for i in range(TM):
-                        c = m0 + ty + i * RY
-                        if c < Cg:
-                            gin[(ni * C + g * Cg + c) * HW + pix] = acc[i * TN + j]
-
-        return conv2d_dgrad
-
-    return rt.kernel(("conv2d_dgrad", cfg.name, np.dtype(dtype).str), build)
+    return rt.kernel(("conv2d_dgrad", cfg.name, np.dtype(dtype).str, index), build)
 
 
 def conv2d_dgrad_direct_kernel(dtype):
@@ -359,104 +410,130 @@ def conv2d_dgrad_direct_kernel(dtype):
 # --------------------------------------------------------------------------- grad weight
 
 
-def conv2d_wgrad_kernel(cfg: TileConfig, dtype):
+def emit_conv2d_wgrad(cfg: TileConfig, dtype) -> str:
+    """grad_weight[g] (Kg x Cg*R*S) = grad_output[g] (Kg x N*OH*OW) @ im2col(x)^T, over
+    this split's pixel range.
+
+    Grid: (c, r, s) column tiles on x, output-channel tiles on y, (group, split) on z.
+    Every thread loads at one reduction offset (a pixel, a counter advanced with
+    carries); the image offset and tap of each of the block's columns come from
+    tables in shared memory, filled once.
+    """
+    dt = np.dtype(dtype).name
+    nt, bk, bm, bn = cfg.threads, cfg.bk, cfg.bm, cfg.bn
+    la, lb = bm * bk // nt, bn * bk // nt
+    cstep = nt // bk
+    src = Source()
+    args = "x, gout, ws, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, splits, chunk"
+    with src.block(f"def conv2d_wgrad({args}):"):
+        _gen.emit_shared_tiles(src, cfg, dt)
+        src(
+            f"xtab = cuda.shared.array({bn}, int64)",
+            f"rtab = cuda.shared.array({bn}, int64)",
+            f"stab = cuda.shared.array({bn}, int64)",
+            "tid = cuda.threadIdx.x",
+            "Cg = C // groups",
+            "Kg = K // groups",
+            "RS = R * S",
+            "CRS = Cg * RS",
+            "OHW = OH * OW",
+            "HW = H * W",
+            "NQ = N * OHW",
+            "g = cuda.blockIdx.z // splits",
+            "split = cuda.blockIdx.z - g * splits",
+            "q_lo = split * chunk",
+            "q_hi = min(q_lo + chunk, NQ)",
+            f"m0 = cuda.blockIdx.y * {bm}",
+            f"n0 = cuda.blockIdx.x * {bn}",
+        )
+        # columns past the end are clamped to the last (their outputs are never stored)
+        with src.block(f"for cl in range(tid, {bn}, {nt}):"):
+            src(
+                "col = min(n0 + cl, CRS - 1)",
+                "c = col // RS",
+                "rs = col - c * RS",
+                "r = rs // S",
+                "rtab[cl] = r * dh",
+                "stab[cl] = (rs - r * S) * dw",
+                "xtab[cl] = (g * Cg + c) * HW + r * dh * W + (rs - r * S) * dw",
+            )
+        src("cuda.syncthreads()")
+        _gen.emit_thread_bases(src, cfg)
+        src(
+            f"kk = tid % {bk}",
+            f"lrow = tid // {bk}",
+            "a_m = m0 + lrow",
+            "a_ptr = (g * Kg + a_m) * OHW",
+            f"a_mstep = {cstep} * OHW",
+            "a_mlast = (Kg - 1 - a_m) * OHW",
+            f"a_s = kk * {bm + PAD} + lrow",
+            f"b_s = kk * {bn + PAD} + lrow",
+            "Xt = xtab[lrow:]",
+            "Rt = rtab[lrow:]",
+            "St = stab[lrow:]",
+        )
+        pixels = Counter(
+            "q",
+            ["OH", "OW"],
+            {
+                "go": ("0", ["K * OHW", "OW", "1"]),
+                "xo": ("-pt * W - pl", ["C * HW", "sh * W", "sw"]),
+            },
+        )
+        pixels.emit_init(src, "q_lo + kk", str(bk))
+        for t in range(la):
+            src(f"a_off{t} = a_ptr + min({t} * a_mstep, a_mlast)")
+
+        def load(src):
+            # hz is 0 (k0 < 2**31) but unknown to the compiler: the table reads stay in
+            # the loop instead of being hoisted into 3*LB registers
+            src(
+                "qin = q_hi - k0",
+                "q_ok = kk < qin",
+                "hz = k0 >> 62",
+                "q_ih = q_d1 * sh - pt",  # the pixel's window corner, from its row and column
+                "q_iw = q_d2 * sw - pl",
+            )
+            for t in range(la):
+                src(f"va{t} = gout[uint64(q_go + a_off{t})] if q_ok else {dt}(0)")
+            for t in range(lb):
+                o = t * cstep
+                src(
+                    f"ih = q_ih + Rt[hz + {o}]",
+                    f"iw = q_iw + St[hz + {o}]",
+                    f"vb{t} = x[uint64(q_xo + Xt[hz + {o}])] if q_ok & (ih >= 0) & (ih < H) "
+                    f"& (iw >= 0) & (iw < W) else {dt}(0)",
+                )
+            pixels.emit_advance(src)
+            src(f"k0 += {bk}")
+
+        src("k0 = q_lo", f"steps = (q_hi - q_lo + {bk - 1}) // {bk}")
+        offsets = [str(t * cstep) for t in range(max(la, lb))]
+        _gen.emit_main_loop(src, cfg, dt, load, offsets[:la], offsets[:lb])
+        rows, cols = _gen.owned(cfg)
+        src("obase = split * K * CRS")
+        for j, col in enumerate(cols):
+            src(f"cn{j} = n0 + {col}", f"cok{j} = cn{j} < CRS")
+        for i, row in enumerate(rows):
+            src(f"m = m0 + {row}")
+            with src.block("if m < Kg:"):
+                src("mo = obase + (g * Kg + m) * CRS")
+                for j in range(cfg.tn):
+                    with src.block(f"if cok{j}:"):
+                        src(f"ws[uint64(mo + cn{j})] = c{i}_{j}")
+    return src.text()
+
+
+def conv2d_wgrad_kernel(cfg: TileConfig, dtype, index: str = "int32"):
+    """The kernel for ``cfg`` and ``dtype``, its index arithmetic in ``index``."""
+
     def build():
-        BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-        NT = cfg.threads
-        RY, RX = BM // TM, BN // TN
-        LA, LB = BM * BK // NT, BN * BK // NT
-        CSTEP = NT // BK
-        A_SHAPE, B_SHAPE = (BK, BM + SMEM_PAD), (BK, BN + SMEM_PAD)  # compile-time
-        DT = rt.nb(dtype)
-        TMN = TM * TN
-        SC = np.dtype(dtype).type
-        mma = mma_step(cfg)
+        text = _gen.narrow(emit_conv2d_wgrad(cfg, dtype), index)
+        fn = _gen.load("conv2d_wgrad", text).conv2d_wgrad
+        sig = _geometry_sig(3, dtype, 18, getattr(types, index))
+        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype))
 
-        @rt.source(_geometry_sig(3, dtype, 18))
-        def conv2d_wgrad(
-            x, gout, ws, N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups, splits, chunk
-        ):
-            As = cuda.shared.array(A_SHAPE, DT)
-            Bs = cuda.shared.array(B_SHAPE, DT)
-            acc = cuda.local.array(TMN, DT)
-            ra = cuda.local.array(TM, DT)
-            rb = cuda.local.array(TN, DT)
-            coff = cuda.local.array(LB, types.int64)  # per loaded column: c*H*W, r*dh, s*dw
-            roff = cuda.local.array(LB, types.int64)
-            soff = cuda.local.array(LB, types.int64)
-            Cg = C // groups
-            Kg = K // groups
-            RS = R * S
-            CRS = Cg * RS
-            OHW = OH * OW
-            HW = H * W
-            NQ = N * OHW
-            g = cuda.blockIdx.y // splits
-            split = cuda.blockIdx.y - g * splits
-            q_lo = split * chunk
-            q_hi = min(q_lo + chunk, NQ)
-            n_tiles = (CRS + BN - 1) // BN
-            bm = cuda.blockIdx.x // n_tiles
-            m0 = bm * BM
-            n0 = (cuda.blockIdx.x - bm * n_tiles) * BN
-            tid = cuda.threadIdx.x
-            ty = tid // RX
-            tx = tid - ty * RX
-            kk = tid % BK  # every load of this thread is at reduction offset kk
-            lrow = tid // BK
-            for t in range(LB):
-                col = n0 + lrow + t * CSTEP
-                if col < CRS:
-                    c = col // RS
-                    rs = col - c * RS
-                    r = rs // S
-                    coff[t] = (g * Cg + c) * HW
-                    roff[t] = r * dh
-                    soff[t] = (rs - r * S) * dw
-                else:
-                    coff[t] = -1  # past the last column: never loaded
-                    roff[t] = 0
-                    soff[t] = 0
-            for i in range(TM * TN):
-                acc[i] = 0
-            for k0 in range(q_lo, q_hi, BK):
-                q = k0 + kk
-                q_ok = q < q_hi
-                n = q // OHW
-                p = q - n * OHW
-                oi = p // OW
-                ih0 = oi * sh - pt
-                iw0 = (p - oi * OW) * sw - pl
-                gbase = (n * K + g * Kg) * OHW + p
-                xbase = n * C * HW
-                for t in range(LA):  # A[k, q] = grad_output[n, g*Kg + k, p]
-                    m = lrow + t * CSTEP
-                    v = SC(0)
-                    if q_ok and m0 + m < Kg:
-                        v = gout[gbase + (m0 + m) * OHW]
-                    As[kk, m] = v
-                for t in range(LB):  # B[q, (c, r, s)] = x[n, g*Cg + c, ih, iw]
-                    ih = ih0 + roff[t]
-                    iw = iw0 + soff[t]
-                    v = SC(0)
-                    if q_ok and coff[t] >= 0 and ih >= 0 and ih < H and iw >= 0 and iw < W:
-                        v = x[xbase + coff[t] + ih * W + iw]
-                    Bs[kk, lrow + t * CSTEP] = v
-                cuda.syncthreads()
-                mma(As, Bs, acc, ra, rb, ty, tx)
-                cuda.syncthreads()
-            obase = split * K * CRS
-            for i in range(TM):
-                m = m0 + ty + i * RY
-                if m < Kg:
-                    for j in range(TN):
-                        col = n0 + tx + j * RX
-                        if col < CRS:
-                            ws[obase + (g * Kg + m) * CRS + col] = acc[i * TN + j]
-
-        return conv2d_wgrad
-
-    return rt.kernel(("conv2d_wgrad", cfg.name, np.dtype(dtype).str), build)
+    return rt.kernel(("conv2d_wgrad", cfg.name, np.dtype(dtype).str, index), build)
 
 
 def conv2d_wgrad_direct_kernel(dtype):

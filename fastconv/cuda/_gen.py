@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import types as pytypes
@@ -89,6 +90,7 @@ def load(name: str, body: str) -> pytypes.ModuleType:
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -158,6 +160,43 @@ def owned(cfg) -> tuple[list[str], list[str]]:
     return vector_rows(cfg.tm, ry, "ty"), vector_rows(cfg.tn, rx, "tx")
 
 
+#: Names the generated kernels give to values that are not integers (floats, arrays
+#: and views, flags): ``narrow`` leaves their assignments alone.
+_NOT_INDEX = re.compile(
+    r"(c\d+_\d+|a\d+|b\d+|va\d+|vb\d+|v|bv|As|Bs|Ar|Br|Aw|Bw|Xt|Rt|St|xtab|rtab|stab"
+    r"|cok\d+|q_ok)"
+)
+_ASSIGN = re.compile(r"^(\s*)([A-Za-z_]\w*) (=|\+=|-=|//=) (.+)$")
+
+
+def narrow(text: str, index: str) -> str:
+    """Index arithmetic of a generated kernel in ``index`` ("int32" or "int64").
+
+    Numba computes integer arithmetic in 64 bits; for "int32", every integer
+    assignment is cast back to int32 (LLVM then does the arithmetic itself in 32 bits:
+    half the registers, one instruction per add) and arrays are indexed through
+    ``uint32`` (one 32-bit offset per address). The launch picks "int32" only when
+    every tensor it touches has fewer than 2**31 elements, so no offset overflows.
+    """
+    if index == "int64":
+        return text
+    out = []
+    for line in text.splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        statements = []
+        for statement in line.strip().split("; "):
+            m = _ASSIGN.match(statement)
+            if m and not _NOT_INDEX.fullmatch(m.group(2)) and "cuda.shared" not in statement:
+                name, op, expr = m.group(2), m.group(3), m.group(4)
+                if op != "=":
+                    expr = f"{name} {op[:-1]} ({expr})"
+                statement = f"{name} = int32({expr})"
+            statements.append(statement)
+        out.append(indent + "; ".join(statements) if line.strip() else line)
+    text = "\n".join(out).replace("[uint64(", "[uint32(").replace(">> 62", ">> 31")
+    return text.replace(", int64)", ", int32)") + "\n"  # shared index tables too
+
+
 class Counter:
     """A position along a reduction decomposed in mixed radix (most significant digit
     first, unbounded), advanced by a fixed delta with one carry per digit: no division
@@ -199,20 +238,29 @@ class Counter:
             terms = " + ".join(f"({c}) * {p}_d{i}" for i, c in enumerate(coefs) if c != "0")
             dterms = " + ".join(f"({c}) * {p}_D{i}" for i, c in enumerate(coefs) if c != "0")
             src(f"{p}_{name} = {start} + {terms or '0'}", f"{p}_T{name} = {dterms or '0'}")
-            for i in range(self.digits - 1, 0, -1):
+            for i in self._carries(name):
                 # digit i wraps (-radix * coef_i), digit i-1 goes up by one (+coef_{i-1})
                 src(f"{p}_C{i}{name} = ({coefs[i - 1]}) - {self.radices[i - 1]} * ({coefs[i]})")
 
+    def _carries(self, name: str) -> list[int]:
+        """The digits whose carry changes the tracked form ``name``."""
+        coefs = self.tracked[name][1]
+        return [i for i in range(self.digits - 1, 0, -1) if coefs[i - 1] != "0" or coefs[i] != "0"]
+
     def emit_advance(self, src: Source) -> None:
         p = self.p
-        src("; ".join(f"{p}_d{i} += {p}_D{i}" for i in range(self.digits)))
+        # digit 0 is only ever read through the tracked forms: not kept
+        src("; ".join(f"{p}_d{i} += {p}_D{i}" for i in range(1, self.digits)))
         if self.tracked:
             src("; ".join(f"{p}_{n} += {p}_T{n}" for n in self.tracked))
         for i in range(self.digits - 1, 0, -1):
             with src.block(f"if {p}_d{i} >= {self.radices[i - 1]}:"):
-                src(f"{p}_d{i} -= {self.radices[i - 1]}", f"{p}_d{i - 1} += 1")
+                src(f"{p}_d{i} -= {self.radices[i - 1]}")
+                if i > 1:
+                    src(f"{p}_d{i - 1} += 1")
                 for n in self.tracked:
-                    src(f"{p}_{n} += {p}_C{i}{n}")
+                    if i in self._carries(n):
+                        src(f"{p}_{n} += {p}_C{i}{n}")
 
 
 def buffer_sizes(cfg) -> tuple[int, int]:

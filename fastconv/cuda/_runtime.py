@@ -6,7 +6,8 @@
 * ``pick_stream``: the stream a call runs on (the first input that carries one);
 * ``empty`` / ``zeros``: allocation on that stream;
 * ``kernel``: the compiled-kernel cache (explicit signatures, compiled once per
-  process and configuration; under the simulator "compiling" is free and lazy);
+  process and configuration, and kept on disk by Numba for the next process; under
+  the simulator "compiling" is free and lazy);
 * small element-wise kernels: fill, strided copies, row broadcast, split-K reduction.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import threading
 from typing import Any, Callable, NamedTuple
 
@@ -67,6 +69,12 @@ def jit_options(src: KernelSource) -> dict:
     return {"launch_bounds": src.max_threads}
 
 
+#: Numba's on-disk cache of compiled kernels (beside each kernel's source file, or in
+#: NUMBA_CACHE_DIR): a new process loads a kernel compiled before instead of compiling
+#: it. FASTCONV_CUDA_DISK_CACHE=0 turns it off.
+DISK_CACHE = os.environ.get("FASTCONV_CUDA_DISK_CACHE", "1") != "0"
+
+
 _lock = threading.Lock()
 _kernels: dict[tuple, Any] = {}
 _sources_only = threading.local()
@@ -87,7 +95,8 @@ def kernel(key: tuple, build: Callable[[], KernelSource]) -> Any:
             found = _kernels.get(key)
             if found is None:
                 src = build()
-                found = cuda.jit(src.sig, **jit_options(src))(src.fn)
+                cache = DISK_CACHE and not SIMULATOR
+                found = cuda.jit(src.sig, cache=cache, **jit_options(src))(src.fn)
                 _kernels[key] = found
     return found
 
@@ -161,6 +170,14 @@ def as_device(x: Any) -> Any:
         # sync=False: we run on the producer's stream instead of blocking the host on it.
         return cuda.as_cuda_array(x, sync=False)
     raise TypeError(f"expected a CUDA device array, got {type(x).__name__}")
+
+
+def device_pointer(x: Any) -> int:
+    """The address of a device array's first element (its host buffer's under the
+    simulator)."""
+    if SIMULATOR:
+        return int(np.asarray(x).__array_interface__["data"][0])
+    return int(x.__cuda_array_interface__["data"][0])
 
 
 def stream_of(x: Any) -> Any:

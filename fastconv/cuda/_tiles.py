@@ -3,27 +3,22 @@
 Every GEMM-shaped kernel (SGEMM, implicit-GEMM conv forward, conv2d_input and
 conv2d_weight) computes a ``BM x BN`` tile of C per thread block, stepping through the
 reduction ``BK`` at a time with one ``BK x BM`` slice of A and one ``BK x BN`` slice of B
-in shared memory. Each of the ``(BM/TM) * (BN/TN)`` threads owns a ``TM x TN`` block of
-C held in registers (a ``cuda.local.array``) and, per reduction step, loads TM values of
-A and TN values of B from shared memory into registers and does TM*TN FMAs: the
-register blocking that turns a shared-memory-bound kernel into an FMA-bound one.
+in shared memory (two of each: the next slice is stored while the current one is
+multiplied). Each of the ``(BM/TM) * (BN/TN)`` threads owns a ``TM x TN`` block of C
+held in registers (scalars of the generated source, see ``_gen``) and, per reduction
+index, loads TM values of A and TN values of B from shared memory and does TM*TN FMAs:
+the register blocking that turns a shared-memory-bound kernel into an FMA-bound one.
 
-Thread (ty, tx) owns rows ``ty + i*(BM/TM)`` and columns ``tx + j*(BN/TN)`` (strided,
-not contiguous): a warp then reads A from shared memory as a broadcast and B as
-consecutive words (no bank conflicts), and stores C in runs of BN/TN consecutive
-columns (coalesced) without vector types, which Numba lacks.
+Thread (ty, tx) owns rows ``4*ty + i + (i//4)*(4*BM/TM - 4)`` (runs of four, BM/2 apart
+for TM = 8) and likewise columns: each run is one 128-bit shared-memory load; a warp
+reads A as a broadcast and B as consecutive 16-byte words (no bank conflicts).
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
-from numba import cuda
-
-#: Force NVVM-level inlining of small device functions where this numba-cuda has it.
-INLINE = {"forceinline": True} if "forceinline" in inspect.signature(cuda.jit).parameters else {}
 
 #: Padding (in elements) of each shared-memory row: breaks the bank conflicts of the
 #: transposing stores into the A tile.
@@ -63,21 +58,14 @@ TILES = {
         TileConfig(128, 128, 8, 8, 8),  # big problems: 64 outputs per thread, 256 threads
         TileConfig(64, 128, 8, 8, 8),  # M of 64..127 (64-channel layers), 128 threads
         TileConfig(64, 64, 8, 4, 4),  # small M or N, or too few blocks: 16 per thread
-        TileConfig(128, 128, 16, 8, 8),  # conv2d_weight: its loads walk runs of 16 pixels
-        TileConfig(64, 128, 16, 8, 8),
-        TileConfig(64, 64, 16, 4, 4),
     )
 }
 
 LARGE = TILES["128x128x8-r8x8"]
 MEDIUM = TILES["64x128x8-r8x8"]
 SMALL = TILES["64x64x8-r4x4"]
-LARGE_K16 = TILES["128x128x16-r8x8"]
-MEDIUM_K16 = TILES["64x128x16-r8x8"]
-SMALL_K16 = TILES["64x64x16-r4x4"]
 #: Which tiles each kernel family is selected with (largest first).
-GEMM_TILES = (LARGE, MEDIUM, SMALL)  # gemm, conv2d forward, conv2d_input
-WGRAD_TILES = (LARGE_K16, MEDIUM_K16, SMALL_K16)  # conv2d_weight
+GEMM_TILES = (LARGE, MEDIUM, SMALL)  # every GEMM-shaped kernel
 
 #: Tuning thresholds, in one place (none measured yet on a GPU: see the benchmark).
 THRESHOLDS = {
@@ -100,9 +88,7 @@ def register_budget(cfg: TileConfig, dtype) -> int:
     return 128 if words > 16 else 64
 
 
-def pick_tile(
-    m: int, n: int, sms: int, k16: bool = False, fill: bool = True, itemsize: int = 4
-) -> TileConfig:
+def pick_tile(m: int, n: int, sms: int, fill: bool = True, itemsize: int = 4) -> TileConfig:
     """The largest tile that the C matrix (m x n) fills and, with ``fill``, that still
     gives ``min_blocks_per_sm`` blocks per SM; the small tile otherwise.
 
@@ -111,7 +97,7 @@ def pick_tile(
     """
     if _forced.get("tile") is not None:
         return _forced["tile"]
-    candidates = WGRAD_TILES if k16 else GEMM_TILES
+    candidates = GEMM_TILES
     if itemsize > 4:
         return candidates[-1]
     for tile in candidates[:-1]:
@@ -123,36 +109,6 @@ def pick_tile(
         ):
             return tile
     return candidates[-1]
-
-
-_mma_cache: dict = {}
-
-
-def mma_step(cfg: TileConfig):
-    """Device function: acc += As[:, rows] (x) Bs[:, cols] over one BK slice.
-
-    ``As`` is ``(BK, BM+pad)``, ``Bs`` is ``(BK, BN+pad)``; ``ra``/``rb`` are the TM/TN
-    register fragments and ``acc`` the TM*TN accumulators of thread (ty, tx).
-    """
-    fn = _mma_cache.get(cfg)
-    if fn is not None:
-        return fn
-    BK, TM, TN = cfg.bk, cfg.tm, cfg.tn
-    RY, RX = cfg.bm // cfg.tm, cfg.bn // cfg.tn  # row / column stride between owned items
-
-    @cuda.jit(device=True, **INLINE)
-    def mma(As, Bs, acc, ra, rb, ty, tx):
-        for kk in range(BK):
-            for i in range(TM):
-                ra[i] = As[kk, ty + i * RY]
-            for j in range(TN):
-                rb[j] = Bs[kk, tx + j * RX]
-            for i in range(TM):
-                for j in range(TN):
-                    acc[i * TN + j] += ra[i] * rb[j]
-
-    _mma_cache[cfg] = mma
-    return mma
 
 
 # --------------------------------------------------------------------------- overrides

@@ -60,6 +60,7 @@ class KernelReport:
     occupancy: float  # warps_per_sm / the architecture's maximum
     loop_instructions: int  # SASS instructions of the main loop (0: no loop with an FMA)
     loop_fmas: int
+    ptx_f64_arithmetic: int  # float64 add/sub/mul/fma/div instructions in the PTX
 
     @property
     def fma_share(self) -> float | None:
@@ -204,6 +205,7 @@ def occupancy(arch: str, threads: int, registers: int, shared_bytes: int) -> int
 
 def analyse(name: str, ptx: str, threads: int, archs=ARCHS) -> list[KernelReport]:
     reports = []
+    f64 = len(re.findall(r"\b(?:fma|mul|add|sub|div)\.\w+\.f64", ptx))
     for arch in archs:
         cubin, log = link(ptx, arch)
         info = parse_log(log)
@@ -226,6 +228,7 @@ def analyse(name: str, ptx: str, threads: int, archs=ARCHS) -> list[KernelReport
                 occupancy=warps / SM_LIMITS[arch]["warps"],
                 loop_instructions=loop_instructions,
                 loop_fmas=loop_fmas,
+                ptx_f64_arithmetic=f64,
             )
         )
     return reports
