@@ -680,3 +680,19 @@ def test_max_pool2d_backward_of_its_own_indices_does_not_wait(rng, monkeypatch):
     assert_close_scaled(H(gin), expected, k=9)
     fc.max_pool2d_backward(D(g), D(H(idx)), x.shape)  # a copy: not known
     assert len(reads) == 1
+
+
+def test_split_k_workspace_is_reused(rng, test_tile):
+    """conv2d_weight's split partial sums go to a per-thread, per-stream workspace that
+    the next call reuses (no allocation), and each call still gets its own result."""
+    x, weight, _, geometry, kwargs = _conv_setup(CONV_CASES[0], rng)
+    results, buffers = [], []
+    for _ in range(2):
+        grad_out = rng.standard_normal(ref.conv2d(x, weight, **kwargs).shape).astype(np.float32)
+        with fc.force(algorithm="implicit_gemm", splits=3):
+            gw = fc.conv2d_weight(D(x), weight.shape, D(grad_out), geometry)
+        buffers.append(rt.device_pointer(rt.workspace(1, np.float32, 0)))
+        results.append((H(gw), ref.conv2d_weight(x, weight.shape, grad_out, **kwargs)))
+    assert buffers[0] == buffers[1]
+    for got, expected in results:
+        assert_close_scaled(got, expected, k=x.shape[0] * x.shape[2] * x.shape[3])

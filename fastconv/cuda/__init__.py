@@ -331,7 +331,7 @@ def conv2d_weight(x, weight_size, grad_output, geometry):
     nq = n * oh * ow
     chunk = rt.cdiv(rt.cdiv(nq, splits), t.bk) * t.bk
     splits = rt.cdiv(nq, chunk)
-    ws = rt.flat(gw) if splits == 1 else rt.empty((splits * gw.size,), x.dtype, stream)
+    ws = rt.flat(gw) if splits == 1 else rt.workspace(splits * gw.size, x.dtype, stream)
     _check_grid_y(rt.cdiv(k // g, t.bm), "output channel tiles")
     grid = (rt.cdiv(cg * r * s, t.bn), rt.cdiv(k // g, t.bm), g * splits)
     index = _conv.index_type(x, grad_output, ws)
@@ -362,7 +362,7 @@ def channel_sums(grad_output):
     splits = max(1, min(rt.cdiv(4 * rt.sm_count(), k), rt.cdiv(total, threads * 16), _MAX_GRID_Y))
     chunk = rt.cdiv(total, splits)
     splits = rt.cdiv(total, chunk)
-    part = out if splits == 1 else rt.empty((splits * k,), g.dtype, stream)
+    part = out if splits == 1 else rt.workspace(splits * k, g.dtype, stream)
     _conv.channel_sums_kernel(g.dtype)[(k, splits), threads, stream](
         rt.flat(g), rt.flat(part), n, k, oh * ow, chunk
     )

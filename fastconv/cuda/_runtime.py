@@ -203,6 +203,27 @@ def empty(shape: tuple, dtype: Any, stream: Any) -> Any:
     return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype), stream=stream)
 
 
+_workspaces = threading.local()
+
+
+def workspace(size: int, dtype: Any, stream: Any) -> Any:
+    """A flat device buffer of ``size`` elements for a call's intermediate results (the
+    split-K partial sums), reused by the next call instead of allocated again.
+
+    Kept per host thread and stream: work on one stream runs in order, so a call's
+    kernels are done with it before the next call's on that stream use it; two threads
+    never share one. It grows to the largest size asked for."""
+    buffers = getattr(_workspaces, "buffers", None)
+    if buffers is None:
+        buffers = _workspaces.buffers = {}
+    key = (id(stream) if stream else 0, np.dtype(dtype).str)
+    found = buffers.get(key)
+    if found is None or found[1].size < size:
+        # the stream is kept with its buffer: its id cannot be reused while it is cached
+        found = buffers[key] = (stream, empty((max(size, 1),), dtype, stream))
+    return found[1][:size]
+
+
 def zeros(shape: tuple, dtype: Any, stream: Any) -> Any:
     out = empty(shape, dtype, stream)
     fill(out, 0, stream)
