@@ -186,3 +186,22 @@ def size_tuple(value: Any, name: str, allowed: tuple[int, ...]) -> tuple[int, ..
 def check_shape(x: Any, expected: tuple[int, ...], name: str) -> None:
     if tuple(x.shape) != tuple(expected):
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(expected)}")
+
+
+# The largest array NumPy can make, in bytes.
+MAX_BYTES = 2**63 - 1
+
+
+def check_fits_an_array(shape: tuple[int, ...], itemsize: int, name: str) -> None:
+    """A shape argument that no array could have is refused: the kernels' index
+    arithmetic assumes every extent product fits in 64 bits. As NumPy's rule, the
+    nonzero extents times the itemsize must stay within 2**63 - 1 bytes (an empty array
+    included: one of (0, 2**62) is refused too)."""
+    size = 1
+    for extent in shape:
+        size *= max(extent, 1)
+    if size * itemsize > MAX_BYTES:
+        raise ValueError(
+            f"{name} {tuple(shape)} has extents whose product is {size} elements of "
+            f"{itemsize} bytes: more than any array holds (2**63 - 1 bytes)"
+        )

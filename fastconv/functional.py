@@ -511,6 +511,11 @@ def _conv_plan(direction, input_shape, weight_shape, stride, padding, dilation, 
         in_shape = (1, *in_shape)
     geometry = _conv_geometry(w_shape, stride, padding, dilation, groups)
     out_hw = _check_conv_shapes(in_shape, w_shape, geometry, "input_shape", "weight_shape")
+    itemsize = np.dtype(dtype).itemsize
+    out_shape = (in_shape[0], w_shape[0], *out_hw)
+    for name, shape in (("input_shape", in_shape), ("weight_shape", w_shape)):
+        chk.check_fits_an_array(shape, itemsize, name)
+    chk.check_fits_an_array(out_shape, itemsize, "the output shape")
     return _cpu.conv2d_plan(direction, in_shape, w_shape, out_hw, geometry, np.dtype(dtype))
 
 

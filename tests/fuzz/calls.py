@@ -1082,7 +1082,30 @@ def known_bug(call: Call) -> str | None:
     if call.op in SELECTORS and any(v > FAR for v in _ints(args.get("weight_shape"))):
         # The selectors walk every tap of the kernel: (1, 1, 1, 2**40) never returns.
         return "conv algorithm selector on a huge kernel"
+    if call.op == "conv2d" and _output_bytes(args) > 2**63 - 1:
+        # The one-step C++ call makes its output array before anything checks its size:
+        # pybind11 computes its strides with a signed overflow (UBSan aborts; NumPy then
+        # refuses the array in a plain build).
+        return "conv2d output beyond 2**63 bytes"
     return None
+
+
+def _output_bytes(args: dict[str, Any]) -> int:
+    """The bytes of conv2d's output for these arguments (0 when they are not plain)."""
+    x, w = args.get("input"), args.get("weight")
+    geometry = [_ints(args.get(name)) for name in ("stride", "padding", "dilation")]
+    if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray)) or x.ndim < 2:
+        return 0
+    if w.ndim != 4 or not all(len(g) in (1, 2) for g in geometry):
+        return 0
+    size = x.shape[0] * w.shape[0] if x.ndim == 4 else w.shape[0]
+    for axis in (0, 1):
+        stride, pad, dilation = (g[axis % len(g)] for g in geometry)
+        span = x.shape[axis - 2] + 2 * pad - dilation * (w.shape[axis + 2] - 1) - 1
+        if stride <= 0 or span < 0:
+            return 0
+        size *= span // stride + 1
+    return size * x.itemsize
 
 
 def make_call(seed: int, index: int, known_bugs: bool | None = None) -> Call:

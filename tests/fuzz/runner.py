@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -128,9 +129,19 @@ class _Worker:
         return [line.decode() for line in done], chunk == b""
 
     def stderr_tail(self) -> str:
+        """The first line that says what went wrong (a sanitizer's report, a fatal
+        error), and the end of the worker's stderr."""
         self.stderr.seek(0)
         text = self.stderr.read().decode(errors="replace").strip()
-        return text[-1500:]
+        headline = re.search(
+            r"^.*(runtime error|ERROR: \w+Sanitizer|Fatal Python error).*$", text, re.M
+        )
+        tail = text[-1200:]
+        return (
+            f"{headline.group(0)} ... {tail}"
+            if headline and headline.group(0) not in tail
+            else tail
+        )
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
