@@ -1055,7 +1055,7 @@ def op_of(seed: int, index: int) -> str:
 # FASTCONV_FUZZ_KNOWN_BUGS=1 (python -m tests.fuzz --known-bugs), so that a slice keeps
 # finding new bugs rather than these.
 FAR = 2**20  # a stride, padding, dilation or kernel size far beyond the fuzzed arrays
-CONV_OPS = {"conv2d", "conv2d_input", "conv2d_weight", "conv1d", "conv1d_input", "conv1d_weight"}
+CONV_OPS = {"conv2d", "conv2d_input", "conv2d_weight"}
 SELECTORS = {"conv2d_algorithm", "conv2d_input_algorithm", "conv2d_weight_algorithm"}
 
 
