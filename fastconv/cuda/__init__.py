@@ -16,15 +16,19 @@ device="cuda")`` view them without a copy. ``gemm`` with a writable ``c`` writes
 Streams: a call runs on the stream of its first input that carries one (a Numba array
 created with ``stream=``, or the producer stream a CAI object declares: we run on it
 instead of blocking the host on it), else on the default stream; results are allocated
-on that stream. No call waits for the device, except ``max_pool2d_backward``, which
-reads one flag back to refuse out-of-range indices before scattering.
+on that stream. No call waits for the device, except ``max_pool2d_backward`` given
+indices this backend's ``max_pool2d`` did not make (or made for windows without input
+pixels), which reads one flag back to refuse out-of-range indices before scattering.
 
 Kernels (see the submodules): ``gemm`` 2-D block-tiled SGEMM with register blocking;
 ``conv2d`` / ``conv2d_input`` / ``conv2d_weight`` implicit GEMM on the same tiling
 (stride-phase decomposition for the input gradient, split-K with a deterministic
 second pass for the weight gradient), direct kernels for groups with few channels
 (depthwise); pooling one thread per output. Each kernel is compiled once per
-(tile, dtype, variant) with an explicit signature, the first time it is needed.
+(tile, dtype, variant) with an explicit signature, the first time it is needed, and
+kept in Numba's on-disk cache for the next process (``_runtime.DISK_CACHE``). The
+GEMM-shaped kernels are generated as source per tile (``_gen``); their machine code is
+in ``machine_code`` and ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Notation: input (N, C, H, W), weight (K, Cg, R, S), output (N, K, OH, OW), G gro
 Cg = C/G, Kg = K/G, strides sh/sw, top/left padding pt/pl, dilations dh/dw.
 
 Implicit GEMM (no im2col is ever materialised: the B tile is gathered from the image
-straight into shared memory), per group g on grid axis y:
+straight into shared memory), per group g on grid axis z:
 
 * ``conv2d_fwd``:  out[g] (Kg x N*OH*OW) = W[g] (Kg x Cg*R*S) @ im2col(x)[g];
   B column = one output pixel (n, oh, ow), B row = one (c, r, s) tap.
@@ -16,7 +16,7 @@ straight into shared memory), per group g on grid axis y:
   zeros a strided convolution's transpose would otherwise multiply.
 * ``conv2d_wgrad``: grad_weight (Kg x Cg*R*S) = grad_output[g] (Kg x N*OH*OW) @ im2col(x)^T.
   The reduction (N*OH*OW) is long and the output small, so it is split (split-K over
-  grid axis y): each split writes its partial tile to a workspace and a second kernel
+  grid axis z): each split writes its partial tile to a workspace and a second kernel
   sums the splits in a fixed order: deterministic, no atomics.
 
 Direct kernels, for groups with few channels (depthwise, LeNet) where a GEMM tile
@@ -163,7 +163,7 @@ def conv2d_fwd_kernel(cfg: TileConfig, dtype, index: str = "int32"):
         text = _gen.narrow(emit_conv2d_fwd(cfg, dtype), index)
         fn = _gen.load("conv2d_fwd", text).conv2d_fwd
         sig = _geometry_sig(4, dtype, 17, getattr(types, index))
-        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype))
+        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype, "conv2d_fwd", index))
 
     return rt.kernel(("conv2d_fwd", cfg.name, np.dtype(dtype).str, index), build)
 
@@ -360,7 +360,7 @@ def conv2d_dgrad_kernel(cfg: TileConfig, dtype, index: str = "int32"):
         text = _gen.narrow(emit_conv2d_dgrad(cfg, dtype), index)
         fn = _gen.load("conv2d_dgrad", text).conv2d_dgrad
         sig = _geometry_sig(3, dtype, 16, getattr(types, index))
-        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype))
+        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype, "conv2d_dgrad", index))
 
     return rt.kernel(("conv2d_dgrad", cfg.name, np.dtype(dtype).str, index), build)
 
@@ -531,7 +531,7 @@ def conv2d_wgrad_kernel(cfg: TileConfig, dtype, index: str = "int32"):
         text = _gen.narrow(emit_conv2d_wgrad(cfg, dtype), index)
         fn = _gen.load("conv2d_wgrad", text).conv2d_wgrad
         sig = _geometry_sig(3, dtype, 18, getattr(types, index))
-        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype))
+        return rt.KernelSource(fn, sig, _gen.launch_bounds(cfg, dtype, "conv2d_wgrad", index))
 
     return rt.kernel(("conv2d_wgrad", cfg.name, np.dtype(dtype).str, index), build)
 

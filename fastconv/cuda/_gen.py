@@ -314,10 +314,10 @@ def emit_main_loop(src: Source, cfg, dt: str, load, a_store: list[str], b_store:
                 src("break")
 
 
-def launch_bounds(cfg, dtype) -> tuple[int, int]:
+def launch_bounds(cfg, dtype, kernel: str = "gemm", index: str = "int32") -> tuple[int, int]:
     """(threads, minimum resident blocks per SM): the register budget ptxas works to
-    for the occupancy the tile is designed for (``_tiles.register_budget``)."""
+    (``_tiles.register_budget``)."""
     from ._tiles import register_budget
 
-    budget = register_budget(cfg, dtype)
+    budget = register_budget(cfg, dtype, kernel, index)
     return cfg.threads, max(1, 65536 // (cfg.threads * budget))

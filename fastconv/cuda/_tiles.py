@@ -80,10 +80,36 @@ THRESHOLDS = {
 }
 
 
-def register_budget(cfg: TileConfig, dtype) -> int:
-    """Registers per thread a GEMM-shaped kernel may use: 128 for the 64-accumulator
-    tiles and float64 (two resident 256-thread blocks, 16 warps per SM), 64 for the
-    16-accumulator float32 tile (32 warps per SM)."""
+#: Registers per thread of the GEMM-shaped kernels where the tile's design budget
+#: (``register_budget``) would make ptxas spill: their occupancy is lower instead.
+#: Keys: (kernel, tile name, dtype name); measured with ``python
+#: benchmarks/cuda_sass.py`` (sm_80 and sm_90).
+RELAXED_BUDGETS = {
+    ("gemm", "64x128x8-r8x8", "float32"): 168,  # 12 warps per SM
+    ("gemm", "64x64x8-r4x4", "float32"): 80,  # 24 warps
+    ("conv2d_fwd", "64x128x8-r8x8", "float32"): 168,
+    ("conv2d_fwd", "64x64x8-r4x4", "float32"): 80,
+    ("conv2d_dgrad", "128x128x8-r8x8", "float32"): 255,  # 8 warps
+    ("conv2d_dgrad", "64x128x8-r8x8", "float32"): 255,
+    ("conv2d_dgrad", "64x64x8-r4x4", "float32"): 128,  # 16 warps
+    ("conv2d_wgrad", "128x128x8-r8x8", "float32"): 255,
+    ("conv2d_wgrad", "64x128x8-r8x8", "float32"): 168,
+    ("conv2d_wgrad", "64x64x8-r4x4", "float32"): 80,
+}
+
+
+def register_budget(cfg: TileConfig, dtype, kernel: str = "gemm", index: str = "int32") -> int:
+    """Registers per thread a GEMM-shaped kernel may use: by design 128 for the
+    64-accumulator tiles and float64 (two resident 256-thread blocks, 16 warps per SM),
+    64 for the 16-accumulator float32 tile (32 warps per SM); ``RELAXED_BUDGETS`` where
+    that spills, and 255 (no bound) for the convolutions' 64-bit index variants, which
+    only tensors of 2**31 elements or more run (the GEMM has no such variant: its
+    index arithmetic is 64-bit, ``index`` "int32" for it)."""
+    if index == "int64":
+        return 255
+    relaxed = RELAXED_BUDGETS.get((kernel, cfg.name, np.dtype(dtype).name))
+    if relaxed is not None:
+        return relaxed
     words = cfg.tm * cfg.tn * np.dtype(dtype).itemsize // 4
     return 128 if words > 16 else 64
 
