@@ -182,10 +182,9 @@ y = fastconv.conv2d(x, w, padding=1)
 cuda.synchronize()
 t2 = time.perf_counter()
 from fastconv.cuda import _runtime as rt
-hits = sum(k.stats.cache_hits.get(s, 0) for k in rt._kernels.values()
-           for s in getattr(getattr(k, "stats", None), "cache_hits", {}) or {})
-misses = sum(k.stats.cache_misses.get(s, 0) for k in rt._kernels.values()
-             for s in getattr(getattr(k, "stats", None), "cache_misses", {}) or {})
+stats = [k.stats for k in rt._kernels.values() if hasattr(k, "stats")]
+hits = sum(sum(s.cache_hits.values()) for s in stats)
+misses = sum(sum(s.cache_misses.values()) for s in stats)
 print("FIRST_CALL", t2 - t1, "HITS", hits, "MISSES", misses, float(y.copy_to_host()[0, 0, 5, 5]))
 """
 
