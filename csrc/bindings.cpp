@@ -499,6 +499,10 @@ py::object conv2d_plain(py::handle input_h, py::handle weight_h, py::handle bias
   const int64_t span_w = w + 2 * padding->second - dilation->second * (s - 1) - 1;
   if (span_h < 0 || span_w < 0) return py::none();
   const int64_t out_h = span_h / stride->first + 1, out_w = span_w / stride->second + 1;
+  // An output no array can hold: the Python path raises the MemoryError.
+  int64_t out_bytes = static_cast<int64_t>(sizeof(T));
+  for (const int64_t extent : {n, k, out_h, out_w})
+    if (__builtin_mul_overflow(out_bytes, extent, &out_bytes)) return py::none();
   const ConvParams p = make_conv_params(
       n, c, h, w, k, r, s, out_h, out_w, stride->first, stride->second, padding->first,
       padding->second, dilation->first, dilation->second, g, std::is_same_v<T, float>);

@@ -151,40 +151,58 @@ def live_window(case: Case):
     return kh, kw, top, left
 
 
+def plain_stride(case: Case) -> tuple[int, int]:
+    """The stride the library runs: 1 along a dimension with a single output, where
+    the stride cannot change the result."""
+    return tuple(1 if out == 1 else s for out, s in zip(case.out_hw(), case.stride))
+
+
 def pointwise_runs(case: Case) -> bool:
     """pointwise_gemm takes 1x1, stride-1, unpadded convolutions, after dead taps are cut."""
-    if case.is_pointwise():
+    if plain_stride(case) != (1, 1):
+        return False
+    if (case.kh, case.kw) == (1, 1) and case.pads() == ((0, 0), (0, 0)):
         return True
-    window = live_window(case)
-    return (
-        window is not None
-        and window == (1, 1, 0, 0)
-        and tuple(case.stride) == (1, 1)
-        and case.out_hw() == (case.h, case.w)
-    )
+    return live_window(case) == (1, 1, 0, 0) and case.out_hw() == (case.h, case.w)
 
 
 def winograd_runs(case: Case) -> bool:
     """winograd takes 3x3 stride-1 ungrouped float32 convolutions, after dead taps are cut."""
-    if case.winograd_shape():
+    if case.dtype != "float32" or case.groups != 1 or plain_stride(case) != (1, 1):
+        return False
+    if (case.kh, case.kw) == (3, 3) and tuple(case.dilation) == (1, 1):
         return True
     window = live_window(case)
-    return (
-        window is not None
-        and window[:2] == (3, 3)
-        and case.dtype == "float32"
-        and tuple(case.stride) == (1, 1)
-        and tuple(case.dilation) == (1, 1)
-        and case.groups == 1
-    )
+    return window is not None and window[:2] == (3, 3) and tuple(case.dilation) == (1, 1)
+
+
+def reaches_far(case: Case) -> bool:
+    """Whether the live window reaches far beyond the input and output (as the C++
+    is_far_reaching judges it): the selectors then run tapwise, and the algorithms whose
+    buffers grow with the reach refuse to be forced."""
+    oh, ow = case.out_hw()
+    window = live_window(case)
+    kh, kw = window[:2] if window is not None else (case.kh, case.kw)
+    dh, dw = (1 if k == 1 else d for k, d in zip((kh, kw), case.dilation))
+    sh, sw = plain_stride(case)
+    rows = (oh - 1) * sh + (kh - 1) * dh + 1
+    cols = (ow - 1) * sw + (kw - 1) * dw + 1
+    return rows * cols > 16 * (case.h * case.w + oh * ow + kh * kw) + 2**20
 
 
 RESTRICTED = {POINTWISE: pointwise_runs, WINOGRAD: winograd_runs}
+# Algorithms of each pass whose buffers grow with the windows' reach.
+REACH_SIZED = {"direct", "depthwise"}
+INPUT_GRAD_REACH_SIZED = {"direct"}
+WEIGHT_GRAD_REACH_SIZED = {"direct", "direct_dot"}
+REACH_REFUSAL = "reach far beyond the input"
 # Transform-based algorithms: not exact on integer-valued data (their transforms divide).
 TRANSFORMED = {WINOGRAD}
 
 
 def supports(algorithm, case: Case) -> bool:
+    if algorithm in REACH_SIZED and reaches_far(case):
+        return False
     return RESTRICTED.get(algorithm, lambda c: True)(case)
 
 
@@ -418,7 +436,10 @@ def check_forward(case: Case, algorithms=ALGORITHMS):
     )
     for algorithm in algorithms:
         if not supports(algorithm, case):
-            with pytest.raises(ValueError, match=f"algorithm='{algorithm}' does not support"):
+            refusal = REACH_REFUSAL if algorithm in REACH_SIZED and reaches_far(case) else ""
+            with pytest.raises(
+                ValueError, match=f"algorithm='{algorithm}' does not support.*{refusal}"
+            ):
                 fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
             continue
         got = fastconv.conv2d(x, w, b, **case.args(), algorithm=algorithm)
@@ -458,10 +479,13 @@ def check_input_grad(case: Case):
     assert got.shape == case.input_shape
     assert_matches(got, want, case.k_input(), case, "conv2d_input")
     for algorithm in fastconv.CONV2D_INPUT_ALGORITHMS:
-        stride_one = tuple(case.stride) == (1, 1)
+        stride_one = plain_stride(case) == (1, 1)
         refusal = input_grad_refusal(case, w, gy, algorithm)
         if refusal is not None:
             assert f"algorithm='{algorithm}' does not support" in refusal, case
+            if algorithm in INPUT_GRAD_REACH_SIZED and reaches_far(case):
+                assert REACH_REFUSAL in refusal, case
+                continue
             assert algorithm not in INPUT_GRAD_GENERAL, case
             assert algorithm != chosen, case
             if algorithm == "winograd (transposed)":
@@ -494,6 +518,10 @@ def check_weight_grad(case: Case):
     for algorithm in fastconv.CONV2D_WEIGHT_ALGORITHMS:
         if algorithm == "depthwise" and not depthwise:
             with pytest.raises(ValueError, match="algorithm='depthwise' does not support"):
+                fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args(), algorithm=algorithm)
+            continue
+        if algorithm in WEIGHT_GRAD_REACH_SIZED and reaches_far(case):
+            with pytest.raises(ValueError, match=REACH_REFUSAL):
                 fastconv.conv2d_weight(x, case.weight_shape, gy, **case.args(), algorithm=algorithm)
             continue
         forced = fastconv.conv2d_weight(

@@ -538,3 +538,48 @@ def test_dead_taps_are_cut(shape, expected, dtype):
     if (h, w) != (1, 1):  # (on 1x1 planes, every live window here is a single tap)
         with pytest.raises(ValueError, match="pointwise_gemm"):
             fastconv.conv2d(x, wt, b, **kw, algorithm="pointwise_gemm")
+
+
+def test_one_output_or_one_tap_geometry_is_made_plain():
+    """A stride along a dimension with one output, or a dilation along one with a
+    one-tap kernel, cannot change the result: the passes run without it (a 1x1 layer
+    with stride 5 on a 1x1 plane is a pointwise GEMM)."""
+    x = np.arange(16, dtype=np.float32).reshape(2, 8, 1, 1)
+    w = np.ones((4, 8, 1, 1), np.float32)
+    kw = {"stride": 5, "dilation": 3}
+    assert fastconv.conv2d_algorithm(x.shape, w.shape, **kw) == "pointwise_gemm"
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, **kw), fastconv.conv2d(x, w))
+
+
+def test_kernels_longer_than_the_output_match_the_reference():
+    """Live taps found by walking the outputs (kernels longer than the output): random
+    geometry, float64, every pass against the reference. Planes 1-6, kernels 1-11,
+    stride 1-4, dilation 1-3, padding up to the kernel's reach."""
+    rng = np.random.default_rng(20261202)
+    checked = 0
+    while checked < 60:
+        h, w = rng.integers(1, 7, 2)
+        r, s = rng.integers(1, 12, 2)
+        stride, dilation = tuple(rng.integers(1, 5, 2)), tuple(rng.integers(1, 4, 2))
+        padding = tuple(int(rng.integers(0, (k - 1) * d + 1)) for k, d in zip((r, s), dilation))
+        out = [
+            (n + 2 * p - d * (k - 1) - 1) for n, p, d, k in zip((h, w), padding, dilation, (r, s))
+        ]
+        if min(out) < 0 or max(r, s) <= min(o // st + 1 for o, st in zip(out, stride)):
+            continue
+        kw = {"stride": stride, "padding": padding, "dilation": dilation}
+        x, wt = rng.standard_normal((2, 3, h, w)), rng.standard_normal((4, 3, r, s))
+        y = fastconv.conv2d(x, wt, **kw)
+        np.testing.assert_allclose(y, ref.conv2d(x, wt, **kw), atol=1e-12)
+        gy = rng.standard_normal(y.shape)
+        np.testing.assert_allclose(
+            fastconv.conv2d_input(x.shape, wt, gy, **kw),
+            ref.conv2d_input(x.shape, wt, gy, **kw),
+            atol=1e-12,
+        )
+        np.testing.assert_allclose(
+            fastconv.conv2d_weight(x, wt.shape, gy, **kw),
+            ref.conv2d_weight(x, wt.shape, gy, **kw),
+            atol=1e-12,
+        )
+        checked += 1

@@ -131,17 +131,32 @@ int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1)
 
 // The first and last kernel index along one dimension whose tap reads the input
 // (index o * stride + t * dilation - pad in [0, in)) for some output o < out;
-// first > last when none does.
+// first > last when none does. Walks the shorter of the outputs and the taps, so
+// a kernel far larger than the plane costs no more than its outputs.
 std::pair<int64_t, int64_t> live_range(int64_t in, int64_t out, int64_t kernel, int64_t stride,
                                        int64_t pad, int64_t dilation) {
   int64_t first = kernel, last = -1;
-  for (int64_t t = 0; t < kernel; ++t) {
-    const int64_t offset = t * dilation - pad;
-    const int64_t lo = std::max<int64_t>(0, -floor_div(offset, stride));
-    const int64_t hi = std::min(out - 1, floor_div(in - 1 - offset, stride));
-    if (lo <= hi) {
-      first = std::min(first, t);
-      last = t;
+  if (kernel <= out) {
+    for (int64_t t = 0; t < kernel; ++t) {
+      const int64_t offset = t * dilation - pad;
+      const int64_t lo = std::max<int64_t>(0, -floor_div(offset, stride));
+      const int64_t hi = std::min(out - 1, floor_div(in - 1 - offset, stride));
+      if (lo <= hi) {
+        first = std::min(first, t);
+        last = t;
+      }
+    }
+    return {first, last};
+  }
+  for (int64_t o = 0; o < out; ++o) {
+    // Output o's taps read input indices o * stride - pad + t * dilation: the
+    // first and last t that land in [0, in).
+    const int64_t base = o * stride - pad;
+    const int64_t t0 = std::max<int64_t>(0, -floor_div(base, dilation));
+    const int64_t t1 = std::min(kernel - 1, floor_div(in - 1 - base, dilation));
+    if (t0 <= t1) {
+      first = std::min(first, t0);
+      last = std::max(last, t1);
     }
   }
   return {first, last};
@@ -189,7 +204,17 @@ std::vector<T> flipped_transposed_weight(const T* weight, const ConvParams& p) {
 
 }  // namespace
 
-ConvParams live_taps(const ConvParams& p) {
+ConvParams canonical_geometry(const ConvParams& given) {
+  ConvParams p = given;
+  if (p.out_h == 1) p.stride_h = 1;
+  if (p.out_w == 1) p.stride_w = 1;
+  if (p.kernel_h == 1) p.dilation_h = 1;
+  if (p.kernel_w == 1) p.dilation_w = 1;
+  return p;
+}
+
+ConvParams live_taps(const ConvParams& given) {
+  const ConvParams p = canonical_geometry(given);
   const auto [r0, r1] =
       live_range(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_top, p.dilation_h);
   const auto [s0, s1] =
@@ -202,7 +227,7 @@ ConvParams live_taps(const ConvParams& p) {
   live.pad_left = p.pad_left - s0 * p.dilation_w;
   // The kernels take non-negative padding; a window that would need less stays.
   if (live.pad_top < 0 || live.pad_left < 0) return p;
-  return live;
+  return canonical_geometry(live);
 }
 
 bool depthwise_uses_blocks(const ConvParams& p) {
@@ -245,7 +270,9 @@ const char* conv_algorithm_name(ConvAlgorithm a) {
   return kConvAlgorithms[static_cast<int>(a)].name;
 }
 
-bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
+namespace {
+// Whether p meets algorithm a's kConvAlgorithms requirement.
+bool meets_requirement(ConvAlgorithm a, const ConvParams& p) {
   switch (a) {
     case ConvAlgorithm::kPointwiseGemm:
       return p.is_pointwise();
@@ -258,6 +285,21 @@ bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p) {
       return p.is_winograd_shape();
   }
   return false;
+}
+}  // namespace
+
+// The direct and depthwise kernels size their phase-split or padded rows by the
+// windows' reach; on a far-reaching window that is unbounded memory. (The
+// implicit GEMM's panels and the tapwise loops are sized by the output.)
+constexpr const char* kFarReachingRefusal =
+    "its windows reach far beyond the input and output (stride, padding or dilation), "
+    "and this algorithm's buffers grow with the reach";
+
+std::string conv_algorithm_refusal(ConvAlgorithm a, const ConvParams& p) {
+  if (!meets_requirement(a, p)) return kConvAlgorithms[static_cast<int>(a)].requirement;
+  const bool sized_by_reach = a == ConvAlgorithm::kDirect || a == ConvAlgorithm::kDepthwise;
+  if (sized_by_reach && is_far_reaching(p)) return kFarReachingRefusal;
+  return "";
 }
 
 ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
@@ -290,10 +332,10 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
 template <typename T>
 const char* conv2d_forward(const T* input, const T* weight, const T* bias, T* output,
                            const ConvParams& p, ConvAlgorithm algorithm) {
-  if (!conv_algorithm_supports(algorithm, p))
+  const std::string refusal = conv_algorithm_refusal(algorithm, p);
+  if (!refusal.empty())
     throw std::invalid_argument(std::string("algorithm='") + conv_algorithm_name(algorithm) +
-                                "' does not support this convolution: " +
-                                kConvAlgorithms[static_cast<int>(algorithm)].requirement);
+                                "' does not support this convolution: " + refusal);
   switch (algorithm) {
     case ConvAlgorithm::kPointwiseGemm:
       conv2d_pointwise_forward(input, weight, bias, output, p);
@@ -424,6 +466,7 @@ InputGradAlgorithm input_grad_algorithm_by_name(const std::string& name) {
 }
 
 std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const ConvParams& p) {
+  if (a.plan == InputGradPlan::kDirect && is_far_reaching(p)) return kFarReachingRefusal;
   switch (a.plan) {
     case InputGradPlan::kPointwiseGemm:
       return p.is_pointwise() ? "" : "it needs a 1x1, stride-1, unpadded convolution";
@@ -442,9 +485,7 @@ std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const Conv
       return "";
     case InputGradPlan::kTransposed:
       if (!p.is_unit_stride()) return "it needs a stride-1 convolution";
-      if (!conv_algorithm_supports(a.transposed, transposed_stride1_params(p)))
-        return kConvAlgorithms[static_cast<int>(a.transposed)].requirement;
-      return "";
+      return conv_algorithm_refusal(a.transposed, transposed_stride1_params(p));
   }
   return "";
 }
@@ -467,6 +508,8 @@ WeightGradPlan weight_grad_plan_by_name(const std::string& name) {
 }
 
 std::string weight_grad_plan_refusal(WeightGradPlan plan, const ConvParams& p) {
+  const bool sized_by_reach = plan == WeightGradPlan::kDirect || plan == WeightGradPlan::kDirectDot;
+  if (sized_by_reach && is_far_reaching(p)) return kFarReachingRefusal;
   if (plan == WeightGradPlan::kDepthwise && !p.is_depthwise())
     return "it needs a depthwise convolution (groups == in_channels)";
   return "";
@@ -483,7 +526,7 @@ const char* conv2d_forward_chosen(const T* input, const T* weight, const T* bias
   // selector's run of it, which may have chosen it for them), else on the whole
   // kernel, where conv2d_forward refuses it if it cannot run that either.
   const ConvParams live = live_taps(p);
-  if (!has_dead_taps(p, live) || (forced && !conv_algorithm_supports(*forced, live)))
+  if (!has_dead_taps(p, live) || (forced && !conv_algorithm_refusal(*forced, live).empty()))
     return conv2d_forward(input, weight, bias, output, p,
                           forced ? *forced : select_conv_algorithm(p));
   const std::vector<T> w = live_weight(weight, p, live);
@@ -624,7 +667,8 @@ bool needs_tapwise_rerun(const T* result, int64_t result_count, const T* operand
 
 template <typename T>
 const char* conv2d_forward_selected(const T* input, const T* weight, const T* bias, T* output,
-                                    const ConvParams& p, std::optional<ConvAlgorithm> forced) {
+                                    const ConvParams& given, std::optional<ConvAlgorithm> forced) {
+  const ConvParams p = canonical_geometry(given);
   const char* ran = conv2d_forward_chosen(input, weight, bias, output, p, forced);
   // Not only next to padding: Winograd's transforms also mix an Inf weight into NaNs.
   if (!forced && std::string_view(ran) != conv_algorithm_name(ConvAlgorithm::kTapwise) &&
@@ -635,7 +679,9 @@ const char* conv2d_forward_selected(const T* input, const T* weight, const T* bi
 
 template <typename T>
 std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad_input,
-                                  const ConvParams& p, std::optional<InputGradAlgorithm> forced) {
+                                  const ConvParams& given,
+                                  std::optional<InputGradAlgorithm> forced) {
+  const ConvParams p = canonical_geometry(given);
   std::string ran = conv2d_backward_input_chosen(grad_output, weight, grad_input, p, forced);
   // Not only next to padding: the transposed plans pad dY by the kernel's reach.
   if (!forced && ran != "tapwise" &&
@@ -648,7 +694,8 @@ std::string conv2d_backward_input(const T* grad_output, const T* weight, T* grad
 
 template <typename T>
 const char* conv2d_backward_weight(const T* input, const T* grad_output, T* grad_weight,
-                                   const ConvParams& p, std::optional<WeightGradPlan> forced) {
+                                   const ConvParams& given, std::optional<WeightGradPlan> forced) {
+  const ConvParams p = canonical_geometry(given);
   const char* ran = conv2d_backward_weight_chosen(input, grad_output, grad_weight, p, forced);
   if (!forced && std::string_view(ran) != weight_grad_plan_name(WeightGradPlan::kTapwise) &&
       reads_padding(p) &&

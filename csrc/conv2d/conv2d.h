@@ -96,9 +96,16 @@ inline constexpr ConvAlgorithmInfo kConvAlgorithms[] = {
 // when every tap reads the input somewhere. The output is the same: a padded
 // tap contributes nothing. Every pass runs on the live taps.
 ConvParams live_taps(const ConvParams& p);
+// p with the geometry that cannot change the result made plain: stride 1 along a
+// dimension with one output, dilation 1 along one with a one-tap kernel (a huge
+// stride with one output would otherwise size the direct kernels' buffers).
+// live_taps and every pass apply it first.
+ConvParams canonical_geometry(const ConvParams& p);
 
 const char* conv_algorithm_name(ConvAlgorithm a);
-bool conv_algorithm_supports(ConvAlgorithm a, const ConvParams& p);
+// Empty when algorithm `a` can run p, else what p lacks: its kConvAlgorithms
+// requirement, or (direct, depthwise) a window that reaches far beyond the input.
+std::string conv_algorithm_refusal(ConvAlgorithm a, const ConvParams& p);
 // Pure: the algorithm the forward pass runs for p.
 ConvAlgorithm select_conv_algorithm(const ConvParams& p);
 

@@ -12,7 +12,6 @@ any machine has. ``Call.spoiled`` says which arguments were spoiled, for the rep
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -1048,79 +1047,12 @@ def op_of(seed: int, index: int) -> str:
     return _draw_op(np.random.default_rng([seed, index]))
 
 
-# --------------------------------------------------------------------------- known bugs
-
-# Calls that hit bugs of the C++ kernels not fixed yet; each has a strict xfail test in
-# tests/test_fuzz.py. The generator draws again instead of making one of them unless
-# FASTCONV_FUZZ_KNOWN_BUGS=1 (python -m tests.fuzz --known-bugs), so that a slice keeps
-# finding new bugs rather than these.
-FAR = 2**20  # a stride, padding, dilation or kernel size far beyond the fuzzed arrays
-CONV_OPS = {"conv2d", "conv2d_input", "conv2d_weight"}
-SELECTORS = {"conv2d_algorithm", "conv2d_input_algorithm", "conv2d_weight_algorithm"}
-
-
-def _ints(value: Any) -> list[int]:
-    """The ints an argument holds (an int, or a tuple, list or array of them)."""
-    values = value.tolist() if isinstance(value, np.ndarray) else value
-    values = values if isinstance(values, (tuple, list)) else [values]
-    return [int(v) for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
-
-
-def known_bug(call: Call) -> str | None:
-    """Which known C++ bug ``call`` hits, if any."""
-    args = call.args
-    stride = _ints(args.get("stride"))
-    if call.op in CONV_OPS and stride and stride[-1] > FAR:
-        # The direct kernel sizes its phase-split rows by stride_w: 1x2 kernel, stride
-        # (1, 2**24): 4.7 s and 2.2 GB; 2**28: std::bad_alloc; 2**31-1: vector::...
-        return "conv stride_w beyond 2**20"
-    if args.get("algorithm") is not None and any(
-        v > FAR for name in ("stride", "padding", "dilation") for v in _ints(args.get(name))
-    ):
-        # A forced algorithm on a far-reaching window pads the input: std::bad_alloc.
-        return "forced conv algorithm on a far-reaching window"
-    if call.op in SELECTORS and any(v > FAR for v in _ints(args.get("weight_shape"))):
-        # The selectors walk every tap of the kernel: (1, 1, 1, 2**40) never returns.
-        return "conv algorithm selector on a huge kernel"
-    if call.op == "conv2d" and _output_bytes(args) > 2**63 - 1:
-        # The one-step C++ call makes its output array before anything checks its size:
-        # pybind11 computes its strides with a signed overflow (UBSan aborts; NumPy then
-        # refuses the array in a plain build).
-        return "conv2d output beyond 2**63 bytes"
-    return None
-
-
-def _output_bytes(args: dict[str, Any]) -> int:
-    """The bytes of conv2d's output for these arguments (0 when they are not plain)."""
-    x, w = args.get("input"), args.get("weight")
-    geometry = [_ints(args.get(name)) for name in ("stride", "padding", "dilation")]
-    if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray)) or x.ndim < 2:
-        return 0
-    if w.ndim != 4 or not all(len(g) in (1, 2) for g in geometry):
-        return 0
-    size = x.shape[0] * w.shape[0] if x.ndim == 4 else w.shape[0]
-    for axis in (0, 1):
-        stride, pad, dilation = (g[axis % len(g)] for g in geometry)
-        span = x.shape[axis - 2] + 2 * pad - dilation * (w.shape[axis + 2] - 1) - 1
-        if stride <= 0 or span < 0:
-            return 0
-        size *= span // stride + 1
-    return size * x.itemsize
-
-
-def make_call(seed: int, index: int, known_bugs: bool | None = None) -> Call:
-    """Call number ``index`` of the run with ``seed`` (the same call every time);
-    ``known_bugs`` (default: FASTCONV_FUZZ_KNOWN_BUGS=1) lets calls that hit a known
-    bug through."""
-    if known_bugs is None:
-        known_bugs = os.environ.get("FASTCONV_FUZZ_KNOWN_BUGS") == "1"
+def make_call(seed: int, index: int) -> Call:
+    """Call number ``index`` of the run with ``seed`` (the same call every time)."""
     rng = np.random.default_rng([seed, index])
     op = _draw_op(rng)
-    while True:
-        draw = Draw(rng)
-        call = BUILDERS[op](draw)
-        if known_bugs or known_bug(call) is None:
-            break
+    draw = Draw(rng)
+    call = BUILDERS[op](draw)
     call.spoiled = draw.spoiled
     return call
 

@@ -60,10 +60,7 @@ class Report:
         for p in self.problems:
             lines.append(f"- call {p.index}: {p.kind}: {p.detail}")
             lines.append(f"    {p.call}")
-            known = " --known-bugs" if os.environ.get("FASTCONV_FUZZ_KNOWN_BUGS") == "1" else ""
-            lines.append(
-                f"    replay: python -m tests.fuzz --seed {self.seed}{known} --replay {p.index}"
-            )
+            lines.append(f"    replay: python -m tests.fuzz --seed {self.seed} --replay {p.index}")
         return "\n".join(lines)
 
 
@@ -300,17 +297,10 @@ def main(argv=None) -> int:
         default=MEMORY_LIMIT / 2**30,
         help="address-space limit of each worker (0: none)",
     )
-    parser.add_argument(
-        "--known-bugs",
-        action="store_true",
-        help="also make the calls that hit known C++ bugs (calls.known_bug)",
-    )
     parser.add_argument("--replay", type=int, default=None, metavar="INDEX")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    if args.known_bugs:
-        os.environ["FASTCONV_FUZZ_KNOWN_BUGS"] = "1"  # (the workers inherit it)
     if args.replay is not None:
         return replay(seed, args.replay)
 
@@ -321,8 +311,7 @@ def main(argv=None) -> int:
             last[0] = time.monotonic()
             print(f"  {report.calls} / {args.calls} calls", file=sys.stderr, flush=True)
 
-    known = " (known bugs included)" if args.known_bugs else ""
-    print(f"fuzzing {args.calls} calls{known}, seed {seed}, {args.workers} workers", flush=True)
+    print(f"fuzzing {args.calls} calls, seed {seed}, {args.workers} workers", flush=True)
     report = run(
         args.calls,
         seed,
