@@ -40,6 +40,22 @@ def _is_simulated_device_array(x: Any) -> bool:
     return devicearray is not None and isinstance(x, devicearray.FakeCUDAArray)
 
 
+def check_layer_input(x: Any, name: str = "input") -> None:
+    """A layer's input: a NumPy array (not a masked one) or a CUDA device array.
+
+    The layers' functional ops check dtype and shape; this names the argument for
+    what they would otherwise trip over first (a list has no ``ndim``).
+    """
+    if is_device_array(x):
+        return
+    check_not_masked(x, name)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray or a CUDA device array, got {type(x).__name__}; "
+            "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
+        )
+
+
 def check_array(x: Any, name: str, *, device: bool = False) -> Any:
     """An input tensor: a NumPy array (or a device array when ``device``) of float32/64.
 

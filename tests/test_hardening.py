@@ -522,3 +522,41 @@ def test_cifar_int64_pixels_in_range_are_read_exactly(tmp_path):
     train, _ = data.load_cifar10(tmp_path)
     expected = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
     np.testing.assert_array_equal(train.x.reshape(len(expected), -1) * 255, expected)
+
+
+LAYERS_TAKING_ARRAYS = [
+    lambda: nn.Conv2d(3, 4, 3),
+    lambda: nn.ConvTranspose2d(3, 4, 3),
+    lambda: nn.Conv1d(3, 4, 3),
+    lambda: nn.Linear(4, 2),
+    lambda: nn.BatchNorm2d(3),
+    lambda: nn.GroupNorm(1, 3),
+    lambda: nn.LayerNorm(4),
+    lambda: nn.InstanceNorm2d(3),
+    lambda: nn.MaxPool2d(2),
+    lambda: nn.AvgPool2d(2),
+    lambda: nn.AdaptiveAvgPool2d(1),
+    lambda: nn.MaxPool1d(2),
+    lambda: nn.AvgPool1d(2),
+    lambda: nn.ReLU(),
+    lambda: nn.ReLU6(),
+    lambda: nn.LeakyReLU(),
+    lambda: nn.SiLU(),
+    lambda: nn.GELU(),
+    lambda: nn.Sigmoid(),
+    lambda: nn.Tanh(),
+    lambda: nn.Softmax(dim=1),
+    lambda: nn.Dropout(),
+    lambda: nn.Flatten(),
+    lambda: nn.Upsample(scale_factor=2),
+    lambda: nn.PixelShuffle(2),
+]
+
+
+@pytest.mark.parametrize("make", LAYERS_TAKING_ARRAYS, ids=lambda make: type(make()).__name__)
+@pytest.mark.parametrize(
+    "bad", [[[[[1.0] * 4] * 4] * 3], 1.5, np.ma.masked_array(np.ones((1, 3, 4, 4)))]
+)
+def test_layers_refuse_what_is_not_an_array_naming_the_input(make, bad):
+    with pytest.raises(TypeError, match="^input (must|is a numpy.ma.MaskedArray)"):
+        make()(bad)

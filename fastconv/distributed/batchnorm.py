@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .._checks import check_layer_input
 from ..nn.layers import BatchNorm2d
 from ..nn.module import Module
 from . import runtime
@@ -64,6 +65,7 @@ class SyncBatchNorm(BatchNorm2d):
         return convert_sync_batchnorm(module)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         if not self.training or runtime.world_size() == 1:
             out = super().forward(input)
             self.save_for_backward(_LOCAL)

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from .._checks import check_layer_input
 from .module import Module
 
 __all__ = ["ELU", "GELU", "Hardsigmoid", "Hardswish", "LogSoftmax", "SiLU", "Softmax"]
@@ -42,6 +43,7 @@ class SiLU(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         sig = _sigmoid(input)
         self.save_for_backward(input, sig)
         return input * sig
@@ -69,6 +71,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         dt = input.dtype.type
         if self.approximate == "tanh":
             inner = dt(math.sqrt(2 / math.pi)) * (input + dt(0.044715) * input**3)
@@ -102,6 +105,7 @@ class Hardswish(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         dt = input.dtype.type
         self.save_for_backward(input)
         return input * np.clip(input + dt(3), dt(0), dt(6)) / dt(6)
@@ -123,6 +127,7 @@ class Hardsigmoid(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         dt = input.dtype.type
         self.save_for_backward((input > dt(-3)) & (input < dt(3)))
         return np.clip(input + dt(3), dt(0), dt(6)) / dt(6)
@@ -141,6 +146,7 @@ class ELU(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         alpha = input.dtype.type(self.alpha)
         self.save_for_backward(input)
         return np.where(input > 0, input, alpha * np.expm1(np.minimum(input, 0)))
@@ -177,6 +183,7 @@ class Softmax(Module):
         self.dim = dim
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         axis = _softmax_dim(self.dim, input.ndim, "softmax")
         shifted = np.exp(input - input.max(axis=axis, keepdims=True))
         out = shifted / shifted.sum(axis=axis, keepdims=True)
@@ -199,6 +206,7 @@ class LogSoftmax(Module):
         self.dim = dim
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         axis = _softmax_dim(self.dim, input.ndim, "log_softmax")
         shifted = input - input.max(axis=axis, keepdims=True)
         out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))

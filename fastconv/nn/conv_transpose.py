@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .._checks import int_pair
+from .._checks import check_layer_input, int_pair
 from .layers import Conv2d, _as_batch, _check_device, _dtype
 from .module import Module, Parameter
 
@@ -137,6 +137,7 @@ class ConvTranspose2d(Module):
         return self.stride, self.padding, output_padding, self.groups, self.dilation
 
     def forward(self, input: np.ndarray, output_size: Any = None) -> np.ndarray:
+        check_layer_input(input)
         x, unbatched = _as_batch(input, "ConvTranspose2d")
         output_padding = self._output_padding(input.shape, output_size)
         bias = None if self.bias is None else self.bias.data

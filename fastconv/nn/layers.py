@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .._checks import int_pair
+from .._checks import check_layer_input, int_pair
 from ..geometry import conv_padding
 from . import init
 from .module import Module, Parameter
@@ -157,6 +157,7 @@ class Conv2d(Module):
         return rows, cols
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         x, unbatched = _as_batch(input, "Conv2d")
         weight = self.weight.data
         bias = None if self.bias is None else self.bias.data
@@ -240,6 +241,7 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         out = F.linear(input, self.weight.data, None if self.bias is None else self.bias.data)
         self.save_for_backward(input)
         return out
@@ -287,6 +289,7 @@ class MaxPool2d(Module):
         self.ceil_mode = ceil_mode
 
     def forward(self, input: np.ndarray) -> Any:
+        check_layer_input(input)
         out, indices = F.max_pool2d(
             input,
             self.kernel_size,
@@ -341,6 +344,7 @@ class AvgPool2d(Module):
         )
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         self.save_for_backward(input.shape)
         return F.avg_pool2d(input, *self._args())
 
@@ -383,6 +387,7 @@ class AdaptiveAvgPool2d(Module):
         return oh, ow
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         x, unbatched = _as_batch(input, "AdaptiveAvgPool2d")
         h, w = x.shape[2:]
         oh, ow = self._out_hw(h, w)
@@ -426,6 +431,7 @@ class Identity(Module):
         super().__init__()
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         return input
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
@@ -440,6 +446,7 @@ class ReLU(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         self.save_for_backward(input > 0)
         return np.maximum(input, 0)
 
@@ -463,6 +470,7 @@ class ReLU6(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         six = input.dtype.type(6)
         self.save_for_backward((input > 0) & (input < six))
         return np.clip(input, 0, six)
@@ -484,6 +492,7 @@ class LeakyReLU(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         mask = input > 0
         self.save_for_backward(mask)
         return np.where(mask, input, input * input.dtype.type(self.negative_slope))
@@ -501,6 +510,7 @@ class Sigmoid(Module):
     """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2 (no overflow)."""
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         half = input.dtype.type(0.5)
         out = half * (np.tanh(input * half) + input.dtype.type(1))
         self.save_for_backward(out)
@@ -513,6 +523,7 @@ class Sigmoid(Module):
 
 class Tanh(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         out = np.tanh(input)
         self.save_for_backward(out)
         return out
@@ -531,6 +542,7 @@ class Flatten(Module):
         self.end_dim = end_dim
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         shape = input.shape
         ndim = max(input.ndim, 1)
         start = self.start_dim % ndim
@@ -567,6 +579,7 @@ class Dropout(Module):
         self.generator = generator
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         if not self.training or self.p == 0:
             self.save_for_backward(None)
             return input
@@ -651,6 +664,7 @@ class BatchNorm2d(Module):
                 init.zeros_(self.bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         if input.ndim != 4:
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
         if input.shape[1] != self.num_features:

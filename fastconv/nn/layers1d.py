@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .._checks import as_int
+from .._checks import as_int, check_layer_input
 from ..geometry import conv_padding
 from .conv_transpose import conv_repr
 from .layers import _PAD_MODES, Conv2d, _check_device, _dtype
@@ -118,6 +118,7 @@ class Conv1d(Module):
         return np.pad(np.arange(length), (left, right), mode=mode)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         x, unbatched = _as_rows(input, "Conv1d")
         if self.padding_mode == "zeros":
             xp, padding = x, self.padding
@@ -174,6 +175,7 @@ class MaxPool1d(Module):
         self.ceil_mode = ceil_mode
 
     def forward(self, input: np.ndarray) -> Any:
+        check_layer_input(input)
         out, indices = F.max_pool1d(
             input,
             self.kernel_size,
@@ -219,6 +221,7 @@ class AvgPool1d(Module):
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         self.save_for_backward(input.shape)
         return F.avg_pool1d(input, *self._args())
 

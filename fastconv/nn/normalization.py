@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .._checks import check_layer_input
 from . import init
 from .layers import _check_device, _dtype
 from .module import Module, Parameter
@@ -69,6 +70,7 @@ class GroupNorm(Module):
                 init.zeros_(self.bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         if input.ndim < 2 or input.shape[1] != self.num_channels:
             raise ValueError(
                 f"GroupNorm({self.num_groups}, {self.num_channels}) expects an (N, "
@@ -139,6 +141,7 @@ class LayerNorm(Module):
                 init.zeros_(self.bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         weight = None if self.weight is None else self.weight.data
         bias = None if self.bias is None else self.bias.data
         out, saved = F.layer_norm(
@@ -230,6 +233,7 @@ class InstanceNorm2d(Module):
                 init.zeros_(self.bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         if input.ndim not in (3, 4):
             raise ValueError(f"expected 3D or 4D input (got {input.ndim}D input)")
         unbatched = input.ndim == 3

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .._checks import check_layer_input
 from .module import Module
 
 __all__ = ["PixelShuffle", "PixelUnshuffle", "Upsample"]
@@ -47,6 +48,7 @@ class Upsample(Module):
         )
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         out = F.interpolate(input, *self._args())
         self.save_for_backward(input.shape)
         return out
@@ -72,6 +74,7 @@ class PixelShuffle(Module):
         self.upscale_factor = upscale_factor
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         return F.pixel_shuffle(input, self.upscale_factor)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
@@ -89,6 +92,7 @@ class PixelUnshuffle(Module):
         self.downscale_factor = downscale_factor
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        check_layer_input(input)
         return F.pixel_unshuffle(input, self.downscale_factor)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
