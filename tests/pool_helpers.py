@@ -255,11 +255,12 @@ def check_avg_vs_torch(torch, case: Case):
 
 def vector_path_cases() -> list[Case]:
     """Every row-kernel shape class: W around the 8- and 16-column boundaries, stride 1
-    and 2 (vectorised) and 3 (scalar), all kernel widths, paddings and dilations."""
+    and 2 (strided loads), 3 and 5 (gathers for max, scalar sums), all kernel widths,
+    paddings and dilations."""
     cases = []
     rng = np.random.default_rng(7)
     for w in (16, 17, 23, 24, 25, 31, 32, 33, 40, 47, 64, 70):
-        for sw in (1, 2, 3):
+        for sw in (1, 2, 3, 5):
             for kw in range(1, 6):
                 for pw in range(kw // 2 + 1):
                     for dw in (1, 2, 3):

@@ -1,7 +1,8 @@
-// AVX2 row kernels for float32 pooling. Interior columns of unit-stride and
-// stride-2 windows (the common 2x2/2, 3x3/1 and 3x3/2 layers) run 8 outputs at a
-// time with every tap kept in registers; border columns and other strides take
-// the scalar path, which visits taps in the same order.
+// AVX2 row kernels for float32 pooling. Interior columns run 8 outputs at a time
+// with every tap kept in registers: strided loads for stride 1 and 2 (the common
+// 2x2/2, 3x3/1 and 3x3/2 layers), and for max pooling gathers for larger strides
+// (4x4/4, 8x8/8), where the scalar compare-and-select chain costs several cycles a
+// tap. Border columns take the scalar path, which visits taps in the same order.
 #include <immintrin.h>
 
 #include "pool2d/pool2d.h"
@@ -40,6 +41,24 @@ inline __m256 load_strided(const float* x, bool from_left) {
                    : load_alternate_lanes_shuffled<false>(x);
 }
 
+// Columns 0, stride, ..., 7 * stride as gather offsets (other strides than 1 and 2).
+inline __m256i gather_offsets(int64_t stride) {
+  return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                            _mm256_set1_epi32(static_cast<int32_t>(stride)));
+}
+
+// The 8 columns of one tap: strided loads for a compile-time stride of 1 or 2,
+// a gather for the others (kStride == 0: the row's stride, in `offsets`).
+template <int64_t kStride>
+inline __m256 load_columns(const float* x, bool from_left, __m256i offsets) {
+  if constexpr (kStride == 0) {
+    return _mm256_i32gather_ps(x, offsets, 4);
+  } else {
+    (void)offsets;
+    return load_strided<kStride>(x, from_left);
+  }
+}
+
 inline const float* row_ptr(const PoolRow& row, int64_t i) {
   return static_cast<const float*>(row.rows[i]);
 }
@@ -57,22 +76,24 @@ inline void for_each_block(ColumnRange interior, Block&& block) {
 
 inline ColumnRange vector_columns(const PoolRow& row) {
   const ColumnRange interior = interior_columns(row);
-  // A stride-2 tap starting at column 0 reads columns 0..15 (see load_strided).
-  const bool vectorizable = (row.stride_w == 1 || (row.stride_w == 2 && row.in_w >= 16)) &&
-                            interior.end - interior.begin >= 8;
+  // A stride-2 tap starting at column 0 reads columns 0..15 (see load_strided);
+  // gathers take 32-bit offsets.
+  const bool stride_loads = row.stride_w == 1 || (row.stride_w == 2 && row.in_w >= 16);
+  const bool gathers = row.stride_w > 2 && 7 * row.stride_w < (int64_t(1) << 31);
+  const bool vectorizable = (stride_loads || gathers) && interior.end - interior.begin >= 8;
   return vectorizable ? interior : ColumnRange{0, 0};
 }
 
 template <int64_t stride>
-inline void max_block(const PoolRow& row, float* best, int32_t* tap, int64_t ow) {
+inline void max_block(const PoolRow& row, float* best, int32_t* tap, int64_t ow, __m256i offsets) {
   __m256 m = _mm256_set1_ps(-INFINITY);
   __m256i t = _mm256_set1_epi32(-1);
-  const int64_t w0 = ow * stride - row.pad_w;
+  const int64_t w0 = ow * (stride == 0 ? row.stride_w : stride) - row.pad_w;
   for (int64_t i = 0; i < row.row_count; ++i) {
     const float* in = row_ptr(row, i) + w0;
     for (int64_t s = 0; s < row.kernel_w; ++s) {
       const bool from_left = w0 + s * row.dilation_w >= 1;
-      const __m256 x = load_strided<stride>(in + s * row.dilation_w, from_left);
+      const __m256 x = load_columns<stride>(in + s * row.dilation_w, from_left, offsets);
       const __m256 take =
           _mm256_or_ps(_mm256_cmp_ps(x, m, _CMP_GT_OQ), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
       m = _mm256_blendv_ps(m, x, take);
@@ -104,17 +125,21 @@ inline void sum_block(const PoolRow& row, float* acc, int64_t ow) {
 void max_row_avx2(const PoolRow& row, float* best, int32_t* tap) {
   const ColumnRange vec = vector_columns(row);
   for (int64_t ow = 0; ow < vec.begin; ++ow) max_pool_column<float>(row, best, tap, ow);
+  const __m256i offsets = gather_offsets(row.stride_w);
   if (row.stride_w == 1) {
-    for_each_block(vec, [&](int64_t ow) { max_block<1>(row, best, tap, ow); });
+    for_each_block(vec, [&](int64_t ow) { max_block<1>(row, best, tap, ow, offsets); });
+  } else if (row.stride_w == 2) {
+    for_each_block(vec, [&](int64_t ow) { max_block<2>(row, best, tap, ow, offsets); });
   } else {
-    for_each_block(vec, [&](int64_t ow) { max_block<2>(row, best, tap, ow); });
+    for_each_block(vec, [&](int64_t ow) { max_block<0>(row, best, tap, ow, offsets); });
   }
   const int64_t tail = vec.end > vec.begin ? vec.end : 0;
   for (int64_t ow = tail; ow < row.out_w; ++ow) max_pool_column<float>(row, best, tap, ow);
 }
 
 void sum_row_avx2(const PoolRow& row, float* acc) {
-  const ColumnRange vec = vector_columns(row);
+  // Sums need no gathers: the scalar loop over a larger stride's taps is as fast.
+  const ColumnRange vec = row.stride_w <= 2 ? vector_columns(row) : ColumnRange{0, 0};
   for (int64_t ow = 0; ow < vec.begin; ++ow) sum_pool_column<float>(row, acc, ow);
   if (row.stride_w == 1) {
     for_each_block(vec, [&](int64_t ow) { sum_block<1>(row, acc, ow); });
