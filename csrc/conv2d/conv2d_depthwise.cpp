@@ -27,17 +27,67 @@ bool is_channel_scale(const ConvParams& p) {
          p.pad_top == 0 && p.pad_left == 0;
 }
 
+// The loops below keep the sums' order of the general kernels (from zero or the
+// bias, one product at a time); with one output per channel they run along the
+// channels, which the compiler vectorises.
+template <typename T>
+void channel_scale_forward(const T* input, const T* weight, const T* bias, T* output,
+                           const ConvParams& p) {
+  const int64_t m = p.out_per_group();
+  for (int64_t n = 0; n < p.batch; ++n) {
+    const T* x = input + n * p.in_channels;
+    T* y = output + n * p.out_channels;
+    if (m == 1) {
+      if (bias != nullptr) {
+        for (int64_t c = 0; c < p.in_channels; ++c) y[c] = bias[c] + weight[c] * x[c];
+      } else {
+        for (int64_t c = 0; c < p.in_channels; ++c) y[c] = T(0) + weight[c] * x[c];
+      }
+      continue;
+    }
+    for (int64_t c = 0; c < p.in_channels; ++c)
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t k = c * m + j;
+        y[k] = (bias != nullptr ? bias[k] : T(0)) + weight[k] * x[c];
+      }
+  }
+}
+
 template <typename T>
 void channel_scale_backward_input(const T* grad_output, const T* weight, T* grad_input,
                                   const ConvParams& p) {
   const int64_t m = p.out_per_group();
-  for (int64_t n = 0; n < p.batch; ++n)
+  for (int64_t n = 0; n < p.batch; ++n) {
+    const T* dy = grad_output + n * p.out_channels;
+    T* dx = grad_input + n * p.in_channels;
+    if (m == 1) {
+      for (int64_t c = 0; c < p.in_channels; ++c) dx[c] = T(0) + weight[c] * dy[c];
+      continue;
+    }
     for (int64_t c = 0; c < p.in_channels; ++c) {
       T sum = T(0);
-      for (int64_t j = 0; j < m; ++j)
-        sum += weight[c * m + j] * grad_output[n * p.out_channels + c * m + j];
-      grad_input[n * p.in_channels + c] = sum;
+      for (int64_t j = 0; j < m; ++j) sum += weight[c * m + j] * dy[c * m + j];
+      dx[c] = sum;
     }
+  }
+}
+
+template <typename T>
+void channel_scale_backward_weight(const T* input, const T* grad_output, T* grad_weight,
+                                   const ConvParams& p) {
+  // Image by image, every channel's running sum: the images' order of the
+  // general kernels, read along the rows of x and dY.
+  const int64_t m = p.out_per_group();
+  std::fill(grad_weight, grad_weight + p.out_channels, T(0));
+  for (int64_t n = 0; n < p.batch; ++n) {
+    const T* x = input + n * p.in_channels;
+    const T* dy = grad_output + n * p.out_channels;
+    if (m == 1) {
+      for (int64_t k = 0; k < p.out_channels; ++k) grad_weight[k] += x[k] * dy[k];
+    } else {
+      for (int64_t k = 0; k < p.out_channels; ++k) grad_weight[k] += x[k / m] * dy[k];
+    }
+  }
 }
 
 // Depthwise (one input channel per group; forced elsewhere it sums the group's
@@ -47,19 +97,7 @@ void channel_scale_backward_input(const T* grad_output, const T* weight, T* grad
 template <typename T>
 void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T* output,
                               const ConvParams& p) {
-  if (is_channel_scale(p)) {
-    const int64_t m = p.out_per_group();
-    for (int64_t n = 0; n < p.batch; ++n) {
-      const T* x = input + n * p.in_channels;
-      T* y = output + n * p.out_channels;
-      for (int64_t c = 0; c < p.in_channels; ++c)
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t k = c * m + j;
-          y[k] = (bias != nullptr ? bias[k] : T(0)) + weight[k] * x[c];
-        }
-    }
-    return;
-  }
+  if (is_channel_scale(p)) return channel_scale_forward(input, weight, bias, output, p);
   if (depthwise_uses_blocks(p))
     return kernel_table<T>().depthwise_blocked.forward(input, weight, bias, output, p);
   const VectorOps<T>& ops = vector_ops<T>();
@@ -108,16 +146,7 @@ void conv2d_depthwise_forward(const T* input, const T* weight, const T* bias, T*
 template <typename T>
 void conv2d_depthwise_backward_weight(const T* input, const T* grad_output, T* grad_weight,
                                       const ConvParams& p) {
-  if (is_channel_scale(p)) {
-    const int64_t m = p.out_per_group();
-    for (int64_t k = 0; k < p.out_channels; ++k) {
-      T sum = T(0);
-      for (int64_t n = 0; n < p.batch; ++n)
-        sum += input[n * p.in_channels + k / m] * grad_output[n * p.out_channels + k];
-      grad_weight[k] = sum;
-    }
-    return;
-  }
+  if (is_channel_scale(p)) return channel_scale_backward_weight(input, grad_output, grad_weight, p);
   if (depthwise_uses_blocks(p))
     return kernel_table<T>().depthwise_blocked.backward_weight(input, grad_output, grad_weight, p);
   const VectorOps<T>& ops = vector_ops<T>();
