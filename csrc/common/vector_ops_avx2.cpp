@@ -63,18 +63,32 @@ double dot_f64(int64_t n, const double* x, const double* y) {
   return s;
 }
 
+// Lane masks for the first k < 8 lanes of a masked load or store.
+inline __m256i first_lanes(int64_t k) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Four 8-lane accumulators (32 columns) a step: four independent FMA chains;
+// then 8 columns, then the ragged end through a masked load and store (a scalar
+// tail would run one serial FMA chain per column).
 void weighted_rows_f32(int64_t n, int64_t taps, const float* const* rows, const float* w,
                        float init, float* out) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m256 a0 = _mm256_set1_ps(init), a1 = a0;
+  for (; i + 32 <= n; i += 32) {
+    __m256 a0 = _mm256_set1_ps(init), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t t = 0; t < taps; ++t) {
       const __m256 wt = _mm256_set1_ps(w[t]);
-      a0 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(rows[t] + i), a0);
-      a1 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(rows[t] + i + 8), a1);
+      const float* r = rows[t] + i;
+      a0 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(r), a0);
+      a1 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(r + 8), a1);
+      a2 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(r + 16), a2);
+      a3 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(r + 24), a3);
     }
     _mm256_storeu_ps(out + i, a0);
     _mm256_storeu_ps(out + i + 8, a1);
+    _mm256_storeu_ps(out + i + 16, a2);
+    _mm256_storeu_ps(out + i + 24, a3);
   }
   for (; i + 8 <= n; i += 8) {
     __m256 a0 = _mm256_set1_ps(init);
@@ -82,10 +96,12 @@ void weighted_rows_f32(int64_t n, int64_t taps, const float* const* rows, const 
       a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), _mm256_loadu_ps(rows[t] + i), a0);
     _mm256_storeu_ps(out + i, a0);
   }
-  for (; i < n; ++i) {
-    float acc = init;
-    for (int64_t t = 0; t < taps; ++t) acc = std::fma(w[t], rows[t][i], acc);
-    out[i] = acc;
+  if (i < n) {
+    const __m256i live = first_lanes(n - i);
+    __m256 a0 = _mm256_set1_ps(init);
+    for (int64_t t = 0; t < taps; ++t)
+      a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), _mm256_maskload_ps(rows[t] + i, live), a0);
+    _mm256_maskstore_ps(out + i, live, a0);
   }
 }
 

@@ -9,6 +9,8 @@
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_common.h"
 
+// 32 vector registers: tiles of 8 output pixels.
+#define FASTCONV_DEPTHWISE_PIXEL_TILE 8
 // clang-format off
 #include "common/isa_avx512_begin.h"  // after every other include: AVX512 code from here on
 #include "conv2d/conv2d_depthwise_blocked_impl.h"

@@ -28,9 +28,14 @@ namespace {
 
 template <typename T>
 constexpr int64_t kBlock = 64 / static_cast<int64_t>(sizeof(T));
-// Output pixels per register tile: their accumulators and the shared weights
-// fit the vector registers of every tier.
-constexpr int64_t kPixelTile = 4;
+// Output pixels per register tile: their accumulators (one 64-byte block each)
+// and the shared weights fit the vector registers -- 8 of AVX-512's 32, 4 of the
+// 16 the other tiers have (two registers a block). The including translation
+// unit may set FASTCONV_DEPTHWISE_PIXEL_TILE.
+#ifndef FASTCONV_DEPTHWISE_PIXEL_TILE
+#define FASTCONV_DEPTHWISE_PIXEL_TILE 4
+#endif
+constexpr int64_t kPixelTile = FASTCONV_DEPTHWISE_PIXEL_TILE;
 
 // The padded plane a block is packed into: every row and column any tap reads.
 struct BlockGeometry {
@@ -111,42 +116,51 @@ void pack_block_weights(const T* weight, const ConvParams& p, int64_t k0, int64_
     for (int64_t t = 0; t < taps; ++t) wb[t * L + l] = weight[(k0 + l) * taps + t];
 }
 
-// One output row of a block: ob[ow][l] = init[l] + sum over taps of
-// wb[tap][l] * xb[oh * sh + r * dh][ow * sw + s * dw][l], kPixelTile pixels at once.
+// A tile of J output pixels of one row: ob[ow + j][l] = init[l] + sum over taps
+// of wb[tap][l] * xb[oh * sh + r * dh][(ow + j) * sw + s * dw][l]. J independent
+// accumulator chains hide the FMA latency; J is a compile-time constant so they
+// stay in registers.
+template <int64_t J, typename T>
+inline void forward_pixel_tile(const T* xb, const T* wb, const T* init, const ConvParams& p,
+                               const BlockGeometry& g, int64_t oh, int64_t ow, T* ob) {
+  constexpr int64_t L = kBlock<T>;
+  const int64_t sw = p.stride_w * L;
+  T acc[J][L];
+  for (int64_t j = 0; j < J; ++j)
+    for (int64_t l = 0; l < L; ++l) acc[j][l] = init[l];
+  for (int64_t r = 0; r < p.kernel_h; ++r) {
+    const T* row = xb + ((oh * p.stride_h + r * p.dilation_h) * g.cols + ow * p.stride_w) * L;
+    for (int64_t s = 0; s < p.kernel_w; ++s) {
+      const T* w = wb + (r * p.kernel_w + s) * L;
+      const T* x = row + s * p.dilation_w * L;
+      for (int64_t j = 0; j < J; ++j)
+        for (int64_t l = 0; l < L; ++l) acc[j][l] += w[l] * x[j * sw + l];
+    }
+  }
+  for (int64_t j = 0; j < J; ++j) std::memcpy(ob + (ow + j) * L, acc[j], sizeof(T) * L);
+}
+
+// The last `left` (< J) pixels of a row as one tile.
+template <int64_t J, typename T>
+inline void forward_row_tail(int64_t left, const T* xb, const T* wb, const T* init,
+                             const ConvParams& p, const BlockGeometry& g, int64_t oh, int64_t ow,
+                             T* ob) {
+  if constexpr (J > 1) {
+    if (left == J - 1) return forward_pixel_tile<J - 1>(xb, wb, init, p, g, oh, ow, ob);
+    forward_row_tail<J - 1>(left, xb, wb, init, p, g, oh, ow, ob);
+  }
+}
+
+// One output row of a block, in tiles of kPixelTile pixels and one tile of what
+// is left (a 7-wide row is one tile of 4 and one of 3, not 4 + 1 + 1 + 1: a lone
+// pixel's single chain waits on every FMA).
 template <typename T>
 void forward_block_row(const T* xb, const T* wb, const T* init, const ConvParams& p,
                        const BlockGeometry& g, int64_t oh, T* ob) {
-  constexpr int64_t L = kBlock<T>;
-  const int64_t sw = p.stride_w * L;
   int64_t ow = 0;
-  for (; ow + kPixelTile <= p.out_w; ow += kPixelTile) {
-    T acc[kPixelTile][L];
-    for (int64_t j = 0; j < kPixelTile; ++j)
-      for (int64_t l = 0; l < L; ++l) acc[j][l] = init[l];
-    for (int64_t r = 0; r < p.kernel_h; ++r) {
-      const T* row = xb + ((oh * p.stride_h + r * p.dilation_h) * g.cols + ow * p.stride_w) * L;
-      for (int64_t s = 0; s < p.kernel_w; ++s) {
-        const T* w = wb + (r * p.kernel_w + s) * L;
-        const T* x = row + s * p.dilation_w * L;
-        for (int64_t j = 0; j < kPixelTile; ++j)
-          for (int64_t l = 0; l < L; ++l) acc[j][l] += w[l] * x[j * sw + l];
-      }
-    }
-    for (int64_t j = 0; j < kPixelTile; ++j) std::memcpy(ob + (ow + j) * L, acc[j], sizeof(T) * L);
-  }
-  for (; ow < p.out_w; ++ow) {
-    T acc[L];
-    for (int64_t l = 0; l < L; ++l) acc[l] = init[l];
-    for (int64_t r = 0; r < p.kernel_h; ++r) {
-      const T* row = xb + ((oh * p.stride_h + r * p.dilation_h) * g.cols + ow * p.stride_w) * L;
-      for (int64_t s = 0; s < p.kernel_w; ++s) {
-        const T* w = wb + (r * p.kernel_w + s) * L;
-        const T* x = row + s * p.dilation_w * L;
-        for (int64_t l = 0; l < L; ++l) acc[l] += w[l] * x[l];
-      }
-    }
-    std::memcpy(ob + ow * L, acc, sizeof(T) * L);
-  }
+  for (; ow + kPixelTile <= p.out_w; ow += kPixelTile)
+    forward_pixel_tile<kPixelTile>(xb, wb, init, p, g, oh, ow, ob);
+  forward_row_tail<kPixelTile>(p.out_w - ow, xb, wb, init, p, g, oh, ow, ob);
 }
 
 // Tasks are (image, channel block) pairs, split statically over the threads:
