@@ -211,8 +211,9 @@ SELECTOR_EXTRA = [
     # depthwise with a channel multiplier: blocks up to 8, rows up to 4, else direct
     ("depthwise_blocks_multiplier_8", (4, 16, 14, 14), (128, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
     ("depthwise_blocks_multiplier_16", (4, 16, 14, 14), (256, 1, 3, 3), 1, 1, 1, 16, "direct"),
-    ("depthwise_rows_multiplier_4", (4, 16, 56, 56), (64, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
-    ("depthwise_rows_multiplier_6", (4, 16, 56, 56), (96, 1, 3, 3), 1, 1, 1, 16, "direct"),
+    ("depthwise_rows_multiplier_4", (2, 16, 112, 112), (64, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
+    ("depthwise_rows_multiplier_6", (2, 16, 112, 112), (96, 1, 3, 3), 1, 1, 1, 16, "direct"),
+    ("depthwise_blocks_56_multiplier_6", (4, 16, 56, 56), (96, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
     ("grouped_c8_k160_g8", (8, 8, 56, 56), (160, 1, 3, 3), 1, 1, 1, 8, "direct"),
     ("depthwise_1x1_multiplier_20", (4, 16, 7, 7), (320, 1, 1, 1), 1, 1, 1, 16, "depthwise"),
 ]
@@ -222,7 +223,8 @@ SELECTOR_EXTRA = [
 DEPTHWISE_GRADIENT_TABLE = [
     ((4, 16, 14, 14), (96, 1, 3, 3), "depthwise", "direct_dot"),
     ((4, 16, 14, 14), (128, 1, 3, 3), "implicit_gemm (col2im)", "direct_dot"),
-    ((4, 16, 56, 56), (96, 1, 3, 3), "direct (transposed)", "direct_dot"),
+    ((2, 16, 112, 112), (96, 1, 3, 3), "direct (transposed)", "direct_dot"),
+    ((4, 16, 56, 56), (96, 1, 3, 3), "depthwise", "direct_dot"),
     ((8, 8, 56, 56), (160, 1, 3, 3), "implicit_gemm (col2im)", "direct_dot"),
     ((4, 16, 56, 56), (16, 1, 3, 3), "depthwise (transposed)", "depthwise"),
 ]

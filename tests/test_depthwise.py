@@ -1,4 +1,4 @@
-"""Depthwise convolution: the channel-blocked kernels (output rows under 28 wide) and the
+"""Depthwise convolution: the channel-blocked kernels (output rows under 64 wide) and the
 row kernels (wider rows), forward and both gradients, against the float64 reference.
 
 Both sides of the threshold, channel multipliers 1 to 16 (a 64-byte block holds 16 float32
@@ -28,9 +28,12 @@ CASES = [
     (2, 6, 9, 9, 3, 5, 1, 2, 2),  # multiplier 3, dilation 2
     (1, 3, 10, 10, 16, 3, 1, 1, 1),  # a whole float32 block per channel
     (1, 2, 8, 8, 17, 3, 1, 1, 1),  # more lanes than a block: the row kernels
-    (2, 12, 27, 27, 1, 7, 1, 3, 1),  # 27 wide: blocks
-    (1, 10, 28, 30, 1, 3, 1, 1, 1),  # 28 wide: rows
-    (1, 12, 56, 56, 1, 3, 2, 1, 1),  # 28 wide after stride 2: rows
+    (2, 12, 27, 27, 1, 7, 1, 3, 1),  # 27 wide: blocks, 8-pixel tiles and a tile of 3
+    (1, 10, 28, 30, 1, 3, 1, 1, 1),  # 30 wide: blocks
+    (1, 12, 56, 56, 1, 3, 2, 1, 1),  # 28 wide after stride 2: blocks
+    (1, 4, 20, 63, 1, 3, 1, 1, 1),  # 63 wide: blocks
+    (1, 4, 9, 64, 1, 3, 1, 1, 1),  # 64 wide: rows
+    (1, 5, 6, 130, 1, 3, 2, 1, 1),  # 65 wide after stride 2: rows
     (2, 17, 6, 9, 1, 1, 1, 1, 1),  # 1x1 depthwise, padded
     (3, 19, 5, 4, 1, 1, 1, 0, 1),  # 1x1 depthwise: a per-channel scale, not a GEMM
     (1, 40, 14, 14, 1, 3, 1, 3, 3),  # padding as wide as the dilated kernel

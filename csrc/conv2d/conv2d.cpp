@@ -79,10 +79,13 @@ struct ConvTuning {
   double small_max_flops = 64e6;
   // Depthwise layers with output rows narrower than this run on channel blocks
   // (every lane busy on small planes); wider rows keep the row kernels, which
-  // pack nothing (measured, forward: N32 C960 7x7 3.8 -> 1.0 ms, N8 C240 28x28
-  // stride 2 1.16 -> 0.51 ms on blocks; N8 C144 56x56 1.26 ms on rows, 2.6 on
-  // blocks; out_w 28 about even).
-  int64_t depthwise_blocks_max_out_w = 28;
+  // pack nothing. Measured with 8-pixel tiles (AVX-512) and 4 (AVX2), one
+  // thread, Intel Xeon, alternating with torch (torch time / ours, blocks
+  // against rows): forward N8 C144 56x56 1.67 against 1.31, C240 5x5 56x56
+  // 4.9 against 0.77, N32 C144 28x28 1.53 against 0.95, AVX2 1.2-1.5; input
+  // gradient at stride 1 5.0 against 7.9 ms (56x56), 7.2 against 11.7 ms
+  // (28x28); weight gradient even; 112x112 even (1.45 against 1.51).
+  int64_t depthwise_blocks_max_out_w = 64;
   // ...and whose padded block holds at most this many pixels (1 MB of float32
   // lanes per thread; the networks' layers need a few thousand).
   double depthwise_blocks_max_pixels = 16384;
@@ -472,7 +475,7 @@ std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const Conv
       return p.is_pointwise() ? "" : "it needs a 1x1, stride-1, unpadded convolution";
     case InputGradPlan::kDepthwise:
       return depthwise_uses_blocks(p) ? ""
-                                      : "it needs a depthwise convolution with outputs under 28 "
+                                      : "it needs a depthwise convolution with outputs under 64 "
                                         "wide, a multiplier of at most 16 (float32) or 8 "
                                         "(float64) and a compact window";
     case InputGradPlan::kDepthwiseTransposed:
