@@ -5,10 +5,10 @@
     model = fastconv.torch.convert(model, autotune=True)  # per layer: the faster of the two
 
 Ops (``torch.nn.functional``'s names and signatures, autograd included): ``conv2d``,
-``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``, ``linear``. Modules
-(subclasses of the torch ones, same parameters, ``state_dict`` and ``repr``):
-``Conv2d``, ``Conv1d`` (on one-row planes), ``Linear``, ``MaxPool2d``, ``AvgPool2d``,
-``AdaptiveAvgPool2d``.
+``conv_transpose2d`` (CPU), ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``,
+``linear``. Modules (subclasses of the torch ones, same parameters, ``state_dict`` and
+``repr``): ``Conv2d``, ``Conv1d`` (on one-row planes), ``ConvTranspose2d``, ``Linear``,
+``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``.
 ``convert`` swaps them into any model, ``revert`` swaps them back.
 
 CPU float32/float64 tensors run fastconv's CPU kernels without a copy, CUDA tensors
@@ -31,11 +31,13 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from ._functional import (
     AvgPool2dFunction,
     Conv2dFunction,
+    ConvTranspose2dFunction,
     LinearFunction,
     MaxPool2dFunction,
     adaptive_avg_pool2d,
     avg_pool2d,
     conv2d,
+    conv_transpose2d,
     get_num_threads,
     linear,
     max_pool2d,
@@ -48,6 +50,7 @@ from ._modules import (
     AvgPool2d,
     Conv1d,
     Conv2d,
+    ConvTranspose2d,
     Linear,
     MaxPool2d,
     autotune_choices,
@@ -63,6 +66,8 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv2dFunction",
+    "ConvTranspose2d",
+    "ConvTranspose2dFunction",
     "Linear",
     "LinearFunction",
     "MaxPool2d",
@@ -71,6 +76,7 @@ __all__ = [
     "autotune_choices",
     "avg_pool2d",
     "conv2d",
+    "conv_transpose2d",
     "convert",
     "get_num_threads",
     "linear",

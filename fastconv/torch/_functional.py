@@ -278,6 +278,91 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv2d_forward(kind, input, weight, bias, (stride, padding, dilation, groups))
 
 
+# --------------------------------------------------------------------------- conv_transpose2d
+# fastconv's transposed convolution runs on the CPU kernels only: CUDA tensors take
+# torch's op.
+
+
+def _conv_transpose2d_forward(input, weight, bias, geometry):
+    b = None if bias is None else _array(HOST, bias)
+    out = _run(
+        HOST,
+        input.device,
+        fastconv.conv_transpose2d,
+        _array(HOST, input),
+        _array(HOST, weight),
+        b,
+        *geometry,
+    )
+    return _in_layout(_tensor(HOST, out, input.device), input, weight)
+
+
+class ConvTranspose2dFunction(torch.autograd.Function):
+    """conv_transpose2d through fastconv (CPU): forward ``fastconv.conv_transpose2d``,
+    backward ``conv_transpose2d_input`` / ``conv_transpose2d_weight`` /
+    ``conv2d_bias_grad``, each only if needed."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, stride, padding, output_padding, groups, dilation):
+        geometry = (stride, padding, output_padding, groups, dilation)
+        need_input, need_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
+        ctx.geometry, ctx.input_shape = geometry, tuple(input.shape)
+        ctx.weight_shape = tuple(weight.shape)
+        return _conv_transpose2d_forward(input, weight, bias, geometry)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        _refuse_double_backward("conv_transpose2d")
+        input, weight = ctx.saved_tensors
+        device = grad_output.device
+        gy = _array(HOST, grad_output)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            gx = _run(
+                HOST,
+                device,
+                fastconv.conv_transpose2d_input,
+                ctx.input_shape,
+                _array(HOST, weight),
+                gy,
+                *ctx.geometry,
+            )
+            grad_input = _tensor(HOST, gx, device)
+        if ctx.needs_input_grad[1]:
+            gw = _run(
+                HOST,
+                device,
+                fastconv.conv_transpose2d_weight,
+                _array(HOST, input),
+                ctx.weight_shape,
+                gy,
+                *ctx.geometry,
+            )
+            grad_weight = _tensor(HOST, gw, device)
+        if ctx.needs_input_grad[2]:
+            grad_bias = _tensor(HOST, _run(HOST, device, fastconv.conv2d_bias_grad, gy), device)
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+def conv_transpose2d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """``torch.nn.functional.conv_transpose2d`` on fastconv's CPU kernels (CUDA tensors
+    and other dtypes run torch's op)."""
+    if route(input, weight, bias) != HOST:
+        return F.conv_transpose2d(
+            input, weight, bias, stride, padding, output_padding, groups, dilation
+        )
+    if _needs_graph(input, weight, bias):
+        return ConvTranspose2dFunction.apply(
+            input, weight, bias, stride, padding, output_padding, groups, dilation
+        )
+    return _conv_transpose2d_forward(
+        input, weight, bias, (stride, padding, output_padding, groups, dilation)
+    )
+
+
 # --------------------------------------------------------------------------- pooling
 
 

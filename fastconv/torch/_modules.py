@@ -171,6 +171,49 @@ class Conv1d(_FastconvModule, nn.Conv1d):
         return self._conv_forward(input, weight, bias)
 
 
+class ConvTranspose2d(_FastconvModule, nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d`` running ``fastconv.torch.conv_transpose2d``
+    (``output_size`` as torch's module takes it)."""
+
+    def _parameters_in_order(self):
+        return (self.weight, self.bias)
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            return super(_FastconvModule, self).forward(input, output_size)  # torch's error
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        params = self._parameters_in_order()
+        if self._fastconv_autotune and self._choice(input, params) == "torch":
+            return self._torch_forward(input, *params, output_padding=output_padding)
+        return self._fastconv_forward(input, *params, output_padding=output_padding)
+
+    def _fastconv_forward(self, input, weight, bias, output_padding=None):
+        return fct.conv_transpose2d(
+            input,
+            weight,
+            bias,
+            self.stride,
+            self.padding,
+            self.output_padding if output_padding is None else output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+    def _torch_forward(self, input, weight, bias, output_padding=None):
+        return F.conv_transpose2d(
+            input,
+            weight,
+            bias,
+            self.stride,
+            self.padding,
+            self.output_padding if output_padding is None else output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
 class Linear(_FastconvModule, nn.Linear):
     """``torch.nn.Linear`` running ``fastconv.torch.linear``."""
 
@@ -241,6 +284,7 @@ class AdaptiveAvgPool2d(_FastconvModule, nn.AdaptiveAvgPool2d):
 CONVERSIONS: dict[type, type] = {
     nn.Conv2d: Conv2d,
     nn.Conv1d: Conv1d,
+    nn.ConvTranspose2d: ConvTranspose2d,
     nn.Linear: Linear,
     nn.MaxPool2d: MaxPool2d,
     nn.AvgPool2d: AvgPool2d,
@@ -288,8 +332,8 @@ def convert(
     layers: LayerFilter = None,
     autotune: bool = False,
 ) -> nn.Module:
-    """``model`` with its Conv2d, Conv1d, Linear, MaxPool2d, AvgPool2d and
-    AdaptiveAvgPool2d modules running fastconv's kernels; returns the converted model.
+    """``model`` with its Conv2d, Conv1d, ConvTranspose2d, Linear, MaxPool2d, AvgPool2d
+    and AdaptiveAvgPool2d modules running fastconv's kernels; returns the converted model.
 
     ``inplace=False`` converts a deep copy. ``layers`` picks what converts: names or
     classes (``{"Conv2d", torch.nn.Linear}``) or a predicate ``(qualified_name, module)
