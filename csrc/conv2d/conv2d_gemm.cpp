@@ -115,7 +115,8 @@ std::vector<T> packed_weights(const T* weight, int64_t groups, int64_t kg, int64
 // packed once per call: packing reads W down its columns (a stride of red), which
 // cost more than the GEMM's multiply-adds when it was redone for every image and
 // pixel tile (a 3x3 stride-2 layer, 256 -> 512 channels on 7x7 outputs: 44% of
-// the input gradient's time).
+// the input gradient's time). Not where the GEMM runs a narrow C transposed,
+// which takes plain operands.
 template <typename T>
 std::vector<T> packed_transposed_weights(const T* weight, int64_t groups, int64_t kg, int64_t red) {
   const int64_t per_group = gemm_packed_a_size<T>(red, kg);
@@ -379,7 +380,9 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
       pr.m = cg;
       pr.n = pixels;
       pr.k = kg;
-      pr.packed_a = packed.data() + g * per_group;  // (red == cg)
+      pr.a = {weight + g * kg * cg, 1, cg};
+      if (!gemm_runs_narrow_c_transposed<T>(cg, pixels))
+        pr.packed_a = packed.data() + g * per_group;  // (red == cg)
       pr.b = {dy, pixels, 1};
       pr.c = {dx, pixels, 1};
       gemm(pr, threads);
@@ -392,7 +395,9 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
       pr.m = red;
       pr.n = count;
       pr.k = kg;
-      pr.packed_a = packed.data() + g * per_group;
+      pr.a = {weight + g * kg * red, 1, red};
+      if (!gemm_runs_narrow_c_transposed<T>(red, count))
+        pr.packed_a = packed.data() + g * per_group;
       pr.b = {dy + j0, pixels, 1};
       pr.c = {cols.data(), count, 1};
       gemm(pr, threads);

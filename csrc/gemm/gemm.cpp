@@ -315,11 +315,15 @@ double tile_cost(int64_t rows, int64_t cols, int mr, int nr) {
 constexpr int64_t kStagedMax = int64_t(1) << 16;
 
 template <typename T>
+bool narrow_c_runs_transposed(int64_t m, int64_t n, const GemmKernelInfo<T>& kinfo) {
+  if (m * n > kStagedMax) return false;
+  return 1.1 * tile_cost(n, m, kinfo.mr, kinfo.nr) < tile_cost(m, n, kinfo.mr, kinfo.nr);
+}
+
+template <typename T>
 bool runs_transposed(const GemmProblem<T>& pr, const GemmKernelInfo<T>& kinfo) {
   if (pr.packed_a != nullptr || pr.packed_b != nullptr || pr.pack_b) return false;
-  if (pr.m * pr.n > kStagedMax) return false;
-  return 1.1 * tile_cost(pr.n, pr.m, kinfo.mr, kinfo.nr) <
-         tile_cost(pr.m, pr.n, kinfo.mr, kinfo.nr);
+  return narrow_c_runs_transposed(pr.m, pr.n, kinfo);
 }
 
 template <typename T>
@@ -382,6 +386,11 @@ void gemm(const GemmProblem<T>& pr, int threads) {
   gemm_with_kernel(pr, threads, gemm_kernel<T>());
 }
 
+template <typename T>
+bool gemm_runs_narrow_c_transposed(int64_t m, int64_t n) {
+  return narrow_c_runs_transposed(m, n, gemm_kernel<T>());
+}
+
 double gemm_kernel_peak_gflops(int threads, int64_t calls) {
   const GemmKernelInfo<float> kinfo = gemm_kernel<float>();
   const int mr = kinfo.mr, nr = kinfo.nr;
@@ -413,6 +422,7 @@ double gemm_kernel_peak_gflops(int threads, int64_t calls) {
   template void gemm<T>(const GemmProblem<T>&, int);                                       \
   template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                \
+  template bool gemm_runs_narrow_c_transposed<T>(int64_t, int64_t);                        \
   template void gemm_pack_a<T>(const MatrixView<T>&, int64_t, int64_t, T*);                \
   template PackedBLayout gemm_packed_b_layout<T>(int64_t, int64_t);
 FASTCONV_INSTANTIATE_GEMM(float)

@@ -61,6 +61,11 @@ template <typename T>
 int64_t gemm_packed_a_size(int64_t m, int64_t k);
 template <typename T>
 void gemm_pack_a(const MatrixView<T>& a, int64_t m, int64_t k, T* dst);
+// Whether an m x n C with plain operands runs as C^T = B^T A^T (n a poor multiple
+// of the kernel's columns): pre-packing A gives that up, so callers that could
+// pre-pack ask first.
+template <typename T>
+bool gemm_runs_narrow_c_transposed(int64_t m, int64_t n);
 
 // Pre-packed B for callers that produce B themselves (Winograd's transformed
 // filters): element (p, j) of the k x n matrix lives at index(p, j); columns
