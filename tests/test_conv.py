@@ -271,7 +271,8 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel ("direct") for rows >= 10 wide (>= 7 below 64 MFLOP) and reductions
+# gathered-A kernel ("direct") for rows >= 10 wide (>= 7 below 64 MFLOP, >= 16 for one
+# image) and reductions
 # >= 64, plane-wide dot products ("direct_dot") for short reductions with <= 8 output
 # channels, or <= 32 with AVX-512's 4 x 6 dot tile, GEMM otherwise.
 WIDE_DOT_TILE = fastconv._cpu.isa() == "avx512f"
@@ -291,6 +292,19 @@ WEIGHT_GRAD_TABLE = {
     "cifar_first_3x3": "direct_dot" if WIDE_DOT_TILE else "implicit_gemm",
     "lenet_5x5": "direct_dot",
 }
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "w_shape", "expected"),
+    [
+        ((1, 144, 14, 14), (288, 144, 3, 3), "implicit_gemm"),  # one image, 14 wide
+        ((8, 144, 14, 14), (288, 144, 3, 3), "direct"),
+        ((1, 128, 28, 28), (128, 128, 3, 3), "direct"),
+    ],
+)
+def test_weight_grad_selector_for_a_single_image(in_shape, w_shape, expected):
+    """One image runs the gathered-A kernel only on rows at least 16 wide."""
+    assert fastconv.conv2d_weight_algorithm(in_shape, w_shape, padding=1) == expected
 
 
 @pytest.mark.parametrize("row", LAYER_SET, ids=[row[0] for row in LAYER_SET])

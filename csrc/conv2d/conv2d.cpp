@@ -64,6 +64,11 @@ struct ConvTuning {
   // slower with GEMM.
   int64_t direct_weight_grad_min_out_w = 10;
   int64_t direct_weight_grad_min_out_w_small = 7;
+  // A single image: the direct kernel's tasks are bands of one plane, and on
+  // 14x14 planes implicit GEMM wins (2 threads, Intel Xeon, direct against GEMM:
+  // C144 -> 288 1.92 against 1.57 ms, C256 -> 256 2.72 against 2.14; 28x28:
+  // 1.38 against 1.75, so those stay direct; batch 8 on 14x14: 5.8 against 7.7).
+  int64_t direct_weight_grad_min_out_w_single_image = 16;
   int64_t direct_weight_grad_min_reduction = 64;
   // Shorter reductions with at most this many output channels per group
   // (LeNet's 6) sum dot products over whole planes in vector lanes (measured
@@ -418,7 +423,8 @@ WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
     return WeightGradPlan::kDirectDot;
   const int64_t min_out_w = p.flops() < kTuning.small_max_flops
                                 ? kTuning.direct_weight_grad_min_out_w_small
-                                : kTuning.direct_weight_grad_min_out_w;
+                            : p.batch == 1 ? kTuning.direct_weight_grad_min_out_w_single_image
+                                           : kTuning.direct_weight_grad_min_out_w;
   if (p.taps() > 1 && p.out_w >= min_out_w && !short_reduction) return WeightGradPlan::kDirect;
   return WeightGradPlan::kGemm;
 }

@@ -253,8 +253,15 @@ void conv2d_direct_backward_weight(const T* input, const T* grad_output, T* grad
     const int64_t share = (p.batch + threads_wanted - 1) / threads_wanted;
     images = std::clamp<int64_t>(target / p.out_plane(), 1, share);
   }
-  const int64_t bands = (p.out_h + band - 1) / band;
   const int64_t image_groups = (p.batch + images - 1) / images;
+  // Fewer tasks than threads (a batch of one on a 14x14 plane was one task on one
+  // thread: half the speed of implicit GEMM on two): split the rows into bands.
+  const int64_t tasks_per_band = image_groups * p.groups;
+  if (tasks_per_band * ((p.out_h + band - 1) / band) < threads_wanted) {
+    const int64_t bands_wanted = (threads_wanted + tasks_per_band - 1) / tasks_per_band;
+    band = std::min(band, std::max<int64_t>(1, (p.out_h + bands_wanted - 1) / bands_wanted));
+  }
+  const int64_t bands = (p.out_h + band - 1) / band;
   const int64_t span = (band - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
   const int64_t image_stride = cg * span * layout.size();  // one image's phase rows
   const int64_t tasks = image_groups * p.groups * bands;
