@@ -293,7 +293,11 @@ void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T*
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   if (pixels == 1 && p.batch > 1)
     return pointwise_single_pixel_forward(input, weight, bias, output, p);
-  const std::vector<T> packed = packed_weights(weight, p.groups, kg, cg);
+  // Weights packed once for the batch; a single image packs them in its one GEMM,
+  // which can then run a narrow output (7x7 = 49 pixels) transposed.
+  const bool prepack = p.batch > 1 || !gemm_runs_narrow_c_transposed<T>(kg, pixels);
+  const std::vector<T> packed =
+      prepack ? packed_weights(weight, p.groups, kg, cg) : std::vector<T>();
   const int64_t per_group = gemm_packed_a_size<T>(kg, cg);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
@@ -302,7 +306,8 @@ void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T*
     pr.m = kg;
     pr.n = pixels;
     pr.k = cg;
-    pr.packed_a = packed.data() + g * per_group;
+    pr.a = {weight + g * kg * cg, cg, 1};
+    if (prepack) pr.packed_a = packed.data() + g * per_group;
     pr.b = {input + (n * p.in_channels + g * cg) * pixels, pixels, 1};
     pr.c = {out, pixels, 1};
     pr.beta = fill_bias(bias ? bias + g * kg : nullptr, out, kg, pixels);
@@ -368,7 +373,10 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
   const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
   // (The tiny-plane path above packs per chunk of images, few times a call.)
-  const std::vector<T> packed = packed_transposed_weights(weight, p.groups, kg, red);
+  const bool prepack =
+      !gemm_runs_narrow_c_transposed<T>(red, p.is_pointwise() ? pixels : tile_pixels);
+  const std::vector<T> packed =
+      prepack ? packed_transposed_weights(weight, p.groups, kg, red) : std::vector<T>();
   const int64_t per_group = gemm_packed_a_size<T>(red, kg);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
@@ -381,8 +389,7 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
       pr.n = pixels;
       pr.k = kg;
       pr.a = {weight + g * kg * cg, 1, cg};
-      if (!gemm_runs_narrow_c_transposed<T>(cg, pixels))
-        pr.packed_a = packed.data() + g * per_group;  // (red == cg)
+      if (prepack) pr.packed_a = packed.data() + g * per_group;  // (red == cg)
       pr.b = {dy, pixels, 1};
       pr.c = {dx, pixels, 1};
       gemm(pr, threads);
@@ -396,7 +403,7 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
       pr.n = count;
       pr.k = kg;
       pr.a = {weight + g * kg * red, 1, red};
-      if (!gemm_runs_narrow_c_transposed<T>(red, count))
+      if (prepack && !gemm_runs_narrow_c_transposed<T>(red, count))
         pr.packed_a = packed.data() + g * per_group;
       pr.b = {dy + j0, pixels, 1};
       pr.c = {cols.data(), count, 1};
