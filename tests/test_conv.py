@@ -272,7 +272,7 @@ def test_direct_forward_orientations(case):
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
 # gathered-A kernel ("direct") for rows >= 10 wide (>= 7 below 64 MFLOP, >= 16 for one
-# image) and reductions
+# image, any width for 5x5 and larger kernels over several images) and reductions
 # >= 64, plane-wide dot products ("direct_dot") for short reductions with <= 8 output
 # channels, or <= 32 with AVX-512's 4 x 6 dot tile, GEMM otherwise.
 WIDE_DOT_TILE = fastconv._cpu.isa() == "avx512f"
@@ -337,6 +337,7 @@ WEIGHT_GRAD_CASES = [
     (C(3, 3, 40, 40, 40, 3, 3, padding=1), "implicit_gemm"),  # tiles inside each plane
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
     (C(2, 3, 12, 12, 40, 3, 3, padding=1), "implicit_gemm"),
+    (C(3, 4, 10, 8, 24, 5, 5, padding=2), "direct"),  # 5x5 on 8-wide rows
     # plane-wide dot products: few output channels, short reductions, ragged rows
     (C(3, 2, 12, 19, 5, 3, 3, padding=1), "direct_dot"),
     (C(2, 4, 15, 13, 8, 3, 2, stride=2, padding=(1, 0), dilation=(1, 2)), "direct_dot"),

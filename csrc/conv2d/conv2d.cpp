@@ -77,6 +77,12 @@ struct ConvTuning {
   // GEMM; AVX2's 3 x 4 tile: 1.33 ms against 1.13 ms, so it keeps 8).
   int64_t narrow_weight_grad_max_out = 8;
   int64_t narrow_weight_grad_max_out_wide_tile = 32;
+  // Kernels with at least this many taps (5x5, 7x7) run the gathered-A kernel
+  // on narrow rows too, for more than one image: implicit GEMM's columns there
+  // are mostly padding (direct against GEMM: N8 C48 7x7 K128 5x5 1.2 against
+  // 2.3 ms, N32 2x; N8 C32 7x7 K64 7x7 0.9 against 3.5; N32 C96 5x5 K48 5x5 3.0
+  // against 8.9).
+  int64_t direct_weight_grad_min_taps_any_width = 25;
   // Below this many FLOPs (a small CNN's layers: 32 images of 8x8 or 4x4),
   // Winograd's filter transform and phases and implicit GEMM's batched packing
   // cost more than they save: such layers run direct (measured 2x faster on
@@ -425,7 +431,10 @@ WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
                                 ? kTuning.direct_weight_grad_min_out_w_small
                             : p.batch == 1 ? kTuning.direct_weight_grad_min_out_w_single_image
                                            : kTuning.direct_weight_grad_min_out_w;
-  if (p.taps() > 1 && p.out_w >= min_out_w && !short_reduction) return WeightGradPlan::kDirect;
+  const bool wide_enough =
+      p.out_w >= min_out_w ||
+      (p.batch > 1 && p.taps() >= kTuning.direct_weight_grad_min_taps_any_width);
+  if (p.taps() > 1 && wide_enough && !short_reduction) return WeightGradPlan::kDirect;
   return WeightGradPlan::kGemm;
 }
 
