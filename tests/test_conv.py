@@ -600,3 +600,24 @@ def test_kernels_longer_than_the_output_match_the_reference():
             atol=1e-12,
         )
         checked += 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    ("in_hw", "kernel", "stride", "groups"),
+    [((14, 14), 3, 2, 1), ((16, 13), 2, 2, 2), ((9, 11), 5, 2, 1), ((7, 8), 3, 1, 2)],
+)
+def test_col2im_pixel_major_tiles(batch, dtype, in_hw, kernel, stride, groups):
+    """conv2d_input's GEMM + col2im on planes of at most 64 output pixels, whose tiles run
+    pixel-major (W packed as B once for several images, in the GEMM for one)."""
+    rng = np.random.default_rng(sum(in_hw) + kernel + batch)
+    x_shape = (batch, 6 * groups, *in_hw)
+    w = rng.standard_normal((10 * groups, 6, kernel, kernel)).astype(dtype)
+    kw = {"stride": stride, "padding": kernel // 2, "groups": groups}
+    out = fastconv.conv2d(np.zeros(x_shape, dtype), w, **kw)
+    assert out.shape[2] * out.shape[3] <= 64
+    gy = rng.standard_normal(out.shape).astype(dtype)
+    got = fastconv.conv2d_input(x_shape, w, gy, **kw, algorithm="implicit_gemm (col2im)")
+    want = ref.conv2d_input(x_shape, w.astype(np.float64), gy.astype(np.float64), **kw)
+    assert_close_scaled(got, want, k=10 * kernel * kernel)
