@@ -609,8 +609,8 @@ def test_kernels_longer_than_the_output_match_the_reference():
     [((14, 14), 3, 2, 1), ((16, 13), 2, 2, 2), ((9, 11), 5, 2, 1), ((7, 8), 3, 1, 2)],
 )
 def test_col2im_pixel_major_tiles(batch, dtype, in_hw, kernel, stride, groups):
-    """conv2d_input's GEMM + col2im on planes of at most 64 output pixels, whose tiles run
-    pixel-major (W packed as B once for several images, in the GEMM for one)."""
+    """conv2d_input's GEMM + col2im on planes of at most 64 output pixels: a single
+    image's tiles run pixel-major, several images' W^T is packed once."""
     rng = np.random.default_rng(sum(in_hw) + kernel + batch)
     x_shape = (batch, 6 * groups, *in_hw)
     w = rng.standard_normal((10 * groups, 6, kernel, kernel)).astype(dtype)

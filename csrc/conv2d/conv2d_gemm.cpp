@@ -20,7 +20,8 @@ namespace {
 
 // Column tiles of the backward passes hold about this many elements...
 constexpr int64_t kTileElements = 1 << 18;
-// ...and the input gradient's tiles of at most this many pixels run pixel-major.
+// ...and a single image's input-gradient tiles of at most this many pixels run
+// pixel-major.
 constexpr int64_t kPixelMajorMaxPixels = 64;
 // ...but the weight gradient's tiles span at least this many pixels: they are
 // the reduction length of its GEMMs, each of which reads and writes all of dW.
@@ -140,28 +141,6 @@ const T* pack_transposed_weights(const T* weight, int64_t groups, int64_t kg, in
   dst.resize(static_cast<size_t>(groups * per_group));
   for (int64_t g = 0; g < groups; ++g)
     gemm_pack_a<T>({weight + g * kg * red, 1, red}, red, kg, dst.data() + g * per_group);
-  return dst.data();
-}
-
-// W[g] (kg x red, row-major) as the pre-packed B of the pixel-major input
-// gradient, once per call for every image: per K block, nr-column slivers, each
-// row of a sliver a contiguous run of one weight row (zero past red).
-template <typename T>
-const T* pack_weights_as_b(const T* weight, int64_t groups, int64_t kg, int64_t red,
-                           const PackedBLayout& layout, AlignedBuffer<T>& dst) {
-  const int64_t per_group = layout.size();
-  dst.resize(static_cast<size_t>(groups * per_group));
-  for (int64_t g = 0; g < groups; ++g) {
-    T* out = dst.data() + g * per_group;
-    const T* w = weight + g * kg * red;
-    for (int64_t p = 0; p < kg; ++p)
-      for (int64_t j0 = 0; j0 < layout.n_padded; j0 += layout.nr) {
-        T* run = out + layout.index(p, j0);
-        const int64_t live = std::clamp<int64_t>(red - j0, 0, layout.nr);
-        std::copy(w + p * red + j0, w + p * red + j0 + live, run);
-        std::fill(run + live, run + layout.nr, T(0));
-      }
-  }
   return dst.data();
 }
 
@@ -420,12 +399,14 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
   }
   const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t tile_pixels = std::clamp<int64_t>(kTileElements / red, 16, pixels);
-  // Tiles of a few pixels (small planes) run pixel-major: cols^T (count x red) =
-  // dY^T @ W[g], which puts the pixels on the micro-kernel's rows and lets the
-  // GEMM pack W along its rows; W^T packed down its columns cost as much as the
-  // multiply-adds for one image (a U-Net up-convolution, 1024 -> 512 2x2 stride
-  // 2 on 8x8, batch 1).
-  const bool pixel_major = !p.is_pointwise() && tile_pixels <= kPixelMajorMaxPixels;
+  // A single image's tiles of a few pixels (small planes) run pixel-major: cols^T
+  // (count x red) = dY^T @ W[g], which puts the pixels on the micro-kernel's rows
+  // and lets the GEMM pack W along its rows; W^T packed down its columns cost as
+  // much as the multiply-adds (a U-Net up-convolution, 1024 -> 512 2x2 stride 2
+  // on 8x8: 10.9 -> 4.2 ms). Over several images the W^T packed once per call
+  // wins (a DCGAN layer, batch 16, 256 -> 128 4x4 stride 2 on 8x8: 9.1 against
+  // 11.0 ms pixel-major).
+  const bool pixel_major = !p.is_pointwise() && p.batch == 1 && tile_pixels <= kPixelMajorMaxPixels;
   // (The tiny-plane path above packs per chunk of images, few times a call.)
   const bool prepack = !pixel_major && !gemm_runs_narrow_c_transposed<T>(
                                            red, p.is_pointwise() ? pixels : tile_pixels);
@@ -433,13 +414,6 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
       prepack ? pack_transposed_weights(weight, p.groups, kg, red, gemm_scratch<T>().packed)
               : nullptr;
   const int64_t per_group = gemm_packed_a_size<T>(red, kg);
-  // Pixel-major over several images: W packed as B once (a single image packs it
-  // in its one GEMM).
-  const PackedBLayout b_layout = gemm_packed_b_layout<T>(kg, red);
-  const T* packed_b =
-      pixel_major && p.batch > 1
-          ? pack_weights_as_b(weight, p.groups, kg, red, b_layout, gemm_scratch<T>().packed)
-          : nullptr;
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
     T* dx = grad_input + (n * p.in_channels + g * cg) * p.in_plane();
@@ -467,7 +441,6 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
         pr.n = red;
         pr.a = {dy + j0, 1, pixels};
         pr.b = {weight + g * kg * red, red, 1};
-        if (packed_b != nullptr) pr.packed_b = packed_b + g * b_layout.size();
         pr.c = {cols.data(), red, 1};
       } else {
         pr.m = red;
