@@ -189,29 +189,16 @@ class ConvTranspose2d(_FastconvModule, nn.ConvTranspose2d):
             return self._torch_forward(input, *params, output_padding=output_padding)
         return self._fastconv_forward(input, *params, output_padding=output_padding)
 
+    def _geometry(self, output_padding):
+        if output_padding is None:
+            output_padding = self.output_padding
+        return self.stride, self.padding, output_padding, self.groups, self.dilation
+
     def _fastconv_forward(self, input, weight, bias, output_padding=None):
-        return fct.conv_transpose2d(
-            input,
-            weight,
-            bias,
-            self.stride,
-            self.padding,
-            self.output_padding if output_padding is None else output_padding,
-            self.groups,
-            self.dilation,
-        )
+        return fct.conv_transpose2d(input, weight, bias, *self._geometry(output_padding))
 
     def _torch_forward(self, input, weight, bias, output_padding=None):
-        return F.conv_transpose2d(
-            input,
-            weight,
-            bias,
-            self.stride,
-            self.padding,
-            self.output_padding if output_padding is None else output_padding,
-            self.groups,
-            self.dilation,
-        )
+        return F.conv_transpose2d(input, weight, bias, *self._geometry(output_padding))
 
 
 class Linear(_FastconvModule, nn.Linear):
