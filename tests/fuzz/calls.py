@@ -12,6 +12,7 @@ any machine has. ``Call.spoiled`` says which arguments were spoiled, for the rep
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -206,6 +207,11 @@ class Draw:
                 dtype = np.float64 if np.dtype(dtype) == np.float32 else np.float32
         if any(d > 2**20 for d in shape) and 0 not in shape:
             shape = tuple(min(d, 3) for d in shape)  # only empty arrays may be huge
+        while math.prod(d for d in shape if d) * np.dtype(dtype).itemsize >= 2**62:
+            # NumPy refuses even an empty array whose other dims overflow its size
+            # type: keep one huge dim (a spoiled shape may have made two)
+            largest = max(range(len(shape)), key=lambda i: shape[i])
+            shape = (*shape[:largest], 2**20, *shape[largest + 1 :])
         x = self.typed_values(shape, dtype)
         return self.layout(x) if self.chance(0.3) else x
 
