@@ -40,20 +40,24 @@ def _is_simulated_device_array(x: Any) -> bool:
     return devicearray is not None and isinstance(x, devicearray.FakeCUDAArray)
 
 
+def check_host_array(x: Any, name: str) -> None:
+    """A NumPy array, not a masked one (nor a list, scalar or other array-like)."""
+    check_not_masked(x, name)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray, got {type(x).__name__}; "
+            "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
+        )
+
+
 def check_layer_input(x: Any, name: str = "input") -> None:
-    """A layer's input: a NumPy array (not a masked one) or a CUDA device array.
+    """A layer's input: a NumPy array (see check_host_array) or a CUDA device array.
 
     The layers' functional ops check dtype and shape; this names the argument for
     what they would otherwise trip over first (a list has no ``ndim``).
     """
-    if is_device_array(x):
-        return
-    check_not_masked(x, name)
-    if not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"{name} must be a numpy.ndarray or a CUDA device array, got {type(x).__name__}; "
-            "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
-        )
+    if not is_device_array(x):
+        check_host_array(x, name)
 
 
 def check_array(x: Any, name: str, *, device: bool = False) -> Any:
@@ -70,12 +74,7 @@ def check_array(x: Any, name: str, *, device: bool = False) -> Any:
                 f"got {type(x).__name__}"
             )
     else:
-        check_not_masked(x, name)
-        if not isinstance(x, np.ndarray):
-            raise TypeError(
-                f"{name} must be a numpy.ndarray, got {type(x).__name__}; "
-                "convert explicitly, e.g. np.asarray(x, dtype=np.float32)"
-            )
+        check_host_array(x, name)
     dtype = np.dtype(x.dtype)
     if dtype.kind == "c":
         raise TypeError(

@@ -37,12 +37,9 @@ void channel_scale_forward(const T* input, const T* weight, const T* bias, T* ou
   for (int64_t n = 0; n < p.batch; ++n) {
     const T* x = input + n * p.in_channels;
     T* y = output + n * p.out_channels;
-    if (m == 1) {
-      if (bias != nullptr) {
-        for (int64_t c = 0; c < p.in_channels; ++c) y[c] = bias[c] + weight[c] * x[c];
-      } else {
-        for (int64_t c = 0; c < p.in_channels; ++c) y[c] = T(0) + weight[c] * x[c];
-      }
+    if (m == 1) {  // (the compiler unswitches the loop on bias)
+      for (int64_t c = 0; c < p.in_channels; ++c)
+        y[c] = (bias != nullptr ? bias[c] : T(0)) + weight[c] * x[c];
       continue;
     }
     for (int64_t c = 0; c < p.in_channels; ++c)

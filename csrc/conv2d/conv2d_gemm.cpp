@@ -117,30 +117,24 @@ GemmScratch<T>& gemm_scratch() {
   return scratch;
 }
 
-// Weights packed once per call and reused for every image, into `dst`.
-template <typename T>
-const T* pack_weights(const T* weight, int64_t groups, int64_t kg, int64_t red,
-                      AlignedBuffer<T>& dst) {
-  const int64_t per_group = gemm_packed_a_size<T>(kg, red);
-  dst.resize(static_cast<size_t>(groups * per_group));
-  for (int64_t g = 0; g < groups; ++g)
-    gemm_pack_a<T>({weight + g * kg * red, red, 1}, kg, red, dst.data() + g * per_group);
-  return dst.data();
-}
-
-// The transposed weights W[g]^T (red x kg), the A of the input gradient's GEMMs,
-// packed once per call: packing reads W down its columns (a stride of red), which
-// cost more than the GEMM's multiply-adds when it was redone for every image and
+// The GEMMs' A, packed once per call into `dst` and reused for every image: W[g]
+// (kg x red) for the forward pass, or its transpose (red x kg) for the input
+// gradient. Packing the transpose reads W down its columns (a stride of red),
+// which cost more than the multiply-adds when it was redone for every image and
 // pixel tile (a 3x3 stride-2 layer, 256 -> 512 channels on 7x7 outputs: 44% of
 // the input gradient's time). Not where the GEMM runs a narrow C transposed,
 // which takes plain operands.
 template <typename T>
-const T* pack_transposed_weights(const T* weight, int64_t groups, int64_t kg, int64_t red,
-                                 AlignedBuffer<T>& dst) {
-  const int64_t per_group = gemm_packed_a_size<T>(red, kg);
+const T* pack_weights(const T* weight, int64_t groups, int64_t kg, int64_t red, bool transposed,
+                      AlignedBuffer<T>& dst) {
+  const int64_t rows = transposed ? red : kg, depth = transposed ? kg : red;
+  const int64_t per_group = gemm_packed_a_size<T>(rows, depth);
   dst.resize(static_cast<size_t>(groups * per_group));
-  for (int64_t g = 0; g < groups; ++g)
-    gemm_pack_a<T>({weight + g * kg * red, 1, red}, red, kg, dst.data() + g * per_group);
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* w = weight + g * kg * red;
+    const MatrixView<T> a = transposed ? MatrixView<T>{w, 1, red} : MatrixView<T>{w, red, 1};
+    gemm_pack_a<T>(a, rows, depth, dst.data() + g * per_group);
+  }
   return dst.data();
 }
 
@@ -231,7 +225,7 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
   const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   GemmScratch<T>& scratch = gemm_scratch<T>();
-  const T* packed = pack_weights(weight, p.groups, kg, p.reduction(), scratch.packed);
+  const T* packed = pack_weights(weight, p.groups, kg, p.reduction(), false, scratch.packed);
   const int64_t per_group = gemm_packed_a_size<T>(kg, p.reduction());
   const int64_t image_stride = p.in_channels * p.in_plane();
   if (pixels < kBatchedGemmMaxPixels && p.batch > 1) {
@@ -321,7 +315,7 @@ void conv2d_pointwise_forward(const T* input, const T* weight, const T* bias, T*
   // which can then run a narrow output (7x7 = 49 pixels) transposed.
   const bool prepack = p.batch > 1 || !gemm_runs_narrow_c_transposed<T>(kg, pixels);
   const T* packed =
-      prepack ? pack_weights(weight, p.groups, kg, cg, gemm_scratch<T>().packed) : nullptr;
+      prepack ? pack_weights(weight, p.groups, kg, cg, false, gemm_scratch<T>().packed) : nullptr;
   const int64_t per_group = gemm_packed_a_size<T>(kg, cg);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;
@@ -411,8 +405,7 @@ void conv2d_gemm_backward_input(const T* grad_output, const T* weight, T* grad_i
   const bool prepack = !pixel_major && !gemm_runs_narrow_c_transposed<T>(
                                            red, p.is_pointwise() ? pixels : tile_pixels);
   const T* packed =
-      prepack ? pack_transposed_weights(weight, p.groups, kg, red, gemm_scratch<T>().packed)
-              : nullptr;
+      prepack ? pack_weights(weight, p.groups, kg, red, true, gemm_scratch<T>().packed) : nullptr;
   const int64_t per_group = gemm_packed_a_size<T>(red, kg);
   run_tasks(p.batch * p.groups, p.flops(), [&](int64_t task, int threads) {
     const int64_t n = task / p.groups, g = task % p.groups;

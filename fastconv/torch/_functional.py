@@ -221,6 +221,38 @@ def _conv2d_forward(kind, input, weight, bias, geometry):
     return _in_layout(_tensor(kind, out, input.device), input, weight)
 
 
+def _save_conv_operands(ctx, input, weight, geometry, kind) -> None:
+    """What a convolution's backward needs: the input only for the weight gradient,
+    the weight only for the input gradient, and the shapes and geometry."""
+    need_input, need_weight = ctx.needs_input_grad[:2]
+    ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
+    ctx.geometry, ctx.kind = geometry, kind
+    ctx.input_shape, ctx.weight_shape = tuple(input.shape), tuple(weight.shape)
+
+
+def _conv_gradients(ctx, grad_output, input_grad, weight_grad):
+    """(grad_input, grad_weight, grad_bias) of a convolution saved by
+    ``_save_conv_operands``, each computed only if asked for:
+    ``input_grad(input_shape, weight, gy, *geometry)``,
+    ``weight_grad(input, weight_shape, gy, *geometry)`` and ``conv2d_bias_grad(gy)``."""
+    input, weight = ctx.saved_tensors
+    kind, device = ctx.kind, grad_output.device
+    gy = _array(kind, grad_output)
+
+    def run(fn, *args):
+        return _tensor(kind, _run(kind, device, fn, *args), device)
+
+    wanted = ctx.needs_input_grad
+    grad_input = grad_weight = grad_bias = None
+    if wanted[0]:
+        grad_input = run(input_grad, ctx.input_shape, _array(kind, weight), gy, *ctx.geometry)
+    if wanted[1]:
+        grad_weight = run(weight_grad, _array(kind, input), ctx.weight_shape, gy, *ctx.geometry)
+    if wanted[2]:
+        grad_bias = run(fastconv.conv2d_bias_grad, gy)
+    return grad_input, grad_weight, grad_bias
+
+
 class Conv2dFunction(torch.autograd.Function):
     """conv2d through fastconv: forward ``fastconv.conv2d``, backward
     ``conv2d_input`` / ``conv2d_weight`` / ``conv2d_bias_grad``, each only if needed."""
@@ -228,44 +260,14 @@ class Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation, groups, kind):
         geometry = (stride, padding, dilation, groups)
-        need_input, need_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
-        ctx.geometry, ctx.kind, ctx.input_shape = geometry, kind, tuple(input.shape)
-        ctx.weight_shape = tuple(weight.shape)
+        _save_conv_operands(ctx, input, weight, geometry, kind)
         return _conv2d_forward(kind, input, weight, bias, geometry)
 
     @staticmethod
     def backward(ctx, grad_output):
         _refuse_double_backward("conv2d")
-        input, weight = ctx.saved_tensors
-        kind, device = ctx.kind, grad_output.device
-        gy = _array(kind, grad_output)
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            gx = _run(
-                kind,
-                device,
-                fastconv.conv2d_input,
-                ctx.input_shape,
-                _array(kind, weight),
-                gy,
-                *ctx.geometry,
-            )
-            grad_input = _tensor(kind, gx, device)
-        if ctx.needs_input_grad[1]:
-            gw = _run(
-                kind,
-                device,
-                fastconv.conv2d_weight,
-                _array(kind, input),
-                ctx.weight_shape,
-                gy,
-                *ctx.geometry,
-            )
-            grad_weight = _tensor(kind, gw, device)
-        if ctx.needs_input_grad[2]:
-            grad_bias = _tensor(kind, _run(kind, device, fastconv.conv2d_bias_grad, gy), device)
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+        grads = _conv_gradients(ctx, grad_output, fastconv.conv2d_input, fastconv.conv2d_weight)
+        return (*grads, None, None, None, None, None)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -305,44 +307,16 @@ class ConvTranspose2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, output_padding, groups, dilation):
         geometry = (stride, padding, output_padding, groups, dilation)
-        need_input, need_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
-        ctx.geometry, ctx.input_shape = geometry, tuple(input.shape)
-        ctx.weight_shape = tuple(weight.shape)
+        _save_conv_operands(ctx, input, weight, geometry, HOST)
         return _conv_transpose2d_forward(input, weight, bias, geometry)
 
     @staticmethod
     def backward(ctx, grad_output):
         _refuse_double_backward("conv_transpose2d")
-        input, weight = ctx.saved_tensors
-        device = grad_output.device
-        gy = _array(HOST, grad_output)
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            gx = _run(
-                HOST,
-                device,
-                fastconv.conv_transpose2d_input,
-                ctx.input_shape,
-                _array(HOST, weight),
-                gy,
-                *ctx.geometry,
-            )
-            grad_input = _tensor(HOST, gx, device)
-        if ctx.needs_input_grad[1]:
-            gw = _run(
-                HOST,
-                device,
-                fastconv.conv_transpose2d_weight,
-                _array(HOST, input),
-                ctx.weight_shape,
-                gy,
-                *ctx.geometry,
-            )
-            grad_weight = _tensor(HOST, gw, device)
-        if ctx.needs_input_grad[2]:
-            grad_bias = _tensor(HOST, _run(HOST, device, fastconv.conv2d_bias_grad, gy), device)
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+        grads = _conv_gradients(
+            ctx, grad_output, fastconv.conv_transpose2d_input, fastconv.conv_transpose2d_weight
+        )
+        return (*grads, None, None, None, None, None)
 
 
 def conv_transpose2d(
