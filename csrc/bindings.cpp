@@ -895,10 +895,12 @@ PYBIND11_MODULE(_C, m) {
   bind_gemm<float>(m);
   bind_conv<float>(m);
   bind_conv<double>(m);
-  // The selectors, pure: what each pass runs for a problem on the active tier.
+  // The selectors, pure: what each pass runs for a problem on the active tier
+  // (under the tier lock, which also guards their thresholds).
   m.def(
       "select_conv_algorithm",
       [](const ConvParams& p) {
+        KernelScope scope;
         const ConvParams live = fastconv::live_taps(p);
         return std::string(fastconv::conv_algorithm_name(fastconv::select_conv_algorithm(live)));
       },
@@ -906,6 +908,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "select_input_grad_plan",
       [](const ConvParams& p) {
+        KernelScope scope;
         const ConvParams live = fastconv::live_taps(p);
         return fastconv::input_grad_plan_name(fastconv::select_input_grad_plan(live), live);
       },
@@ -913,10 +916,32 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "select_weight_grad_plan",
       [](const ConvParams& p) {
+        KernelScope scope;
         return std::string(fastconv::weight_grad_plan_name(
             fastconv::select_weight_grad_plan(fastconv::live_taps(p), fastconv::active_isa())));
       },
       py::arg("params"));
+  m.def(
+      "conv_tuning",
+      [](bool defaults) {
+        std::vector<std::pair<std::string, int64_t>> values;
+        {
+          KernelScope scope;
+          values = fastconv::conv_tuning_values(defaults);
+        }
+        py::dict named;
+        for (const auto& [name, value] : values) named[py::str(name)] = value;
+        return named;
+      },
+      py::arg("defaults") = false);
+  m.def(
+      "set_conv_tuning",
+      [](const std::vector<std::pair<std::string, int64_t>>& values) {
+        py::gil_scoped_release release;
+        std::unique_lock<std::shared_mutex> lock(tier_mutex());
+        fastconv::set_conv_tuning_values(values);
+      },
+      py::arg("values"));
   py::tuple algorithms(std::size(fastconv::kConvAlgorithms));
   for (size_t i = 0; i < std::size(fastconv::kConvAlgorithms); ++i)
     algorithms[i] = fastconv::kConvAlgorithms[i].name;

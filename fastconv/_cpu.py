@@ -255,6 +255,14 @@ def conv2d_plan(direction: str, input_shape, weight_shape, out_hw, geometry, dty
     return select(params)
 
 
+def selector_thresholds(defaults: bool) -> dict[str, int]:
+    return dict(_C.conv_tuning(defaults))
+
+
+def set_selector_thresholds(values: dict[str, int]) -> None:
+    _C.set_conv_tuning(list(values.items()))
+
+
 # --------------------------------------------------------------------------- pooling
 
 

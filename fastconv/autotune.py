@@ -19,6 +19,11 @@ count. The selector's own choice is kept unless another algorithm is more than
 ``MARGIN`` faster, so noise does not flip choices. Calls with non-finite weights
 (or a non-finite ``grad_output`` in the weight gradient) are not tuned: the selectors
 route them to the algorithm that gives PyTorch's semantics.
+
+The selectors' thresholds themselves are named values (``thresholds()``), fitted to
+timings of every algorithm on a corpus sample by ``benchmarks/fit_selector.py``, which
+scores candidate values through ``set_thresholds``. They choose which algorithm runs,
+never what it computes.
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ import numpy as np
 from . import _cpu
 from .precision import get_float32_conv_precision
 
-__all__ = ["MARGIN", "clear", "entries", "is_enabled", "load", "save", "set_enabled"]
+__all__ = [
+    "MARGIN",
+    "clear",
+    "entries",
+    "is_enabled",
+    "load",
+    "save",
+    "set_enabled",
+    "set_thresholds",
+    "thresholds",
+]
 
 # Another algorithm must beat the selector's choice by this fraction to replace it.
 MARGIN = 0.05
@@ -60,6 +75,30 @@ def set_enabled(enabled: bool) -> None:
 
 def is_enabled() -> bool:
     return _enabled
+
+
+def thresholds(defaults: bool = False) -> dict[str, int]:
+    """The selectors' thresholds by name: those in use, or with ``defaults=True`` the
+    built-in ones."""
+    if not isinstance(defaults, bool):
+        raise TypeError(f"defaults must be a bool, got {type(defaults).__name__}")
+    return _cpu.selector_thresholds(defaults)
+
+
+def set_thresholds(**values: int) -> None:
+    """Replaces the named selector thresholds for the whole process (non-negative ints;
+    an unknown name or a bad value changes none of them). Calls already running finish
+    with the old values. ``set_thresholds(**thresholds(defaults=True))`` restores the
+    built-in ones."""
+    known = _cpu.selector_thresholds(True)
+    for name, value in values.items():
+        if name not in known:
+            raise ValueError(f"unknown selector threshold {name!r}; known: {sorted(known)}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"threshold {name} must be an int, got {type(value).__name__}")
+        if not 0 <= value < 2**63:
+            raise ValueError(f"threshold {name} must be in [0, 2**63), got {value}")
+    _cpu.set_selector_thresholds({name: int(value) for name, value in values.items()})
 
 
 def clear() -> None:

@@ -9,6 +9,8 @@ not by that reach.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from helpers import run_python
@@ -92,7 +94,7 @@ def test_the_issue_reproducer():
 
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[1][1] * s[1][0] <= 64], ids=str)
 def test_reference_is_the_spec(shape):
-    rng = np.random.default_rng(abs(hash(str(shape))) % 2**32 + 3)
+    rng = np.random.default_rng(zlib.crc32(str(shape).encode()) + 3)
     x = poisoned(rng, shape[0], np.float64)
     w = poisoned(rng, shape[1], np.float64)
     assert_same(reference.conv2d(x, w, **args(shape)), spec_forward(x, w, *shape[2:]), "spec")
@@ -103,7 +105,7 @@ def test_reference_is_the_spec(shape):
 def test_inf_and_nan_weights_follow_the_spec(shape, dtype):
     """Non-finite weights: the forward pass and the input gradient run tapwise and give
     the reference's values."""
-    rng = np.random.default_rng(abs(hash(str(shape))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(shape).encode()))
     x_shape, w_shape = shape[:2]
     x = rng.integers(-2, 3, x_shape).astype(dtype)
     w = poisoned(rng, w_shape, dtype)
@@ -120,7 +122,7 @@ def test_inf_and_nan_weights_follow_the_spec(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_inf_grad_output_follows_the_spec_in_the_weight_gradient(shape, dtype):
-    rng = np.random.default_rng(abs(hash(str(shape))) % 2**32 + 1)
+    rng = np.random.default_rng(zlib.crc32(str(shape).encode()) + 1)
     x_shape, w_shape = shape[:2]
     x = rng.integers(-2, 3, x_shape).astype(dtype)
     w = rng.integers(-2, 3, w_shape).astype(dtype)
@@ -140,7 +142,7 @@ TORCH_SKIPS_PADDING = [SHAPES[0], SHAPES[1], SHAPES[5]]
 
 @pytest.mark.parametrize("shape", TORCH_SKIPS_PADDING, ids=str)
 def test_matches_torch_where_torch_skips_padding(shape):
-    rng = np.random.default_rng(abs(hash(str(shape))) % 2**32 + 4)
+    rng = np.random.default_rng(zlib.crc32(str(shape).encode()) + 4)
     x = rng.integers(-2, 3, shape[0]).astype(np.float32)
     w = poisoned(rng, shape[1], np.float32, values=(np.inf, -np.inf))
     kwargs = args(shape)
@@ -155,7 +157,7 @@ def test_matches_torch_where_torch_skips_padding(shape):
 def test_non_finite_inputs_keep_their_places(shape):
     """NaN and Inf in the input reach exactly the outputs that read them (every
     non-transform algorithm, so under "highest")."""
-    rng = np.random.default_rng(abs(hash(str(shape))) % 2**32 + 2)
+    rng = np.random.default_rng(zlib.crc32(str(shape).encode()) + 2)
     x_shape, w_shape = shape[:2]
     x = poisoned(rng, x_shape, np.float32)
     w = rng.integers(1, 3, w_shape).astype(np.float32)  # positive: no Inf - Inf

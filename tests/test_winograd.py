@@ -70,12 +70,18 @@ SMALL_CASES = [
 
 @pytest.mark.parametrize("case", SMALL_CASES)
 def test_matches_reference_on_small_shapes(case):
+    """On a handful of outputs, max|y| can be far below the terms that cancel into it
+    (one 3x3 output over 300 draws: |error| / |y| up to 3.5e-4), so the error is scaled
+    by the largest sum of |terms|, the bound a summation's rounding obeys."""
     n, c, h, w, k, padding, with_bias = case
-    rng = np.random.default_rng(sum(map(hash, map(str, case))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))
     x = rng.standard_normal((n, c, h, w))
     wt = rng.standard_normal((k, c, 3, 3))
     b = rng.standard_normal(k) if with_bias else None
     expected = reference.conv2d(x, wt, b, 1, padding)
+    term_sums = reference.conv2d(
+        np.abs(x), np.abs(wt), None if b is None else np.abs(b), 1, padding
+    )
     got = fastconv.conv2d(
         x.astype(np.float32),
         wt.astype(np.float32),
@@ -85,7 +91,7 @@ def test_matches_reference_on_small_shapes(case):
         algorithm="winograd",
     )
     assert got.shape == expected.shape
-    assert relative_error(got, expected) <= WINOGRAD_ERROR_BOUND
+    assert np.abs(got - expected).max() / term_sums.max() <= WINOGRAD_ERROR_BOUND
 
 
 def test_selector_uses_winograd_only_where_it_wins():

@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -16,7 +18,9 @@
 namespace fastconv {
 namespace {
 
-// Tuning thresholds, all in one place (measured on the benchmark layer set).
+// The selectors' thresholds, all in one place, with what each was measured on.
+// benchmarks/fit_selector.py times every algorithm on a corpus sample and
+// scores candidate values of each through set_conv_tuning_values.
 struct ConvTuning {
   // At most this many input channels per group: the direct kernel beats
   // implicit GEMM, whose packing cost is amortised over too short a reduction.
@@ -87,7 +91,7 @@ struct ConvTuning {
   // Winograd's filter transform and phases and implicit GEMM's batched packing
   // cost more than they save: such layers run direct (measured 2x faster on
   // the digits demo's 32->32 8x8 and 32->64 4x4 layers).
-  double small_max_flops = 64e6;
+  int64_t small_max_flops = 64000000;
   // Depthwise layers with output rows narrower than this run on channel blocks
   // (every lane busy on small planes); wider rows keep the row kernels, which
   // pack nothing. Measured with 8-pixel tiles (AVX-512) and 4 (AVX2), one
@@ -99,7 +103,7 @@ struct ConvTuning {
   int64_t depthwise_blocks_max_out_w = 64;
   // ...and whose padded block holds at most this many pixels (1 MB of float32
   // lanes per thread; the networks' layers need a few thousand).
-  double depthwise_blocks_max_pixels = 16384;
+  int64_t depthwise_blocks_max_pixels = 16384;
   // Depthwise layers with a channel multiplier (outputs per input channel) above
   // these run the general kernels, whose work per input pixel grows with the
   // outputs they share it with: measured on 16 channels, 3x3, batch 4, one
@@ -117,7 +121,40 @@ struct ConvTuning {
   int64_t depthwise_input_grad_max_multiplier = 6;
   int64_t depthwise_weight_grad_max_multiplier = 1;
 };
-constexpr ConvTuning kTuning{};
+constexpr std::pair<const char*, int64_t ConvTuning::*> kTuningFields[] = {
+    {"direct_max_in_per_group", &ConvTuning::direct_max_in_per_group},
+    {"direct_min_out_w", &ConvTuning::direct_min_out_w},
+    {"small_plane_gemm_min_pixels", &ConvTuning::small_plane_gemm_min_pixels},
+    {"strided_gemm_max_out_w", &ConvTuning::strided_gemm_max_out_w},
+    {"wide_gemm_max_out_w", &ConvTuning::wide_gemm_max_out_w},
+    {"wide_gemm_min_in_per_group", &ConvTuning::wide_gemm_min_in_per_group},
+    {"winograd_min_channels", &ConvTuning::winograd_min_channels},
+    {"winograd_min_out_w", &ConvTuning::winograd_min_out_w},
+    {"winograd_min_out_h", &ConvTuning::winograd_min_out_h},
+    {"direct_max_out_per_group", &ConvTuning::direct_max_out_per_group},
+    {"direct_weight_grad_min_out_w", &ConvTuning::direct_weight_grad_min_out_w},
+    {"direct_weight_grad_min_out_w_small", &ConvTuning::direct_weight_grad_min_out_w_small},
+    {"direct_weight_grad_min_out_w_single_image", &ConvTuning::direct_weight_grad_min_out_w_single_image},
+    {"direct_weight_grad_min_reduction", &ConvTuning::direct_weight_grad_min_reduction},
+    {"narrow_weight_grad_max_out", &ConvTuning::narrow_weight_grad_max_out},
+    {"narrow_weight_grad_max_out_wide_tile", &ConvTuning::narrow_weight_grad_max_out_wide_tile},
+    {"direct_weight_grad_min_taps_any_width", &ConvTuning::direct_weight_grad_min_taps_any_width},
+    {"small_max_flops", &ConvTuning::small_max_flops},
+    {"depthwise_blocks_max_out_w", &ConvTuning::depthwise_blocks_max_out_w},
+    {"depthwise_blocks_max_pixels", &ConvTuning::depthwise_blocks_max_pixels},
+    {"depthwise_blocks_max_multiplier", &ConvTuning::depthwise_blocks_max_multiplier},
+    {"depthwise_rows_max_multiplier", &ConvTuning::depthwise_rows_max_multiplier},
+    {"depthwise_input_grad_max_multiplier", &ConvTuning::depthwise_input_grad_max_multiplier},
+    {"depthwise_weight_grad_max_multiplier", &ConvTuning::depthwise_weight_grad_max_multiplier},
+};
+
+// Read by the selectors and the kernels they pick during a call; replaced only
+// while no kernel runs (the bindings hold the tier lock exclusively for it).
+ConvTuning& mutable_tuning() {
+  static ConvTuning values;
+  return values;
+}
+const ConvTuning& tuning() { return mutable_tuning(); }
 
 // The input gradient of a stride-1 convolution is a stride-1 convolution of
 // grad_output with the kernel flipped and in/out channels swapped per group.
@@ -254,8 +291,29 @@ bool depthwise_uses_blocks(const ConvParams& p) {
   const double cols = (p.out_w - 1) * static_cast<double>(p.stride_w) +
                       (p.kernel_w - 1) * static_cast<double>(p.dilation_w) + 1;
   return p.is_depthwise() && p.out_per_group() <= lanes &&
-         p.out_w < kTuning.depthwise_blocks_max_out_w &&
-         rows * cols <= kTuning.depthwise_blocks_max_pixels;
+         p.out_w < tuning().depthwise_blocks_max_out_w &&
+         rows * cols <= tuning().depthwise_blocks_max_pixels;
+}
+
+std::vector<std::pair<std::string, int64_t>> conv_tuning_values(bool defaults) {
+  const ConvTuning source = defaults ? ConvTuning{} : tuning();
+  std::vector<std::pair<std::string, int64_t>> values;
+  for (const auto& [name, field] : kTuningFields) values.emplace_back(name, source.*field);
+  return values;
+}
+
+void set_conv_tuning_values(const std::vector<std::pair<std::string, int64_t>>& values) {
+  ConvTuning updated = tuning();
+  for (const auto& [name, value] : values) {
+    const auto* found = std::find_if(std::begin(kTuningFields), std::end(kTuningFields),
+                                     [&](const auto& entry) { return name == entry.first; });
+    if (found == std::end(kTuningFields))
+      throw std::invalid_argument("unknown selector threshold '" + name + "'");
+    if (value < 0)
+      throw std::invalid_argument("selector threshold '" + name + "' must be non-negative");
+    updated.*(found->second) = value;
+  }
+  mutable_tuning() = updated;
 }
 
 namespace {
@@ -321,24 +379,24 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
   // Depthwise first: a 1x1 depthwise layer is a per-channel scale, not a GEMM.
   if (p.is_depthwise() &&
       (p.taps() == 1 ||
-       p.out_per_group() <= (depthwise_uses_blocks(p) ? kTuning.depthwise_blocks_max_multiplier
-                                                      : kTuning.depthwise_rows_max_multiplier)))
+       p.out_per_group() <= (depthwise_uses_blocks(p) ? tuning().depthwise_blocks_max_multiplier
+                                                      : tuning().depthwise_rows_max_multiplier)))
     return ConvAlgorithm::kDepthwise;
   if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
-  const bool small = p.flops() < kTuning.small_max_flops;
+  const bool small = p.flops() < tuning().small_max_flops;
   // Winograd wins on every ISA tier (portable SSE2 kernels: resnet_3x3_28
   // 6.4 ms against 19 ms implicit GEMM and 23 ms direct).
   if (p.is_winograd_shape() && p.allow_transforms && !small &&
-      std::min(p.in_channels, p.out_channels) >= kTuning.winograd_min_channels &&
-      p.out_w >= kTuning.winograd_min_out_w && p.out_h >= kTuning.winograd_min_out_h)
+      std::min(p.in_channels, p.out_channels) >= tuning().winograd_min_channels &&
+      p.out_w >= tuning().winograd_min_out_w && p.out_h >= tuning().winograd_min_out_h)
     return ConvAlgorithm::kWinograd;
   const bool small_plane_gemm =
-      p.batch * p.out_plane() >= kTuning.small_plane_gemm_min_pixels &&
-      ((!p.is_unit_stride() && p.out_w <= kTuning.strided_gemm_max_out_w) ||
-       (p.out_w <= kTuning.wide_gemm_max_out_w &&
-        p.in_per_group() >= kTuning.wide_gemm_min_in_per_group));
-  if (p.in_per_group() <= kTuning.direct_max_in_per_group ||
-      ((p.out_w >= kTuning.direct_min_out_w || small) && p.taps() > 1 && !small_plane_gemm))
+      p.batch * p.out_plane() >= tuning().small_plane_gemm_min_pixels &&
+      ((!p.is_unit_stride() && p.out_w <= tuning().strided_gemm_max_out_w) ||
+       (p.out_w <= tuning().wide_gemm_max_out_w &&
+        p.in_per_group() >= tuning().wide_gemm_min_in_per_group));
+  if (p.in_per_group() <= tuning().direct_max_in_per_group ||
+      ((p.out_w >= tuning().direct_min_out_w || small) && p.taps() > 1 && !small_plane_gemm))
     return ConvAlgorithm::kDirect;
   return ConvAlgorithm::kGemm;
 }
@@ -382,13 +440,13 @@ InputGradPlan select_input_grad_plan(const ConvParams& p) {
   // Stride 1, multiplier 1: the forward kernel on the flipped filters (blocks or
   // rows) gathers; the blocked scatter is for the others.
   if (p.is_depthwise() && p.taps() > 1 &&
-      p.out_per_group() > kTuning.depthwise_input_grad_max_multiplier)
+      p.out_per_group() > tuning().depthwise_input_grad_max_multiplier)
     return InputGradPlan::kCol2im;
   if (depthwise_uses_blocks(p) && !(p.is_unit_stride() && p.out_per_group() == 1))
     return InputGradPlan::kDepthwise;
   if (p.is_unit_stride() && p.is_depthwise() && p.out_per_group() == 1)
     return InputGradPlan::kDepthwiseTransposed;
-  if (p.out_per_group() <= kTuning.direct_max_out_per_group) return InputGradPlan::kDirect;
+  if (p.out_per_group() <= tuning().direct_max_out_per_group) return InputGradPlan::kDirect;
   if (p.is_unit_stride()) return InputGradPlan::kTransposed;
   return InputGradPlan::kCol2im;
 }
@@ -417,23 +475,23 @@ std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p) {
 WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
   if (is_far_reaching(p)) return WeightGradPlan::kTapwise;
   if (p.is_depthwise() &&
-      (p.taps() == 1 || p.out_per_group() <= kTuning.depthwise_weight_grad_max_multiplier))
+      (p.taps() == 1 || p.out_per_group() <= tuning().depthwise_weight_grad_max_multiplier))
     return WeightGradPlan::kDepthwise;
   const CpuKernels& kernels = kernels_for(isa);
   const int tile_rows =
       p.single_precision ? kernels.f32.vector.dot_tile_a : kernels.f64.vector.dot_tile_a;
-  const int64_t max_out = tile_rows >= 4 ? kTuning.narrow_weight_grad_max_out_wide_tile
-                                         : kTuning.narrow_weight_grad_max_out;
-  const bool short_reduction = p.reduction() < kTuning.direct_weight_grad_min_reduction;
+  const int64_t max_out = tile_rows >= 4 ? tuning().narrow_weight_grad_max_out_wide_tile
+                                         : tuning().narrow_weight_grad_max_out;
+  const bool short_reduction = p.reduction() < tuning().direct_weight_grad_min_reduction;
   if (p.taps() > 1 && p.out_per_group() <= max_out && short_reduction)
     return WeightGradPlan::kDirectDot;
-  const int64_t min_out_w = p.flops() < kTuning.small_max_flops
-                                ? kTuning.direct_weight_grad_min_out_w_small
-                            : p.batch == 1 ? kTuning.direct_weight_grad_min_out_w_single_image
-                                           : kTuning.direct_weight_grad_min_out_w;
+  const int64_t min_out_w = p.flops() < tuning().small_max_flops
+                                ? tuning().direct_weight_grad_min_out_w_small
+                            : p.batch == 1 ? tuning().direct_weight_grad_min_out_w_single_image
+                                           : tuning().direct_weight_grad_min_out_w;
   const bool wide_enough =
       p.out_w >= min_out_w ||
-      (p.batch > 1 && p.taps() >= kTuning.direct_weight_grad_min_taps_any_width);
+      (p.batch > 1 && p.taps() >= tuning().direct_weight_grad_min_taps_any_width);
   if (p.taps() > 1 && wide_enough && !short_reduction) return WeightGradPlan::kDirect;
   return WeightGradPlan::kGemm;
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -108,6 +109,11 @@ const char* conv_algorithm_name(ConvAlgorithm a);
 std::string conv_algorithm_refusal(ConvAlgorithm a, const ConvParams& p);
 // Pure: the algorithm the forward pass runs for p.
 ConvAlgorithm select_conv_algorithm(const ConvParams& p);
+// The selectors' thresholds by name (the built-in values with defaults), and
+// replacing some of them (unknown names and negative values: invalid_argument,
+// nothing changed). Replace them only while no kernel runs.
+std::vector<std::pair<std::string, int64_t>> conv_tuning_values(bool defaults);
+void set_conv_tuning_values(const std::vector<std::pair<std::string, int64_t>>& values);
 
 // How the input gradient runs.
 enum class InputGradPlan {
