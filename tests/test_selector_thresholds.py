@@ -45,12 +45,17 @@ def test_a_threshold_moves_the_choice_and_not_the_result():
     gy = rng.standard_normal((8, 64, 14, 14))
     assert plans() == ("direct", "direct (transposed)", "direct")
     autotune.set_thresholds(
-        direct_min_out_w=15, direct_weight_grad_min_out_w=15, direct_weight_grad_min_taps_any_width=26
+        direct_min_out_w=15,
+        direct_weight_grad_min_out_w=15,
+        direct_weight_grad_min_taps_any_width=26,
     )
     assert plans() == ("implicit_gemm", "implicit_gemm (transposed)", "implicit_gemm")
     assert autotune.thresholds()["direct_min_out_w"] == 15
     np.testing.assert_allclose(
-        fastconv.conv2d(x, w, padding=PADDING), reference.conv2d(x, w, None, 1, PADDING), rtol=1e-11, atol=1e-11
+        fastconv.conv2d(x, w, padding=PADDING),
+        reference.conv2d(x, w, None, 1, PADDING),
+        rtol=1e-11,
+        atol=1e-11,
     )
     np.testing.assert_allclose(
         fastconv.conv2d_input(SHAPE, w, gy, padding=PADDING),
