@@ -20,9 +20,12 @@ before and after, so a value fitted to noise shows as no gain on the second half
 prints the thresholds whose fitted value differs from the built-in one; the built-in
 values (``csrc/conv2d/conv2d.cpp``, ConvTuning) are changed by hand from that table.
 
-    python benchmarks/fit_selector.py collect --out benchmarks/selector_timings.json
-    FASTCONV_ISA=avx2 python benchmarks/fit_selector.py collect --out avx2.json
-    python benchmarks/fit_selector.py fit benchmarks/selector_timings.json avx2.json
+    python benchmarks/fit_selector.py collect --out mine.json --seed 3
+    FASTCONV_ISA=avx2 python benchmarks/fit_selector.py collect --out mine_avx2.json --seed 4
+    python benchmarks/fit_selector.py fit benchmarks/selector_timings/*.json mine*.json
+
+``benchmarks/selector_timings/`` holds the samples the built-in values were judged on
+(machine, tier and seed in each file's name and header).
 """
 
 from __future__ import annotations

@@ -918,7 +918,7 @@ PYBIND11_MODULE(_C, m) {
       [](const ConvParams& p) {
         KernelScope scope;
         return std::string(fastconv::weight_grad_plan_name(
-            fastconv::select_weight_grad_plan(fastconv::live_taps(p), fastconv::active_isa())));
+            fastconv::select_weight_grad_plan(fastconv::live_taps(p))));
       },
       py::arg("params"));
   m.def(

@@ -225,7 +225,7 @@ DEPTHWISE_GRADIENT_TABLE = [
     ((4, 16, 14, 14), (128, 1, 3, 3), "implicit_gemm (col2im)", "direct_dot"),
     ((2, 16, 112, 112), (96, 1, 3, 3), "direct (transposed)", "direct_dot"),
     ((4, 16, 56, 56), (96, 1, 3, 3), "depthwise", "direct_dot"),
-    ((8, 8, 56, 56), (160, 1, 3, 3), "implicit_gemm (col2im)", "direct_dot"),
+    ((8, 8, 56, 56), (160, 1, 3, 3), "implicit_gemm (col2im)", "direct"),
     ((4, 16, 56, 56), (16, 1, 3, 3), "depthwise (transposed)", "depthwise"),
 ]
 
@@ -235,8 +235,6 @@ DEPTHWISE_GRADIENT_TABLE = [
 )
 def test_depthwise_gradient_selectors(in_shape, w_shape, input_grad, weight_grad):
     kw = dict(padding=1, groups=in_shape[1])
-    if not WIDE_DOT_TILE and weight_grad == "direct_dot" and w_shape[0] // in_shape[1] > 8:
-        weight_grad = "implicit_gemm"
     assert fastconv.conv2d_input_algorithm(in_shape, w_shape, **kw) == input_grad
     assert fastconv.conv2d_weight_algorithm(in_shape, w_shape, **kw) == weight_grad
 
@@ -271,11 +269,10 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel ("direct") for rows >= 10 wide (>= 7 below 64 MFLOP, >= 16 for one
-# image, any width for 5x5 and larger kernels over several images) and reductions
-# >= 64, plane-wide dot products ("direct_dot") for short reductions with <= 8 output
-# channels, or <= 32 with AVX-512's 4 x 6 dot tile, GEMM otherwise.
-WIDE_DOT_TILE = fastconv._cpu.isa() == "avx512f"
+# gathered-A kernel ("direct") for rows >= 10 wide (>= 16 for one image; >= 4 over at
+# least 512 output pixels of several images; any width for 5x5 and larger kernels over
+# several images), plane-wide dot products ("direct_dot") for reductions < 64 with <= 8
+# output channels per group, GEMM otherwise. The same on every ISA tier.
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
     "resnet_3x3_56": "direct",
@@ -289,7 +286,7 @@ WEIGHT_GRAD_TABLE = {
     "googlenet_5x5_28": "direct",
     "alexnet_3x3_13": "direct",
     "mobilenet_dw3x3_56": "depthwise",
-    "cifar_first_3x3": "direct_dot" if WIDE_DOT_TILE else "implicit_gemm",
+    "cifar_first_3x3": "direct",
     "lenet_5x5": "direct_dot",
 }
 
@@ -314,29 +311,28 @@ def test_weight_grad_selector_table(row):
     assert got == WEIGHT_GRAD_TABLE[name]
 
 
-def test_weight_grad_selector_reads_the_active_tier():
-    """The dot tile's width is the ISA's: below AVX-512, CIFAR's first layer runs as GEMM."""
-    row = next(row for row in LAYER_SET if row[0] == "cifar_first_3x3")
-    for isa in fastconv._cpu.isa_tiers():
-        with fastconv._cpu.use_isa(isa):
-            got = fastconv.conv2d_weight_algorithm(*row[1:7])
-        assert got == ("direct_dot" if isa == "avx512f" else "implicit_gemm"), isa
+def test_weight_grad_selector_is_the_same_on_every_tier():
+    for row in LAYER_SET:
+        for isa in fastconv._cpu.isa_tiers():
+            with fastconv._cpu.use_isa(isa):
+                got = fastconv.conv2d_weight_algorithm(*row[1:7])
+            assert got == WEIGHT_GRAD_TABLE[row[0]], (row[0], isa)
 
 
 # Each weight-gradient path on shapes it is chosen for, at 1 and 2 threads: the gathered
 # kernel with partial tap blocks, output-channel slivers, tasks spanning several images
 # (small planes) or bands of one image (large planes), stride, dilation and groups.
 WEIGHT_GRAD_CASES = [
-    (C(3, 8, 10, 9, 20, 3, 3, padding=1), "direct"),
+    (C(6, 8, 10, 9, 20, 3, 3, padding=1), "direct"),  # 9-wide rows, 540 pixels
     (C(2, 5, 40, 37, 70, 3, 5, stride=2, padding=(1, 2)), "direct"),
     (C(1, 16, 12, 30, 8, 3, 3, dilation=2, padding=2, groups=2), "direct"),
     (C(2, 16, 70, 70, 40, 3, 3, padding=1), "direct"),
     (C(3, 16, 6, 6, 20, 3, 3, padding=1), "implicit_gemm"),
     (C(4, 32, 6, 6, 64, 3, 3, padding=1), "implicit_gemm"),  # images split over 2 threads
-    (C(4, 32, 7, 7, 64, 3, 3, padding=1), "direct"),  # 7-wide rows, several images per task
-    (C(3, 3, 40, 40, 40, 3, 3, padding=1), "implicit_gemm"),  # tiles inside each plane
+    (C(11, 32, 7, 7, 64, 3, 3, padding=1), "direct"),  # 7-wide rows, several images per task
+    (C(3, 3, 40, 40, 40, 1, 1), "implicit_gemm"),  # tiles inside each plane
     (C(4, 24, 16, 16, 64, 3, 3, padding=1), "direct"),  # images split over 2 threads
-    (C(2, 3, 12, 12, 40, 3, 3, padding=1), "implicit_gemm"),
+    (C(2, 3, 12, 12, 40, 3, 3, padding=1), "direct"),
     (C(3, 4, 10, 8, 24, 5, 5, padding=2), "direct"),  # 5x5 on 8-wide rows
     # plane-wide dot products: few output channels, short reductions, ragged rows
     (C(3, 2, 12, 19, 5, 3, 3, padding=1), "direct_dot"),
@@ -344,10 +340,11 @@ WEIGHT_GRAD_CASES = [
     (C(3, 6, 11, 11, 6, 3, 3, padding=1, groups=2), "direct_dot"),
     (C(8, 1, 28, 28, 6, 5, 5), "direct_dot"),
     (C(2, 3, 10, 10, 4, 3, 3, padding=1, dtype="float64"), "direct_dot"),
-    # up to 32 output channels with AVX-512's 4 x 6 dot tile: partial tiles both ways
-    # (13 = 3 x 4 + 1 channels, 27 = 4 x 6 + 3 taps) and a masked row end (19 = 16 + 3)
-    (C(3, 3, 20, 21, 32, 3, 3, padding=1), "direct_dot" if WIDE_DOT_TILE else "implicit_gemm"),
-    (C(2, 3, 9, 19, 13, 3, 3, padding=1), "direct_dot" if WIDE_DOT_TILE else "implicit_gemm"),
+    # more than 8 output channels run the gathered kernel; check_weight_grad forces the
+    # dot tiles too: partial tiles both ways (13 = 3 x 4 + 1 channels, 27 = 4 x 6 + 3
+    # taps) and a masked row end (19 = 16 + 3)
+    (C(3, 3, 20, 21, 32, 3, 3, padding=1), "direct"),
+    (C(2, 3, 9, 19, 13, 3, 3, padding=1), "direct"),
 ]
 
 

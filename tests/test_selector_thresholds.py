@@ -48,6 +48,7 @@ def test_a_threshold_moves_the_choice_and_not_the_result():
         direct_min_out_w=15,
         direct_weight_grad_min_out_w=15,
         direct_weight_grad_min_taps_any_width=26,
+        direct_weight_grad_min_pixels=2**40,
     )
     assert plans() == ("implicit_gemm", "implicit_gemm (transposed)", "implicit_gemm")
     assert autotune.thresholds()["direct_min_out_w"] == 15

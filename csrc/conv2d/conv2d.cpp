@@ -44,6 +44,13 @@ struct ConvTuning {
   // 1.11-1.59; stride 1: C32-512 0.40-0.98. Batch 1's 16 pixels stay direct
   // (N1 C512 8x8 -> 4x4 stride 2: 2.2 against 2.7 ms).
   int64_t small_plane_gemm_min_pixels = 128;
+  // 1x1 layers with fewer output pixels per image than this (but more than the
+  // one the single-pixel path batches) run implicit GEMM, whose small-plane
+  // path puts several images in one GEMM; one GEMM per image would have a few
+  // columns. Measured on the corpus sample (2 threads, Intel Xeon; pointwise
+  // time / implicit GEMM time): 2x2 planes, batch 8-32, 80-480 channels
+  // 1.71-2.54; 4x4, batch 32: 1.13-1.44, batch 8: 0.90, batch 1: 0.29.
+  int64_t pointwise_gemm_min_pixels = 16;
   int64_t strided_gemm_max_out_w = 4;
   int64_t wide_gemm_max_out_w = 8;
   int64_t wide_gemm_min_in_per_group = 256;
@@ -54,33 +61,42 @@ struct ConvTuning {
   int64_t winograd_min_channels = 32;  // both in and out
   int64_t winograd_min_out_w = 7;
   int64_t winograd_min_out_h = 7;
-  // ...and at most this many output channels per group for the input gradient
-  // to run directly (it is a convolution with channel roles swapped).
-  int64_t direct_max_out_per_group = 4;
+  // The input gradient at stride 1 runs as a forward convolution of the
+  // flipped problem (channel roles swapped) over at least this many input
+  // pixels (batch x plane); on fewer, the forward kernels' rows are a few
+  // pixels wide and GEMM + col2im wins. Measured on the corpus sample (2
+  // threads, Intel Xeon; transposed time / col2im time): batch 1 VGG 2x2-8x8
+  // with 128-512 channels 2.2-4.2, 8 images of 2x2 1.2-2.3, 144 pixels
+  // 1.2-2.6; 169-196 pixels 0.6-0.99. The input-gradient scatter ("direct")
+  // is never picked: on few outputs per group, where it was, the flipped
+  // forward beat it 2-8x (ResNeXt's 4 per group, N8 C128 56x56: 6.1 against
+  // 24 ms).
+  int64_t input_grad_transposed_min_pixels = 160;
   // Weight gradient: the gathered-A kernel reads im2col in place, one output
-  // row at a time, so it wants rows at least this wide and a reduction long
-  // enough to amortise transposing dY; 1x1 kernels (and narrower rows, shorter
-  // reductions) run as GEMM, whose pixel tiles span images (measured on the
-  // layer set: the 1x1-stride-2 and CIFAR layers are faster as GEMM;
-  // resnet_3x3_7, 7 wide: 6.8-7.7 ms as GEMM against 8.9-10.6 ms direct;
-  // resnet_3x3_14: even; alexnet_3x3_13: direct 1.02-1.06x faster). Small
-  // problems keep rows of 7 direct: the digits demo's 8x8 layers train 10%
-  // slower with GEMM.
+  // row at a time, so it wants rows at least this wide; 1x1 kernels (and
+  // narrower rows) run as GEMM, whose pixel tiles span images...
   int64_t direct_weight_grad_min_out_w = 10;
-  int64_t direct_weight_grad_min_out_w_small = 7;
+  // ...except over several images with at least this many output pixels in
+  // all, on rows at least this wide: there the GEMM's tiles are not enough to
+  // amortise its packing. Measured on the corpus sample (2 threads, Intel
+  // Xeon, direct time / GEMM time): N32 8x8 0.55-0.81, N32 4x4 C256 0.85,
+  // N8 8x8 0.79; N8 7x7 C192-512 1.06-1.17, N8 4x4 C256-512 1.30-1.35 (AVX2)
+  // stay GEMM; the held-out half's regret went from 1.037 to 1.034.
+  int64_t direct_weight_grad_min_pixels = 512;
+  int64_t direct_weight_grad_min_out_w_many_pixels = 4;
   // A single image: the direct kernel's tasks are bands of one plane, and on
   // 14x14 planes implicit GEMM wins (2 threads, Intel Xeon, direct against GEMM:
   // C144 -> 288 1.92 against 1.57 ms, C256 -> 256 2.72 against 2.14; 28x28:
   // 1.38 against 1.75, so those stay direct; batch 8 on 14x14: 5.8 against 7.7).
   int64_t direct_weight_grad_min_out_w_single_image = 16;
-  int64_t direct_weight_grad_min_reduction = 64;
   // Shorter reductions with at most this many output channels per group
-  // (LeNet's 6) sum dot products over whole planes in vector lanes (measured
-  // 2.2x faster than GEMM on lenet_5x5); with a dot tile of 4 or more rows
-  // (AVX-512's 4 x 6), up to 32 (cifar_first_3x3: 0.86 ms against 1.06 ms as
-  // GEMM; AVX2's 3 x 4 tile: 1.33 ms against 1.13 ms, so it keeps 8).
+  // (LeNet's 6) sum dot products over whole planes in vector lanes (LeNet's
+  // first layer, N32: 0.17 ms against 0.29 direct and 0.37 as GEMM). On more
+  // outputs the gathered-A kernel wins, short reduction or not (N128 C3 32x32
+  // K32 3x3: 2.2 against 3.7 ms; N32 C3 224x224: 25 against 35), on either
+  // dot tile (AVX-512's 4 x 6, AVX2's 3 x 4).
+  int64_t dot_weight_grad_max_reduction = 64;
   int64_t narrow_weight_grad_max_out = 8;
-  int64_t narrow_weight_grad_max_out_wide_tile = 32;
   // Kernels with at least this many taps (5x5, 7x7) run the gathered-A kernel
   // on narrow rows too, for more than one image: implicit GEMM's columns there
   // are mostly padding (direct against GEMM: N8 C48 7x7 K128 5x5 1.2 against
@@ -125,20 +141,22 @@ constexpr std::pair<const char*, int64_t ConvTuning::*> kTuningFields[] = {
     {"direct_max_in_per_group", &ConvTuning::direct_max_in_per_group},
     {"direct_min_out_w", &ConvTuning::direct_min_out_w},
     {"small_plane_gemm_min_pixels", &ConvTuning::small_plane_gemm_min_pixels},
+    {"pointwise_gemm_min_pixels", &ConvTuning::pointwise_gemm_min_pixels},
     {"strided_gemm_max_out_w", &ConvTuning::strided_gemm_max_out_w},
     {"wide_gemm_max_out_w", &ConvTuning::wide_gemm_max_out_w},
     {"wide_gemm_min_in_per_group", &ConvTuning::wide_gemm_min_in_per_group},
     {"winograd_min_channels", &ConvTuning::winograd_min_channels},
     {"winograd_min_out_w", &ConvTuning::winograd_min_out_w},
     {"winograd_min_out_h", &ConvTuning::winograd_min_out_h},
-    {"direct_max_out_per_group", &ConvTuning::direct_max_out_per_group},
+    {"input_grad_transposed_min_pixels", &ConvTuning::input_grad_transposed_min_pixels},
     {"direct_weight_grad_min_out_w", &ConvTuning::direct_weight_grad_min_out_w},
-    {"direct_weight_grad_min_out_w_small", &ConvTuning::direct_weight_grad_min_out_w_small},
+    {"direct_weight_grad_min_pixels", &ConvTuning::direct_weight_grad_min_pixels},
+    {"direct_weight_grad_min_out_w_many_pixels",
+     &ConvTuning::direct_weight_grad_min_out_w_many_pixels},
     {"direct_weight_grad_min_out_w_single_image",
      &ConvTuning::direct_weight_grad_min_out_w_single_image},
-    {"direct_weight_grad_min_reduction", &ConvTuning::direct_weight_grad_min_reduction},
+    {"dot_weight_grad_max_reduction", &ConvTuning::dot_weight_grad_max_reduction},
     {"narrow_weight_grad_max_out", &ConvTuning::narrow_weight_grad_max_out},
-    {"narrow_weight_grad_max_out_wide_tile", &ConvTuning::narrow_weight_grad_max_out_wide_tile},
     {"direct_weight_grad_min_taps_any_width", &ConvTuning::direct_weight_grad_min_taps_any_width},
     {"small_max_flops", &ConvTuning::small_max_flops},
     {"depthwise_blocks_max_out_w", &ConvTuning::depthwise_blocks_max_out_w},
@@ -383,7 +401,9 @@ ConvAlgorithm select_conv_algorithm(const ConvParams& p) {
        p.out_per_group() <= (depthwise_uses_blocks(p) ? tuning().depthwise_blocks_max_multiplier
                                                       : tuning().depthwise_rows_max_multiplier)))
     return ConvAlgorithm::kDepthwise;
-  if (p.is_pointwise()) return ConvAlgorithm::kPointwiseGemm;
+  if (p.is_pointwise() &&
+      (p.batch == 1 || p.out_plane() == 1 || p.out_plane() >= tuning().pointwise_gemm_min_pixels))
+    return ConvAlgorithm::kPointwiseGemm;
   const bool small = p.flops() < tuning().small_max_flops;
   // Winograd wins on every ISA tier (portable SSE2 kernels: resnet_3x3_28
   // 6.4 ms against 19 ms implicit GEMM and 23 ms direct).
@@ -447,8 +467,8 @@ InputGradPlan select_input_grad_plan(const ConvParams& p) {
     return InputGradPlan::kDepthwise;
   if (p.is_unit_stride() && p.is_depthwise() && p.out_per_group() == 1)
     return InputGradPlan::kDepthwiseTransposed;
-  if (p.out_per_group() <= tuning().direct_max_out_per_group) return InputGradPlan::kDirect;
-  if (p.is_unit_stride()) return InputGradPlan::kTransposed;
+  if (p.is_unit_stride() && p.batch * p.in_plane() >= tuning().input_grad_transposed_min_pixels)
+    return InputGradPlan::kTransposed;
   return InputGradPlan::kCol2im;
 }
 
@@ -473,27 +493,23 @@ std::string input_grad_plan_name(InputGradPlan plan, const ConvParams& p) {
   return "implicit_gemm (col2im)";
 }
 
-WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa) {
+WeightGradPlan select_weight_grad_plan(const ConvParams& p) {
   if (is_far_reaching(p)) return WeightGradPlan::kTapwise;
   if (p.is_depthwise() &&
       (p.taps() == 1 || p.out_per_group() <= tuning().depthwise_weight_grad_max_multiplier))
     return WeightGradPlan::kDepthwise;
-  const CpuKernels& kernels = kernels_for(isa);
-  const int tile_rows =
-      p.single_precision ? kernels.f32.vector.dot_tile_a : kernels.f64.vector.dot_tile_a;
-  const int64_t max_out = tile_rows >= 4 ? tuning().narrow_weight_grad_max_out_wide_tile
-                                         : tuning().narrow_weight_grad_max_out;
-  const bool short_reduction = p.reduction() < tuning().direct_weight_grad_min_reduction;
-  if (p.taps() > 1 && p.out_per_group() <= max_out && short_reduction)
+  const bool short_reduction = p.reduction() < tuning().dot_weight_grad_max_reduction;
+  if (p.taps() > 1 && p.out_per_group() <= tuning().narrow_weight_grad_max_out && short_reduction)
     return WeightGradPlan::kDirectDot;
-  const int64_t min_out_w = p.flops() < tuning().small_max_flops
-                                ? tuning().direct_weight_grad_min_out_w_small
-                            : p.batch == 1 ? tuning().direct_weight_grad_min_out_w_single_image
-                                           : tuning().direct_weight_grad_min_out_w;
+  const int64_t min_out_w = p.batch == 1 ? tuning().direct_weight_grad_min_out_w_single_image
+                                         : tuning().direct_weight_grad_min_out_w;
+  const bool many_pixels = p.batch > 1 &&
+                           p.batch * p.out_plane() >= tuning().direct_weight_grad_min_pixels &&
+                           p.out_w >= tuning().direct_weight_grad_min_out_w_many_pixels;
   const bool wide_enough =
-      p.out_w >= min_out_w ||
+      p.out_w >= min_out_w || many_pixels ||
       (p.batch > 1 && p.taps() >= tuning().direct_weight_grad_min_taps_any_width);
-  if (p.taps() > 1 && wide_enough && !short_reduction) return WeightGradPlan::kDirect;
+  if (p.taps() > 1 && wide_enough) return WeightGradPlan::kDirect;
   return WeightGradPlan::kGemm;
 }
 
@@ -700,7 +716,7 @@ const char* conv2d_backward_weight_chosen(const T* input, const T* grad_output, 
     });
     return ran;
   }
-  const WeightGradPlan plan = forced ? *forced : select_weight_grad_plan(p, active_isa());
+  const WeightGradPlan plan = forced ? *forced : select_weight_grad_plan(p);
   switch (plan) {
     case WeightGradPlan::kDepthwise:
       conv2d_depthwise_backward_weight(input, grad_output, grad_weight, p);

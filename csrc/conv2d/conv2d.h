@@ -155,7 +155,7 @@ enum class WeightGradPlan {
 };
 // Pure: the plan conv2d_backward_weight runs for p on ISA tier isa (the width of
 // the dot-product tile depends on it).
-WeightGradPlan select_weight_grad_plan(const ConvParams& p, Isa isa);
+WeightGradPlan select_weight_grad_plan(const ConvParams& p);
 const char* weight_grad_plan_name(WeightGradPlan plan);
 // Every name conv2d_backward_weight accepts, in enum order.
 std::vector<std::string> weight_grad_algorithm_names();
