@@ -269,10 +269,11 @@ def test_direct_forward_orientations(case):
 
 
 # The weight-gradient algorithm per layer of the set (conv2d_weight_algorithm): the
-# gathered-A kernel ("direct") for rows >= 10 wide (>= 16 for one image; >= 4 over at
-# least 512 output pixels of several images; any width for 5x5 and larger kernels over
-# several images), plane-wide dot products ("direct_dot") for reductions < 64 with <= 8
-# output channels per group, GEMM otherwise. The same on every ISA tier.
+# gathered-A kernel ("direct") for rows >= 10 wide (>= 7 below 64 MFLOP, >= 16 for one
+# image; >= 4 over at least 512 output pixels of several images; any width for 5x5 and
+# larger kernels over several images), plane-wide dot products ("direct_dot") for
+# reductions < 64 with <= 8 output channels per group, GEMM otherwise. The same on every
+# ISA tier.
 WEIGHT_GRAD_TABLE = {
     "resnet_stem_7x7s2": "direct",
     "resnet_3x3_56": "direct",

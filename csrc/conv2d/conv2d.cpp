@@ -83,6 +83,11 @@ struct ConvTuning {
   // N8 8x8 0.79; N8 7x7 C192-512 1.06-1.17, N8 4x4 C256-512 1.30-1.35 (AVX2)
   // stay GEMM; the held-out half's regret went from 1.037 to 1.034.
   int64_t direct_weight_grad_min_pixels = 512;
+  // Problems under small_max_flops run direct from rows of this width, one
+  // image or several: GEMM's packing does not pay there (the digits demo's 8x8
+  // layers train 10% slower with GEMM; N1 C344 29x29 K16 5x5 stride 2 groups 8:
+  // 1.1 against 3.5 ms). Held-out regret 1.034 -> 1.033 on the corpus samples.
+  int64_t direct_weight_grad_min_out_w_small = 7;
   int64_t direct_weight_grad_min_out_w_many_pixels = 4;
   // A single image: the direct kernel's tasks are bands of one plane, and on
   // 14x14 planes implicit GEMM wins (2 threads, Intel Xeon, direct against GEMM:
@@ -151,6 +156,7 @@ constexpr std::pair<const char*, int64_t ConvTuning::*> kTuningFields[] = {
     {"input_grad_transposed_min_pixels", &ConvTuning::input_grad_transposed_min_pixels},
     {"direct_weight_grad_min_out_w", &ConvTuning::direct_weight_grad_min_out_w},
     {"direct_weight_grad_min_pixels", &ConvTuning::direct_weight_grad_min_pixels},
+    {"direct_weight_grad_min_out_w_small", &ConvTuning::direct_weight_grad_min_out_w_small},
     {"direct_weight_grad_min_out_w_many_pixels",
      &ConvTuning::direct_weight_grad_min_out_w_many_pixels},
     {"direct_weight_grad_min_out_w_single_image",
@@ -501,8 +507,10 @@ WeightGradPlan select_weight_grad_plan(const ConvParams& p) {
   const bool short_reduction = p.reduction() < tuning().dot_weight_grad_max_reduction;
   if (p.taps() > 1 && p.out_per_group() <= tuning().narrow_weight_grad_max_out && short_reduction)
     return WeightGradPlan::kDirectDot;
-  const int64_t min_out_w = p.batch == 1 ? tuning().direct_weight_grad_min_out_w_single_image
-                                         : tuning().direct_weight_grad_min_out_w;
+  const int64_t min_out_w = p.flops() < tuning().small_max_flops
+                                ? tuning().direct_weight_grad_min_out_w_small
+                            : p.batch == 1 ? tuning().direct_weight_grad_min_out_w_single_image
+                                           : tuning().direct_weight_grad_min_out_w;
   const bool many_pixels = p.batch > 1 &&
                            p.batch * p.out_plane() >= tuning().direct_weight_grad_min_pixels &&
                            p.out_w >= tuning().direct_weight_grad_min_out_w_many_pixels;
