@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _cpu
+from ._checks import as_int
 from .precision import get_float32_conv_precision
 
 __all__ = [
@@ -91,14 +92,15 @@ def set_thresholds(**values: int) -> None:
     with the old values. ``set_thresholds(**thresholds(defaults=True))`` restores the
     built-in ones."""
     known = _cpu.selector_thresholds(True)
+    checked = {}
     for name, value in values.items():
         if name not in known:
             raise ValueError(f"unknown selector threshold {name!r}; known: {sorted(known)}")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"threshold {name} must be an int, got {type(value).__name__}")
-        if not 0 <= value < 2**63:
+        # as_int for the type alone; the range is the C++ int64's non-negative half
+        checked[name] = as_int(value, f"threshold {name}", limit=2**64)
+        if not 0 <= checked[name] < 2**63:
             raise ValueError(f"threshold {name} must be in [0, 2**63), got {value}")
-    _cpu.set_selector_thresholds({name: int(value) for name, value in values.items()})
+    _cpu.set_selector_thresholds(checked)
 
 
 def clear() -> None:
