@@ -1,7 +1,12 @@
 """Fixtures shared by several test modules: ``threads`` (set the thread count inside a
 test, restored afterwards) and ``no_backend`` (every backend raises AssertionError, so a
 validation test passes only if validation fails first). Every test starts with layer
-initialisation seeded from its own name, so a failure reproduces alone and in any order."""
+initialisation seeded from its own name, so a failure reproduces alone and in any order.
+
+A test module that defines ``start_early()`` (slow work in a child process, such as
+compiling the CUDA kernels) has it started when collection ends and its tests moved to
+the end of the run, so the work overlaps the rest of the suite; its ``stop_early()``
+runs when the session finishes."""
 
 from __future__ import annotations
 
@@ -12,6 +17,26 @@ from validation_helpers import OPS
 
 import fastconv
 from fastconv import _cpu, functional, reference
+
+
+def _early_modules(items):
+    modules = {getattr(item, "module", None) for item in items}
+    return [m for m in modules if m is not None and hasattr(m, "start_early")]
+
+
+def pytest_collection_modifyitems(items):
+    early = {id(m) for m in _early_modules(items)}
+    items.sort(key=lambda item: id(getattr(item, "module", None)) in early)
+
+
+def pytest_collection_finish(session):
+    for module in _early_modules(session.items):
+        module.start_early()
+
+
+def pytest_sessionfinish(session):
+    for module in _early_modules(session.items):
+        module.stop_early()
 
 
 @pytest.fixture(autouse=True)

@@ -53,15 +53,15 @@ def assert_close_scaled(actual, expected, k, *, c=2.0, atol=0.0, err_msg=""):
         )
 
 
-def run_python(code, *, env=None, timeout=120):
-    """Run ``python -c code`` against the fastconv this process imported.
+def _child_python(code, env):
+    """argv, environment and working folder of a ``python -c code`` child that imports
+    the fastconv this process imported.
 
     The child starts in the tests folder, not the current directory: ``-c`` puts the
     current directory first on ``sys.path``, and from a checkout root that would import
     the unbuilt source tree instead of the installed (or dev-built) package.
     """
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -70,13 +70,33 @@ def run_python(code, *, env=None, timeout=120):
     env = dict(os.environ if env is None else env)
     package_parent = str(Path(fastconv.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, "-c", code],
+    return [sys.executable, "-c", code], env, str(Path(__file__).resolve().parent)
+
+
+def run_python(code, *, env=None, timeout=120):
+    """Run ``python -c code`` against the fastconv this process imported."""
+    import subprocess
+
+    argv, env, cwd = _child_python(code, env)
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def start_python(code, *, env=None, niceness=0):
+    """Start ``python -c code`` as ``run_python`` would, without waiting: a Popen with
+    text stdout and stderr pipes, run at ``niceness`` (so that it only takes CPU time
+    the caller leaves idle)."""
+    import os
+    import subprocess
+
+    argv, env, cwd = _child_python(code, env)
+    return subprocess.Popen(
+        argv,
         env=env,
-        cwd=str(Path(__file__).resolve().parent),
-        capture_output=True,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
     )
 
 

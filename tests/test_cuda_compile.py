@@ -7,7 +7,9 @@ designed for. Here every kernel variant the backend launches
 (``fastconv.cuda.kernel_variants()``) goes through Numba's real pipeline to PTX, ptxas
 to cubins for sm_80 and sm_90, and nvdisasm to SASS (``fastconv.cuda.machine_code``,
 the numbers of ``python benchmarks/cuda_sass.py``), once per session, in a child
-process with the simulator off.
+process with the simulator off. That child starts when collection ends (``start_early``,
+called by the conftest, which also runs this module's tests last) at a low priority, so
+its minutes of compiling overlap the rest of the suite instead of adding to it.
 
 The toolchain comes from PyPI with the ``cuda`` extra; where it is missing (numba-cuda
 without the [cu13] wheels) the machine-code tests skip and say why.
@@ -20,7 +22,7 @@ import os
 import textwrap
 
 import pytest
-from helpers import run_python
+from helpers import run_python, start_python
 
 #: Registers a kernel outside the GEMM family may use: 64 keeps a 256-thread block at
 #: 4 resident blocks (32 warps per SM) on sm_80 and sm_90 ...
@@ -62,14 +64,33 @@ SCRIPT = textwrap.dedent(
 )
 
 
+_report_process = []
+
+
+def start_early():
+    """Start compiling every kernel variant in a niced child, once per session."""
+    if not _report_process:
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", JOBS=str(min(os.cpu_count() or 1, 4)))
+        _report_process.append(start_python(SCRIPT, env=env, niceness=10))
+
+
+def stop_early():
+    """Kill the child if the session ends before the tests that read it ran."""
+    for proc in _report_process:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture(scope="session")
 def reports():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", JOBS=str(min(os.cpu_count() or 1, 4)))
-    proc = run_python(SCRIPT, env=env, timeout=3600)
+    start_early()
+    proc = _report_process[0]
+    stdout, stderr = proc.communicate(timeout=3600)
     if proc.returncode == 77:
-        pytest.skip(proc.stdout.strip() or "the CUDA toolchain is not installed")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+        pytest.skip(stdout.strip() or "the CUDA toolchain is not installed")
+    assert proc.returncode == 0, stdout[-4000:] + stderr[-4000:]
+    rows = [json.loads(line[4:]) for line in stdout.splitlines() if line.startswith("ROW ")]
     assert rows
     return rows
 
