@@ -39,7 +39,8 @@ def fastconv_gradients(state, x, y, dtype, precision) -> dict[str, np.ndarray]:
 
 def torch_gradients(state, x, y) -> dict[str, np.ndarray]:
     import torch
-    from torch_models import build
+
+    from fastconv.bench.torch_models import build
 
     net = build("resnet18", 10, cifar=True)
     net.load_state_dict(

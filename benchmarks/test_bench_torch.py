@@ -71,7 +71,7 @@ def _result(case, direction, autotune, fastconv=1.0):
 
 
 def test_model_summaries_judge_autotune_against_the_targets():
-    targets = load_targets()["torch"]
+    targets = load_targets()
     met = [
         _result("resnet18@224", "infer_b32", 1.5),
         _result("vgg11@32", "infer_b32", 1.2),
@@ -100,9 +100,9 @@ def test_model_summaries_judge_autotune_against_the_targets():
     ],
 )
 def test_models_have_torchvisions_layouts(network, image, parameters):
-    from fastconv.bench.torch_models import build
+    from fastconv.bench.torch_models import build_network
 
-    model = build(network, image)
+    model = build_network(network, image)
     assert sum(p.numel() for p in model.parameters()) == parameters
     with torch.inference_mode():
         out = model.eval()(torch.zeros(1, 3, image, image))

@@ -1,6 +1,6 @@
 """Tests of fastconv.models: every zoo model against the same network written in torch
-(``torch_models``, torchvision's code without torchvision): module names and state_dict
-keys, eval outputs (float64 and float32), train-mode outputs, running statistics and
+(``fastconv.bench.torch_models``, torchvision's code without torchvision): module names
+and state_dict keys, eval outputs (float64 and float32), train-mode outputs, running statistics and
 gradients (float64); summary() totals against torchvision's published figures; the
 registry, the builders' options and the initialisation."""
 
@@ -96,7 +96,7 @@ def num_classes_of(name, kwargs):
 def torch_twin(name, kwargs):
     """The torch model (float64) of a case, with batch norms away from their defaults."""
     torch = pytest.importorskip("torch")
-    import torch_models
+    from fastconv.bench import torch_models
 
     options = {k: v for k, v in kwargs.items() if k != "num_classes"}
     torch.manual_seed(0)

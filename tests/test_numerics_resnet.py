@@ -22,7 +22,7 @@ import fastconv
 from fastconv import models, nn
 
 torch = pytest.importorskip("torch")
-from torch_models import build  # noqa: E402 (needs torch)
+from fastconv.bench.torch_models import build  # noqa: E402 (needs torch)
 
 STEPS = 3
 LR, MOMENTUM = 0.001, 0.9

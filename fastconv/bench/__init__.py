@@ -23,7 +23,8 @@ implementations), ``ladder`` with ``peers_cython`` and ``peers_numba`` (what a P
 user would write instead: ``--impls fastconv,torch,numpy,cython,numba``), ``timing``
 (the alternating timer), ``machine`` (peak and load probes), ``cases`` (runnable cases),
 ``runner`` (checking and timing them), ``report`` (tables, summaries, markdown, plot) and
-``cli`` (the command). The names below are the ones
+``cli`` (the command); ``models`` and ``zoo`` run whole networks (``--op torch``,
+``--op models``) built by ``torch_models``. The names below are the ones
 ``benchmarks/`` and ``fastconv.cli`` use.
 """
 

@@ -30,11 +30,14 @@ __all__ = [
     "THREE_BY_THREE_S1",
     "TRAIN_BY_NAME",
     "TRAIN_CASES",
+    "ZOO_BY_NAME",
+    "ZOO_CASES",
     "ConvLayer",
     "GemmCase",
     "ModelCase",
     "PoolCase",
     "TrainCase",
+    "ZooCase",
 ]
 
 # The op groups, in the order the reports list them.
@@ -42,7 +45,7 @@ OPS = ("gemm", "conv", "pool", "train", "overhead")
 # Ops that run conv layers of the shape corpus ('all' leaves them out: they take long).
 CORPUS_OPS = ("corpus", "random")
 # Ops that run whole torch models ('all' leaves them out too).
-MODEL_OPS = ("torch",)
+MODEL_OPS = ("torch", "models")
 
 # =========================================================================== convolution
 
@@ -242,3 +245,53 @@ MODEL_BY_NAME = {case.name: case for case in MODEL_CASES}
 # What each model runs: inference (torch.inference_mode) at batch 1 and 32, and one SGD
 # training step at batch 32; the batch is the number after 'b'.
 MODEL_DIRECTIONS = ("infer_b1", "infer_b32", "train_b32")
+
+# =========================================================================== the model zoo
+
+# The zoo's builders that take cifar=True (checked against fastconv.models by a test).
+CIFAR_VARIANTS = (
+    "vgg11",
+    "vgg11_bn",
+    "vgg16",
+    "vgg16_bn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v2",
+)
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    """A network of ``fastconv.models`` at ``image`` x ``image`` pixels against its torch
+    twin: the ImageNet layout (1000 classes) from 64 pixels up; below, the CIFAR
+    variant where the zoo has one (10 classes)."""
+
+    network: str
+    image: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.network}@{self.image}"
+
+    @property
+    def classes(self) -> int:
+        return 1000 if self.image >= 64 else 10
+
+    @property
+    def cifar(self) -> bool:
+        return self.image < 64 and self.network in CIFAR_VARIANTS
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.network == "lenet5" else 3
+
+
+# Every zoo network where it is used: the ImageNet networks at 224, their CIFAR variants
+# and the CIFAR ResNets at 32, LeNet-5 on MNIST's 28.
+ZOO_CASES: tuple[ZooCase, ...] = (
+    *(ZooCase(network, 224) for network in ("alexnet", "googlenet", *CIFAR_VARIANTS)),
+    *(ZooCase(network, 32) for network in (*CIFAR_VARIANTS, "resnet20", "resnet56")),
+    ZooCase("lenet5", 28),
+)
+ZOO_BY_NAME = {case.name: case for case in ZOO_CASES}

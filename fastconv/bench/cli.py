@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "corpus (conv layers of whole networks at 224 and 32, batch 1, 8, 32) and random "
         "(random conv layers) run only when named, as does torch (whole torch models -- "
         "resnet18, vgg11, mobilenet_v2 at 224 and 32 -- native against converted by "
-        "fastconv.torch, with and without autotune)",
+        "fastconv.torch, with and without autotune), and models (every fastconv.models "
+        "network against the same network in torch eager, with fastconv's time by layer "
+        "kind)",
     )
     parser.add_argument(
         "--sample",
@@ -57,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--direction",
         metavar="DIRS",
-        help="conv: fwd,dx,dw; pool: fwd,dx; torch: infer_b1,infer_b32,train_b32 (default all)",
+        help="conv: fwd,dx,dw; pool: fwd,dx; torch and models: infer_b1,infer_b32,train_b32 "
+        "(default all)",
     )
     parser.add_argument(
         "--impls",
@@ -91,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="alternating rounds per case (default 7; --quick 3; --op torch: 3, --quick 2)",
+        help="alternating rounds per case (default 7; --quick 3; --op torch, models: 3, --quick 2)",
     )
     parser.add_argument(
         "--min-time",

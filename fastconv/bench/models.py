@@ -82,7 +82,7 @@ def model_case(
     (quick and smoke runs). Raises LookupError without torch."""
     from .cases import Case, _select_impls, max_error
     from .peers import torch_or_none
-    from .torch_models import build, num_classes
+    from .torch_models import build_network, num_classes
 
     torch = torch_or_none()
     if torch is None:
@@ -93,7 +93,7 @@ def model_case(
     if max_batch is not None:
         batch = min(batch, max_batch)
     torch.manual_seed(seed)
-    native = build(spec.network, spec.image)
+    native = build_network(spec.network, spec.image)
     models = {
         "fastconv": fastconv_torch.convert(native),
         "autotune": fastconv_torch.convert(native, autotune=True),
@@ -168,15 +168,17 @@ def model_case(
 
 
 def model_summaries(results: list[dict], targets: dict) -> list[dict]:
-    """Per direction and converted implementation: the geomean and slowest speedup over
-    native torch across the models; the implementation ``targets`` (the "torch" entry of
-    ``targets.json``) names is judged against its goals for that direction."""
+    """Per model op ('torch', 'models'), direction and fastconv implementation: the
+    geomean and slowest speedup over native torch across the models; the implementation
+    the op's entry of ``targets`` (``targets.json``) names is judged against its goals
+    for that direction."""
     out = []
-    by_direction: dict[str, list[dict]] = {}
+    by_group: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        if r["op"] == "torch":
-            by_direction.setdefault(r["direction"], []).append(r)
-    for direction, rows in by_direction.items():
+        if r["op"] in ("torch", "models"):
+            by_group.setdefault((r["op"], r["direction"]), []).append(r)
+    for (op, direction), rows in by_group.items():
+        goals = targets.get(op, {})
         for impl in ("fastconv", "autotune"):
             pairs = [
                 (r["case"], r["impls"][impl]["speedup"]["torch"])
@@ -186,7 +188,7 @@ def model_summaries(results: list[dict], targets: dict) -> list[dict]:
             if not pairs:
                 continue
             entry: dict[str, Any] = {
-                "op": "torch",
+                "op": op,
                 "direction": direction,
                 "impl": impl,
                 "peer": "torch",
@@ -196,8 +198,8 @@ def model_summaries(results: list[dict], targets: dict) -> list[dict]:
                 "min_case": min(pairs, key=lambda p: p[1])[0],
                 "below_1": sum(v < 1.0 for _, v in pairs) / len(pairs),
             }
-            goal = targets.get("directions", {}).get(direction)
-            if impl == targets.get("impl") and goal:
+            goal = goals.get("directions", {}).get(direction)
+            if impl == goals.get("impl") and goal:
                 texts, meets = [], True
                 if "geomean_speedup" in goal:
                     texts.append(f"geomean >= {goal['geomean_speedup']}")

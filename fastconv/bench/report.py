@@ -96,7 +96,7 @@ def _ordered_impls(results: list[dict]) -> list[str]:
 def _described_impl(result: dict) -> str:
     """The implementation a result's ``algorithm`` describes: fastconv's kernel choice,
     or for whole models what autotuning kept."""
-    return "autotune" if result["op"] in MODEL_OPS else "fastconv"
+    return "autotune" if result["op"] == "torch" else "fastconv"
 
 
 def long_rows(results: list[dict]) -> list[dict]:
@@ -116,6 +116,9 @@ def long_rows(results: list[dict]) -> list[dict]:
                 "best_ms": i["best_ms"],
                 "median_ms": i["median_ms"],
                 "rate": i["rate"],
+                "img/s": r["images_per_call"] / (i["best_ms"] / 1e3)
+                if r.get("images_per_call")
+                else None,
                 "%peak": i["pct_peak"],
                 "max_err": i["max_err"],
                 "ok": None if i["ok"] is None else ("ok" if i["ok"] else "FAIL"),
@@ -140,6 +143,8 @@ def terminal_table(results: list[dict]) -> str:
         (unit, ".1f"),
         ("%peak", ".1f"),
     ]
+    if any(r.get("images_per_call") for r in results):
+        cols.append(("img/s", ".3g"))
     cols += [(f"x_{p}", ".2f") for p in impls]
     cols += [("max_err", ".1e"), ("ok", "s")]
     rows = long_rows(results)
@@ -161,6 +166,7 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
             cols.append(("fastconv %peak", ".0f"))
     cols += [(f"x {p}", ".2f") for p in impls if p not in ("fastconv", "autotune")]
     cols += [(f"autotune x {p}", ".2f") for p in impls if p not in ("fastconv", "autotune")]
+    cols += [(f"{name} img/s", ".3g") for name in impls]
     cols.append(("max err", ".0e"))
     rows = []
     order = {d: i for i, d in enumerate(CONV_DIRECTIONS)}
@@ -174,6 +180,8 @@ def compact_rows(results: list[dict]) -> tuple[list[dict], list[tuple[str, str]]
         for name, i in r["impls"].items():
             row[f"{name} ms"] = i["best_ms"]
             row[f"{name} {short}"] = i["rate"]
+            if r.get("images_per_call"):
+                row[f"{name} img/s"] = r["images_per_call"] / (i["best_ms"] / 1e3)
         fc = r["impls"].get("fastconv")
         if fc is not None:
             row["fastconv %peak"] = fc["pct_peak"]
@@ -281,7 +289,7 @@ def summarize(results: list[dict], targets: dict | None = None) -> list[dict]:
                     and (pct is None or pct >= min_pct)
                 )
             out.append(entry)
-    return out + model_summaries(results, targets.get("torch", {}))
+    return out + model_summaries(results, targets)
 
 
 def format_summary(summary: list[dict]) -> str:

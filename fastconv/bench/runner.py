@@ -32,10 +32,12 @@ from .catalogue import (
     POOL_BY_NAME,
     POOL_DIRECTIONS,
     TRAIN_BY_NAME,
+    ZOO_BY_NAME,
 )
 from .corpus import CorpusLayer, corpus, random_layers
 from .models import MODEL_ROUNDS, model_case
 from .timing import settle_times, time_alternating
+from .zoo import zoo_case
 
 # The conv op each benchmark direction runs, as fastconv.last_algorithms() names it.
 _CONV_PASSES = {"fwd": "conv2d", "dx": "conv2d_input", "dw": "conv2d_weight"}
@@ -177,16 +179,17 @@ def build_plan(
     ``mode``: 'full' (the catalogue's shapes), 'quick' (conv batch <= 2, pool batch
     <= 4) or 'smoke' (tiny shapes, for tests). The corpus ops ('corpus', 'random') run
     ``sample`` layers chosen with ``seed`` (``corpus_sample``), fastconv and torch only
-    unless ``impls`` says otherwise. The model op ('torch') runs ``model_rounds``
-    alternating rounds (default ``models.MODEL_ROUNDS`` of the mode); 'quick' caps its
-    batch at 8, 'smoke' runs the 32-pixel models at batch 2 at most.
+    unless ``impls`` says otherwise. The model ops ('torch', 'models') run
+    ``model_rounds`` alternating rounds (default ``models.MODEL_ROUNDS`` of the mode);
+    'quick' caps their batch at 8, 'smoke' runs the models under 64 pixels at batch 2
+    at most.
     """
     plan = Plan()
     corpus_layers = {op: corpus_sample(op, sample, seed) for op in ops if op in CORPUS_OPS}
     all_names = list(GEMM_BY_NAME) + list(CONV_BY_NAME) + list(POOL_BY_NAME) + list(TRAIN_BY_NAME)
     all_names += [f"{call}_tiny" for call in OVERHEAD_CALLS]
     all_names += [entry.layer.name for entries in corpus_layers.values() for entry in entries]
-    all_names += list(MODEL_BY_NAME)
+    all_names += list(dict.fromkeys([*MODEL_BY_NAME, *ZOO_BY_NAME]))
     if layers:
         unknown = [p for p in layers if not _match(all_names, [p])]
         if unknown:
@@ -246,7 +249,9 @@ def build_plan(
                 plan.items.append((f"train {name}", lambda c=case: train_case(c, impls=impls)))
         elif op in MODEL_OPS:
             dirs = [d for d in MODEL_DIRECTIONS if directions is None or d in directions]
-            specs = [MODEL_BY_NAME[name] for name in _match(list(MODEL_BY_NAME), layers)]
+            by_name = MODEL_BY_NAME if op == "torch" else ZOO_BY_NAME
+            build_case = model_case if op == "torch" else zoo_case
+            specs = [by_name[name] for name in _match(list(by_name), layers)]
             if mode == "smoke":
                 specs = [spec for spec in specs if spec.image < 64]
             max_batch = {"full": None, "quick": 8, "smoke": 2}[mode]
@@ -256,7 +261,7 @@ def build_plan(
                     plan.items.append(
                         (
                             f"{op} {spec.name} {d}",
-                            lambda s=spec, d=d, cap=max_batch, r=rounds: model_case(
+                            lambda s=spec, d=d, cap=max_batch, r=rounds, b=build_case: b(
                                 s, d, impls=impls, max_batch=cap, rounds=r
                             ),
                         )
