@@ -19,6 +19,7 @@
 #include "common/parallel.h"
 #include "common/peak_probe.h"
 #include "conv2d/conv2d.h"
+#include "elementwise/clamp.h"
 #include "gemm/gemm.h"
 #include "kernel_table.h"
 #include "norm/batch_norm.h"
@@ -153,6 +154,43 @@ void require_pool_shapes(const CArray<T>& input, const CArray<T>& output, const 
   require_shape(output, {p.planes, p.out_h, p.out_w}, "pooling output");
 }
 
+// Clamps (ReLU, ReLU6) over whole C-contiguous arrays of one shape; out may be x.
+template <typename T>
+void bind_clamp(py::module_& m) {
+  const auto same_shape = [](const CArray<T>& a, const CArray<T>& b, const char* name) {
+    bool ok = a.ndim() == b.ndim();
+    for (py::ssize_t axis = 0; ok && axis < a.ndim(); ++axis) ok = a.shape(axis) == b.shape(axis);
+    if (!ok) throw std::invalid_argument(std::string("internal: unexpected shape for ") + name);
+    require_aligned(b, name);
+  };
+  m.def(
+      "clamp_forward",
+      [same_shape](const CArray<T>& x, CArray<T>& out, T lo, std::optional<T> hi) {
+        require_aligned(x, "x");
+        same_shape(x, out, "out");
+        const T* in = x.data();
+        T* o = out.mutable_data();
+        const int64_t n = x.size();
+        KernelScope scope;
+        fastconv::clamp_forward<T>(in, o, n, lo, hi.has_value(), hi.value_or(T(0)));
+      },
+      py::arg("x"), py::arg("out"), py::arg("lo"), py::arg("hi"));
+  m.def(
+      "clamp_backward",
+      [same_shape](const CArray<T>& grad, const CArray<T>& out, CArray<T>& grad_input, T lo,
+                   std::optional<T> hi) {
+        require_aligned(grad, "grad");
+        same_shape(grad, out, "out");
+        same_shape(grad, grad_input, "grad_input");
+        const T *g = grad.data(), *o = out.data();
+        T* gi = grad_input.mutable_data();
+        const int64_t n = grad.size();
+        KernelScope scope;
+        fastconv::clamp_backward<T>(g, o, gi, n, lo, hi.has_value(), hi.value_or(T(0)));
+      },
+      py::arg("grad"), py::arg("out"), py::arg("grad_input"), py::arg("lo"), py::arg("hi"));
+}
+
 // BatchNorm2d kernels on (N, C, S) arrays; per-channel vectors are (C,).
 template <typename T>
 void bind_batch_norm(py::module_& m) {
@@ -175,19 +213,20 @@ void bind_batch_norm(py::module_& m) {
   m.def(
       "batch_norm_apply",
       [shape_of](const CArray<T>& x, const CArray<T>& mean, const CArray<T>& invstd,
-                 std::optional<CArray<T>> weight, std::optional<CArray<T>> bias, CArray<T>& xhat,
-                 CArray<T>& out) {
+                 std::optional<CArray<T>> weight, std::optional<CArray<T>> bias,
+                 std::optional<CArray<T>> xhat, CArray<T>& out) {
         const fastconv::BatchNormShape s = shape_of(x);
         require_shape(mean, {s.c}, "mean");
         require_shape(invstd, {s.c}, "invstd");
         if (weight) require_shape(*weight, {s.c}, "weight");
         if (bias) require_shape(*bias, {s.c}, "bias");
-        require_shape(xhat, {s.n, s.c, s.s}, "xhat");
+        if (xhat) require_shape(*xhat, {s.n, s.c, s.s}, "xhat");
         require_shape(out, {s.n, s.c, s.s}, "out");
         const T *in = x.data(), *mu = mean.data(), *is = invstd.data();
         const T* w = weight ? weight->data() : nullptr;
         const T* b = bias ? bias->data() : nullptr;
-        T *h = xhat.mutable_data(), *o = out.mutable_data();
+        T* h = xhat ? xhat->mutable_data() : nullptr;
+        T* o = out.mutable_data();
         KernelScope scope;
         fastconv::batch_norm_apply<T>(in, s, mu, is, w, b, h, o);
       },
@@ -890,6 +929,8 @@ PYBIND11_MODULE(_C, m) {
   bind_pool<double>(m);
   bind_batch_norm<float>(m);
   bind_batch_norm<double>(m);
+  bind_clamp<float>(m);
+  bind_clamp<double>(m);
   bind_optim<float>(m, "f32");
   bind_optim<double>(m, "f64");
   bind_gemm<float>(m);

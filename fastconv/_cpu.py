@@ -356,6 +356,25 @@ def gemm(a, b, out, alpha: float, beta: float, trans_a: bool, trans_b: bool, ker
     _C.gemm(a, b, out, alpha, beta, trans_a, trans_b, kernel_index)
 
 
+# --------------------------------------------------------------------------- clamps
+
+
+def clamp(x, lo: float, hi, out=None):
+    """x clamped to [lo, hi] (hi None: no upper bound) in one threaded pass, into
+    ``out`` (a new array when None; may be x itself)."""
+    out = np.empty_like(x) if out is None else out
+    _C.clamp_forward(x, out, lo, hi)
+    return out
+
+
+def clamp_backward(grad, out, lo: float, hi):
+    """grad where out > lo (hi None; NaN too) or lo < out < hi, else 0: a clamp's
+    input gradient."""
+    grad_input = np.empty_like(grad)
+    _C.clamp_backward(grad, out, grad_input, lo, hi)
+    return grad_input
+
+
 # --------------------------------------------------------------------------- batch norm
 
 
@@ -367,9 +386,11 @@ def batch_norm_stats(rows):
     return mean, var
 
 
-def batch_norm_apply(rows, mean, invstd, weight, bias):
-    """(xhat, out): xhat = (x - mean) * invstd, out = xhat * weight + bias, on (N, C, S)."""
-    xhat, out = np.empty_like(rows), np.empty_like(rows)
+def batch_norm_apply(rows, mean, invstd, weight, bias, keep_xhat: bool = True):
+    """(xhat, out): xhat = (x - mean) * invstd, out = xhat * weight + bias, on (N, C, S);
+    xhat is None (and never written) unless ``keep_xhat``."""
+    xhat = np.empty_like(rows) if keep_xhat else None
+    out = np.empty_like(rows)
     _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out)
     return xhat, out
 

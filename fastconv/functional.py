@@ -64,6 +64,10 @@ __all__ = [
     "max_pool2d_backward",
     "pixel_shuffle",
     "pixel_unshuffle",
+    "relu",
+    "relu6",
+    "relu6_backward",
+    "relu_backward",
     "set_num_threads",
 ]
 
@@ -533,6 +537,57 @@ def conv2d_weight_algorithm(
     return _conv_plan("weight", input_shape, weight_shape, stride, padding, dilation, groups, dtype)
 
 
+# --------------------------------------------------------------------------- activations
+
+
+def _clamp(input, lo, hi, inplace):
+    chk.check_array(input, "input")
+    x = np.asarray(input)
+    if not inplace:
+        return _cpu.clamp(_cpu.contiguous(x), lo, hi)
+    if not x.flags.writeable:
+        raise ValueError("input must be writable for inplace=True")
+    if x.flags.c_contiguous and x.flags.aligned:
+        return _cpu.clamp(x, lo, hi, out=x)
+    x[...] = _cpu.clamp(_cpu.contiguous(x), lo, hi)
+    return x
+
+
+def relu(input, inplace=False):
+    """max(input, 0) (torch.nn.functional.relu): NaN stays NaN; with ``inplace`` the
+    result is written into ``input`` and returned. One threaded pass, CPU only."""
+    return _clamp(input, 0.0, None, inplace)
+
+
+def relu6(input, inplace=False):
+    """min(max(input, 0), 6) (torch.nn.functional.relu6), as :func:`relu`."""
+    return _clamp(input, 0.0, 6.0, inplace)
+
+
+def _clamp_backward(grad_output, output, lo, hi):
+    chk.check_array(grad_output, "grad_output")
+    chk.check_array(output, "output")
+    chk.check_same_dtype(grad_output=grad_output, output=output)
+    if grad_output.shape != output.shape:
+        raise ValueError(
+            f"grad_output shape {tuple(grad_output.shape)} must equal the output's "
+            f"{tuple(output.shape)}"
+        )
+    return _cpu.clamp_backward(_cpu.contiguous(grad_output), _cpu.contiguous(output), lo, hi)
+
+
+def relu_backward(grad_output, output):
+    """The input gradient of :func:`relu` from its ``output``: ``grad_output`` where
+    output > 0 or is NaN, else 0 (PyTorch's threshold_backward)."""
+    return _clamp_backward(grad_output, output, 0.0, None)
+
+
+def relu6_backward(grad_output, output):
+    """The input gradient of :func:`relu6` from its ``output``: ``grad_output`` strictly
+    inside (0, 6), else 0, NaN included (PyTorch's hardtanh_backward)."""
+    return _clamp_backward(grad_output, output, 0.0, 6.0)
+
+
 # --------------------------------------------------------------------------- batch norm
 
 
@@ -602,7 +657,9 @@ def batch_norm(
     if empty:
         xhat, out = np.empty_like(rows), np.empty_like(rows)
     else:
-        xhat, out = _cpu.batch_norm_apply(rows, _cpu.contiguous(mean), invstd, weight, bias)
+        xhat, out = _cpu.batch_norm_apply(
+            rows, _cpu.contiguous(mean), invstd, weight, bias, keep_xhat=return_saved
+        )
     out = out.reshape(x.shape)
     return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out
 

@@ -87,8 +87,12 @@ void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, co
         const T w = weight != nullptr ? weight[ch] : T(1), b = bias != nullptr ? bias[ch] : T(0);
         const int64_t base = (i * shape.c + ch) * shape.s;
         const T* __restrict in = x + base;
-        T* __restrict h = xhat + base;
         T* __restrict o = out + base;
+        if (xhat == nullptr) {
+          for (int64_t j = 0; j < shape.s; ++j) o[j] = (in[j] - mu) * is * w + b;
+          continue;
+        }
+        T* __restrict h = xhat + base;
         for (int64_t j = 0; j < shape.s; ++j) {
           const T v = (in[j] - mu) * is;
           h[j] = v;

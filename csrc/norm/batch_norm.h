@@ -17,7 +17,8 @@ struct BatchNormShape {
 template <typename T>
 void batch_norm_stats(const T* x, const BatchNormShape& shape, T* mean, T* var);
 
-// xhat = (x - mean) * invstd; out = xhat * weight + bias (weight, bias nullable).
+// xhat = (x - mean) * invstd; out = xhat * weight + bias (weight, bias and
+// xhat nullable: without xhat, only out is written).
 template <typename T>
 void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, const T* invstd,
                       const T* weight, const T* bias, T* xhat, T* out);

@@ -86,7 +86,9 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.conv(x)
-        return x + out if self.use_res_connect else out
+        if self.use_res_connect:
+            out += x  # in place: the closing BatchNorm2d's output is kept by no layer
+        return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         grad = self.conv.backward(grad_output)

@@ -251,7 +251,8 @@ class BasicBlock(_ResNetBlock):
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(x)
-        return self.relu(out + identity)
+        out += identity  # in place: bn2's output is kept by no layer
+        return self.relu(out)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         grad = self.relu.backward(grad_output)  # the second relu call is popped first
@@ -314,7 +315,8 @@ class Bottleneck(_ResNetBlock):
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(x)
-        return self.relu(out + identity)
+        out += identity  # in place: bn3's output is kept by no layer
+        return self.relu(out)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         grad = self.relu.backward(grad_output)  # the relu's three calls pop last first

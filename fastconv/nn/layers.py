@@ -16,7 +16,7 @@ from .. import functional as F
 from .._checks import check_layer_input, int_pair
 from ..geometry import conv_padding
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, is_grad_enabled
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -438,8 +438,17 @@ class Identity(Module):
         return grad_output
 
 
+def _clamp_layer_forward(input: np.ndarray, op: Any, inplace: bool) -> np.ndarray:
+    """``op`` (F.relu or F.relu6) for a layer. ``inplace`` writes into ``input`` only
+    with autograd off: while training, the layer before may have kept ``input`` for its
+    own backward (Tanh and Sigmoid keep their outputs), and nothing here can tell."""
+    return op(input, inplace=inplace and not is_grad_enabled())
+
+
 class ReLU(Module):
-    """max(x, 0).  ``inplace`` is accepted for compatibility; outputs are new arrays."""
+    """max(x, 0).  With ``inplace`` and autograd off (``no_grad``, inference) the
+    result overwrites the input; while training outputs are new arrays.  NaN follows
+    PyTorch: it passes forward, and lets the gradient through."""
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
@@ -447,12 +456,13 @@ class ReLU(Module):
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         check_layer_input(input)
-        self.save_for_backward(input > 0)
-        return np.maximum(input, 0)
+        out = _clamp_layer_forward(input, F.relu, self.inplace)
+        self.save_for_backward(out)
+        return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        (mask,) = self.saved_tensors()
-        return grad_output * mask
+        (out,) = self.saved_tensors()
+        return F.relu_backward(np.asarray(grad_output, dtype=out.dtype), out)
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -462,7 +472,7 @@ class ReLU6(Module):
     """min(max(x, 0), 6) (``torch.nn.ReLU6``, MobileNetV2's activation).
 
     As PyTorch's ``hardtanh`` backward, the gradient passes only strictly inside
-    (0, 6).  ``inplace`` is accepted for compatibility; outputs are new arrays.
+    (0, 6).  ``inplace`` as :class:`ReLU`'s.
     """
 
     def __init__(self, inplace: bool = False) -> None:
@@ -471,13 +481,13 @@ class ReLU6(Module):
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         check_layer_input(input)
-        six = input.dtype.type(6)
-        self.save_for_backward((input > 0) & (input < six))
-        return np.clip(input, 0, six)
+        out = _clamp_layer_forward(input, F.relu6, self.inplace)
+        self.save_for_backward(out)
+        return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        (mask,) = self.saved_tensors()
-        return grad_output * mask
+        (out,) = self.saved_tensors()
+        return F.relu6_backward(np.asarray(grad_output, dtype=out.dtype), out)
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -683,7 +693,8 @@ class BatchNorm2d(Module):
         dtype = input.dtype
         weight = None if self.weight is None else self.weight.data.astype(dtype, copy=False)
         bias = None if self.bias is None else self.bias.data.astype(dtype, copy=False)
-        out, saved = F.batch_norm(
+        keep = is_grad_enabled()  # what backward needs, only when it can run
+        result = F.batch_norm(
             input,
             # running statistics update only in training; otherwise the batch normalises
             self.running_mean if not use_batch or self.training else None,
@@ -693,8 +704,11 @@ class BatchNorm2d(Module):
             training=use_batch,
             momentum=factor,
             eps=self.eps,
-            return_saved=True,
+            return_saved=keep,
         )
+        if not keep:
+            return result
+        out, saved = result
         self.save_for_backward(saved, weight, input.dtype)
         return out
 

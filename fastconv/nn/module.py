@@ -615,7 +615,7 @@ class Module:
 
         ``input_shape`` is the shape of one sample, without the batch dimension (for
         example ``(3, 32, 32)``).  A forward pass on a zero batch of one runs in eval
-        mode under :func:`no_grad` (running statistics are not touched).  Shapes,
+        mode (running statistics are not touched).  Shapes,
         memory and FLOPs are per sample; the totals close the table.  Returns a
         :class:`Summary` (see :mod:`fastconv.nn.summary` for what is counted).
         """

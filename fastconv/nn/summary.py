@@ -1,6 +1,8 @@
 """``Module.summary``: each layer's output shape, parameters, activation memory and FLOPs.
 
-One forward pass of a zero sample (batch of one, eval mode, :func:`no_grad`) with a
+One forward pass of a zero sample (batch of one, eval mode, autograd on so that the
+layers make the arrays a training pass makes: in-place activations run in place only
+without autograd; what the layers keep for backward is dropped afterwards) with a
 forward hook on every registered module records, per call:
 
 - the output shape (per sample);
@@ -76,7 +78,7 @@ def summarize(
     print_summary: bool = True,
 ) -> Summary:
     """What :meth:`Module.summary` does (see there)."""
-    from .module import no_grad
+    from .module import set_grad_enabled
 
     if dtype is None:
         first = next(module.parameters(), None)
@@ -117,9 +119,10 @@ def summarize(
     modes = {id(m): m.training for m in modules}
     try:
         module.eval()
-        with no_grad():
+        with set_grad_enabled(True):
             out = module(x)
     finally:
+        module.clear_saved()
         for handle in handles:
             handle.remove()
         for m in modules:
