@@ -214,7 +214,7 @@ void bind_batch_norm(py::module_& m) {
       "batch_norm_apply",
       [shape_of](const CArray<T>& x, const CArray<T>& mean, const CArray<T>& invstd,
                  std::optional<CArray<T>> weight, std::optional<CArray<T>> bias,
-                 std::optional<CArray<T>> xhat, CArray<T>& out) {
+                 std::optional<CArray<T>> xhat, CArray<T>& out, int clamp) {
         const fastconv::BatchNormShape s = shape_of(x);
         require_shape(mean, {s.c}, "mean");
         require_shape(invstd, {s.c}, "invstd");
@@ -227,11 +227,13 @@ void bind_batch_norm(py::module_& m) {
         const T* b = bias ? bias->data() : nullptr;
         T* h = xhat ? xhat->mutable_data() : nullptr;
         T* o = out.mutable_data();
+        require(clamp >= 0 && clamp <= 2, "internal: clamp must be 0 (none), 1 (relu), 2 (relu6)");
+        const auto kind = static_cast<fastconv::BatchNormClamp>(clamp);
         KernelScope scope;
-        fastconv::batch_norm_apply<T>(in, s, mu, is, w, b, h, o);
+        fastconv::batch_norm_apply<T>(in, s, mu, is, w, b, h, o, kind);
       },
       py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"),
-      py::arg("xhat"), py::arg("out"));
+      py::arg("xhat"), py::arg("out"), py::arg("clamp"));
   m.def(
       "batch_norm_backward",
       [shape_of](const CArray<T>& g, const CArray<T>& xhat, const CArray<T>& scale,

@@ -386,12 +386,17 @@ def batch_norm_stats(rows):
     return mean, var
 
 
-def batch_norm_apply(rows, mean, invstd, weight, bias, keep_xhat: bool = True):
-    """(xhat, out): xhat = (x - mean) * invstd, out = xhat * weight + bias, on (N, C, S);
-    xhat is None (and never written) unless ``keep_xhat``."""
+# batch_norm_apply's fused clamps, by name (the kernel's BatchNormClamp)
+BATCH_NORM_CLAMPS = {None: 0, "relu": 1, "relu6": 2}
+
+
+def batch_norm_apply(rows, mean, invstd, weight, bias, keep_xhat: bool = True, clamp=None):
+    """(xhat, out): xhat = (x - mean) * invstd, out = clamp(xhat * weight + bias), on
+    (N, C, S); ``clamp`` None, 'relu' or 'relu6'; xhat is None (and never written)
+    unless ``keep_xhat``."""
     xhat = np.empty_like(rows) if keep_xhat else None
     out = np.empty_like(rows)
-    _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out)
+    _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out, BATCH_NORM_CLAMPS[clamp])
     return xhat, out
 
 

@@ -602,6 +602,7 @@ def batch_norm(
     eps=1e-5,
     *,
     return_saved=False,
+    activation=None,
 ):
     """Batch normalisation over N and the spatial dims (torch.nn.functional.batch_norm).
 
@@ -610,8 +611,12 @@ def batch_norm(
     statistics, when given, are updated in place with ``momentum`` (the unbiased
     variance, as PyTorch does); otherwise the running statistics normalise. With
     ``return_saved=True`` it returns ``(out, saved)``: what batch_norm_backward needs.
-    CPU (NumPy arrays) only.
+    ``activation`` ('relu' or 'relu6', keyword-only; a fastconv extension) clamps the
+    output in the same pass: the same values as :func:`relu` of the plain output, one
+    pass over the data fewer. CPU (NumPy arrays) only.
     """
+    if activation not in (None, "relu", "relu6"):
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
     chk.check_array(input, "input")
     if input.ndim < 2:
         raise ValueError(f"input must be (N, C, ...), got shape {tuple(input.shape)}")
@@ -658,7 +663,7 @@ def batch_norm(
         xhat, out = np.empty_like(rows), np.empty_like(rows)
     else:
         xhat, out = _cpu.batch_norm_apply(
-            rows, _cpu.contiguous(mean), invstd, weight, bias, keep_xhat=return_saved
+            rows, _cpu.contiguous(mean), invstd, weight, bias, return_saved, activation
         )
     out = out.reshape(x.shape)
     return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out

@@ -1,8 +1,10 @@
 """ReLU and ReLU6 on the threaded clamp kernels: functional forward and backward
 against PyTorch's semantics (NaN and infinities included), in place and out of place,
 on strided views and on arrays large enough to split across threads; the layers'
-in-place rule (only without autograd); and BatchNorm2d's forward without autograd
-(no normalised copy kept) against the same layer with autograd on."""
+in-place rule (only without autograd); BatchNorm2d's forward without autograd (no
+normalised copy kept) against the same layer with autograd on; and the clamp fused
+into BatchNorm2d's pass (``nn.batch_norm_activation``, ``Sequential``) against the two
+separate calls, bit for bit."""
 
 from __future__ import annotations
 
@@ -112,3 +114,54 @@ def test_batch_norm_without_autograd_gives_the_same_output():
     np.testing.assert_array_equal(without, with_grad)
     with pytest.raises(RuntimeError, match="without a matching forward"):
         bn.backward(np.ones_like(without))  # nothing was kept
+
+
+def _pair(activation, seed=3):
+    rng = np.random.default_rng(seed)
+    norm = nn.BatchNorm2d(4)
+    norm.weight.data[:] = rng.uniform(-2, 2, 4)  # negative scales too: both clamp sides
+    norm.bias.data[:] = rng.uniform(-1, 7, 4)
+    return norm, activation()
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.ReLU6])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_activation_matches_the_two_calls(activation, training):
+    x = (np.random.default_rng(4).standard_normal((3, 4, 5, 5)) * 3).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    g = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        norm, act = _pair(activation)
+        norm.train(training)
+        out = nn.batch_norm_activation(norm, act, x) if fused else act(norm(x))
+        grad = norm.backward(act.backward(g))
+        results.append((out, grad, norm.weight.grad, norm.bias.grad, norm.running_mean.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sequential_fuses_only_unwatched_pairs():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(), nn.Conv2d(4, 2, 1))
+    watched = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(), nn.Conv2d(4, 2, 1))
+    watched.load_state_dict(plain.state_dict())
+    seen = []
+    watched[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    out, out_watched = plain(x), watched(x)
+    assert seen == [(2, 4, 4, 4)]  # the hooked activation ran as its own call
+    np.testing.assert_array_equal(out, out_watched)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    np.testing.assert_array_equal(plain.backward(g), watched.backward(g))
+    for (name, p), q in zip(plain.named_parameters(), watched.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
+
+
+def test_batch_norm_activation_argument_is_checked():
+    x = np.ones((2, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
+        F.batch_norm(x, None, None, training=True, activation="gelu")
+    y = x * np.arange(-1, 1).reshape(2, 1, 1, 1)
+    fused = F.batch_norm(y, None, None, training=True, activation="relu")
+    np.testing.assert_array_equal(fused, F.relu(F.batch_norm(y, None, None, training=True)))

@@ -77,9 +77,23 @@ void batch_norm_stats(const T* x, const BatchNormShape& shape, T* mean, T* var) 
   });
 }
 
-template <typename T>
-void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, const T* invstd,
-                      const T* weight, const T* bias, T* xhat, T* out) {
+namespace {
+
+// One row of batch_norm_apply; Clamp is a BatchNormClamp, as a type so that
+// each variant's loop compiles (and vectorises) on its own.
+template <BatchNormClamp Clamp, typename T>
+inline T clamped(T v) {
+  if constexpr (Clamp == BatchNormClamp::kNone)
+    return v;
+  else if constexpr (Clamp == BatchNormClamp::kRelu)
+    return v < T(0) ? T(0) : v;
+  else
+    return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+}
+
+template <BatchNormClamp Clamp, typename T>
+void apply_rows(const T* x, const BatchNormShape& shape, const T* mean, const T* invstd,
+                const T* weight, const T* bias, T* xhat, T* out) {
   for_channel_blocks(shape, [&](int64_t c0, int64_t c1, double*, double*) {
     for (int64_t i = 0; i < shape.n; ++i)
       for (int64_t ch = c0; ch < c1; ++ch) {
@@ -89,17 +103,32 @@ void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, co
         const T* __restrict in = x + base;
         T* __restrict o = out + base;
         if (xhat == nullptr) {
-          for (int64_t j = 0; j < shape.s; ++j) o[j] = (in[j] - mu) * is * w + b;
+          for (int64_t j = 0; j < shape.s; ++j) o[j] = clamped<Clamp>((in[j] - mu) * is * w + b);
           continue;
         }
         T* __restrict h = xhat + base;
         for (int64_t j = 0; j < shape.s; ++j) {
           const T v = (in[j] - mu) * is;
           h[j] = v;
-          o[j] = v * w + b;
+          o[j] = clamped<Clamp>(v * w + b);
         }
       }
   });
+}
+
+}  // namespace
+
+template <typename T>
+void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, const T* invstd,
+                      const T* weight, const T* bias, T* xhat, T* out, BatchNormClamp clamp) {
+  switch (clamp) {
+    case BatchNormClamp::kNone:
+      return apply_rows<BatchNormClamp::kNone>(x, shape, mean, invstd, weight, bias, xhat, out);
+    case BatchNormClamp::kRelu:
+      return apply_rows<BatchNormClamp::kRelu>(x, shape, mean, invstd, weight, bias, xhat, out);
+    case BatchNormClamp::kRelu6:
+      return apply_rows<BatchNormClamp::kRelu6>(x, shape, mean, invstd, weight, bias, xhat, out);
+  }
 }
 
 template <typename T>
@@ -138,7 +167,7 @@ void batch_norm_backward(const T* g, const T* xhat, const BatchNormShape& shape,
 #define FASTCONV_INSTANTIATE(T)                                                                    \
   template void batch_norm_stats<T>(const T*, const BatchNormShape&, T*, T*);                      \
   template void batch_norm_apply<T>(const T*, const BatchNormShape&, const T*, const T*, const T*, \
-                                    const T*, T*, T*);                                             \
+                                    const T*, T*, T*, BatchNormClamp);                             \
   template void batch_norm_backward<T>(const T*, const T*, const BatchNormShape&, const T*, bool,  \
                                        T*, T*, T*);
 FASTCONV_INSTANTIATE(float)

@@ -17,11 +17,16 @@ struct BatchNormShape {
 template <typename T>
 void batch_norm_stats(const T* x, const BatchNormShape& shape, T* mean, T* var);
 
-// xhat = (x - mean) * invstd; out = xhat * weight + bias (weight, bias and
-// xhat nullable: without xhat, only out is written).
+// What batch_norm_apply clamps its output to, fused into the same pass: nothing,
+// [0, inf) (ReLU) or [0, 6] (ReLU6); NaN stays NaN, as in clamp_forward.
+enum class BatchNormClamp { kNone, kRelu, kRelu6 };
+
+// xhat = (x - mean) * invstd; out = clamp(xhat * weight + bias) (weight, bias
+// and xhat nullable: without xhat, only out is written).
 template <typename T>
 void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, const T* invstd,
-                      const T* weight, const T* bias, T* xhat, T* out);
+                      const T* weight, const T* bias, T* xhat, T* out,
+                      BatchNormClamp clamp = BatchNormClamp::kNone);
 
 // Per-channel sum_g = sum g and sum_gx = sum g * xhat; then, if grad_input is
 // given, grad_input = (g - [batch] (sum_g + xhat * sum_gx) / count) * scale.

@@ -50,7 +50,7 @@ class BasicConv2d(nn.Module):
         attach_step(self, "relu", nn.ReLU(inplace=True))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self.relu(self.bn(self.conv(x)))
+        return nn.batch_norm_activation(self.bn, self.relu, self.conv(x))
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
         return self.conv.backward(self.bn.backward(self.relu.backward(grad_output)))

@@ -49,6 +49,7 @@ from .layers import (
     ReLU6,
     Sigmoid,
     Tanh,
+    batch_norm_activation,
 )
 from .layers1d import AvgPool1d, Conv1d, MaxPool1d
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss, SmoothL1Loss
@@ -103,6 +104,7 @@ __all__ = [
     "Summary",
     "Tanh",
     "Upsample",
+    "batch_norm_activation",
     "clip_grad_norm_",
     "from_torch",
     "init",

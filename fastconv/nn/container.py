@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import BatchNorm2d, Conv2d, ReLU
+from .layers import BatchNorm2d, Conv2d, ReLU, batch_norm_activation, fuses
 from .module import Module
 
 __all__ = ["BasicBlock", "Bottleneck", "Concat", "ModuleList", "Residual", "Sequential"]
@@ -76,8 +76,15 @@ class Sequential(Module):
         return self
 
     def forward(self, input: Any) -> Any:
-        for module in self._modules.values():
-            input = module(input)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            if i + 1 < len(modules) and fuses(modules[i], modules[i + 1]):
+                input = batch_norm_activation(modules[i], modules[i + 1], input)
+                i += 2
+            else:
+                input = modules[i](input)
+                i += 1
         return input
 
     def backward(self, grad_output: Any) -> Any:
@@ -247,7 +254,7 @@ class BasicBlock(_ResNetBlock):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = batch_norm_activation(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(x)
@@ -310,8 +317,8 @@ class Bottleneck(_ResNetBlock):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = batch_norm_activation(self.bn1, self.relu, self.conv1(x))
+        out = batch_norm_activation(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(x)

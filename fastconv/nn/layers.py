@@ -674,6 +674,9 @@ class BatchNorm2d(Module):
                 init.zeros_(self.bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        return self._normalise(input, None)
+
+    def _normalise(self, input: np.ndarray, activation: str | None) -> np.ndarray:
         check_layer_input(input)
         if input.ndim != 4:
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
@@ -705,6 +708,7 @@ class BatchNorm2d(Module):
             momentum=factor,
             eps=self.eps,
             return_saved=keep,
+            activation=activation,
         )
         if not keep:
             return result
@@ -729,3 +733,29 @@ class BatchNorm2d(Module):
             f"affine={self.affine}, bias={self.bias is not None}, "
             f"track_running_stats={self.track_running_stats}"
         )
+
+
+# The activations batch_norm_activation fuses into the normalisation pass.
+_FUSED_CLAMPS = {ReLU: "relu", ReLU6: "relu6"}
+
+
+def fuses(norm: Module, activation: Module) -> bool:
+    """Whether :func:`batch_norm_activation` fuses this pair."""
+    return (
+        type(norm) is BatchNorm2d
+        and type(activation) in _FUSED_CLAMPS
+        and not norm._forward_hooks
+        and not activation._forward_hooks
+    )
+
+
+def batch_norm_activation(norm: Module, activation: Module, input: np.ndarray) -> np.ndarray:
+    """``activation(norm(input))``, with a ReLU or ReLU6 clamp fused into a
+    BatchNorm2d's pass over the data when no hook watches either layer: the same values
+    and the same saved state (each layer's ``backward`` runs as after two calls), one
+    pass and one array fewer. Any other pair runs as the two calls."""
+    if not fuses(norm, activation):
+        return activation(norm(input))
+    out = norm._normalise(input, _FUSED_CLAMPS[type(activation)])
+    activation.save_for_backward(out)
+    return out
