@@ -349,11 +349,11 @@ void bind_gemm(py::module_& m) {
         const int count = fastconv::gemm_kernel_count<T>();
         require(kernel_index >= -1 && kernel_index < count, "internal: no such gemm kernel");
         const int threads = fastconv::get_num_threads();
-        KernelScope scope;  // the kernel is looked up under the tier lock
-        const fastconv::GemmKernelInfo<T> info = kernel_index < 0
-                                                     ? fastconv::gemm_kernel<T>()
-                                                     : fastconv::gemm_kernel_at<T>(kernel_index);
-        fastconv::gemm_with_kernel<T>(pr, threads, info);
+        KernelScope scope;     // the kernel is looked up under the tier lock
+        if (kernel_index < 0)  // the library's GEMM, small-N path included
+          fastconv::gemm<T>(pr, threads);
+        else
+          fastconv::gemm_with_kernel<T>(pr, threads, fastconv::gemm_kernel_at<T>(kernel_index));
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha"), py::arg("beta"),
       py::arg("trans_a"), py::arg("trans_b"), py::arg("kernel_index") = -1);
@@ -663,7 +663,7 @@ py::object gemm_plain(py::handle a_h, py::handle b_h, py::handle alpha_h, py::ha
   const int threads = fastconv::get_num_threads();
   {
     KernelScope scope;  // the kernel is looked up under the tier lock
-    fastconv::gemm_with_kernel<T>(pr, threads, fastconv::gemm_kernel<T>());
+    fastconv::gemm<T>(pr, threads);
   }
   return std::move(out);
 }

@@ -11,14 +11,14 @@ namespace {
 CpuKernels portable_kernels() {
   CpuKernels k{};
   k.isa = Isa::kBaseline;
-  k.f32 = {gemm_f32_6x8_portable(),         igemm_f32_6x8_portable(),
-           pixel_igemm_f32_6x8_portable(),  gather_gemm_f32_6x8_portable(),
-           vector_ops_portable<float>(),    pool_row_kernels_portable<float>(),
-           depthwise_blocked_f32_portable()};
-  k.f64 = {gemm_f64_6x4_portable(),         igemm_f64_6x4_portable(),
-           pixel_igemm_f64_6x4_portable(),  gather_gemm_f64_6x4_portable(),
-           vector_ops_portable<double>(),   pool_row_kernels_portable<double>(),
-           depthwise_blocked_f64_portable()};
+  k.f32 = {gemm_f32_6x8_portable(),          igemm_f32_6x8_portable(),
+           pixel_igemm_f32_6x8_portable(),   gather_gemm_f32_6x8_portable(),
+           vector_ops_portable<float>(),     pool_row_kernels_portable<float>(),
+           depthwise_blocked_f32_portable(), small_n_f32_portable()};
+  k.f64 = {gemm_f64_6x4_portable(),          igemm_f64_6x4_portable(),
+           pixel_igemm_f64_6x4_portable(),   gather_gemm_f64_6x4_portable(),
+           vector_ops_portable<double>(),    pool_row_kernels_portable<double>(),
+           depthwise_blocked_f64_portable(), small_n_f64_portable()};
   k.winograd_f32 = conv2d_winograd_forward_f32_portable;
   k.fma_peak = fma_peak_gflops_portable;
   return k;
@@ -39,6 +39,8 @@ void override_avx2(CpuKernels& k) {
   k.f64.pixel_igemm = pixel_igemm_f64_6x8_avx2_fma();
   k.f64.gather_gemm = gather_gemm_f64_6x8_avx2_fma();
   k.f64.vector = vector_ops_f64_avx2();
+  k.f32.small_n = small_n_f32_avx2_fma();
+  k.f64.small_n = small_n_f64_avx2_fma();
   k.winograd_f32 = conv2d_winograd_forward_f32_avx2;
   k.fma_peak = fma_peak_gflops_avx2;
 }
@@ -57,6 +59,8 @@ void override_avx512(CpuKernels& k) {
   k.f64.gather_gemm = gather_gemm_f64_8x16_avx512();
   k.f32.depthwise_blocked = depthwise_blocked_f32_avx512();
   k.f64.depthwise_blocked = depthwise_blocked_f64_avx512();
+  k.f32.small_n = small_n_f32_avx512();
+  k.f64.small_n = small_n_f64_avx512();
   k.winograd_f32 = conv2d_winograd_forward_f32_avx512;
   k.fma_peak = fma_peak_gflops_avx512;
 }
@@ -96,6 +100,10 @@ GatherGemmKernelInfo<T> gather_gemm_kernel() {
   return kernel_table<T>().gather_gemm;
 }
 template <typename T>
+SmallNKernelInfo<T> small_n_kernel() {
+  return kernel_table<T>().small_n;
+}
+template <typename T>
 const VectorOps<T>& vector_ops() {
   return kernel_table<T>().vector;
 }
@@ -118,6 +126,7 @@ double fma_peak_gflops(int threads, int64_t iterations) {
   template IgemmKernelInfo<T> igemm_kernel<T>();            \
   template PixelIgemmKernelInfo<T> pixel_igemm_kernel<T>(); \
   template GatherGemmKernelInfo<T> gather_gemm_kernel<T>(); \
+  template SmallNKernelInfo<T> small_n_kernel<T>();         \
   template const VectorOps<T>& vector_ops<T>();             \
   template int gemm_kernel_count<T>();                      \
   template GemmKernelInfo<T> gemm_kernel_at<T>(int);

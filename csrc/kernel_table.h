@@ -28,6 +28,7 @@ struct KernelTable {
   VectorOps<T> vector;
   PoolRowKernels<T> pool_rows;
   DepthwiseBlockedKernels<T> depthwise_blocked;
+  SmallNKernelInfo<T> small_n;
 };
 
 struct CpuKernels {

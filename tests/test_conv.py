@@ -208,6 +208,9 @@ SELECTOR_EXTRA = [
     ("mobilenet_dw3x3s2_14", (1, 576, 14, 14), (576, 1, 3, 3), 2, 1, 1, 576, "depthwise"),
     ("grouped_g4_14", (8, 256, 14, 14), (256, 64, 3, 3), 1, 1, 1, 4, "direct"),
     ("batch1_3x3_14", (1, 256, 14, 14), (256, 256, 3, 3), 1, 1, 1, 1, "winograd"),
+    # at most four output pixels over the batch: the GEMM's small-N path
+    ("batch1_3x3_2", (1, 512, 2, 2), (512, 512, 3, 3), 1, 1, 1, 1, "implicit_gemm"),
+    ("batch4_3x3s2_2", (4, 256, 2, 2), (512, 256, 3, 3), 2, 1, 1, 1, "implicit_gemm"),
     # depthwise with a channel multiplier: blocks up to 8, rows up to 4, else direct
     ("depthwise_blocks_multiplier_8", (4, 16, 14, 14), (128, 1, 3, 3), 1, 1, 1, 16, "depthwise"),
     ("depthwise_blocks_multiplier_16", (4, 16, 14, 14), (256, 1, 3, 3), 1, 1, 1, 16, "direct"),
@@ -516,7 +519,7 @@ LIVE_TAP_CASES = [
     # (N, C, H, W, K, R, S, stride, padding, groups), expected forward algorithm
     ((4, 32, 1, 1, 48, 3, 3, 1, 1, 1), "pointwise_gemm"),  # only the centre tap
     ((2, 16, 2, 2, 24, 5, 5, 1, 2, 1), "direct"),  # 5x5 -> 3x3
-    ((3, 8, 2, 2, 8, 3, 3, 2, 1, 1), "direct"),  # stride 2: 3x3 -> 2x2
+    ((5, 8, 2, 2, 8, 3, 3, 2, 1, 1), "direct"),  # stride 2: 3x3 -> 2x2 (5 pixels: not GEMV-like)
     ((2, 12, 1, 3, 12, 3, 3, 1, 1, 12), "depthwise"),  # rows cut, columns kept
     ((5, 20, 1, 1, 20, 5, 5, 1, 2, 20), "depthwise"),
     ((1, 6, 3, 1, 4, 7, 7, 1, 3, 2), "direct"),  # grouped, columns cut
@@ -619,3 +622,28 @@ def test_col2im_pixel_major_tiles(batch, dtype, in_hw, kernel, stride, groups):
     got = fastconv.conv2d_input(x_shape, w, gy, **kw, algorithm="implicit_gemm (col2im)")
     want = ref.conv2d_input(x_shape, w.astype(np.float64), gy.astype(np.float64), **kw)
     assert_close_scaled(got, want, k=10 * kernel * kernel)
+
+
+# At most four output pixels over the whole batch: implicit GEMM reads the weights in
+# place through the GEMM's small-N path (chosen for these, and forced here onto a
+# strided input, bias or none, float32 and float64, every batch size up to four).
+FEW_PIXEL_CASES = [
+    C(1, 64, 2, 2, 96, 3, 3, padding=1),
+    C(2, 40, 3, 3, 70, 3, 3, stride=2),
+    C(4, 33, 2, 2, 17, 3, 3, stride=2, padding=1, bias=False),
+    C(3, 24, 1, 1, 130, 3, 3, padding=1),
+]
+
+
+@pytest.mark.parametrize("case", FEW_PIXEL_CASES, ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_few_pixel_implicit_gemm(case, dtype):
+    case = case._replace(dtype=dtype)
+    x, w, b, _ = make_data(case)
+    args = case.args()
+    strided = _strided_copy(x, np.random.default_rng(0))
+    y = fastconv.conv2d(strided, w, b, **args, algorithm="implicit_gemm")
+    bias64 = None if b is None else b.astype(np.float64)
+    want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), bias64, **args)
+    assert y.shape[0] * y.shape[2] * y.shape[3] <= 4
+    assert_close_scaled(y, want, k=w.shape[1] * w.shape[2] * w.shape[3] + 1)

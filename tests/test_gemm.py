@@ -596,3 +596,40 @@ def test_linear_bias_is_not_modified():
     before = bias.copy()
     fastconv.linear(x, w, bias)
     np.testing.assert_array_equal(bias, before)
+
+
+# --------------------------------------------------------------------------- small N
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("narrow", [1, 2, 3, 4])
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS)
+def test_small_n_path_against_the_reference(dtype, narrow, trans_a, trans_b):
+    """One side of at most four columns (or rows) and a large other operand: gemm runs
+    the small-N dot kernels, reading that operand in place where its rows run along k
+    (and transposing the problem when m is the narrow side); every layout, alpha and
+    beta, a k with a tail past the vector lanes, rows past a multiple of four."""
+    rng = np.random.default_rng(narrow)
+    k = 1031
+    for m, n in ((203, narrow), (narrow, 203)):
+        a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
+        c = rng.standard_normal((m, n)).astype(dtype)
+        got = fastconv.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+        assert_close_scaled(got, expected(a, b, None, 1.0, 0.0, trans_a, trans_b), k)
+        want = expected(a, b, c, -0.5, 2.0, trans_a, trans_b)
+        strided = np.zeros((m, 2 * n), dtype)[:, ::2]
+        strided[...] = c
+        fastconv.gemm(a, b, strided, alpha=-0.5, beta=2.0, trans_a=trans_a, trans_b=trans_b)
+        assert_close_scaled(strided, want, k + 1, err_msg=f"{m}x{n}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_n_path_is_the_same_for_any_thread_count(dtype, threads):
+    rng = np.random.default_rng(7)
+    a, b = operands(rng, 517, 3, 700, dtype)
+    results = []
+    for count in (1, 2, 3):
+        threads(count)
+        results.append(fastconv.gemm(a, b))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])

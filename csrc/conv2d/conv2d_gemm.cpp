@@ -225,10 +225,15 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
   const std::vector<TapGeometry> taps = tap_table(p);
   const int64_t kg = p.out_per_group(), cg = p.in_per_group(), pixels = p.out_plane();
   GemmScratch<T>& scratch = gemm_scratch<T>();
-  const T* packed = pack_weights(weight, p.groups, kg, p.reduction(), false, scratch.packed);
+  // At most kSmallNDotColumns output pixels in all: the GEMM reads the weights in
+  // place (its small-N path), so packing them would be wasted.
+  const bool few_pixels = p.batch * pixels <= kSmallNDotColumns;
+  const T* packed = few_pixels
+                        ? nullptr
+                        : pack_weights(weight, p.groups, kg, p.reduction(), false, scratch.packed);
   const int64_t per_group = gemm_packed_a_size<T>(kg, p.reduction());
   const int64_t image_stride = p.in_channels * p.in_plane();
-  if (pixels < kBatchedGemmMaxPixels && p.batch > 1) {
+  if ((pixels < kBatchedGemmMaxPixels && p.batch > 1) || few_pixels) {
     const int threads = threads_for(static_cast<int64_t>(p.flops()), kFlopsPerThread);
     // Images per GEMM: their im2col matrix and offsets within kSmallPlaneColumnsBytes.
     const int64_t bytes_per_image = pixels * (p.reduction() * static_cast<int64_t>(sizeof(T)) +
@@ -249,7 +254,10 @@ void conv2d_gemm_forward(const T* input, const T* weight, const T* bias, T* outp
         pr.m = kg;
         pr.n = columns;
         pr.k = p.reduction();
-        pr.packed_a = packed + g * per_group;
+        if (few_pixels)
+          pr.a = {weight + g * kg * p.reduction(), p.reduction(), 1};
+        else
+          pr.packed_a = packed + g * per_group;
         pr.b = {cols, columns, 1};
         pr.c = {c, columns, 1};
         gemm(pr, threads);

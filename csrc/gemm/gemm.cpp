@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -382,7 +384,62 @@ void gemm_with_kernel(const GemmProblem<T>& pr, int threads, const GemmKernelInf
 }
 
 template <typename T>
+void gemm_small_n(const GemmProblem<T>& pr, int threads) {
+  const int64_t m = pr.m, n = pr.n, k = pr.k;
+  if (m == 0 || n == 0 || k == 0 || n > kSmallNDotColumns || pr.a.col_stride != 1)
+    throw std::invalid_argument("internal: gemm_small_n needs 0 < n <= 4, k > 0 and A rows");
+  const SmallNDotKernel<T> kernel = small_n_kernel<T>().dot_kernels[n - 1];
+  AlignedBuffer<T> bt(static_cast<size_t>(n * k));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t p = 0; p < k; ++p) bt.data()[j * k + p] = pr.b.at(p, j);
+  const int64_t rows = kSmallNDotRows, blocks = (m + rows - 1) / rows;
+  threads = static_cast<int>(std::min<int64_t>(threads, blocks));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t i0 = blk * rows;
+    const int count = static_cast<int>(std::min<int64_t>(rows, m - i0));
+    T out[kSmallNDotRows * kSmallNDotColumns];
+    kernel(k, pr.a.data + i0 * pr.a.row_stride, pr.a.row_stride, count, bt.data(), out);
+    for (int i = 0; i < count; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        T& c = pr.c.data[(i0 + i) * pr.c.row_stride + j * pr.c.col_stride];
+        const T v = pr.alpha * out[i * n + j];
+        c = pr.beta == T(0) ? v : v + pr.beta * c;
+      }
+  }
+}
+
+namespace {
+
+// Where the small-N path beats packing: a plain problem with a narrow side of at
+// most kSmallNDotColumns, whose other operand is large enough that packing it would
+// cost more than reading it once (64 K values) and is read along k in place.
+// Returns the problem to run (C^T = B^T A^T when the narrow side is m), or none.
+template <typename T>
+std::optional<GemmProblem<T>> small_n_problem(const GemmProblem<T>& pr) {
+  if (pr.pack_b || pr.packed_a != nullptr || pr.packed_b != nullptr || pr.k == 0) return {};
+  const int64_t most = kSmallNDotColumns;
+  if (pr.n <= most && pr.a.col_stride == 1 && pr.m * pr.k >= (int64_t(1) << 16)) return pr;
+  if (pr.m <= most && pr.b.row_stride == 1 && pr.n * pr.k >= (int64_t(1) << 16)) {
+    GemmProblem<T> t = pr;
+    t.m = pr.n;
+    t.n = pr.m;
+    t.a = {pr.b.data, pr.b.col_stride, 1};
+    t.b = {pr.a.data, pr.a.col_stride, pr.a.row_stride};
+    t.c = {pr.c.data, pr.c.col_stride, pr.c.row_stride};
+    return t;
+  }
+  return {};
+}
+
+}  // namespace
+
+template <typename T>
 void gemm(const GemmProblem<T>& pr, int threads) {
+  if (const std::optional<GemmProblem<T>> small = small_n_problem(pr)) {
+    gemm_small_n(*small, threads);
+    return;
+  }
   gemm_with_kernel(pr, threads, gemm_kernel<T>());
 }
 
@@ -420,6 +477,7 @@ double gemm_kernel_peak_gflops(int threads, int64_t calls) {
 
 #define FASTCONV_INSTANTIATE_GEMM(T)                                                       \
   template void gemm<T>(const GemmProblem<T>&, int);                                       \
+  template void gemm_small_n<T>(const GemmProblem<T>&, int);                               \
   template void gemm_with_kernel<T>(const GemmProblem<T>&, int, const GemmKernelInfo<T>&); \
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                \
   template bool gemm_runs_narrow_c_transposed<T>(int64_t, int64_t);                        \

@@ -54,6 +54,25 @@ struct GemmProblem {
 template <typename T>
 void gemm(const GemmProblem<T>& problem, int threads);
 
+// Small-N GEMM: C = alpha * A @ B + beta * C for n up to kSmallNDotColumns
+// columns, A read in place (its rows unit-stride along k, any row stride), B
+// packed here (as B^T: tiny), threads splitting the rows of A. gemm() takes
+// this path itself where it applies (C^T = B^T A^T when m is the narrow side).
+constexpr int kSmallNDotColumns = 4, kSmallNDotRows = 4;
+// out (rows x NC) = the first `rows` rows of a (kSmallNDotRows at most) times the
+// NC columns of B, given as bt (NC rows of k).
+template <typename T>
+using SmallNDotKernel = void (*)(int64_t k, const T* a, int64_t lda, int rows, const T* bt, T* out);
+template <typename T>
+struct SmallNKernelInfo {
+  SmallNDotKernel<T> dot_kernels[kSmallNDotColumns];  // for 1 .. kSmallNDotColumns columns
+  const char* name;
+};
+template <typename T>
+SmallNKernelInfo<T> small_n_kernel();  // the active ISA tier's (kernel_table.h)
+template <typename T>
+void gemm_small_n(const GemmProblem<T>& problem, int threads);
+
 // Pre-packing A for the default kernel, for callers that multiply the same A
 // many times (convolution weights over a batch): gemm_pack_a writes
 // gemm_packed_a_size(m, k) elements.
@@ -210,6 +229,12 @@ GemmKernelInfo<float> gemm_f32_12x32_avx512();
 GemmKernelInfo<double> gemm_f64_12x16_avx512();
 GemmKernelInfo<float> gemm_f32_6x16_avx2_fma();
 GemmKernelInfo<double> gemm_f64_6x8_avx2_fma();
+SmallNKernelInfo<float> small_n_f32_avx512();
+SmallNKernelInfo<double> small_n_f64_avx512();
+SmallNKernelInfo<float> small_n_f32_avx2_fma();
+SmallNKernelInfo<double> small_n_f64_avx2_fma();
+SmallNKernelInfo<float> small_n_f32_portable();
+SmallNKernelInfo<double> small_n_f64_portable();
 GemmKernelInfo<float> gemm_f32_6x8_portable();
 GemmKernelInfo<double> gemm_f64_6x4_portable();
 

@@ -37,6 +37,13 @@ struct F64 {
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
 };
+}  // namespace
+}  // namespace fastconv
+
+#include "gemm/gemm_small_n_impl.h"
+
+namespace fastconv {
+namespace {
 
 // The 6 x 2-vector register tile shared by the direct and indirect kernels.
 template <typename S>
@@ -226,6 +233,11 @@ GatherGemmKernelInfo<double> gather_gemm_f64_6x8_avx2_fma() {
 }
 
 #undef FASTCONV_ROW_VARIANTS
+
+SmallNKernelInfo<float> small_n_f32_avx2_fma() { return small_n_info<F32>("f32-small-n-avx2-fma"); }
+SmallNKernelInfo<double> small_n_f64_avx2_fma() {
+  return small_n_info<F64>("f64-small-n-avx2-fma");
+}
 
 }  // namespace fastconv
 

@@ -40,6 +40,14 @@ struct F64 {
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
 };
 
+}  // namespace
+}  // namespace fastconv
+
+#include "gemm/gemm_small_n_impl.h"
+
+namespace fastconv {
+namespace {
+
 constexpr int kMR = 12;
 
 // Applies X to each of the 12 row indices.
@@ -250,6 +258,9 @@ GatherGemmKernelInfo<double> gather_gemm_f64_8x16_avx512() {
 #undef FASTCONV_GATHER_VARIANTS
 
 #undef FASTCONV_ROW_VARIANTS
+
+SmallNKernelInfo<float> small_n_f32_avx512() { return small_n_info<F32>("f32-small-n-avx512"); }
+SmallNKernelInfo<double> small_n_f64_avx512() { return small_n_info<F64>("f64-small-n-avx512"); }
 
 }  // namespace fastconv
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "gemm/gemm.h"
+#include "gemm/gemm_small_n_impl.h"
 
 namespace fastconv {
 namespace {
@@ -153,5 +154,24 @@ GatherGemmKernelInfo<double> gather_gemm_f64_6x4_portable() {
 
 #undef FASTCONV_F32_ROWS
 #undef FASTCONV_F64_ROWS
+
+// The small-N kernel over the same 16-byte vectors.
+template <typename Scalar>
+struct PortableOps {
+  using T = Scalar;
+  using V = Vec<Scalar>;
+  static constexpr int kLanes = fastconv::kLanes<Scalar>;
+  static V zero() { return V{}; }
+  static V load(const T* p) { return fastconv::load(p); }
+  static void store(T* p, V v) { fastconv::store(p, v); }
+  static V fma(V a, V b, V c) { return a * b + c; }
+};
+
+SmallNKernelInfo<float> small_n_f32_portable() {
+  return small_n_info<PortableOps<float>>("f32-small-n-portable");
+}
+SmallNKernelInfo<double> small_n_f64_portable() {
+  return small_n_info<PortableOps<double>>("f64-small-n-portable");
+}
 
 }  // namespace fastconv
