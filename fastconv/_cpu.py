@@ -400,12 +400,26 @@ def batch_norm_apply(rows, mean, invstd, weight, bias, keep_xhat: bool = True, c
     return xhat, out
 
 
-def batch_norm_backward(grad_rows, xhat, scale, batch_statistics: bool, input_grad: bool):
-    """(grad_input or None, sum_g, sum_gx) on (N, C, S) rows; scale = weight * invstd."""
+def batch_norm_backward(
+    grad_rows, xhat, scale, batch_statistics: bool, input_grad: bool, out=None, clamp=None
+):
+    """(grad_input or None, sum_g, sum_gx) on (N, C, S) rows; scale = weight * invstd.
+    With ``out`` (the forward's output) and ``clamp`` ('relu' or 'relu6'), the
+    gradient first goes back through the clamp the forward fused."""
     c = xhat.shape[1]
     sum_g, sum_gx = np.empty(c, dtype=xhat.dtype), np.empty(c, dtype=xhat.dtype)
     grad = np.empty_like(xhat) if input_grad else None
-    _C.batch_norm_backward(grad_rows, xhat, scale, batch_statistics, sum_g, sum_gx, grad)
+    _C.batch_norm_backward(
+        grad_rows,
+        xhat,
+        scale,
+        batch_statistics,
+        sum_g,
+        sum_gx,
+        grad,
+        out,
+        BATCH_NORM_CLAMPS[clamp if out is not None else None],
+    )
     return grad, sum_g, sum_gx
 
 

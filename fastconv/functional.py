@@ -669,13 +669,22 @@ def batch_norm(
     return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out
 
 
-def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
+def batch_norm_backward(
+    grad_output, saved, weight=None, *, input_grad=True, activation=None, output=None
+):
     """Gradients of batch_norm: ``(grad_input, grad_weight, grad_bias)``.
 
     ``saved`` is what ``batch_norm(..., return_saved=True)`` returned and ``weight``
     the forward's. ``grad_weight`` and ``grad_bias`` are always computed (they cost
-    one pass); ``grad_input`` is None unless ``input_grad``.
+    one pass); ``grad_input`` is None unless ``input_grad``. With ``activation``
+    ('relu' or 'relu6', keyword-only) and the forward's ``output``, ``grad_output`` is
+    the gradient of the activation's output and goes back through it (as
+    :func:`relu_backward` would) in the same passes.
     """
+    if activation not in (None, "relu", "relu6"):
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+    if (activation is None) != (output is None):
+        raise ValueError("activation and output must be given together")
     if not isinstance(saved, BatchNormSaved):
         raise TypeError("saved must be the BatchNormSaved that batch_norm(return_saved=True) gave")
     # A BatchNormSaved can be built by hand: its arrays are checked like any argument.
@@ -695,6 +704,15 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
     chk.check_same_dtype(
         grad_output=grad_output, weight=weight, saved=xhat, **{"saved.invstd": saved.invstd}
     )
+    if output is not None:
+        chk.check_array(output, "output")
+        chk.check_same_dtype(grad_output=grad_output, output=output)
+        if output.shape != grad_output.shape:
+            raise ValueError(
+                f"output shape {tuple(output.shape)} must equal grad_output's "
+                f"{tuple(grad_output.shape)}"
+            )
+        output = _cpu.contiguous(np.asarray(output)).reshape(xhat.shape)
     xhat = _cpu.contiguous(np.asarray(xhat))
     g = _cpu.contiguous(np.asarray(grad_output)).reshape(xhat.shape)
     scale = saved.invstd if weight is None else weight * saved.invstd
@@ -703,7 +721,13 @@ def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
         sum_g, sum_gx = np.zeros(xhat.shape[1], xhat.dtype), np.zeros(xhat.shape[1], xhat.dtype)
     else:
         grad, sum_g, sum_gx = _cpu.batch_norm_backward(
-            g, xhat, _cpu.contiguous(scale), bool(saved.batch_statistics), bool(input_grad)
+            g,
+            xhat,
+            _cpu.contiguous(scale),
+            bool(saved.batch_statistics),
+            bool(input_grad),
+            output,
+            activation,
         )
     grad_input = None if grad is None else grad.reshape(grad_output.shape)
     return grad_input, sum_gx, sum_g

@@ -134,8 +134,12 @@ def test_fused_batch_norm_activation_matches_the_two_calls(activation, training)
     for fused in (True, False):
         norm, act = _pair(activation)
         norm.train(training)
-        out = nn.batch_norm_activation(norm, act, x) if fused else act(norm(x))
-        grad = norm.backward(act.backward(g))
+        if fused:
+            out = nn.batch_norm_activation(norm, act, x)
+            grad = nn.batch_norm_activation_backward(norm, act, g)
+        else:
+            out = act(norm(x))
+            grad = norm.backward(act.backward(g))
         results.append((out, grad, norm.weight.grad, norm.bias.grad, norm.running_mean.copy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
@@ -160,8 +164,29 @@ def test_sequential_fuses_only_unwatched_pairs():
 
 def test_batch_norm_activation_argument_is_checked():
     x = np.ones((2, 3, 2, 2), np.float32)
+    out, saved = F.batch_norm(x, None, None, training=True, return_saved=True, activation="relu")
+    with pytest.raises(ValueError, match="activation and output must be given together"):
+        F.batch_norm_backward(np.ones_like(out), saved, activation="relu")
+    with pytest.raises(ValueError, match="output shape"):
+        F.batch_norm_backward(np.ones_like(out), saved, activation="relu", output=out[:1])
     with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
         F.batch_norm(x, None, None, training=True, activation="gelu")
     y = x * np.arange(-1, 1).reshape(2, 1, 1, 1)
     fused = F.batch_norm(y, None, None, training=True, activation="relu")
     np.testing.assert_array_equal(fused, F.relu(F.batch_norm(y, None, None, training=True)))
+
+
+def test_activation_in_place_of_a_temporary():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    act = nn.ReLU()
+    temporary = x.copy()
+    out = nn.activation_in_place(act, temporary)  # autograd on: still in place
+    assert out is temporary
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    np.testing.assert_array_equal(act.backward(np.ones_like(x)), (x > 0).astype(np.float32))
+    watched = nn.ReLU6()
+    watched.register_forward_hook(lambda m, i, o: None)
+    kept = x.copy()
+    assert nn.activation_in_place(watched, kept) is not kept  # a hook sees a plain call
+    np.testing.assert_array_equal(kept, x)

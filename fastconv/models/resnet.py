@@ -84,15 +84,12 @@ class _Trunk(nn.Module):
     _trunk: tuple[str, ...] = ()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for name in self._trunk:
-            x = getattr(self, name)(x)
-        return self.fc(self.flatten(x))
+        trunk = [getattr(self, name) for name in self._trunk]
+        return self.fc(self.flatten(nn.forward_chain(trunk, x)))
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
         grad = self.flatten.backward(self.fc.backward(grad_output))
-        for name in reversed(self._trunk):
-            grad = getattr(self, name).backward(grad)
-        return grad
+        return nn.backward_chain([getattr(self, name) for name in self._trunk], grad)
 
     def _zero_init_residual(self) -> None:
         """Each block starts as the identity (Goyal et al.): its last BN weight is 0."""

@@ -30,7 +30,16 @@ Layers run on NumPy (CPU) arrays; conv, pooling and matrix products go through
 
 from . import init
 from .activation import ELU, GELU, Hardsigmoid, Hardswish, LogSoftmax, SiLU, Softmax
-from .container import BasicBlock, Bottleneck, Concat, ModuleList, Residual, Sequential
+from .container import (
+    BasicBlock,
+    Bottleneck,
+    Concat,
+    ModuleList,
+    Residual,
+    Sequential,
+    backward_chain,
+    forward_chain,
+)
 from .conv_transpose import ConvTranspose2d
 from .init import manual_seed
 from .interop import from_torch, to_torch, to_torch_state_dict
@@ -49,7 +58,9 @@ from .layers import (
     ReLU6,
     Sigmoid,
     Tanh,
+    activation_in_place,
     batch_norm_activation,
+    batch_norm_activation_backward,
 )
 from .layers1d import AvgPool1d, Conv1d, MaxPool1d
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss, SmoothL1Loss
@@ -104,8 +115,12 @@ __all__ = [
     "Summary",
     "Tanh",
     "Upsample",
+    "activation_in_place",
+    "backward_chain",
     "batch_norm_activation",
+    "batch_norm_activation_backward",
     "clip_grad_norm_",
+    "forward_chain",
     "from_torch",
     "init",
     "is_grad_enabled",

@@ -9,10 +9,57 @@ from typing import Any
 
 import numpy as np
 
-from .layers import BatchNorm2d, Conv2d, ReLU, batch_norm_activation, fuses
+from .layers import (
+    BatchNorm2d,
+    Conv2d,
+    ReLU,
+    activation_in_place,
+    batch_norm_activation,
+    batch_norm_activation_backward,
+    fuses,
+    fuses_backward,
+)
 from .module import Module
 
 __all__ = ["BasicBlock", "Bottleneck", "Concat", "ModuleList", "Residual", "Sequential"]
+
+
+def forward_chain(modules: list[Module], input: Any) -> Any:
+    """Each module on the last one's output (what ``Sequential`` runs), a BatchNorm2d
+    followed by a ReLU or ReLU6 as one fused pass (:func:`batch_norm_activation`)."""
+    i = 0
+    while i < len(modules):
+        if i + 1 < len(modules) and fuses(modules[i], modules[i + 1]):
+            input = batch_norm_activation(modules[i], modules[i + 1], input)
+            i += 2
+        else:
+            input = modules[i](input)
+            i += 1
+    return input
+
+
+def backward_chain(modules: list[Module], grad_output: Any) -> Any:
+    """The backward of :func:`forward_chain`, last module first."""
+    i = len(modules) - 1
+    while i >= 0:
+        if i > 0 and fuses_backward(modules[i - 1], modules[i]):
+            grad_output = batch_norm_activation_backward(modules[i - 1], modules[i], grad_output)
+            i -= 1  # the pair's first layer is done too
+        else:
+            grad_output = modules[i].backward(grad_output)
+        if grad_output is None:  # needs_input_grad=False: nothing flows further back
+            for earlier in modules[:i]:
+                trainable = [n for n, p in earlier.named_parameters() if p.requires_grad]
+                if trainable:
+                    raise RuntimeError(
+                        f"{type(modules[i]).__name__} (needs_input_grad=False) returned no "
+                        f"input gradient, but the earlier {type(earlier).__name__} has "
+                        f"trainable parameters ({', '.join(trainable)})"
+                    )
+                earlier.clear_saved()
+            return None
+        i -= 1
+    return grad_output
 
 
 class Sequential(Module):
@@ -76,33 +123,10 @@ class Sequential(Module):
         return self
 
     def forward(self, input: Any) -> Any:
-        modules = list(self._modules.values())
-        i = 0
-        while i < len(modules):
-            if i + 1 < len(modules) and fuses(modules[i], modules[i + 1]):
-                input = batch_norm_activation(modules[i], modules[i + 1], input)
-                i += 2
-            else:
-                input = modules[i](input)
-                i += 1
-        return input
+        return forward_chain(list(self._modules.values()), input)
 
     def backward(self, grad_output: Any) -> Any:
-        modules = list(self._modules.values())
-        for i in range(len(modules) - 1, -1, -1):
-            grad_output = modules[i].backward(grad_output)
-            if grad_output is None:  # needs_input_grad=False: nothing flows further back
-                for earlier in modules[:i]:
-                    trainable = [n for n, p in earlier.named_parameters() if p.requires_grad]
-                    if trainable:
-                        raise RuntimeError(
-                            f"{type(modules[i]).__name__} (needs_input_grad=False) returned no "
-                            f"input gradient, but the earlier {type(earlier).__name__} has "
-                            f"trainable parameters ({', '.join(trainable)})"
-                        )
-                    earlier.clear_saved()
-                return None
-        return grad_output
+        return backward_chain(list(self._modules.values()), grad_output)
 
 
 class ModuleList(Module):
@@ -259,13 +283,13 @@ class BasicBlock(_ResNetBlock):
         if self.downsample is not None:
             identity = self.downsample(x)
         out += identity  # in place: bn2's output is kept by no layer
-        return self.relu(out)
+        return activation_in_place(self.relu, out)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         grad = self.relu.backward(grad_output)  # the second relu call is popped first
         grad_skip = grad if self.downsample is None else self.downsample.backward(grad)
         grad = self.conv2.backward(self.bn2.backward(grad))
-        grad = self.conv1.backward(self.bn1.backward(self.relu.backward(grad)))
+        grad = self.conv1.backward(batch_norm_activation_backward(self.bn1, self.relu, grad))
         return grad + grad_skip
 
 
@@ -323,12 +347,12 @@ class Bottleneck(_ResNetBlock):
         if self.downsample is not None:
             identity = self.downsample(x)
         out += identity  # in place: bn3's output is kept by no layer
-        return self.relu(out)
+        return activation_in_place(self.relu, out)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         grad = self.relu.backward(grad_output)  # the relu's three calls pop last first
         grad_skip = grad if self.downsample is None else self.downsample.backward(grad)
         grad = self.conv3.backward(self.bn3.backward(grad))
-        grad = self.conv2.backward(self.bn2.backward(self.relu.backward(grad)))
-        grad = self.conv1.backward(self.bn1.backward(self.relu.backward(grad)))
+        grad = self.conv2.backward(batch_norm_activation_backward(self.bn2, self.relu, grad))
+        grad = self.conv1.backward(batch_norm_activation_backward(self.bn1, self.relu, grad))
         return grad + grad_skip

@@ -717,9 +717,18 @@ class BatchNorm2d(Module):
         return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        return self._backward(grad_output, None, None)
+
+    def _backward(
+        self, grad_output: np.ndarray, activation: str | None, output: np.ndarray | None
+    ) -> np.ndarray:
         saved, weight, dtype = self.saved_tensors()
         grad_input, grad_weight, grad_bias = F.batch_norm_backward(
-            np.asarray(grad_output, dtype=dtype), saved, weight
+            np.asarray(grad_output, dtype=dtype),
+            saved,
+            weight,
+            activation=activation,
+            output=output,
         )
         if self.weight is not None and self.weight.requires_grad:
             self.weight.accumulate_grad(grad_weight)
@@ -757,5 +766,35 @@ def batch_norm_activation(norm: Module, activation: Module, input: np.ndarray) -
     if not fuses(norm, activation):
         return activation(norm(input))
     out = norm._normalise(input, _FUSED_CLAMPS[type(activation)])
+    activation.save_for_backward(out)
+    return out
+
+
+def batch_norm_activation_backward(
+    norm: Module, activation: Module, grad_output: np.ndarray
+) -> np.ndarray:
+    """``norm.backward(activation.backward(grad_output))`` for a pair called as
+    ``activation(norm(x))`` (fused or not): for a BatchNorm2d and a ReLU or ReLU6, the
+    activation's gradient rule runs inside the normalisation's backward passes (same
+    values, one pass and one array fewer)."""
+    if not fuses_backward(norm, activation):
+        return norm.backward(activation.backward(grad_output))
+    (output,) = activation.saved_tensors()
+    return norm._backward(grad_output, _FUSED_CLAMPS[type(activation)], output)
+
+
+def fuses_backward(norm: Module, activation: Module) -> bool:
+    """Whether :func:`batch_norm_activation_backward` fuses this pair."""
+    return type(norm) is BatchNorm2d and type(activation) in _FUSED_CLAMPS
+
+
+def activation_in_place(activation: Module, input: np.ndarray) -> np.ndarray:
+    """``activation(input)`` written over ``input``, for an input that no layer keeps
+    for its backward (a residual sum), with or without autograd: a ReLU or ReLU6 that
+    no hook watches; any other activation runs as a plain call."""
+    if type(activation) not in _FUSED_CLAMPS or activation._forward_hooks:
+        return activation(input)
+    op = F.relu if type(activation) is ReLU else F.relu6
+    out = op(input, inplace=True)
     activation.save_for_backward(out)
     return out
