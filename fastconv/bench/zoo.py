@@ -42,6 +42,14 @@ _KINDS = {
     "norm": ("BatchNorm2d", "GroupNorm", "LayerNorm", "InstanceNorm2d"),
 }
 SHARE_ORDER = ("conv", "linear", "pool", "norm", "elementwise", "optimizer", "other")
+# The methods timed per layer class, where forward and backward are not all: the ones
+# the fused paths call (nn.batch_norm_activation and its backward, activation_in_place),
+# which forward and backward call too.
+_TIMED_METHODS = {
+    "BatchNorm2d": ("_normalise", "_backward"),
+    "ReLU": ("_activate", "backward"),
+    "ReLU6": ("_activate", "backward"),
+}
 
 
 def layer_kind(layer: Any) -> str:
@@ -65,9 +73,10 @@ def _leaf_layers(model: Any) -> list[Any]:
 
 
 def time_shares(step, model: Any, optimizer: Any = None) -> dict[str, float]:
-    """Run ``step()`` once with every leaf layer's forward and backward (and
-    ``optimizer.step``) timed; returns each kind's share of the step's wall time, with
-    the rest under "other". The layers are restored afterwards."""
+    """Run ``step()`` once with every leaf layer's forward and backward (the methods
+    the fused paths call, for the layers they fuse; and ``optimizer.step``) timed;
+    returns each kind's share of the step's wall time, with the rest under "other".
+    The layers are restored afterwards."""
     spent = dict.fromkeys(SHARE_ORDER, 0.0)
 
     def timed(fn, kind):
@@ -83,8 +92,14 @@ def time_shares(step, model: Any, optimizer: Any = None) -> dict[str, float]:
     patched = [(layer, layer_kind(layer)) for layer in _leaf_layers(model)]
     if optimizer is not None:
         patched.append((optimizer, "optimizer"))
+
+    def methods(owner, kind):
+        if kind == "optimizer":
+            return ("step",)
+        return _TIMED_METHODS.get(type(owner).__name__, ("forward", "backward"))
+
     for owner, kind in patched:
-        for method in ("forward", "backward") if kind != "optimizer" else ("step",):
+        for method in methods(owner, kind):
             object.__setattr__(owner, method, timed(getattr(owner, method), kind))
     try:
         start = time.perf_counter()
@@ -92,7 +107,7 @@ def time_shares(step, model: Any, optimizer: Any = None) -> dict[str, float]:
         total = time.perf_counter() - start
     finally:
         for owner, kind in patched:
-            for method in ("forward", "backward") if kind != "optimizer" else ("step",):
+            for method in methods(owner, kind):
                 owner.__dict__.pop(method, None)
     spent["other"] = max(total - sum(spent.values()), 0.0)
     return {kind: spent[kind] / total for kind in SHARE_ORDER}

@@ -438,25 +438,23 @@ class Identity(Module):
         return grad_output
 
 
-def _clamp_layer_forward(input: np.ndarray, op: Any, inplace: bool) -> np.ndarray:
-    """``op`` (F.relu or F.relu6) for a layer. ``inplace`` writes into ``input`` only
-    with autograd off: while training, the layer before may have kept ``input`` for its
-    own backward (Tanh and Sigmoid keep their outputs), and nothing here can tell."""
-    return op(input, inplace=inplace and not is_grad_enabled())
-
-
 class ReLU(Module):
     """max(x, 0).  With ``inplace`` and autograd off (``no_grad``, inference) the
-    result overwrites the input; while training outputs are new arrays.  NaN follows
-    PyTorch: it passes forward, and lets the gradient through."""
+    result overwrites the input; while training outputs are new arrays (the layer
+    before may have kept its output for its own backward: Tanh and Sigmoid do, and
+    nothing here can tell).  NaN follows PyTorch: it passes forward, and lets the
+    gradient through."""
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        return self._activate(input, self.inplace and not is_grad_enabled())
+
+    def _activate(self, input: np.ndarray, inplace: bool) -> np.ndarray:
         check_layer_input(input)
-        out = _clamp_layer_forward(input, F.relu, self.inplace)
+        out = F.relu(input, inplace=inplace)
         self.save_for_backward(out)
         return out
 
@@ -480,8 +478,11 @@ class ReLU6(Module):
         self.inplace = inplace
 
     def forward(self, input: np.ndarray) -> np.ndarray:
+        return self._activate(input, self.inplace and not is_grad_enabled())
+
+    def _activate(self, input: np.ndarray, inplace: bool) -> np.ndarray:
         check_layer_input(input)
-        out = _clamp_layer_forward(input, F.relu6, self.inplace)
+        out = F.relu6(input, inplace=inplace)
         self.save_for_backward(out)
         return out
 
@@ -794,7 +795,4 @@ def activation_in_place(activation: Module, input: np.ndarray) -> np.ndarray:
     no hook watches; any other activation runs as a plain call."""
     if type(activation) not in _FUSED_CLAMPS or activation._forward_hooks:
         return activation(input)
-    op = F.relu if type(activation) is ReLU else F.relu6
-    out = op(input, inplace=True)
-    activation.save_for_backward(out)
-    return out
+    return activation._activate(input, True)
