@@ -238,25 +238,21 @@ void bind_batch_norm(py::module_& m) {
       "batch_norm_backward",
       [shape_of](const CArray<T>& g, const CArray<T>& xhat, const CArray<T>& scale,
                  bool batch_statistics, CArray<T>& sum_g, CArray<T>& sum_gx,
-                 std::optional<CArray<T>> grad_input, std::optional<CArray<T>> out, int clamp) {
+                 std::optional<CArray<T>> grad_input) {
         const fastconv::BatchNormShape s = shape_of(g);
         require_shape(xhat, {s.n, s.c, s.s}, "xhat");
         require_shape(scale, {s.c}, "scale");
         require_shape(sum_g, {s.c}, "sum_g");
         require_shape(sum_gx, {s.c}, "sum_gx");
         if (grad_input) require_shape(*grad_input, {s.n, s.c, s.s}, "grad_input");
-        if (out) require_shape(*out, {s.n, s.c, s.s}, "out");
-        require(clamp >= 0 && clamp <= 2, "internal: clamp must be 0 (none), 1 (relu), 2 (relu6)");
         const T *gp = g.data(), *h = xhat.data(), *k = scale.data();
-        const T* o = out ? out->data() : nullptr;
         T *sg = sum_g.mutable_data(), *sgx = sum_gx.mutable_data();
         T* gi = grad_input ? grad_input->mutable_data() : nullptr;
-        const auto kind = static_cast<fastconv::BatchNormClamp>(clamp);
         KernelScope scope;
-        fastconv::batch_norm_backward<T>(gp, h, s, k, batch_statistics, sg, sgx, gi, o, kind);
+        fastconv::batch_norm_backward<T>(gp, h, s, k, batch_statistics, sg, sgx, gi);
       },
       py::arg("g"), py::arg("xhat"), py::arg("scale"), py::arg("batch_statistics"),
-      py::arg("sum_g"), py::arg("sum_gx"), py::arg("grad_input"), py::arg("out"), py::arg("clamp"));
+      py::arg("sum_g"), py::arg("sum_gx"), py::arg("grad_input"));
 }
 
 template <typename T>

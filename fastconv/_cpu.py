@@ -390,36 +390,24 @@ def batch_norm_stats(rows):
 BATCH_NORM_CLAMPS = {None: 0, "relu": 1, "relu6": 2}
 
 
-def batch_norm_apply(rows, mean, invstd, weight, bias, keep_xhat: bool = True, clamp=None):
+def batch_norm_apply(
+    rows, mean, invstd, weight, bias, keep_xhat: bool = True, clamp=None, xhat_out=None
+):
     """(xhat, out): xhat = (x - mean) * invstd, out = clamp(xhat * weight + bias), on
     (N, C, S); ``clamp`` None, 'relu' or 'relu6'; xhat is None (and never written)
-    unless ``keep_xhat``."""
-    xhat = np.empty_like(rows) if keep_xhat else None
+    unless ``keep_xhat``, and is written into ``xhat_out`` when that is given."""
+    xhat = (np.empty_like(rows) if xhat_out is None else xhat_out) if keep_xhat else None
     out = np.empty_like(rows)
     _C.batch_norm_apply(rows, mean, invstd, weight, bias, xhat, out, BATCH_NORM_CLAMPS[clamp])
     return xhat, out
 
 
-def batch_norm_backward(
-    grad_rows, xhat, scale, batch_statistics: bool, input_grad: bool, out=None, clamp=None
-):
-    """(grad_input or None, sum_g, sum_gx) on (N, C, S) rows; scale = weight * invstd.
-    With ``out`` (the forward's output) and ``clamp`` ('relu' or 'relu6'), the
-    gradient first goes back through the clamp the forward fused."""
+def batch_norm_backward(grad_rows, xhat, scale, batch_statistics: bool, input_grad: bool):
+    """(grad_input or None, sum_g, sum_gx) on (N, C, S) rows; scale = weight * invstd."""
     c = xhat.shape[1]
     sum_g, sum_gx = np.empty(c, dtype=xhat.dtype), np.empty(c, dtype=xhat.dtype)
     grad = np.empty_like(xhat) if input_grad else None
-    _C.batch_norm_backward(
-        grad_rows,
-        xhat,
-        scale,
-        batch_statistics,
-        sum_g,
-        sum_gx,
-        grad,
-        out,
-        BATCH_NORM_CLAMPS[clamp if out is not None else None],
-    )
+    _C.batch_norm_backward(grad_rows, xhat, scale, batch_statistics, sum_g, sum_gx, grad)
     return grad, sum_g, sum_gx
 
 

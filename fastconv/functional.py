@@ -603,6 +603,7 @@ def batch_norm(
     *,
     return_saved=False,
     activation=None,
+    saved_into=None,
 ):
     """Batch normalisation over N and the spatial dims (torch.nn.functional.batch_norm).
 
@@ -613,7 +614,10 @@ def batch_norm(
     ``return_saved=True`` it returns ``(out, saved)``: what batch_norm_backward needs.
     ``activation`` ('relu' or 'relu6', keyword-only; a fastconv extension) clamps the
     output in the same pass: the same values as :func:`relu` of the plain output, one
-    pass over the data fewer. CPU (NumPy arrays) only.
+    pass over the data fewer. ``saved_into`` (keyword-only, with ``return_saved``; a
+    fastconv extension) is a C-contiguous array of the input's shape and dtype that the
+    normalised input kept for the backward is written into, instead of a new one (a
+    layer reuses its own between steps). CPU (NumPy arrays) only.
     """
     if activation not in (None, "relu", "relu6"):
         raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
@@ -662,29 +666,35 @@ def batch_norm(
     if empty:
         xhat, out = np.empty_like(rows), np.empty_like(rows)
     else:
+        xhat_out = None
+        if saved_into is not None and return_saved:
+            chk.check_array(saved_into, "saved_into")
+            if (
+                saved_into.shape != x.shape
+                or saved_into.dtype != x.dtype
+                or not saved_into.flags.c_contiguous
+                or not saved_into.flags.writeable
+                or np.may_share_memory(saved_into, x)
+            ):
+                raise ValueError(
+                    "saved_into must be a writable C-contiguous array of the input's shape "
+                    "and dtype, apart from the input"
+                )
+            xhat_out = saved_into.reshape(rows.shape)
         xhat, out = _cpu.batch_norm_apply(
-            rows, _cpu.contiguous(mean), invstd, weight, bias, return_saved, activation
+            rows, _cpu.contiguous(mean), invstd, weight, bias, return_saved, activation, xhat_out
         )
     out = out.reshape(x.shape)
     return (out, BatchNormSaved(xhat, invstd, batch_statistics)) if return_saved else out
 
 
-def batch_norm_backward(
-    grad_output, saved, weight=None, *, input_grad=True, activation=None, output=None
-):
+def batch_norm_backward(grad_output, saved, weight=None, *, input_grad=True):
     """Gradients of batch_norm: ``(grad_input, grad_weight, grad_bias)``.
 
     ``saved`` is what ``batch_norm(..., return_saved=True)`` returned and ``weight``
     the forward's. ``grad_weight`` and ``grad_bias`` are always computed (they cost
-    one pass); ``grad_input`` is None unless ``input_grad``. With ``activation``
-    ('relu' or 'relu6', keyword-only) and the forward's ``output``, ``grad_output`` is
-    the gradient of the activation's output and goes back through it (as
-    :func:`relu_backward` would) in the same passes.
+    one pass); ``grad_input`` is None unless ``input_grad``.
     """
-    if activation not in (None, "relu", "relu6"):
-        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
-    if (activation is None) != (output is None):
-        raise ValueError("activation and output must be given together")
     if not isinstance(saved, BatchNormSaved):
         raise TypeError("saved must be the BatchNormSaved that batch_norm(return_saved=True) gave")
     # A BatchNormSaved can be built by hand: its arrays are checked like any argument.
@@ -704,15 +714,6 @@ def batch_norm_backward(
     chk.check_same_dtype(
         grad_output=grad_output, weight=weight, saved=xhat, **{"saved.invstd": saved.invstd}
     )
-    if output is not None:
-        chk.check_array(output, "output")
-        chk.check_same_dtype(grad_output=grad_output, output=output)
-        if output.shape != grad_output.shape:
-            raise ValueError(
-                f"output shape {tuple(output.shape)} must equal grad_output's "
-                f"{tuple(grad_output.shape)}"
-            )
-        output = _cpu.contiguous(np.asarray(output)).reshape(xhat.shape)
     xhat = _cpu.contiguous(np.asarray(xhat))
     g = _cpu.contiguous(np.asarray(grad_output)).reshape(xhat.shape)
     scale = saved.invstd if weight is None else weight * saved.invstd
@@ -721,13 +722,7 @@ def batch_norm_backward(
         sum_g, sum_gx = np.zeros(xhat.shape[1], xhat.dtype), np.zeros(xhat.shape[1], xhat.dtype)
     else:
         grad, sum_g, sum_gx = _cpu.batch_norm_backward(
-            g,
-            xhat,
-            _cpu.contiguous(scale),
-            bool(saved.batch_statistics),
-            bool(input_grad),
-            output,
-            activation,
+            g, xhat, _cpu.contiguous(scale), bool(saved.batch_statistics), bool(input_grad)
         )
     grad_input = None if grad is None else grad.reshape(grad_output.shape)
     return grad_input, sum_gx, sum_g

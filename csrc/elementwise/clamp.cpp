@@ -49,13 +49,18 @@ template <typename T>
 void clamp_backward(const T* grad, const T* out, T* grad_input, int64_t n, T lo, bool has_hi,
                     T hi) {
   for_ranges(n, [=](int64_t i0, int64_t i1) {
+    // Both operands loaded unconditionally and the test without a branch (`&`, not
+    // `&&`): the loops then vectorise into compares and blends.
     if (has_hi)
       for (int64_t i = i0; i < i1; ++i) {
-        const T v = out[i];
-        grad_input[i] = (v > lo && v < hi) ? grad[i] : T(0);
+        const T v = out[i], g = grad[i];
+        grad_input[i] = ((v > lo) & (v < hi)) ? g : T(0);
       }
     else
-      for (int64_t i = i0; i < i1; ++i) grad_input[i] = out[i] <= lo ? T(0) : grad[i];
+      for (int64_t i = i0; i < i1; ++i) {
+        const T v = out[i], g = grad[i];
+        grad_input[i] = v <= lo ? T(0) : g;
+      }
   });
 }
 

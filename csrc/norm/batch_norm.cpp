@@ -131,38 +131,18 @@ void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, co
   }
 }
 
-namespace {
-
-// The gradient reaching the normalisation: g, or g through the forward's fused
-// clamp, read from its output (the rules of clamp_backward: one-sided, NaN
-// passes; two-sided, NaN stops).
-template <BatchNormClamp Clamp, typename T>
-inline T through_clamp(T g, const T* out, int64_t j) {
-  if constexpr (Clamp == BatchNormClamp::kNone)
-    return g;
-  else if constexpr (Clamp == BatchNormClamp::kRelu)
-    return out[j] <= T(0) ? T(0) : g;
-  else
-    return (out[j] > T(0) && out[j] < T(6)) ? g : T(0);
-}
-
-template <BatchNormClamp Clamp, typename T>
-void backward_rows(const T* g, const T* xhat, const T* out, const BatchNormShape& shape,
-                   const T* scale, bool batch_statistics, T* sum_g, T* sum_gx, T* grad_input) {
+template <typename T>
+void batch_norm_backward(const T* g, const T* xhat, const BatchNormShape& shape, const T* scale,
+                         bool batch_statistics, T* sum_g, T* sum_gx, T* grad_input) {
   const double count = static_cast<double>(shape.n * shape.s);
   for_channel_blocks(shape, [&](int64_t c0, int64_t c1, double* sg, double* sgx) {
     for (int64_t i = 0; i < shape.n; ++i)
       for (int64_t ch = c0; ch < c1; ++ch) {
-        const int64_t base = (i * shape.c + ch) * shape.s;
-        const T* gr = g + base;
-        const T* hr = xhat + base;
-        const T* orow = out == nullptr ? nullptr : out + base;
-        sg[ch - c0] += lane_sum(shape.s, [gr, orow](int64_t j) {
-          return static_cast<double>(through_clamp<Clamp>(gr[j], orow, j));
-        });
-        sgx[ch - c0] += lane_sum(shape.s, [gr, hr, orow](int64_t j) {
-          return static_cast<double>(through_clamp<Clamp>(gr[j], orow, j)) *
-                 static_cast<double>(hr[j]);
+        const T* gr = g + (i * shape.c + ch) * shape.s;
+        const T* hr = xhat + (i * shape.c + ch) * shape.s;
+        sg[ch - c0] += lane_sum(shape.s, [gr](int64_t j) { return static_cast<double>(gr[j]); });
+        sgx[ch - c0] += lane_sum(shape.s, [gr, hr](int64_t j) {
+          return static_cast<double>(gr[j]) * static_cast<double>(hr[j]);
         });
       }
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -178,31 +158,10 @@ void backward_rows(const T* g, const T* xhat, const T* out, const BatchNormShape
         const int64_t base = (i * shape.c + ch) * shape.s;
         const T* __restrict gr = g + base;
         const T* __restrict hr = xhat + base;
-        const T* __restrict orow = out == nullptr ? nullptr : out + base;
         T* __restrict o = grad_input + base;
-        for (int64_t j = 0; j < shape.s; ++j)
-          o[j] = (through_clamp<Clamp>(gr[j], orow, j) - mean_g - hr[j] * mean_gx) * k;
+        for (int64_t j = 0; j < shape.s; ++j) o[j] = (gr[j] - mean_g - hr[j] * mean_gx) * k;
       }
   });
-}
-
-}  // namespace
-
-template <typename T>
-void batch_norm_backward(const T* g, const T* xhat, const BatchNormShape& shape, const T* scale,
-                         bool batch_statistics, T* sum_g, T* sum_gx, T* grad_input, const T* out,
-                         BatchNormClamp clamp) {
-  switch (out == nullptr ? BatchNormClamp::kNone : clamp) {
-    case BatchNormClamp::kNone:
-      return backward_rows<BatchNormClamp::kNone>(g, xhat, out, shape, scale, batch_statistics,
-                                                  sum_g, sum_gx, grad_input);
-    case BatchNormClamp::kRelu:
-      return backward_rows<BatchNormClamp::kRelu>(g, xhat, out, shape, scale, batch_statistics,
-                                                  sum_g, sum_gx, grad_input);
-    case BatchNormClamp::kRelu6:
-      return backward_rows<BatchNormClamp::kRelu6>(g, xhat, out, shape, scale, batch_statistics,
-                                                   sum_g, sum_gx, grad_input);
-  }
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                    \
@@ -210,7 +169,7 @@ void batch_norm_backward(const T* g, const T* xhat, const BatchNormShape& shape,
   template void batch_norm_apply<T>(const T*, const BatchNormShape&, const T*, const T*, const T*, \
                                     const T*, T*, T*, BatchNormClamp);                             \
   template void batch_norm_backward<T>(const T*, const T*, const BatchNormShape&, const T*, bool,  \
-                                       T*, T*, T*, const T*, BatchNormClamp);
+                                       T*, T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

@@ -30,11 +30,8 @@ void batch_norm_apply(const T* x, const BatchNormShape& shape, const T* mean, co
 
 // Per-channel sum_g = sum g and sum_gx = sum g * xhat; then, if grad_input is
 // given, grad_input = (g - [batch] (sum_g + xhat * sum_gx) / count) * scale.
-// With `out` (the forward's clamped output) g first goes back through the clamp
-// the forward fused (clamp_backward's rules), in the same passes.
 template <typename T>
 void batch_norm_backward(const T* g, const T* xhat, const BatchNormShape& shape, const T* scale,
-                         bool batch_statistics, T* sum_g, T* sum_gx, T* grad_input,
-                         const T* out = nullptr, BatchNormClamp clamp = BatchNormClamp::kNone);
+                         bool batch_statistics, T* sum_g, T* sum_gx, T* grad_input);
 
 }  // namespace fastconv

@@ -53,9 +53,7 @@ class BasicConv2d(nn.Module):
         return nn.batch_norm_activation(self.bn, self.relu, self.conv(x))
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
-        return self.conv.backward(
-            nn.batch_norm_activation_backward(self.bn, self.relu, grad_output)
-        )
+        return self.conv.backward(self.bn.backward(self.relu.backward(grad_output)))
 
 
 class Inception(nn.Concat):

@@ -60,7 +60,6 @@ from .layers import (
     Tanh,
     activation_in_place,
     batch_norm_activation,
-    batch_norm_activation_backward,
 )
 from .layers1d import AvgPool1d, Conv1d, MaxPool1d
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss, SmoothL1Loss
@@ -118,7 +117,6 @@ __all__ = [
     "activation_in_place",
     "backward_chain",
     "batch_norm_activation",
-    "batch_norm_activation_backward",
     "clip_grad_norm_",
     "forward_chain",
     "from_torch",

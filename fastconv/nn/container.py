@@ -15,9 +15,7 @@ from .layers import (
     ReLU,
     activation_in_place,
     batch_norm_activation,
-    batch_norm_activation_backward,
     fuses,
-    fuses_backward,
 )
 from .module import Module
 
@@ -42,11 +40,7 @@ def backward_chain(modules: list[Module], grad_output: Any) -> Any:
     """The backward of :func:`forward_chain`, last module first."""
     i = len(modules) - 1
     while i >= 0:
-        if i > 0 and fuses_backward(modules[i - 1], modules[i]):
-            grad_output = batch_norm_activation_backward(modules[i - 1], modules[i], grad_output)
-            i -= 1  # the pair's first layer is done too
-        else:
-            grad_output = modules[i].backward(grad_output)
+        grad_output = modules[i].backward(grad_output)
         if grad_output is None:  # needs_input_grad=False: nothing flows further back
             for earlier in modules[:i]:
                 trainable = [n for n, p in earlier.named_parameters() if p.requires_grad]
@@ -289,7 +283,7 @@ class BasicBlock(_ResNetBlock):
         grad = self.relu.backward(grad_output)  # the second relu call is popped first
         grad_skip = grad if self.downsample is None else self.downsample.backward(grad)
         grad = self.conv2.backward(self.bn2.backward(grad))
-        grad = self.conv1.backward(batch_norm_activation_backward(self.bn1, self.relu, grad))
+        grad = self.conv1.backward(self.bn1.backward(self.relu.backward(grad)))
         return grad + grad_skip
 
 
@@ -353,6 +347,6 @@ class Bottleneck(_ResNetBlock):
         grad = self.relu.backward(grad_output)  # the relu's three calls pop last first
         grad_skip = grad if self.downsample is None else self.downsample.backward(grad)
         grad = self.conv3.backward(self.bn3.backward(grad))
-        grad = self.conv2.backward(batch_norm_activation_backward(self.bn2, self.relu, grad))
-        grad = self.conv1.backward(batch_norm_activation_backward(self.bn1, self.relu, grad))
+        grad = self.conv2.backward(self.bn2.backward(self.relu.backward(grad)))
+        grad = self.conv1.backward(self.bn1.backward(self.relu.backward(grad)))
         return grad + grad_skip

@@ -643,6 +643,7 @@ class BatchNorm2d(Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
+        object.__setattr__(self, "_xhat_buffer", None)  # reused between steps (forward)
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=dtype))
             if bias:
@@ -698,6 +699,12 @@ class BatchNorm2d(Module):
         weight = None if self.weight is None else self.weight.data.astype(dtype, copy=False)
         bias = None if self.bias is None else self.bias.data.astype(dtype, copy=False)
         keep = is_grad_enabled()  # what backward needs, only when it can run
+        # The normalised input kept for backward goes into last step's array when no
+        # pending backward still needs it (a fresh 10-100 MB array costs its page
+        # faults on every step).
+        reuse = self._xhat_buffer if keep and not self._saved else None
+        if reuse is not None and (reuse.shape != input.shape or reuse.dtype != input.dtype):
+            reuse = None
         result = F.batch_norm(
             input,
             # running statistics update only in training; otherwise the batch normalises
@@ -710,26 +717,19 @@ class BatchNorm2d(Module):
             eps=self.eps,
             return_saved=keep,
             activation=activation,
+            saved_into=reuse,
         )
         if not keep:
             return result
         out, saved = result
+        object.__setattr__(self, "_xhat_buffer", saved.xhat.reshape(input.shape))
         self.save_for_backward(saved, weight, input.dtype)
         return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        return self._backward(grad_output, None, None)
-
-    def _backward(
-        self, grad_output: np.ndarray, activation: str | None, output: np.ndarray | None
-    ) -> np.ndarray:
         saved, weight, dtype = self.saved_tensors()
         grad_input, grad_weight, grad_bias = F.batch_norm_backward(
-            np.asarray(grad_output, dtype=dtype),
-            saved,
-            weight,
-            activation=activation,
-            output=output,
+            np.asarray(grad_output, dtype=dtype), saved, weight
         )
         if self.weight is not None and self.weight.requires_grad:
             self.weight.accumulate_grad(grad_weight)
@@ -769,24 +769,6 @@ def batch_norm_activation(norm: Module, activation: Module, input: np.ndarray) -
     out = norm._normalise(input, _FUSED_CLAMPS[type(activation)])
     activation.save_for_backward(out)
     return out
-
-
-def batch_norm_activation_backward(
-    norm: Module, activation: Module, grad_output: np.ndarray
-) -> np.ndarray:
-    """``norm.backward(activation.backward(grad_output))`` for a pair called as
-    ``activation(norm(x))`` (fused or not): for a BatchNorm2d and a ReLU or ReLU6, the
-    activation's gradient rule runs inside the normalisation's backward passes (same
-    values, one pass and one array fewer)."""
-    if not fuses_backward(norm, activation):
-        return norm.backward(activation.backward(grad_output))
-    (output,) = activation.saved_tensors()
-    return norm._backward(grad_output, _FUSED_CLAMPS[type(activation)], output)
-
-
-def fuses_backward(norm: Module, activation: Module) -> bool:
-    """Whether :func:`batch_norm_activation_backward` fuses this pair."""
-    return type(norm) is BatchNorm2d and type(activation) in _FUSED_CLAMPS
 
 
 def activation_in_place(activation: Module, input: np.ndarray) -> np.ndarray:
