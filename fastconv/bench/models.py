@@ -40,6 +40,32 @@ def direction_batch(direction: str) -> tuple[str, int]:
     return mode, int(batch)
 
 
+def torch_runner(torch, model, x, y, training: bool):
+    """What the model ops time for a torch model: inference under
+    ``torch.inference_mode`` in eval mode, or one SGD step (momentum 0.9) in train
+    mode on cross-entropy."""
+    if not training:
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                return model(x)
+
+        return infer
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 def _forward_flops(torch, model, x) -> float:
     """FLOPs of the Conv2d and Linear layers of one forward pass of ``model`` on ``x``."""
     total = [0.0]
@@ -110,25 +136,7 @@ def model_case(
     cross_entropy = torch.nn.functional.cross_entropy
 
     def runner(model):
-        if not training:
-            model.eval()
-
-            def infer():
-                with torch.inference_mode():
-                    return model(x)
-
-            return infer
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss = cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        return step
+        return torch_runner(torch, model, x, y, training)
 
     def results_of(model, xc, yc) -> Any:
         """Logits (inference) or every parameter gradient of one step, concatenated

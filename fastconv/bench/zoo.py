@@ -129,7 +129,7 @@ def zoo_case(
     (quick and smoke runs). Raises LookupError without torch."""
     from .. import models, nn, optim
     from .cases import Case, _select_impls, max_error
-    from .models import _forward_flops
+    from .models import _forward_flops, torch_runner
     from .peers import torch_or_none
 
     torch = torch_or_none()
@@ -179,26 +179,10 @@ def zoo_case(
 
         return step
 
-    def torch_runner():
-        if not training:
-            native.eval()
-
-            def infer():
-                with torch.inference_mode():
-                    return native(x_torch)
-
-            return infer
-        native.train()
-        optimizer = torch.optim.SGD(native.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            cross_entropy(native(x_torch), y_torch).backward()
-            optimizer.step()
-
-        return step
-
-    runners = {"fastconv": fastconv_runner, "torch": torch_runner}
+    runners = {
+        "fastconv": fastconv_runner,
+        "torch": lambda: torch_runner(torch, native, x_torch, y_torch, training),
+    }
     timed = {name: runners[name]() for name in names}
 
     def check() -> dict[str, float]:
