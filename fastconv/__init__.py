@@ -48,6 +48,10 @@ from .functional import (
     max_pool2d_backward,
     pixel_shuffle,
     pixel_unshuffle,
+    relu,
+    relu6,
+    relu6_backward,
+    relu_backward,
     set_num_threads,
 )
 from .precision import (
@@ -103,6 +107,10 @@ __all__ = [
     "pixel_shuffle",
     "pixel_unshuffle",
     "reference",
+    "relu",
+    "relu6",
+    "relu6_backward",
+    "relu_backward",
     "set_conv_autotune",
     "set_float32_conv_precision",
     "set_num_threads",

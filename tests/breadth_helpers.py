@@ -78,12 +78,20 @@ def _norm(op):
     return dict(input=x, weight=weight, bias=bias, **stats)
 
 
+def _activation(op):
+    x = ints((2, 4, 3, 3), np.float32, 1)
+    if op in ("relu", "relu6"):
+        return dict(input=x)
+    return dict(grad_output=ints((2, 4, 3, 3), np.float32, 2), output=np.maximum(x, 0))
+
+
 _BUILDERS = {
     _conv_transpose: ["conv_transpose2d", "conv_transpose2d_input", "conv_transpose2d_weight"],
     _conv1d: ["conv1d", "conv1d_input", "conv1d_weight"],
     _pool1d: ["max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward"],
     _resampling: ["interpolate", "interpolate_backward", "pixel_shuffle", "pixel_unshuffle"],
     _norm: ["group_norm", "layer_norm", "instance_norm"],
+    _activation: ["relu", "relu6", "relu_backward", "relu6_backward"],
 }
 
 BREADTH_OPS = [op for ops in _BUILDERS.values() for op in ops]

@@ -994,6 +994,19 @@ def _shuffle_family(d: Draw, op: str) -> Call:
     return Call(op, getattr(fastconv, op), args)
 
 
+def _clamp_family(d: Draw, op: str) -> Call:
+    dt = _dtype(d)
+    shape = tuple(d.int_in(0, 5) for _ in range(d.int_in(1, 4)))
+    if op in ("relu", "relu6"):  # out of place: the harness checks inputs stay as they were
+        args = {"input": d.array("input", shape, dt)}
+    else:
+        args = {
+            "grad_output": d.array("grad_output", shape, dt),
+            "output": d.array("output", d.spoil_shape(shape) if d.chance(0.05) else shape, dt),
+        }
+    return Call(op, getattr(fastconv, op), args)
+
+
 def _family(build: Callable[[Draw, str], Call], op: str) -> Callable[[Draw], Call]:
     return lambda d: build(d, op)
 
@@ -1011,6 +1024,7 @@ MORE_OPS = {
     **{op: _norm_family for op in ("group_norm", "instance_norm", "layer_norm")},
     **{op: _interpolate_family for op in ("interpolate", "interpolate_backward")},
     **{op: _shuffle_family for op in ("pixel_shuffle", "pixel_unshuffle")},
+    **{op: _clamp_family for op in ("relu", "relu6", "relu_backward", "relu6_backward")},
 }
 
 BUILDERS: dict[str, Callable[[Draw], Call]] = {
