@@ -647,3 +647,18 @@ def test_few_pixel_implicit_gemm(case, dtype):
     want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), bias64, **args)
     assert y.shape[0] * y.shape[2] * y.shape[3] <= 4
     assert_close_scaled(y, want, k=w.shape[1] * w.shape[2] * w.shape[3] + 1)
+
+
+def test_an_input_gradient_whose_transposed_problem_is_depthwise():
+    """Groups 2, two input channels per group and one output each: the flipped forward
+    of its input gradient is depthwise, which the selector names 'depthwise
+    (transposed)'; forcing that name runs the same plan (found by the fuzz slice)."""
+    case = C(3, 4, 3, 18, 2, 1, 2, padding="same", groups=2, bias=False)
+    x, w, _, gy = make_data(case)
+    chosen = fastconv.conv2d_input_algorithm(case.input_shape, case.weight_shape, **case.args())
+    assert chosen == "depthwise (transposed)"
+    got = fastconv.conv2d_input(x.shape, w, gy, **case.args())
+    forced = fastconv.conv2d_input(x.shape, w, gy, **case.args(), algorithm=chosen)
+    assert forced.tobytes() == got.tobytes()
+    want = ref.conv2d_input(x.shape, w.astype(np.float64), gy.astype(np.float64), **case.args())
+    assert_close_scaled(got, want, k=2 * 1 * 2 + 1)

@@ -583,9 +583,14 @@ std::string input_grad_algorithm_refusal(const InputGradAlgorithm& a, const Conv
                                         "wide, a multiplier of at most 16 (float32) or 8 "
                                         "(float64) and a compact window";
     case InputGradPlan::kDepthwiseTransposed:
-      return p.is_depthwise() && p.is_unit_stride() && p.out_per_group() == 1
+      // The flipped forward on the transposed problem, when that is depthwise: what the
+      // selector's transposed plan also names "depthwise (transposed)" (groups 2 with
+      // two input channels per group and one output each transposes to depthwise).
+      return p.is_unit_stride() &&
+                     conv_algorithm_refusal(ConvAlgorithm::kDepthwise, transposed_stride1_params(p))
+                         .empty()
                  ? ""
-                 : "it needs a stride-1 depthwise convolution with one output per channel";
+                 : "it needs a stride-1 convolution whose transposed problem is depthwise";
     case InputGradPlan::kDirect:
     case InputGradPlan::kCol2im:
     case InputGradPlan::kTapwise:
