@@ -19,6 +19,7 @@ from ..geometry import pair
 from .catalogue import CONV_DIRECTIONS, POOL_DIRECTIONS, ConvLayer, GemmCase, PoolCase, TrainCase
 from .ladder import conv_makers, pool_makers
 from .machine import gemm_ceiling_probes
+from .models import torch_runner
 from .peers import (
     IMPLS,
     numpy_conv_call,
@@ -443,18 +444,8 @@ def train_case(
     if torch is not None:
         tmodel = nn.to_torch(model)
         tmodel.train()
-        topt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=momentum)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-        ce = torch.nn.functional.cross_entropy
-
-        def torch_step():
-            topt.zero_grad(set_to_none=True)
-            loss = ce(tmodel(xt), yt)
-            loss.backward()
-            topt.step()
-            return loss
-
-        makers["torch"] = torch_step
+        makers["torch"] = torch_runner(torch, tmodel, xt, yt, True, lr=lr, momentum=momentum)
     names = _select_impls(impls, makers)
     flops = 3 * _model_flops(model, x)
 
@@ -482,7 +473,7 @@ def train_case(
         if torch is not None:
             t64 = nn.to_torch(fc64)
             t64.zero_grad()
-            tout = ce(
+            tout = torch.nn.functional.cross_entropy(
                 t64(torch.from_numpy(xc.astype(np.float64))), torch.from_numpy(yc.astype(np.int64))
             )
             tout.backward()
@@ -490,6 +481,7 @@ def train_case(
             if "torch" in names:
                 t32 = nn.to_torch(fc)
                 t32.zero_grad()
+                ce = torch.nn.functional.cross_entropy
                 ce(t32(torch.from_numpy(xc)), torch.from_numpy(yc.astype(np.int64))).backward()
                 got["torch"] = {n: p.grad for n, p in t32.named_parameters()}
         else:

@@ -20,7 +20,14 @@ from ..geometry import pair
 from .catalogue import MODEL_DIRECTIONS, ModelCase
 from .timing import geomean
 
-__all__ = ["MODEL_IMPLS", "direction_batch", "model_case", "model_summaries"]
+__all__ = [
+    "MODEL_IMPLS",
+    "direction_batch",
+    "model_case",
+    "model_summaries",
+    "torch_and_batch",
+    "torch_runner",
+]
 
 # Converted, converted with autotune, native; report order ('autotune' exists in this
 # op only).
@@ -40,10 +47,22 @@ def direction_batch(direction: str) -> tuple[str, int]:
     return mode, int(batch)
 
 
-def torch_runner(torch, model, x, y, training: bool):
-    """What the model ops time for a torch model: inference under
-    ``torch.inference_mode`` in eval mode, or one SGD step (momentum 0.9) in train
-    mode on cross-entropy."""
+def torch_and_batch(direction: str, max_batch: int | None) -> tuple[Any, str, int]:
+    """(torch, mode, batch) for a model op's ``direction``, the batch capped at
+    ``max_batch``; LookupError without torch."""
+    from .peers import torch_or_none
+
+    torch = torch_or_none()
+    if torch is None:
+        raise LookupError("PyTorch is not installed")
+    mode, batch = direction_batch(direction)
+    return torch, mode, batch if max_batch is None else min(batch, max_batch)
+
+
+def torch_runner(torch, model, x, y, training: bool, *, lr: float = 0.01, momentum: float = 0.9):
+    """What the benchmarks time for a torch model: inference under
+    ``torch.inference_mode`` in eval mode, or one SGD step in train mode on
+    cross-entropy."""
     if not training:
         model.eval()
 
@@ -53,7 +72,7 @@ def torch_runner(torch, model, x, y, training: bool):
 
         return infer
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     cross_entropy = torch.nn.functional.cross_entropy
 
     def step():
@@ -107,17 +126,12 @@ def model_case(
     """``spec``'s ``direction`` for each implementation; ``max_batch`` caps the batch
     (quick and smoke runs). Raises LookupError without torch."""
     from .cases import Case, _select_impls, max_error
-    from .peers import torch_or_none
-    from .torch_models import build_network, num_classes
 
-    torch = torch_or_none()
-    if torch is None:
-        raise LookupError("PyTorch is not installed")
+    torch, mode, batch = torch_and_batch(direction, max_batch)
     import fastconv.torch as fastconv_torch
 
-    mode, batch = direction_batch(direction)
-    if max_batch is not None:
-        batch = min(batch, max_batch)
+    from .torch_models import build_network, num_classes
+
     torch.manual_seed(seed)
     native = build_network(spec.network, spec.image)
     models = {

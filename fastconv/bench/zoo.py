@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .catalogue import ZooCase
-from .models import MODEL_TOLERANCE, direction_batch
+from .models import MODEL_TOLERANCE
 
 __all__ = ["ZOO_IMPLS", "layer_kind", "time_shares", "zoo_case"]
 
@@ -129,17 +129,11 @@ def zoo_case(
     (quick and smoke runs). Raises LookupError without torch."""
     from .. import models, nn, optim
     from .cases import Case, _select_impls, max_error
-    from .models import _forward_flops, torch_runner
-    from .peers import torch_or_none
+    from .models import _forward_flops, torch_and_batch, torch_runner
 
-    torch = torch_or_none()
-    if torch is None:
-        raise LookupError("PyTorch is not installed")
+    torch, mode, batch = torch_and_batch(direction, max_batch)
     from .torch_models import build
 
-    mode, batch = direction_batch(direction)
-    if max_batch is not None:
-        batch = min(batch, max_batch)
     names = _select_impls(impls, ZOO_IMPLS)
     options: dict[str, Any] = {"num_classes": spec.classes, "in_channels": spec.in_channels}
     if spec.cifar:

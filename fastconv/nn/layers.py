@@ -452,8 +452,7 @@ class ReLU(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
         return self._activate(input, self.inplace and not is_grad_enabled())
 
-    def _activate(self, input: np.ndarray, inplace: bool) -> np.ndarray:
-        check_layer_input(input)
+    def _activate(self, input: np.ndarray, inplace: bool) -> np.ndarray:  # F checks input
         out = F.relu(input, inplace=inplace)
         self.save_for_backward(out)
         return out
@@ -480,8 +479,7 @@ class ReLU6(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
         return self._activate(input, self.inplace and not is_grad_enabled())
 
-    def _activate(self, input: np.ndarray, inplace: bool) -> np.ndarray:
-        check_layer_input(input)
+    def _activate(self, input: np.ndarray, inplace: bool) -> np.ndarray:  # F checks input
         out = F.relu6(input, inplace=inplace)
         self.save_for_backward(out)
         return out
